@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test test-fast lint bench clean
+
+# The venv is rebuilt only when the dependency pins change.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[launchers,server,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/fnnlab-train experiment=reference
+	$(BIN)/fnnlab-train -m model.hidden_dim=8,32 optim.lr=0.01,0.1 seed=0,1
+	@echo
+	@echo "Runs are in the embedded store mlruns/mlflow.db (artifacts under mlruns/artifacts)."
+	@echo "Browse them with: $(BIN)/fnnlab-ui"
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf outputs multirun

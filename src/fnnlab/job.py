@@ -1,0 +1,121 @@
+"""One training job: validated config in, one complete MLflow run out.
+
+The run is FINISHED only after every metric, plot, config file and the weights are
+written, so a FINISHED run is always complete. A job that raises ends its run
+FAILED (KILLED when interrupted) with the error recorded, then re-raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fnnlab import plots, reference
+from fnnlab.config import check_values, fingerprint, flatten
+from fnnlab.data import load_iris2
+from fnnlab.model import ScratchFNN
+from fnnlab.tracking import Store, end_run, log_values, open_store, process_tags, start_run
+from fnnlab.train import History, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    run_name: str
+    history: History
+    summary: dict[str, float]
+
+
+def run_name(cfg: DictConfig) -> str:
+    """Short and readable in the MLflow UI, e.g. h32-lr0.001-s0 (-exact for that mode)."""
+    name = f"h{cfg.model.hidden_dim}-lr{cfg.optim.lr:g}-s{cfg.seed}"
+    return name if cfg.model.backprop == "tutorial" else f"{name}-{cfg.model.backprop}"
+
+
+def train_model(cfg: DictConfig) -> History:
+    """Data, model and training from the config alone: no I/O, no tracking."""
+    dtype = getattr(torch, cfg.model.dtype)
+    X, y = load_iris2(list(cfg.data.features), cfg.data.normalize, dtype)
+    model = ScratchFNN(
+        X.shape[1],
+        cfg.model.hidden_dim,
+        seed=cfg.seed,
+        backprop=cfg.model.backprop,
+        discard_draws=cfg.model.init_discard_draws,
+        dtype=dtype,
+    )
+    return fit(model, X, y, lr=cfg.optim.lr, epochs=cfg.train.epochs)
+
+
+def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
+    """Summary metrics: final values, best loss, and the deviation from the published curve."""
+    losses = history.metrics["loss"]
+    summary = {f"final/{k}": v for k, v in history.final().items()}
+    summary["epochs_run"] = history.epochs_run
+    if losses:
+        best = min(range(len(losses)), key=losses.__getitem__)
+        summary["best/loss"], summary["best/epoch"] = losses[best], best
+    if cfg.reference:
+        summary["reference/max_abs_dev"] = reference.max_abs_deviation(losses)
+    return summary
+
+
+def write_artifacts(history: History, cfg: DictConfig, out: Path, name: str) -> Path:
+    """Everything a run keeps, in one folder that is uploaded in one call."""
+    art = out / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    (art / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    hydra_dir = out / ".hydra"
+    if hydra_dir.is_dir():
+        shutil.copytree(hydra_dir, art / "hydra", dirs_exist_ok=True)
+    torch.save({"w1": history.w1, "w2": history.w2}, art / "weights.pt")
+    if cfg.tracking.plots:
+        published = reference.published_losses() if cfg.reference else None
+        plots.loss_plot(history, art / "loss.png", name, published)
+        plots.grad_norm_plot(history, art / "grad_norm.png", name)
+    return art
+
+
+def run(
+    cfg: DictConfig,
+    output_dir: Path,
+    *,
+    parent_run_id: str | None = None,
+    sweep_tags: dict[str, str] | None = None,
+    store: Store | None = None,
+) -> JobResult:
+    """Validate, train, and record one run. Raises ConfigValueError before any run exists."""
+    check_values(cfg)
+    store = store or open_store(cfg.tracking.uri, cfg.tracking.experiment)
+    name = run_name(cfg)
+    tags = {"role": "job", "fingerprint": fingerprint(cfg), **process_tags(), **(sweep_tags or {})}
+    run_id = start_run(store, name, tags, parent_run_id)
+    try:
+        history = train_model(cfg)
+        summary = summarize(history, cfg)
+        diverged = history.diverged_at is not None
+        end_tags = {"diverged": str(diverged).lower()}
+        if diverged:
+            end_tags["diverged_at"] = str(history.diverged_at)
+        log_values(store, run_id, params=flatten(cfg), series=history.metrics, summary=summary, tags=end_tags)
+        art = write_artifacts(history, cfg, output_dir, name)
+        store.client.log_artifacts(run_id, str(art))
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
+        try:
+            error = f"{type(exc).__name__}: {exc}"
+            log_values(store, run_id, tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]})
+        finally:
+            end_run(store, run_id, status)
+        raise
+    end_run(store, run_id, "FINISHED")
+    return JobResult(run_id=run_id, run_name=name, history=history, summary=summary)

@@ -1,0 +1,140 @@
+"""One MLflow run from a History and a config, through MlflowClient with explicit run ids.
+
+No fluent API: jobs may run in worker processes where a global active run would be
+wrong. Writes are batched within MLflow's per-call limits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+# MLflow's limits for one log_batch call.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+MAX_TAG_VALUE = 5000
+
+
+@dataclass(frozen=True)
+class Store:
+    client: MlflowClient
+    experiment_id: str
+    uri: str
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    if not uri.startswith("sqlite:"):
+        return None
+    # As SQLAlchemy reads it: sqlite:////abs/file.db is absolute, sqlite:///rel.db relative.
+    return Path(urlparse(uri).path[1:])
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of an embedded store live beside its database; a server decides its own."""
+    db = sqlite_path(uri)
+    return None if db is None else (db.resolve().parent / "artifacts").as_uri()
+
+
+def open_store(uri: str, experiment: str) -> Store:
+    """Client and experiment id, creating the database folder and experiment if needed."""
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_location(uri))
+        except MlflowException:
+            # Another worker created it first.
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    return Store(client=client, experiment_id=exp_id, uri=uri)
+
+
+@cache
+def git_commit() -> str | None:
+    """The checkout's commit, once per process; None outside a git checkout."""
+    from fnnlab.config import project_root
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_root(),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def process_tags() -> dict[str, str]:
+    """Where a run executes, so a later invocation can tell a dead run from a live one."""
+    tags = {"fnnlab.host": socket.gethostname(), "fnnlab.pid": str(os.getpid())}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def start_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str | None) -> str:
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = store.client.create_run(store.experiment_id, run_name=name, tags=all_tags)
+    return run.info.run_id
+
+
+def log_values(
+    store: Store,
+    run_id: str,
+    *,
+    params: dict[str, Any] | None = None,
+    series: dict[str, list[float]] | None = None,
+    summary: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Params, per-step series (step = index) and summary metrics in as few calls as allowed."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(v), now, step)
+        for key, values in (series or {}).items()
+        for step, v in enumerate(values)
+    ]
+    metrics += [Metric(key, float(v), now, 0) for key, v in (summary or {}).items()]
+    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+    tag_list = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
+    # Params and tags first: one call carries up to 100 of each with up to 1000 metrics.
+    while metrics or param_list or tag_list:
+        store.client.log_batch(
+            run_id,
+            metrics=metrics[:MAX_METRICS],
+            params=param_list[:MAX_PARAMS],
+            tags=tag_list[:MAX_TAGS],
+        )
+        metrics, param_list, tag_list = (
+            metrics[MAX_METRICS:],
+            param_list[MAX_PARAMS:],
+            tag_list[MAX_TAGS:],
+        )
+
+
+def end_run(store: Store, run_id: str, status: str) -> None:
+    store.client.set_terminated(run_id, status=status)

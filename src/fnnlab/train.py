@@ -1,0 +1,74 @@
+"""fit(): full-batch gradient descent with no I/O inside the loop.
+
+It takes plain values and returns a History, so it is testable against autograd,
+fast, and usable from any launcher; tracking happens afterwards, from the History.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fnnlab.model import ScratchFNN, mean_bce
+
+# Per-epoch metric names, as logged to MLflow (step = epoch).
+METRICS = (
+    "loss",
+    "accuracy",
+    "grad_norm/w1",
+    "grad_norm/w2",
+    "weight_norm/w1",
+    "weight_norm/w2",
+)
+
+
+@dataclass
+class History:
+    """Per-epoch values; row e describes epoch e: the loss, accuracy and weight norms
+    before that epoch's update, and the norms of the gradients that update applied."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    diverged_at: int | None = None  # first epoch whose loss was not finite
+    w1: torch.Tensor | None = None  # weights after the last update
+    w2: torch.Tensor | None = None
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.metrics["loss"])
+
+    def final(self) -> dict[str, float]:
+        return {name: values[-1] for name, values in self.metrics.items() if values}
+
+
+def fit(model: ScratchFNN, X: torch.Tensor, y: torch.Tensor, lr: float, epochs: int) -> History:
+    """Train in place for `epochs` full-batch steps.
+
+    A non-finite loss stops training at that epoch: the History keeps the epochs
+    before it and records where it diverged.
+    """
+    rows = torch.empty(epochs, len(METRICS), dtype=torch.float64)
+    diverged_at = None
+    done = 0
+    for epoch in range(epochs):
+        y2, y4 = model.forward(X)
+        loss = mean_bce(y4, y)
+        if not torch.isfinite(loss):
+            diverged_at = epoch
+            break
+        grads = model.backward(X, y, y2, y4)
+        rows[epoch, 0] = loss
+        rows[epoch, 1] = ((y4 >= 0.5).to(y.dtype) == y).to(torch.float64).mean()
+        rows[epoch, 2] = torch.linalg.vector_norm(grads.w1)
+        rows[epoch, 3] = torch.linalg.vector_norm(grads.w2)
+        rows[epoch, 4] = torch.linalg.vector_norm(model.w1)
+        rows[epoch, 5] = torch.linalg.vector_norm(model.w2)
+        model.step(grads, lr)
+        done = epoch + 1
+    columns = rows[:done].T.tolist()
+    return History(
+        metrics=dict(zip(METRICS, columns, strict=True)),
+        diverged_at=diverged_at,
+        w1=model.w1.clone(),
+        w2=model.w2.clone(),
+    )

@@ -1,0 +1,130 @@
+"""The fnnlab sweeper: Hydra's basic sweep grammar, plus what a tracked sweep needs.
+
+Before any job runs it composes and checks every job's config (composition errors
+and bad values both stop the sweep with nothing written to the store). It then
+opens the sweep's parent run, skips jobs that already finished in an earlier run of
+the same command (unless hydra.sweeper.rerun=true), launches the rest with whatever
+launcher is configured, and ends the parent FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FnnlabSweeperConf:
+    _target_: str = "hydra_plugins.fnnlab_sweeper.fnnlab_sweeper.FnnlabSweeper"
+    max_batch_size: int | None = None
+    # Run every job, even those whose identical config already has a FINISHED run.
+    rerun: bool = False
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="fnnlab", node=FnnlabSweeperConf, provider="fnnlab"
+)
+
+
+class SweepFailed(RuntimeError):
+    """Some jobs failed; their runs are FAILED and the parent run too."""
+
+
+class FnnlabSweeper(Sweeper):
+    def __init__(self, max_batch_size: int | None = None, rerun: bool = False) -> None:
+        self.max_batch_size = max_batch_size
+        self.rerun = rerun
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def compose_jobs(self, arguments: list[str]) -> tuple[list[list[str]], list[DictConfig]]:
+        """Every job's overrides and composed config; raises on the first bad one."""
+        from fnnlab.config import ConfigValueError, check_values
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
+        configs = []
+        for overrides in jobs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            check_values(cfg)
+            for key in ("tracking.uri", "tracking.experiment"):
+                if OmegaConf.select(cfg, key) != OmegaConf.select(self.config, key):
+                    raise ConfigValueError(key, OmegaConf.select(cfg, key), "cannot vary within one sweep")
+            configs.append(cfg)
+        return jobs, configs
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from fnnlab import sweep as fsweep
+        from fnnlab.config import fingerprint
+        from fnnlab.tracking import open_store
+
+        assert self.config is not None
+        jobs, configs = self.compose_jobs(list(arguments))
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        # Opening the store here creates the schema once, before any worker starts.
+        store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
+        sid = fsweep.sweep_id(list(arguments), self.config.tracking.experiment)
+        parent = fsweep.open_parent(store, sid, list(arguments), len(jobs), str(sweep_dir))
+        done = set() if self.rerun else fsweep.finished_fingerprints(store)
+        counts: Counter = Counter(jobs=len(jobs))
+        todo = []
+        for num, (overrides, cfg) in enumerate(zip(jobs, configs, strict=True)):
+            if fingerprint(cfg) in done:
+                counts["skipped"] += 1
+                continue
+            todo.append([*overrides, f"sweep.id={sid}", f"sweep.parent_run_id={parent}", f"sweep.job_num={num}"])
+        if counts["skipped"]:
+            log.info(
+                "Sweep %s: skipping %d of %d jobs that already have a FINISHED run "
+                "(hydra.sweeper.rerun=true runs them again)", sid, counts["skipped"], len(jobs),
+            )
+        log.info("Sweep %s: parent run %s, %d jobs to run", sid, parent, len(todo))
+
+        status = "KILLED"
+        returns = []
+        try:
+            size = self.max_batch_size or max(len(todo), 1)
+            for start in range(0, len(todo), size):
+                results = self.launcher.launch(todo[start : start + size], initial_job_idx=start)
+                returns.append(results)
+                for r in results:
+                    if r.status == JobStatus.COMPLETED:
+                        counts["finished"] += 1
+                        counts["diverged"] += int(bool((r.return_value or {}).get("diverged")))
+                    else:
+                        counts["failed"] += 1
+            status = "FAILED" if counts["failed"] else "FINISHED"
+        finally:
+            fsweep.close_parent(store, parent, counts, status)
+        if counts["failed"]:
+            raise SweepFailed(
+                f"{counts['failed']} of {len(todo)} jobs failed (parent run {parent} is FAILED); "
+                f"rerun the same command to retry them"
+            )
+        return returns
