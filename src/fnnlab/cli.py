@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fnnlab.config import ConfigValueError, project_root
+from fnnlab.config import ConfigValueError, check_values, project_root
 
 CONF_DIR = str(project_root() / "conf")
 log = logging.getLogger("fnnlab")
@@ -32,6 +32,12 @@ log = logging.getLogger("fnnlab")
 def train_app(cfg: DictConfig) -> dict:
     from fnnlab import job
 
+    try:
+        check_values(cfg)
+    except ConfigValueError as exc:
+        # Exit here rather than raise: Hydra would print a job-failure banner first.
+        print(f"fnnlab-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sweep_tags = {}
     if cfg.sweep.id is not None:
         sweep_tags = {"sweep_id": cfg.sweep.id, "job_num": str(cfg.sweep.job_num)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab.model import BACKPROP_MODES
@@ -121,16 +119,6 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigValueError(key, OmegaConf.select(cfg, key), why)
 
 
-class ValidateOnRunStart(Callback):
-    """Checks a single run's values before Hydra creates its output folder or any run.
-
-    (Under -m the fnnlab sweeper checks every job before the first one starts.)
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_values(config)
-
-
 def flatten(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Resolved config as {dotted.key: value} (lists stay one value), without hydra and sweep."""
     out: dict[str, Any] = {}
@@ -159,9 +147,7 @@ def fingerprint(cfg: DictConfig) -> str:
 
 @cache
 def project_root() -> Path:
-    """The checkout root (where pyproject.toml is), or $FNNLAB_ROOT if set."""
-    if "FNNLAB_ROOT" in os.environ:
-        return Path(os.environ["FNNLAB_ROOT"]).resolve()
+    """The checkout root: where pyproject.toml and conf/ are."""
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "pyproject.toml").exists() and (parent / "conf").is_dir():

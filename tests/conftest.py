@@ -1,0 +1,59 @@
+"""Shared fixtures: a fresh SQLite store per test and a way to run the console scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class TmpStore:
+    """An embedded MLflow store in a temporary folder, and overrides that point at it."""
+
+    root: Path
+    uri: str
+    experiment: str = "test"
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri)
+
+    def overrides(self) -> list[str]:
+        return [
+            f"tracking.uri={self.uri}",
+            f"tracking.experiment={self.experiment}",
+            f"hydra.run.dir={self.root}/outputs/${{now:%H-%M-%S-%f}}",
+            f"hydra.sweep.dir={self.root}/multirun/${{now:%H-%M-%S-%f}}",
+        ]
+
+    def runs(self, filter_string: str = "") -> list:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], filter_string, max_results=50000)
+
+    def db_bytes(self) -> bytes | None:
+        db = self.root / "mlruns" / "mlflow.db"
+        return db.read_bytes() if db.exists() else None
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TmpStore:
+    return TmpStore(root=tmp_path, uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+
+def run_script(name: str, *args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a console script of this venv the way a user would; never raises on exit status."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
+    )
