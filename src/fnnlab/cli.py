@@ -1,4 +1,4 @@
-"""Thin @hydra.main entry points: fnnlab-train and fnnlab-ui.
+"""Thin @hydra.main entry points: fnnlab-train, fnnlab-ui and fnnlab-aggregate.
 
 Each console script wraps its Hydra app so that a bad config value or override
 ends with one line naming the key and the value, and exit status 2.
@@ -87,6 +87,34 @@ def ui_app(cfg: DictConfig) -> None:
                 server.kill()
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="aggregate")
+def aggregate_app(cfg: DictConfig) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from fnnlab import aggregate, report
+
+    a = cfg.aggregate
+    try:
+        sel = aggregate.select(
+            cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
+        )
+        agg = aggregate.aggregate(sel)
+    except MlflowException as exc:
+        print(f"fnnlab-aggregate: error: {aggregate._first_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
+    out = out if out.is_absolute() else project_root() / out
+    files = report.write_outputs(agg, out, with_plots=a.plots)
+    logged = a.log_to_parent and sel.parent_run_id is not None
+    if a.log_to_parent:
+        report.log_to_parent(agg, out)
+    where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
+    print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs", flush=True)
+    print(report.terminal_table(agg))
+    print(f"best: {report.best_text(agg)}")
+    print(f"wrote {len(files)} files to {out}" + (", logged on the parent run" if logged else ""))
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,3 +185,7 @@ def train() -> None:
 
 def ui() -> None:
     run_cli("fnnlab-ui", ui_app)
+
+
+def aggregate() -> None:
+    run_cli("fnnlab-aggregate", aggregate_app)

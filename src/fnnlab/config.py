@@ -89,6 +89,28 @@ class UiAppConfig:
     ui: UiConfig = field(default_factory=UiConfig)
 
 
+@dataclass
+class AggregateConfig:
+    # latest: the experiment's most recent sweep; a sweep id; or all: every job run.
+    sweep: str = "latest"
+    # A parent run id; takes precedence over sweep.
+    parent_run_id: str | None = None
+    # An MLflow filter string ANDed to the selection, e.g. "params.`model.backprop` = 'exact'".
+    filter: str | None = None
+    # Where CSVs, report and plots go; relative paths are from the project root.
+    # Empty: the Hydra output folder of this invocation.
+    out_dir: str | None = None
+    # Log the outputs and the best configuration onto the sweep's parent run.
+    log_to_parent: bool = True
+    plots: bool = True
+
+
+@dataclass
+class AggregateAppConfig:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+
+
 # Sections that decide what a run computes; the fingerprint covers exactly these.
 TRAINING_KEYS = ("model", "optim", "data", "train", "seed")
 
@@ -167,6 +189,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="ui_schema", node=UiAppConfig)
+    cs.store(name="aggregate_schema", node=AggregateAppConfig)
 
 
 register()
