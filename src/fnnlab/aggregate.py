@@ -91,13 +91,13 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     try:
         exp = client.get_experiment_by_name(experiment)
     except MlflowException as exc:
-        raise ConfigValueError("tracking.uri", uri, _first_line(exc)) from None
+        raise ConfigValueError("tracking.uri", uri, first_line(exc)) from None
     if exp is None:
         raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
     return client, exp.experiment_id
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "message", exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -188,7 +188,7 @@ def select(
     try:
         runs = _search(client, exp_id, flt)
     except MlflowException as exc:
-        raise ConfigValueError(*where, _first_line(exc)) from None
+        raise ConfigValueError(*where, first_line(exc)) from None
     if not runs:
         raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
     kept, superseded = dedupe(runs)
@@ -290,7 +290,7 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
     """One row per run, and the columns that identify a configuration (swept params but seed)."""
     params = pd.DataFrame([r.data.params for r in sel.runs])
     # Params that vary across the selection, plus the contract keys; tracking.* is not training.
-    varying = [c for c in params.columns if params[c].nunique(dropna=False) > 1]
+    varying = [c for c in params.columns if params[c].nunique() > 1]
     keys = [
         c
         for c in (*CONTRACT, *varying, "seed")

@@ -99,8 +99,12 @@ def aggregate_app(cfg: DictConfig) -> None:
             cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
         )
         agg = aggregate.aggregate(sel)
+    except ConfigValueError as exc:
+        # Exit here rather than raise: Hydra would print a job-failure banner first.
+        print(f"fnnlab-aggregate: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except MlflowException as exc:
-        print(f"fnnlab-aggregate: error: {aggregate._first_line(exc)}", file=sys.stderr)
+        print(f"fnnlab-aggregate: error: {aggregate.first_line(exc)}", file=sys.stderr)
         sys.exit(1)
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
     out = out if out.is_absolute() else project_root() / out
