@@ -111,7 +111,7 @@ def aggregate_app(cfg: DictConfig) -> None:
     files = report.write_outputs(agg, out, with_plots=a.plots)
     logged = a.log_to_parent and sel.parent_run_id is not None
     if a.log_to_parent:
-        report.log_to_parent(agg, out)
+        report.log_to_parent(agg, files)
     where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
     print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs", flush=True)
     print(report.terminal_table(agg))

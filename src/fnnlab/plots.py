@@ -81,11 +81,15 @@ def sweep_curves_plot(
     panel_col: str = "hidden_dim",
     logy: bool = False,
     published: dict[int, float] | None = None,
+    band: bool = True,
 ) -> Path:
-    """Mean +/- std per configuration over epochs: a panel per width, a colour per other
-    configuration (learning rate, ...), a line style per metric (metrics: key -> style)."""
+    """Mean (+/- std unless band=False) per configuration over epochs: a panel per width,
+    a colour per other configuration (learning rate, ...), a line style per metric
+    (metrics: key -> style)."""
     panel_col = panel_col if panel_col in config_cols else None
     line_cols = [c for c in config_cols if c != panel_col]
+    # Name lines by what differs between them (all of it if nothing does).
+    line_cols = [c for c in line_cols if curves[c].nunique() > 1] or line_cols
     panel_values = sorted(curves[panel_col].dropna().unique()) if panel_col else [None]
     line_keys = sorted(curves.groupby(line_cols, dropna=False).groups) if line_cols else [()]
     line_keys = [k if isinstance(k, tuple) else (k,) for k in line_keys]
@@ -106,8 +110,9 @@ def sweep_curves_plot(
                 label = _label(lk, line_cols) if key == next(iter(metrics)) else None
                 ax.plot(c["step"], c["mean"], color=colour, linestyle=style, label=label)
                 std = c["std"].fillna(0)  # one seed: no band
-                ax.fill_between(c["step"], c["mean"] - std, c["mean"] + std,
-                                color=colour, alpha=0.15, linewidth=0)
+                if band:
+                    ax.fill_between(c["step"], c["mean"] - std, c["mean"] + std,
+                                    color=colour, alpha=0.15, linewidth=0)
         if published:
             ax.scatter(list(published), list(published.values()), color="tab:red", marker="x",
                        zorder=3, label="published" if ax is axes[0] else None)
@@ -137,7 +142,9 @@ def sweep_heatmap(
 ) -> Path:
     """value over width x learning rate, a panel per combination of any other swept params.
     Empty cells are configurations without a usable run (all failed or diverged)."""
-    facet_cols = [c for c in config_cols if c not in (row_col, col_col)]
+    facet_cols = [
+        c for c in config_cols if c not in (row_col, col_col) and summary[c].nunique() > 1
+    ]
     facets = sorted(summary.groupby(facet_cols, dropna=False).groups) if facet_cols else [()]
     facets = [k if isinstance(k, tuple) else (k,) for k in facets]
     fig, axes = _panels(len(facets), width=5, height=4)

@@ -32,7 +32,7 @@ SUMMARY_COLUMNS = {
 PLOTS = {
     "curves_loss.png": "Mean ± std loss per epoch",
     "heatmap_final_loss.png": "Mean final loss over width × learning rate",
-    "curves_grad_norm.png": "Mean ± std gradient norms per epoch",
+    "curves_grad_norm.png": "Mean gradient norms per epoch",
 }
 
 
@@ -178,8 +178,9 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
         cols,
         {"grad_norm/w1": "-", "grad_norm/w2": "--"},
         "gradient L2 norm",
-        f"{title} gradient norms (mean ± std)",
+        f"{title} gradient norms (mean over seeds)",
         logy=True,
+        band=False,  # a ± std band spans decades on a log axis and hides the means
     )
     return list(PLOTS)
 
@@ -194,14 +195,16 @@ def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Pa
     return [out / n for n in ("runs.csv", "summary.csv", "curves.csv", "report.md", *plot_files)]
 
 
-def log_to_parent(agg: Aggregate, out: Path) -> None:
+def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
     """Report, tables and plots under aggregate/ on the parent; the best configuration as
     tags (aggregate.best.<param>) and metrics (aggregate/best_*)."""
     sel = agg.selection
     if sel.parent_run_id is None:
         return
     store = Store(client=sel.client, experiment_id=sel.experiment_id, uri=sel.uri)
-    sel.client.log_artifacts(sel.parent_run_id, str(out), artifact_path="aggregate")
+    # The files written, not the whole folder: it may hold other things (even the store).
+    for f in files:
+        sel.client.log_artifact(sel.parent_run_id, str(f), artifact_path="aggregate")
     runs = agg.runs
     metrics = {
         "aggregate/runs": len(runs),
