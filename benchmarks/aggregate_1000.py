@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import random
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,10 +87,26 @@ def build(uri: str, n_runs: int) -> None:
     end_run(store, parent, "FINISHED")
 
 
+CPU: dict[str, float] = {}
+
+
 def timed(fn, *args, **kw):
-    t0 = time.perf_counter()
+    """Result and wall seconds; CPU seconds (this process and its children) go to CPU[fn name].
+
+    On a shared machine wall time includes waiting for a core; CPU time does not.
+    """
+    t0, c0 = time.perf_counter(), _cpu()
     out = fn(*args, **kw)
+    CPU[fn.__name__] = _cpu() - c0
     return out, time.perf_counter() - t0
+
+
+def _cpu() -> float:
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -109,33 +129,67 @@ def main() -> None:
         _, t_build = timed(build, uri, args.runs)
         print(f"  done in {t_build:.1f} s", flush=True)
 
+    load = os.getloadavg()
     rows = []
     sel, t_select = timed(aggregate.select, uri, EXPERIMENT, "latest")
-    rows.append(("select runs (search_runs)", t_select))
+    rows.append(("select runs (search_runs)", t_select, CPU["select"]))
     ids = [r.info.run_id for r in sel.runs]
     curves, t_curves = timed(aggregate.read_curves, uri, sel.client, ids, method="sql")
-    rows.append((f"read curves, one SQL query per 500 runs ({len(curves)} values)", t_curves))
+    rows.append(
+        (
+            f"read curves, one SQL query per 500 runs ({len(curves)} values)",
+            t_curves,
+            CPU["read_curves"],
+        )
+    )
     frame, t_frame = timed(aggregate.runs_frame, sel, curves)
     frame, cols = frame
     summary, t_sum = timed(aggregate.summarize, frame, cols)
     mean, t_mean = timed(aggregate.mean_curves, frame, curves, cols)
-    rows.append(("runs frame + summary + mean curves", t_frame + t_sum + t_mean))
+    c_tables = CPU["runs_frame"] + CPU["summarize"] + CPU["mean_curves"]
+    rows.append(("runs frame + summary + mean curves", t_frame + t_sum + t_mean, c_tables))
     total = t_select + t_curves + t_frame + t_sum + t_mean
-    rows.append(("= aggregation (store -> tables)", total))
+    c_total = CPU["select"] + CPU["read_curves"] + c_tables
+    rows.append(("= aggregation (store -> tables)", total, c_total))
     agg = aggregate.Aggregate(sel, frame, summary, mean, cols, aggregate.pick_best(summary, cols))
     with tempfile.TemporaryDirectory() as tmp:
         _, t_out = timed(report.write_outputs, agg, Path(tmp))
-    rows.append(("CSV + report + 3 plots", t_out))
-    rows.append(("= total without logging to the parent", total + t_out))
+    rows.append(("CSV + report + 3 plots", t_out, CPU["write_outputs"]))
+    rows.append(
+        ("= total without logging to the parent", total + t_out, c_total + CPU["write_outputs"])
+    )
+    # The command a user types, from process start to exit, logging onto the parent included.
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            str(Path(sys.executable).parent / "fnnlab-aggregate"),
+            f"tracking.uri={uri}",
+            f"tracking.experiment={EXPERIMENT}",
+            f"aggregate.out_dir={tmp}",
+        ]
+        res, t_cli = timed(subprocess.run, cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr)
+    rows.append(
+        ("fnnlab-aggregate command, start to exit (incl. imports, logging)", t_cli, CPU["run"])
+    )
     if args.compare_client:
         _, t_client = timed(aggregate.read_curves, uri, sel.client, ids, method="client")
-        rows.append(("read curves with get_metric_history x 6 per run (16 threads)", t_client))
+        rows.append(
+            (
+                "read curves with get_metric_history x 6 per run (16 threads)",
+                t_client,
+                CPU["read_curves"],
+            )
+        )
 
     print(f"\n{len(sel.runs)} runs, {len(summary)} configurations, store {db}")
     width = max(len(r[0]) for r in rows)
-    print(f"{'phase':<{width}}  seconds")
-    for name, secs in rows:
-        print(f"{name:<{width}}  {secs:7.2f}")
+    print(
+        f"load average before: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min), {os.cpu_count()} cores"
+    )
+    print(f"{'phase':<{width}}  wall s   CPU s")
+    for name, secs, cpu in rows:
+        print(f"{name:<{width}}  {secs:6.2f}  {cpu:6.2f}")
     if args.compare_client:
         print(f"bulk SQL read is {t_client / t_curves:.0f}x faster than per-series calls")
 

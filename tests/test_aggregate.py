@@ -282,6 +282,17 @@ def test_selection_by_parent_run_id(small) -> None:
     assert len(agg.summary) == 1 and agg.summary.loss_mean[0] == 0.6
     assert math.isnan(agg.summary.loss_std[0])  # one seed: empty std, no error
     assert agg.best["hidden_dim"] == 4
+    # The tracking-server path (parallel metric histories) reads the same curves.
+    ids = [r.info.run_id for r in agg.selection.runs]
+    by_sql = aggregate.read_curves(store.uri, store.client, ids, method="sql")
+    by_client = aggregate.read_curves(store.uri, store.client, ids, method="client")
+    assert by_sql.sort_values("step").values.tolist() == [
+        [ids[0], "loss", 0, 0.7],
+        [ids[0], "loss", 1, 0.6],
+    ]
+    assert (
+        by_client.sort_values("step").values.tolist() == by_sql.sort_values("step").values.tolist()
+    )
 
 
 def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:

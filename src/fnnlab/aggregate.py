@@ -225,33 +225,67 @@ def read_curves(
     if frame.empty:
         return pd.DataFrame({"run_id": [], "key": [], "step": [], "value": []})
     # A value logged twice for one step: the later one counts, as in MLflow's UI.
-    frame = frame.sort_values("timestamp", kind="stable")
-    frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
+    if frame.duplicated(["run_id", "key", "step"]).any():
+        frame = frame.sort_values("timestamp", kind="stable")
+        frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
     return frame[["run_id", "key", "step", "value"]].reset_index(drop=True)
 
 
 def _curves_sql(
     uri: str, run_ids: list[str], keys: tuple[str, ...], chunk: int = 500
 ) -> pd.DataFrame:
-    """One query per 500 runs on MLflow's metrics table, through the store's own URI."""
+    """One query per 500 runs on MLflow's metrics table, through the store's own URI.
+
+    Rows come straight from the DB-API cursor: SQLAlchemy's per-row processing would
+    double the time for the 606,000 values of a 1,000-run sweep.
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri)
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
+    if mark is None:  # a driver with named parameters: let pandas and SQLAlchemy bind them
+        return _curves_sql_named(engine, run_ids, keys, chunk)
+    columns = ["run_id", "key", "step", "value", "is_nan", "timestamp"]
+    parts = []
+    conn = engine.raw_connection()
+    try:
+        cur = conn.cursor()
+        for start in tqdm(range(0, len(run_ids), chunk), desc="curves", unit="chunk", disable=None):
+            ids = run_ids[start : start + chunk]
+            cur.execute(
+                "SELECT run_uuid, key, step, value, is_nan, timestamp FROM metrics "
+                f"WHERE run_uuid IN ({','.join([mark] * len(ids))}) "
+                f"AND key IN ({','.join([mark] * len(keys))})",
+                (*ids, *keys),
+            )
+            parts.append(pd.DataFrame(cur.fetchall(), columns=columns))
+    finally:
+        conn.close()
+        engine.dispose()
+    return _nan_flags(pd.concat(parts, ignore_index=True))
+
+
+def _curves_sql_named(
+    engine, run_ids: list[str], keys: tuple[str, ...], chunk: int
+) -> pd.DataFrame:
     import sqlalchemy as sa
 
     query = sa.text(
         "SELECT run_uuid AS run_id, key, step, value, is_nan, timestamp FROM metrics "
         "WHERE run_uuid IN :ids AND key IN :keys"
     ).bindparams(sa.bindparam("ids", expanding=True), sa.bindparam("keys", expanding=True))
-    engine = sa.create_engine(uri)
     parts = []
     try:
         with engine.connect() as conn:
-            for start in tqdm(
-                range(0, len(run_ids), chunk), desc="curves", unit="chunk", disable=None
-            ):
+            for start in range(0, len(run_ids), chunk):
                 ids = run_ids[start : start + chunk]
                 parts.append(pd.read_sql(query, conn, params={"ids": ids, "keys": list(keys)}))
     finally:
         engine.dispose()
-    frame = pd.concat(parts, ignore_index=True)
+    return _nan_flags(pd.concat(parts, ignore_index=True))
+
+
+def _nan_flags(frame: pd.DataFrame) -> pd.DataFrame:
     # MLflow stores NaN as 0 with a flag.
     frame.loc[frame["is_nan"].astype(bool), "value"] = math.nan
     return frame
