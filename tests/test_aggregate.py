@@ -115,6 +115,7 @@ def test_summary_matches_client_data(swept: TmpStore, tmp_path: Path) -> None:
     assert {"aggregate/report.md", "aggregate/summary.csv", "aggregate/curves_loss.png"} <= logged
     report = (tmp_path / "report.md").read_text()
     assert "| hidden_dim | lr | backprop |" in report
+    assert "## Mean final loss ± 95% CI, width × learning rate" in report
     # The terminal gets the table and the best configuration.
     assert "loss mean" in res.stdout and f"best: hidden_dim={best[0]}" in res.stdout
 

@@ -101,6 +101,29 @@ def reference_table(agg: Aggregate) -> pd.DataFrame | None:
     return table
 
 
+def grid_table(agg: Aggregate, rows: str = "hidden_dim", cols: str = "lr") -> pd.DataFrame | None:
+    """Mean final loss ± 95% CI over width x learning rate, the heatmap as text."""
+    s = agg.summary
+    if rows not in s or cols not in s or (s[rows].nunique() < 2 and s[cols].nunique() < 2):
+        return None
+    others = [c for c in agg.config_cols if c not in (rows, cols) and s[c].nunique() > 1]
+
+    def text(r: pd.Series) -> str:
+        if r["used"] == 0:
+            return "no usable run"
+        ci = f" ± {r['loss_ci95']:.3f}" if cell(r["loss_ci95"]) else ""
+        bad = int(r["diverged"] + r["failed"])
+        return f"{r['loss_mean']:.3f}{ci}" + (
+            f" ({bad} of {int(r['runs'])} left out)" if bad else ""
+        )
+
+    grid = s.assign(cell=s.apply(text, axis=1)).pivot_table(
+        index=[*others, rows], columns=cols, values="cell", aggfunc="first"
+    )
+    grid.columns = [f"{cols}={cell(c)}" for c in grid.columns]
+    return grid.reset_index()
+
+
 def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
     sel, runs = agg.selection, agg.runs
     counts = runs["status"].value_counts()
@@ -131,6 +154,16 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         markdown_table(summary_table(agg)),
     ]
+    grid = grid_table(agg)
+    if grid is not None:
+        lines += [
+            "",
+            "## Mean final loss ± 95% CI, width × learning rate",
+            "",
+            "Left out: diverged or failed runs, not in the mean.",
+            "",
+            markdown_table(grid),
+        ]
     ref = reference_table(agg)
     if ref is not None:
         lines += [
