@@ -202,6 +202,12 @@ def test_single_seed_gives_empty_std(swept: TmpStore, tmp_path: Path) -> None:
         assert row.loss_mean == row.loss_min == expected[(row.hidden_dim, row.lr)]
 
 
+def test_curve_metrics_are_the_trained_ones() -> None:
+    from fnnlab.train import METRICS
+
+    assert aggregate.METRICS == METRICS
+
+
 def test_dedupe_prefers_finished_then_latest(store: TmpStore) -> None:
     st = open_store(store.uri, store.experiment)
     ids = {}

@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from fnnlab.config import ConfigValueError
 from fnnlab.tracking import sqlite_path
-from fnnlab.train import METRICS
 
+# The per-epoch metrics of fnnlab.train.METRICS, named here so that reading a store does not
+# import torch (tests check the two agree).
+METRICS = ("loss", "accuracy", "grad_norm/w1", "grad_norm/w2", "weight_norm/w1", "weight_norm/w2")
 # URI schemes of MLflow's SQLAlchemy store: the metrics table can be read directly.
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # Contract keys that always describe a configuration, even when not swept.

@@ -20,7 +20,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab.model import BACKPROP_MODES
 
 
 @dataclass
@@ -126,6 +125,9 @@ class ConfigValueError(ValueError):
 
 def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value."""
+    # Imported here: fnnlab.model pulls in torch, which fnnlab-aggregate and fnnlab-ui never need.
+    from fnnlab.model import BACKPROP_MODES
+
     checks = [
         ("model.hidden_dim", cfg.model.hidden_dim >= 1, "must be at least 1"),
         ("model.backprop", cfg.model.backprop in BACKPROP_MODES, f"must be one of {', '.join(BACKPROP_MODES)}"),

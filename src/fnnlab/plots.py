@@ -4,6 +4,7 @@ across the jobs of a sweep (no figure manager, no leaked figures)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -12,7 +13,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fnnlab.train import History
+if TYPE_CHECKING:  # torch is not needed to draw sweep figures
+    from fnnlab.train import History
+
 
 DPI = 80
 
