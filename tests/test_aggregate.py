@@ -4,8 +4,12 @@ and every input that must end in one line and a non-zero exit."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +18,7 @@ from conftest import TmpStore, run_script
 from scipy import stats
 
 from fnnlab import aggregate
+from fnnlab.cli import wait_until_up
 from fnnlab.config import ConfigValueError
 from fnnlab.tracking import log_values, open_store
 
@@ -324,3 +329,57 @@ def test_missing_database_is_not_created(tmp_path: Path) -> None:
     )
     one_line_error(res, f"tracking.uri=sqlite:///{db}", "no database file")
     assert not db.exists() and not db.parent.exists()
+
+
+@pytest.fixture
+def server(small):
+    """An MLflow tracking server on 127.0.0.1 over the small store; always stopped."""
+    store, _ = small
+    port = closed_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # A session of its own, so that the server's worker processes stop with it.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_tracking_server(small, server: str, tmp_path: Path) -> None:
+    """The same sweep through a server: curves come from parallel metric-history calls."""
+    store, pid = small
+    res = run_script(
+        "fnnlab-aggregate",
+        f"tracking.uri={server}",
+        f"tracking.experiment={store.experiment}",
+        f"aggregate.out_dir={tmp_path}",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 1 and summary.loss_mean[0] == 0.6
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert curves[curves.key == "loss"].sort_values("step")["mean"].tolist() == [0.7, 0.6]
+    parent = store.client.get_run(pid)
+    assert parent.data.tags["aggregate.best.hidden_dim"] == "4"
