@@ -30,8 +30,9 @@ from fnnlab.tracking import sqlite_path
 # The per-epoch metrics of fnnlab.train.METRICS, named here so that reading a store does not
 # import torch (tests check the two agree).
 METRICS = ("loss", "accuracy", "grad_norm/w1", "grad_norm/w2", "weight_norm/w1", "weight_norm/w2")
-# URI schemes of MLflow's SQLAlchemy store: the metrics table can be read directly.
-SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# Database stores whose metrics table is read directly (others, e.g. MySQL where `key` is a
+# reserved word, go through the client).
+SQL_SCHEMES = ("sqlite", "postgresql")
 # Contract keys that always describe a configuration, even when not swept.
 CONTRACT = ("model.hidden_dim", "optim.lr", "model.backprop")
 # Statuses of runs that ended without finishing.
@@ -89,11 +90,13 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
             raise ConfigValueError(
                 "tracking.uri", uri, f"cannot reach the tracking server ({reason})"
             ) from None
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-    except MlflowException as exc:
-        raise ConfigValueError("tracking.uri", uri, first_line(exc)) from None
+    except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
+        raise ConfigValueError(
+            "tracking.uri", uri, f"{type(exc).__name__}: {first_line(exc)}"
+        ) from None
     if exp is None:
         raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
     return client, exp.experiment_id
@@ -104,16 +107,16 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _search(client: MlflowClient, experiment_id: str, filter_string: str, **kw: Any) -> list[Run]:
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    """Every matching active run, all pages."""
     runs, token = [], None
     while True:
         page = client.search_runs(
             [experiment_id],
             filter_string,
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=kw.pop("max_results", 10000),
+            max_results=10000,
             page_token=token,
-            **kw,
         )
         runs.extend(page)
         token = page.token
@@ -174,7 +177,13 @@ def select(
         flt = "tags.role = 'sweep'"
         if sweep != "latest":
             flt += f" and tags.sweep_id = '{_check_id('aggregate.sweep', sweep)}'"
-        found = _search(client, exp_id, flt, order_by=["attributes.start_time DESC"], max_results=1)
+        found = client.search_runs(
+            [exp_id],
+            flt,
+            ViewType.ACTIVE_ONLY,
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
         if not found:
             why = "no sweep in" if sweep == "latest" else "no sweep with this id in"
             raise ConfigValueError("aggregate.sweep", sweep, f"{why} experiment {experiment}")
@@ -225,7 +234,8 @@ def read_curves(
         else _curves_client(client, run_ids, keys)
     )
     if frame.empty:
-        return pd.DataFrame({"run_id": [], "key": [], "step": [], "value": []})
+        types = {"run_id": str, "key": str, "step": "int64", "value": float}
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in types.items()})
     # A value logged twice for one step: the later one counts, as in MLflow's UI.
     if frame.duplicated(["run_id", "key", "step"]).any():
         frame = frame.sort_values("timestamp", kind="stable")

@@ -188,6 +188,7 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
 
 
 def write_plots(agg: Aggregate, out: Path) -> list[str]:
+    """The plots that apply: none without curves, no heatmap without width and lr."""
     if agg.curves.empty:
         return []
     title = f"{agg.selection.experiment}: {agg.selection.sweep_id or 'selection'}"
@@ -202,9 +203,12 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
         f"{title} loss (mean ± std over seeds)",
         published=published,
     )
-    plots.sweep_heatmap(
-        agg.summary, out / "heatmap_final_loss.png", cols, f"{title} mean final loss"
-    )
+    written = ["curves_loss.png"]
+    if {"hidden_dim", "lr"} <= set(cols):
+        plots.sweep_heatmap(
+            agg.summary, out / "heatmap_final_loss.png", cols, f"{title} mean final loss"
+        )
+        written.append("heatmap_final_loss.png")
     plots.sweep_curves_plot(
         agg.curves,
         out / "curves_grad_norm.png",
@@ -215,7 +219,7 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
         logy=True,
         band=False,  # a ± std band spans decades on a log axis and hides the means
     )
-    return list(PLOTS)
+    return [*written, "curves_grad_norm.png"]
 
 
 def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Path]:
