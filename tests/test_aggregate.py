@@ -17,7 +17,7 @@ import pytest
 from conftest import TmpStore, run_script
 from scipy import stats
 
-from fnnlab import aggregate
+from fnnlab import aggregate, report
 from fnnlab.cli import wait_until_up
 from fnnlab.config import ConfigValueError
 from fnnlab.tracking import log_values, open_store
@@ -252,7 +252,27 @@ def small(tmp_path_factory) -> tuple[TmpStore, str]:
     params = {"model.hidden_dim": 4, "optim.lr": 0.1, "model.backprop": "tutorial", "seed": 0}
     log_values(st, rid, params=params, series={"loss": [0.7, 0.6]}, summary={"final/loss": 0.6})
     st.client.set_terminated(rid, "FINISHED")
+    # Experiment "allfailed": a sweep whose two jobs failed before logging anything.
+    af = open_store(store.uri, "allfailed")
+    tags = {"role": "sweep", "sweep_id": "dead01"}
+    apid = af.client.create_run(af.experiment_id, run_name="sweep", tags=tags).info.run_id
+    for fp in ("a", "b"):
+        job = {"role": "job", "fingerprint": fp, "mlflow.parentRunId": apid, "error": "boom"}
+        fid = af.client.create_run(af.experiment_id, run_name=f"job-{fp}", tags=job).info.run_id
+        af.client.set_terminated(fid, "FAILED")
     return store, pid
+
+
+def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
+    store, _ = small
+    agg = aggregate.aggregate(aggregate.select(store.uri, "allfailed"))
+    assert agg.summary[["runs", "used", "failed"]].values.tolist() == [[2, 0, 2]]
+    assert agg.best == {} and agg.curves.empty
+    files = report.write_outputs(agg, tmp_path)
+    assert sorted(f.name for f in files) == ["curves.csv", "report.md", "runs.csv", "summary.csv"]
+    text = (tmp_path / "report.md").read_text()
+    assert "0 finished (0 of them diverged), 2 failed or killed" in text
+    assert "no configuration has a finished, non-diverged run" in text
 
 
 def closed_port() -> int:
