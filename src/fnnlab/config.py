@@ -21,7 +21,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 
-
 @dataclass
 class ModelConfig:
     hidden_dim: int = 32

@@ -114,11 +114,12 @@ def sweep_curves_plot(
                 ax.plot(c["step"], c["mean"], color=colour, linestyle=style, label=label)
                 std = c["std"].fillna(0)  # one seed: no band
                 if band:
-                    ax.fill_between(c["step"], c["mean"] - std, c["mean"] + std,
-                                    color=colour, alpha=0.15, linewidth=0)
+                    lo, hi = c["mean"] - std, c["mean"] + std
+                    ax.fill_between(c["step"], lo, hi, color=colour, alpha=0.15, linewidth=0)
         if published:
-            ax.scatter(list(published), list(published.values()), color="tab:red", marker="x",
-                       zorder=3, label="published" if ax is axes[0] else None)
+            label = "published" if ax is axes[0] else None
+            epochs, losses = list(published), list(published.values())
+            ax.scatter(epochs, losses, color="tab:red", marker="x", zorder=3, label=label)
         if logy:
             ax.set_yscale("log")
         panel_title = f"{panel_col}={_fmt(pv)}" if panel_col else title
@@ -169,8 +170,8 @@ def sweep_heatmap(
         for (i, j), v in np.ndenumerate(cells):
             dark = not np.isnan(v) and v >= (vmin + vmax) / 2
             text = "n/a" if np.isnan(v) else f"{v:.3g}"
-            ax.text(j, i, text, ha="center", va="center", fontsize="small",
-                    color="white" if dark else "black")
+            colour = "white" if dark else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize="small", color=colour)
         fig.colorbar(im, ax=ax, label=value)
     if facet_cols:
         fig.suptitle(title)
