@@ -30,14 +30,14 @@ log = logging.getLogger("fnnlab")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> dict:
-    from fnnlab import job
-
     try:
         check_values(cfg)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         print(f"fnnlab-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    from fnnlab import job  # torch, sklearn, mlflow: seconds to import, only when needed
+
     sweep_tags = {}
     if cfg.sweep.id is not None:
         sweep_tags = {"sweep_id": cfg.sweep.id, "job_num": str(cfg.sweep.job_num)}
@@ -49,11 +49,10 @@ def train_app(cfg: DictConfig) -> dict:
     )
     final = result.history.final()
     diverged = result.history.diverged_at is not None
+    note = f" (diverged at epoch {result.history.diverged_at})" if diverged else ""
     print(
         f"{result.run_name}: loss {final.get('loss', float('nan')):.6f} "
-        f"accuracy {final.get('accuracy', float('nan')):.3f}"
-        f"{' (diverged at epoch %d)' % result.history.diverged_at if diverged else ''} "
-        f"run {result.run_id}",
+        f"accuracy {final.get('accuracy', float('nan')):.3f}{note} run {result.run_id}",
         flush=True,
     )
     return {"run_id": result.run_id, "diverged": diverged}
@@ -71,8 +70,20 @@ def ui_app(cfg: DictConfig) -> None:
         print(f"{cfg.tracking.uri.rstrip('/')}/#/experiments/{store.experiment_id}", flush=True)
         return
     base = f"http://{cfg.ui.host}:{cfg.ui.port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.tracking.uri,
-           "--host", cfg.ui.host, "--port", str(cfg.ui.port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        cfg.tracking.uri,
+        "--host",
+        cfg.ui.host,
+        "--port",
+        str(cfg.ui.port),
+        "--workers",
+        "1",
+    ]
     server = subprocess.Popen(cmd)
     try:
         wait_until_up(f"{base}/health", server)
@@ -126,7 +137,7 @@ def _one_line(exc: BaseException) -> str:
 
 def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
-    from hydra_plugins.fnnlab_sweeper.fnnlab_sweeper import SweepFailed
+    from fnnlab.sweep import SweepFailed
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
     # Let exceptions reach us instead of Hydra's multi-line report.

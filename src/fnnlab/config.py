@@ -20,7 +20,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab.model import BACKPROP_MODES
+# The modes of fnnlab.model.ScratchFNN, not imported from there: importing torch takes
+# seconds, and a rejected command should not wait for it.
+BACKPROP_MODES = ("tutorial", "exact")
 
 
 @dataclass
@@ -106,12 +108,24 @@ def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value."""
     checks = [
         ("model.hidden_dim", cfg.model.hidden_dim >= 1, "must be at least 1"),
-        ("model.backprop", cfg.model.backprop in BACKPROP_MODES, f"must be one of {', '.join(BACKPROP_MODES)}"),
+        (
+            "model.backprop",
+            cfg.model.backprop in BACKPROP_MODES,
+            f"must be one of {', '.join(BACKPROP_MODES)}",
+        ),
         ("model.init_discard_draws", cfg.model.init_discard_draws >= 0, "must be 0 or more"),
         ("model.dtype", cfg.model.dtype in ("float32", "float64"), "must be float32 or float64"),
-        ("optim.lr", math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "must be a finite number > 0"),
+        (
+            "optim.lr",
+            math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0,
+            "must be a finite number > 0",
+        ),
         ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),
-        ("data.features", len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features), "must list iris feature columns 0..3"),
+        (
+            "data.features",
+            len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),
+            "must list iris feature columns 0..3",
+        ),
         ("tracking.experiment", bool(str(cfg.tracking.experiment).strip()), "must not be empty"),
     ]
     for key, ok, why in checks:

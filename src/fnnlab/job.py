@@ -105,7 +105,14 @@ def run(
         end_tags = {"diverged": str(diverged).lower()}
         if diverged:
             end_tags["diverged_at"] = str(history.diverged_at)
-        log_values(store, run_id, params=flatten(cfg), series=history.metrics, summary=summary, tags=end_tags)
+        log_values(
+            store,
+            run_id,
+            params=flatten(cfg),
+            series=history.metrics,
+            summary=summary,
+            tags=end_tags,
+        )
         art = write_artifacts(history, cfg, output_dir, name)
         store.client.log_artifacts(run_id, str(art))
     except BaseException as exc:
@@ -113,7 +120,11 @@ def run(
         log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
         try:
             error = f"{type(exc).__name__}: {exc}"
-            log_values(store, run_id, tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]})
+            log_values(
+                store,
+                run_id,
+                tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]},
+            )
         finally:
             end_run(store, run_id, status)
         raise

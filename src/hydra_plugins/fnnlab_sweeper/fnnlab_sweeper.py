@@ -7,8 +7,8 @@ the same command (unless hydra.sweeper.rerun=true), launches the rest with whate
 launcher is configured, and ends the parent FINISHED, FAILED or KILLED.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Hydra's plugin scan imports this module in a
+# way that breaks dataclasses with string annotations.
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -39,10 +39,6 @@ ConfigStore.instance().store(
 )
 
 
-class SweepFailed(RuntimeError):
-    """Some jobs failed; their runs are FAILED and the parent run too."""
-
-
 class FnnlabSweeper(Sweeper):
     def __init__(self, max_batch_size: int | None = None, rerun: bool = False) -> None:
         self.max_batch_size = max_batch_size
@@ -51,7 +47,9 @@ class FnnlabSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         from hydra.core.plugins import Plugins
 
         self.config = config
@@ -72,7 +70,9 @@ class FnnlabSweeper(Sweeper):
             check_values(cfg)
             for key in ("tracking.uri", "tracking.experiment"):
                 if OmegaConf.select(cfg, key) != OmegaConf.select(self.config, key):
-                    raise ConfigValueError(key, OmegaConf.select(cfg, key), "cannot vary within one sweep")
+                    raise ConfigValueError(
+                        key, OmegaConf.select(cfg, key), "cannot vary within one sweep"
+                    )
             configs.append(cfg)
         return jobs, configs
 
@@ -98,11 +98,21 @@ class FnnlabSweeper(Sweeper):
             if fingerprint(cfg) in done:
                 counts["skipped"] += 1
                 continue
-            todo.append([*overrides, f"sweep.id={sid}", f"sweep.parent_run_id={parent}", f"sweep.job_num={num}"])
+            todo.append(
+                [
+                    *overrides,
+                    f"sweep.id={sid}",
+                    f"sweep.parent_run_id={parent}",
+                    f"sweep.job_num={num}",
+                ]
+            )
         if counts["skipped"]:
             log.info(
                 "Sweep %s: skipping %d of %d jobs that already have a FINISHED run "
-                "(hydra.sweeper.rerun=true runs them again)", sid, counts["skipped"], len(jobs),
+                "(hydra.sweeper.rerun=true runs them again)",
+                sid,
+                counts["skipped"],
+                len(jobs),
             )
         log.info("Sweep %s: parent run %s, %d jobs to run", sid, parent, len(todo))
 
@@ -123,7 +133,7 @@ class FnnlabSweeper(Sweeper):
         finally:
             fsweep.close_parent(store, parent, counts, status)
         if counts["failed"]:
-            raise SweepFailed(
+            raise fsweep.SweepFailed(
                 f"{counts['failed']} of {len(todo)} jobs failed (parent run {parent} is FAILED); "
                 f"rerun the same command to retry them"
             )
