@@ -14,6 +14,16 @@ from mlflow.tracking import MlflowClient
 BIN = Path(sys.executable).parent
 
 
+def compose_train(overrides: list[str]):
+    """fnnlab-train's config as Hydra composes it, without running anything."""
+    from hydra import compose, initialize_config_dir
+
+    from fnnlab.config import project_root
+
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 @dataclass
 class TmpStore:
     """An embedded MLflow store in a temporary folder, and overrides that point at it."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import BIN, TmpStore, run_script
-from hydra import compose, initialize_config_dir
+from conftest import BIN, TmpStore, compose_train, run_script
 
 from fnnlab import model
 from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
@@ -50,11 +49,6 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(store_with_a_run, args
     assert key in lines[0] and value in lines[0], lines[0]
     assert store.db_bytes() == before
     assert len(store.runs()) == 1
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def test_defaults_follow_the_contract():

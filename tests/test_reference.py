@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from conftest import compose_train
 
 from fnnlab.config import project_root
 from fnnlab.job import train_model
 from fnnlab.reference import max_abs_deviation, published_losses
 
 SHARED_CURVE = project_root().parent / "shared" / "reference" / "reference_curve.json"
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def test_shipped_published_points_are_the_tutorials():
