@@ -2,7 +2,7 @@
 experiment page, one run's page, the run-comparison view and overlaid metric curves.
 
 URL formats are those of the MLflow 3.17 web app (hash routes, read from its bundled
-JavaScript): `#/compare-runs?runs=[...]&experiments=[...]` and `#/metric/<key>?runs=[...]&...`
+JavaScript): `#/compare-runs?runs=[...]&experiments=[...]` and `#/metric?runs=[...]&metric=...`
 with URL-encoded JSON lists as values.
 """
 
@@ -39,7 +39,7 @@ ML_VIEW = "workflowType=machine_learning"
 
 
 def _json(value: object) -> str:
-    return quote(json.dumps(value, separators=(",", ":")))
+    return quote(json.dumps(value, separators=(",", ":")), safe="")
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
@@ -62,7 +62,7 @@ def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
 def curves_url(base: str, experiment_id: str, run_ids: list[str], metrics: list[str]) -> str:
     """MLflow's metric page: these metrics of these runs overlaid, x-axis = step = epoch."""
     return (
-        f"{base}/#/metric/{quote(metrics[0], safe='')}?runs={_json(run_ids)}"
+        f"{base}/#/metric?runs={_json(run_ids)}"
         f"&metric={_json(metrics[0])}&experiments={_json([experiment_id])}"
         f"&plot_metric_keys={_json(metrics)}&x_axis=step&y_axis_scale=linear"
         f"&line_smoothness=1&show_point=false&{ML_VIEW}"
