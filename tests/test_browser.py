@@ -25,8 +25,14 @@ from fnnlab.config import project_root
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 WIDTHS, LRS = (4, 16), (0.05, 0.5)
 SCREENSHOT = project_root() / "docs" / "compare.png"
@@ -44,8 +50,12 @@ class UiProcess:
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [str(BIN / "fnnlab-ui"), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env, start_new_session=True,
+            [str(BIN / "fnnlab-ui"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -101,8 +111,13 @@ def swept(store: TmpStore) -> TmpStore:
     """A 2 widths x 2 learning rates sweep, few epochs, in the test's own store."""
     widths, lrs = ",".join(map(str, WIDTHS)), ",".join(map(str, LRS))
     out = run_script(
-        "fnnlab-train", "-m", f"model.hidden_dim={widths}", f"optim.lr={lrs}", "train.epochs=20",
-        "tracking.plots=false", *store.overrides(),
+        "fnnlab-train",
+        "-m",
+        f"model.hidden_dim={widths}",
+        f"optim.lr={lrs}",
+        "train.epochs=20",
+        "tracking.plots=false",
+        *store.overrides(),
     )
     assert out.returncode == 0, out.stderr
     return store
@@ -111,8 +126,12 @@ def swept(store: TmpStore) -> TmpStore:
 @pytest.fixture
 def ui_urls(swept: TmpStore) -> Iterator[dict[str, str]]:
     """fnnlab-ui on a free port (ui.port=0), stopped whatever happens; the URLs it printed."""
-    ui = UiProcess(f"tracking.uri={swept.uri}", f"tracking.experiment={swept.experiment}",
-                   "ui.port=0", "ui.sweep=latest")
+    ui = UiProcess(
+        f"tracking.uri={swept.uri}",
+        f"tracking.experiment={swept.experiment}",
+        "ui.port=0",
+        "ui.sweep=latest",
+    )
     urls: dict[str, str] = {}
     try:
         urls["experiment"] = ui.wait_for(r"^experiment \S+: (\S+)").group(1)
@@ -159,8 +178,11 @@ def test_sweep_compared_in_mlflow_ui(swept: TmpStore, ui_urls: dict[str, str]) -
             page.locator('[data-component-id$="runnamecellrenderer.tsx_46"]').first.click()
             for name in names:
                 expect(names_col.get_by_text(name, exact=True)).to_be_visible()
-            listed = [line for line in names_col.inner_text().splitlines() if line in names
-                      or line == parent.info.run_name]
+            listed = [
+                line
+                for line in names_col.inner_text().splitlines()
+                if line in names or line == parent.info.run_name
+            ]
             assert listed[0] == parent.info.run_name and set(listed[1:]) == names
 
             # Compare page: every run's hidden_dim and lr, and the loss metric.

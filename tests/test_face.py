@@ -20,8 +20,15 @@ from fnnlab.model import ScratchFNN
 from fnnlab.tracking import end_run, open_store, start_run
 from fnnlab.train import History, fit
 
-CONTRACT_KEYS = ("model.hidden_dim", "model.backprop", "optim.lr", "seed", "train.epochs",
-                 "tracking.uri", "tracking.experiment")
+CONTRACT_KEYS = (
+    "model.hidden_dim",
+    "model.backprop",
+    "optim.lr",
+    "seed",
+    "train.epochs",
+    "tracking.uri",
+    "tracking.experiment",
+)
 RUN_LINE = re.compile(
     r"^(?P<name>h\S+): loss (?P<loss>\d+\.\d{6}) accuracy (?P<acc>\d\.\d{3})"
     r"(?: \(diverged at epoch (?P<at>\d+)\))? "
@@ -39,9 +46,11 @@ def test_help_explains_the_app() -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert text.startswith("fnnlab-train: train the from-scratch")
-    for example in ("fnnlab-train model.hidden_dim=8 optim.lr=0.1",
-                    "fnnlab-train -m model.hidden_dim=8,32,128 optim.lr=0.001,0.01,0.1",
-                    "fnnlab-train experiment=reference"):
+    for example in (
+        "fnnlab-train model.hidden_dim=8 optim.lr=0.1",
+        "fnnlab-train -m model.hidden_dim=8,32,128 optim.lr=0.001,0.01,0.1",
+        "fnnlab-train experiment=reference",
+    ):
         assert example in text
     contract = re.search(r"== Contract keys[^\n]*\n(.*?)\n\n", text, re.S)[1]
     assert [line.split()[0] for line in contract.splitlines()] == list(CONTRACT_KEYS)
@@ -57,8 +66,11 @@ def test_single_run_ends_with_one_line(store: TmpStore) -> None:
     m = RUN_LINE.match(out.stdout.strip().splitlines()[-1])
     assert m, out.stdout
     (run,) = store.runs()
-    assert (m["name"], m["run"], m["exp"]) == ("h32-lr0.001-s0", run.info.run_id,
-                                                run.info.experiment_id)
+    assert (m["name"], m["run"], m["exp"]) == (
+        "h32-lr0.001-s0",
+        run.info.run_id,
+        run.info.experiment_id,
+    )
     assert float(m["loss"]) == pytest.approx(run.data.metrics["final/loss"], abs=5e-7)
     assert float(m["acc"]) == pytest.approx(run.data.metrics["final/accuracy"], abs=5e-4)
     assert "[sweep]" not in out.stdout
@@ -67,11 +79,21 @@ def test_single_run_ends_with_one_line(store: TmpStore) -> None:
 @pytest.mark.slow
 def test_sweep_prints_a_progress_line_per_job(store: TmpStore) -> None:
     # lr=50 diverges at once; job order is the override order with the basic launcher.
-    out = run_script("fnnlab-train", "-m", "model.hidden_dim=4", "optim.lr=0.05,50",
-                     "train.epochs=6", "tracking.plots=false", *store.overrides())
+    out = run_script(
+        "fnnlab-train",
+        "-m",
+        "model.hidden_dim=4",
+        "optim.lr=0.05,50",
+        "train.epochs=6",
+        "tracking.plots=false",
+        *store.overrides(),
+    )
     assert out.returncode == 0, out.stderr
-    lines = [line for line in out.stdout.splitlines() if RUN_LINE.match(line)
-             or line.startswith("[sweep]")]
+    lines = [
+        line
+        for line in out.stdout.splitlines()
+        if RUN_LINE.match(line) or line.startswith("[sweep]")
+    ]
     assert len(lines) == 4, out.stdout
     runs = {r.info.run_id: r for r in store.runs("tags.role = 'job'")}
     expected_counts = [(1, 2, 1, 0, 0), (2, 2, 2, 0, 1)]
@@ -95,8 +117,12 @@ def test_progress_counts_failed_and_diverged_once() -> None:
 
     out = io.StringIO()
     p = progress.SweepProgress(total=4, out=out)
-    batch = [ret(JobStatus.COMPLETED, {"diverged": False}), ret(JobStatus.COMPLETED, {}),
-             ret(JobStatus.COMPLETED, {"diverged": True}), ret(JobStatus.FAILED, OSError("x"))]
+    batch = [
+        ret(JobStatus.COMPLETED, {"diverged": False}),
+        ret(JobStatus.COMPLETED, {}),
+        ret(JobStatus.COMPLETED, {"diverged": True}),
+        ret(JobStatus.FAILED, OSError("x")),
+    ]
     p.job_ended(batch[0])  # the callback saw this one end in this process
     # The others ran elsewhere: the sweeper reports them when the batch returns.
     progress.after_batch(p, done_before=0, results=batch)
@@ -120,8 +146,9 @@ def test_epoch_bar_counts_epochs_and_leaves_training_alone() -> None:
 
 def test_run_line_points_at_a_tracking_server() -> None:
     history = History(metrics={"loss": [0.5, 0.25], "accuracy": [0.5, 0.75]})
-    result = JobResult(run_id="r1", run_name="h8-lr0.1-s0", experiment_id="3", history=history,
-                       summary={})
+    result = JobResult(
+        run_id="r1", run_name="h8-lr0.1-s0", experiment_id="3", history=history, summary={}
+    )
     assert progress.run_line(result, "http://127.0.0.1:5555/") == (
         "h8-lr0.1-s0: loss 0.250000 accuracy 0.750 "
         "http://127.0.0.1:5555/#/experiments/3/runs/r1?workflowType=machine_learning"
@@ -149,13 +176,18 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
     s = open_store(store.uri, store.experiment)
     parents = {}
     for sid, start in (("abc111000000", 1000), ("abc222000000", 2000)):
-        run = s.client.create_run(s.experiment_id, start_time=start, run_name=f"sweep-{sid[:6]}",
-                                  tags={"role": "sweep", "sweep_id": sid})
+        run = s.client.create_run(
+            s.experiment_id,
+            start_time=start,
+            run_name=f"sweep-{sid[:6]}",
+            tags={"role": "sweep", "sweep_id": sid},
+        )
         parents[sid] = run.info.run_id
     kids = {}
     for num, status in enumerate(("FINISHED", "FAILED", "FINISHED")):
-        rid = start_run(s, f"job{num}", {"role": "job", "job_num": str(num)},
-                        parents["abc222000000"])
+        rid = start_run(
+            s, f"job{num}", {"role": "job", "job_num": str(num)}, parents["abc222000000"]
+        )
         end_run(s, rid, status)
         kids[num] = rid
 
@@ -172,8 +204,12 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
 
 
 def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:
-    out = run_script("fnnlab-ui", f"tracking.uri={store.uri}",
-                     f"tracking.experiment={store.experiment}", "ui.sweep=0123abc")
+    out = run_script(
+        "fnnlab-ui",
+        f"tracking.uri={store.uri}",
+        f"tracking.experiment={store.experiment}",
+        "ui.sweep=0123abc",
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "fnnlab-ui: error: ui.sweep=0123abc: matches none of this experiment's sweeps"

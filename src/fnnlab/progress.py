@@ -106,7 +106,11 @@ class EpochBar:
     def __call__(self, n: int) -> None:
         if self.bar is None:
             self.bar = tqdm(
-                total=self.epochs, desc="epochs", unit="epoch", delay=self.delay, leave=False,
+                total=self.epochs,
+                desc="epochs",
+                unit="epoch",
+                delay=self.delay,
+                leave=False,
                 file=self.file or sys.stderr,
             )
         self.bar.update(n)
