@@ -83,10 +83,10 @@ def test_multirun_makes_one_parent_and_complete_children(store, tmp_path):
 def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch):
     real_train = job.train_model
 
-    def fail_one(cfg):
+    def fail_one(cfg, *args, **kwargs):
         if cfg.model.hidden_dim == 8 and cfg.optim.lr == 0.01:
             raise RuntimeError("injected fault")
-        return real_train(cfg)
+        return real_train(cfg, *args, **kwargs)
 
     monkeypatch.setattr(job, "train_model", fail_one)
     args = [

@@ -82,7 +82,9 @@ class TrainAppConfig:
 @dataclass
 class UiConfig:
     host: str = "127.0.0.1"
-    port: int = 5000
+    port: int = 5000  # 0: any free port
+    sweep: str | None = "latest"  # latest | a sweep id (or prefix) | null: whose runs to compare
+    open: bool = False  # open the URL in a browser
 
 
 @dataclass

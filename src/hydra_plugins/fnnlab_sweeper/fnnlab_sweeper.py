@@ -77,6 +77,7 @@ class FnnlabSweeper(Sweeper):
         return jobs, configs
 
     def sweep(self, arguments: list[str]) -> Any:
+        from fnnlab import progress as fprogress
         from fnnlab import sweep as fsweep
         from fnnlab.config import fingerprint
         from fnnlab.tracking import open_store
@@ -118,10 +119,13 @@ class FnnlabSweeper(Sweeper):
 
         status = "KILLED"
         returns = []
+        progress = fprogress.start(len(todo))
         try:
             size = self.max_batch_size or max(len(todo), 1)
             for start in range(0, len(todo), size):
+                done_before = progress.done
                 results = self.launcher.launch(todo[start : start + size], initial_job_idx=start)
+                fprogress.after_batch(progress, done_before, results)
                 returns.append(results)
                 for r in results:
                     if r.status == JobStatus.COMPLETED:
@@ -131,6 +135,7 @@ class FnnlabSweeper(Sweeper):
                         counts["failed"] += 1
             status = "FAILED" if counts["failed"] else "FINISHED"
         finally:
+            fprogress.stop()
             fsweep.close_parent(store, parent, counts, status)
         if counts["failed"]:
             raise fsweep.SweepFailed(
