@@ -21,7 +21,7 @@ run: setup
 	@echo "Runs are in the embedded store mlruns/mlflow.db (artifacts under mlruns/artifacts)."
 	@echo "Browse them with: $(BIN)/fnnlab-ui"
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
 
 test-fast: setup

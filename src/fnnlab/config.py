@@ -20,6 +20,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+# The modes of fnnlab.model.ScratchFNN, not imported from there: importing torch takes
+# seconds, and a rejected command should not wait for it.
+BACKPROP_MODES = ("tutorial", "exact")
+
 
 @dataclass
 class ModelConfig:
@@ -78,7 +82,9 @@ class TrainAppConfig:
 @dataclass
 class UiConfig:
     host: str = "127.0.0.1"
-    port: int = 5000
+    port: int = 5000  # 0: any free port
+    sweep: str | None = "latest"  # latest | a sweep id (or prefix) | null: whose runs to compare
+    open: bool = False  # open the URL in a browser
 
 
 @dataclass
@@ -124,17 +130,26 @@ class ConfigValueError(ValueError):
 
 def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value."""
-    # Imported here: fnnlab.model pulls in torch, which fnnlab-aggregate and fnnlab-ui never need.
-    from fnnlab.model import BACKPROP_MODES
-
     checks = [
         ("model.hidden_dim", cfg.model.hidden_dim >= 1, "must be at least 1"),
-        ("model.backprop", cfg.model.backprop in BACKPROP_MODES, f"must be one of {', '.join(BACKPROP_MODES)}"),
+        (
+            "model.backprop",
+            cfg.model.backprop in BACKPROP_MODES,
+            f"must be one of {', '.join(BACKPROP_MODES)}",
+        ),
         ("model.init_discard_draws", cfg.model.init_discard_draws >= 0, "must be 0 or more"),
         ("model.dtype", cfg.model.dtype in ("float32", "float64"), "must be float32 or float64"),
-        ("optim.lr", math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "must be a finite number > 0"),
+        (
+            "optim.lr",
+            math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0,
+            "must be a finite number > 0",
+        ),
         ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),
-        ("data.features", len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features), "must list iris feature columns 0..3"),
+        (
+            "data.features",
+            len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),
+            "must list iris feature columns 0..3",
+        ),
         ("tracking.experiment", bool(str(cfg.tracking.experiment).strip()), "must not be empty"),
     ]
     for key, ok, why in checks:

@@ -26,15 +26,29 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def loss_plot(history: History, path: Path, title: str, published: dict[int, float] | None = None) -> Path:
+def loss_plot(
+    history: History, path: Path, title: str, published: dict[int, float] | None = None
+) -> Path:
     """Loss per epoch, with the published points overlaid when given."""
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(history.metrics["loss"], label="fnnlab", color="tab:blue")
     if published:
-        ax.scatter(list(published), list(published.values()), color="tab:red", marker="x", zorder=3, label="published")
+        ax.scatter(
+            list(published),
+            list(published.values()),
+            color="tab:red",
+            marker="x",
+            zorder=3,
+            label="published",
+        )
     if history.diverged_at is not None:
-        ax.axvline(history.diverged_at, color="tab:gray", linestyle=":", label=f"diverged at {history.diverged_at}")
+        ax.axvline(
+            history.diverged_at,
+            color="tab:gray",
+            linestyle=":",
+            label=f"diverged at {history.diverged_at}",
+        )
     ax.set(xlabel="epoch", ylabel="mean cross-entropy", title=title)
     ax.legend()
     return _save(fig, path)
