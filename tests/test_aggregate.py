@@ -184,6 +184,7 @@ def test_failed_diverged_running_and_reruns(store: TmpStore) -> None:
     report = (out / "report.md").read_text()
     assert "1 failed or killed, 1 still running; 1 earlier attempts superseded" in report
     assert "RuntimeError: boom" in report
+    assert "The row with an empty configuration counts jobs that failed" in report
     logged = st.client.list_artifacts(pid, "aggregate")
     assert sorted(f.path for f in logged) == sorted(f"aggregate/{p.name}" for p in out.glob("*.*"))
 

@@ -154,6 +154,12 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         markdown_table(summary_table(agg)),
     ]
+    if agg.config_cols and agg.summary[agg.config_cols].isna().all(axis=1).any():
+        lines += [
+            "",
+            "The row with an empty configuration counts jobs that failed or were still "
+            "running before they logged their parameters.",
+        ]
     grid = grid_table(agg)
     if grid is not None:
         lines += [
