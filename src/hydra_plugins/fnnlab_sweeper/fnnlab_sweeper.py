@@ -32,6 +32,8 @@ class FnnlabSweeperConf:
     max_batch_size: int | None = None
     # Run every job, even those whose identical config already has a FINISHED run.
     rerun: bool = False
+    # A RUNNING job recorded on another host is taken as dead (KILLED, rerun) after this long.
+    remote_dead_after_s: float = 86400.0
 
 
 ConfigStore.instance().store(
@@ -39,14 +41,16 @@ ConfigStore.instance().store(
 )
 
 
-class SweepFailed(RuntimeError):
-    """Some jobs failed; their runs are FAILED and the parent run too."""
-
-
 class FnnlabSweeper(Sweeper):
-    def __init__(self, max_batch_size: int | None = None, rerun: bool = False) -> None:
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        rerun: bool = False,
+        remote_dead_after_s: float = 86400.0,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.rerun = rerun
+        self.remote_dead_after_s = remote_dead_after_s
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
@@ -79,6 +83,8 @@ class FnnlabSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from fnnlab import sweep as fsweep
         from fnnlab.config import fingerprint
+        from mlflow.exceptions import MlflowException
+
         from fnnlab.tracking import open_store
 
         assert self.config is not None
@@ -91,6 +97,13 @@ class FnnlabSweeper(Sweeper):
         store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
         sid = fsweep.sweep_id(list(arguments), self.config.tracking.experiment)
         parent = fsweep.open_parent(store, sid, list(arguments), len(jobs), str(sweep_dir))
+        # Runs left RUNNING by an earlier invocation that was killed end KILLED and run again.
+        reaped, alive = fsweep.reap_dead_runs(store, sid, self.remote_dead_after_s)
+        if reaped or alive:
+            log.info(
+                "Sweep %s: marked %d RUNNING runs of dead processes KILLED; %d still RUNNING",
+                sid, reaped, alive,
+            )
         done = set() if self.rerun else fsweep.finished_fingerprints(store)
         counts: Counter = Counter(jobs=len(jobs))
         todo = []
@@ -121,10 +134,25 @@ class FnnlabSweeper(Sweeper):
                         counts["failed"] += 1
             status = "FAILED" if counts["failed"] else "FINISHED"
         finally:
-            fsweep.close_parent(store, parent, counts, status)
+            try:
+                fsweep.close_parent(store, parent, counts, status)
+            except MlflowException as exc:
+                # The store went away (a server down): the next invocation reopens the parent.
+                log.error("could not close parent run %s: %s", parent, str(exc).splitlines()[0])
         if counts["failed"]:
-            raise SweepFailed(
+            raise fsweep.SweepFailed(
                 f"{counts['failed']} of {len(todo)} jobs failed (parent run {parent} is FAILED); "
-                f"rerun the same command to retry them"
+                f"rerun the same command to retry them. First error: {first_error(returns)}"
             )
         return returns
+
+
+def first_error(returns: list) -> str:
+    """One line about the first failed job, so the reason shows without reading logs."""
+    for results in returns:
+        for r in results:
+            if r.status != JobStatus.COMPLETED:
+                exc = r._return_value  # JobReturn.return_value re-raises for failed jobs
+                text = str(exc).strip().splitlines()
+                return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return "unknown"
