@@ -7,8 +7,8 @@ the same command (unless hydra.sweeper.rerun=true), launches the rest with whate
 launcher is configured, and ends the parent FINISHED, FAILED or KILLED.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+# outside sys.modules, where dataclasses cannot resolve string annotations.
 import logging
 from collections import Counter
 from dataclasses import dataclass
