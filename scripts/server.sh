@@ -46,7 +46,7 @@ as_pg() {
 password() {
     if [[ -n "${FNNLAB_PG_PASSWORD:-}" ]]; then echo "$FNNLAB_PG_PASSWORD"; return; fi
     if [[ ! -s "$DIR/pg_password" ]]; then
-        (umask 077; openssl rand -hex 16 > "$DIR/pg_password")
+        (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$DIR/pg_password")
     fi
     cat "$DIR/pg_password"
 }
