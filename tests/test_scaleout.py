@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, run_script
-from server_fixtures import TrackingServer, free_port
+from server_fixtures import SCRIPT, TrackingServer, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -185,9 +185,11 @@ def test_sigkill_mid_sweep_then_resume_runs_each_config_once(tracking_server, tm
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
 
 
-def test_sigterm_ends_run_in_flight_and_parent_killed(tracking_server, tmp_path) -> None:
-    exp = "sigterm"
-    proc = start_sweep(tracking_server, exp, tmp_path, *SLOW_JOB, "seed=0,1")
+@pytest.mark.parametrize("name", ["basic", "joblib"])
+def test_sigterm_ends_runs_in_flight_and_parent_killed(name, tracking_server, tmp_path) -> None:
+    exp = f"sigterm-{name}"
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if name == "joblib" else []
+    proc = start_sweep(tracking_server, exp, tmp_path, *launcher, *SLOW_JOB, "seed=0,1,2")
     try:
         wait_for(proc, lambda: job_runs(tracking_server, exp, "RUNNING"), "a job in flight")
         proc.send_signal(signal.SIGTERM)
@@ -199,8 +201,14 @@ def test_sigterm_ends_run_in_flight_and_parent_killed(tracking_server, tmp_path)
     assert proc.returncode == 130, output[-3000:]
     assert "fnnlab-train: interrupted" in output
     killed = job_runs(tracking_server, exp, "KILLED")
-    assert len(killed) == 1
-    assert killed[0].data.tags["error"].startswith("KeyboardInterrupt")
+    if name == "basic":
+        # In process: the job itself sees the interrupt and records it.
+        assert len(killed) == 1
+        assert killed[0].data.tags["error"].startswith("KeyboardInterrupt")
+    else:
+        # Workers go down with the sweep; the sweep ends their runs before it exits.
+        assert 1 <= len(killed) <= 2
+        assert all("process" in r.data.tags["error"] for r in killed)
     (parent,) = tracking_server.runs(exp, "tags.role = 'sweep'")
     assert parent.info.status == "KILLED"
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
@@ -231,3 +239,30 @@ def test_server_stopped_mid_sweep_then_restarted_and_resumed(tracking_server, tm
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
     (parent,) = tracking_server.runs(exp, "tags.role = 'sweep'")
     assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        ({}, "binding beyond 127.0.0.1 needs FNNLAB_SERVER_EXPOSE=1 and MLflow auth"),
+        (
+            {"FNNLAB_SERVER_EXPOSE": "1"},
+            "set MLFLOW_AUTH_ADMIN_PASSWORD to enable MLflow's basic auth",
+        ),
+    ],
+)
+def test_server_script_refuses_other_addresses_without_auth(env, why, tmp_path) -> None:
+    folder = tmp_path / "server"
+    full_env = {
+        **os.environ,
+        "FNNLAB_SERVER_DIR": str(folder),
+        "FNNLAB_SERVER_HOST": "0.0.0.0",
+        **env,
+    }
+    full_env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=full_env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"server.sh: error: FNNLAB_SERVER_HOST=0.0.0.0: {why}"
+    assert not folder.exists()  # refused before anything was created or started

@@ -123,7 +123,8 @@ def process_alive(pid: int, since: float) -> bool:
 
 
 def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, int]:
-    """End KILLED the RUNNING jobs of this sweep whose process is gone (SIGKILL, lost host).
+    """End KILLED the RUNNING jobs of this sweep whose process is gone (SIGKILL, lost host,
+    launcher workers torn down with an interrupted sweep).
 
     On this host a run is dead when its recorded pid is no longer its process. A run recorded
     on another host cannot be checked from here: it counts as dead once it has been RUNNING
@@ -145,7 +146,7 @@ def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, in
             left += 1
             continue
         log.warning("run %s (%s): %s; marking it KILLED", run.info.run_name, run.info.run_id, why)
-        error = f"found RUNNING by a later invocation: {why}"
+        error = f"found RUNNING after its process ended: {why}"
         log_values(store, run.info.run_id, tags={"error": error})
         end_run(store, run.info.run_id, "KILLED")
         reaped += 1

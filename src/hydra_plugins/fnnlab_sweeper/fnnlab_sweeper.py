@@ -135,6 +135,9 @@ class FnnlabSweeper(Sweeper):
             status = "FAILED" if counts["failed"] else "FINISHED"
         finally:
             try:
+                if status == "KILLED":
+                    # Launcher workers that were torn down with us leave their runs RUNNING.
+                    fsweep.reap_dead_runs(store, sid, self.remote_dead_after_s)
                 fsweep.close_parent(store, parent, counts, status)
             except MlflowException as exc:
                 # The store went away (a server down): the next invocation reopens the parent.
