@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class SweepFailed(RuntimeError):
     """Some jobs failed; their runs are FAILED and the parent run too.
 
-    Defined here, not in the sweeper plugin: Hydra's plugin scan loads that module a
-    second time, so a class defined there is not the one the CLI would catch.
+    Defined here, not in the sweeper plugin: Hydra's plugin scan executes that module a
+    second time outside sys.modules, so a class defined there need not be the one the
+    CLI imports and catches.
     """
 
 

@@ -81,10 +81,10 @@ class FnnlabSweeper(Sweeper):
         return jobs, configs
 
     def sweep(self, arguments: list[str]) -> Any:
-        from fnnlab import sweep as fsweep
-        from fnnlab.config import fingerprint
         from mlflow.exceptions import MlflowException
 
+        from fnnlab import sweep as fsweep
+        from fnnlab.config import fingerprint
         from fnnlab.tracking import open_store
 
         assert self.config is not None
@@ -139,12 +139,14 @@ class FnnlabSweeper(Sweeper):
                     # Launcher workers that were torn down with us leave their runs RUNNING.
                     fsweep.reap_dead_runs(store, sid, self.remote_dead_after_s)
                 fsweep.close_parent(store, parent, counts, status)
+                parent_state = f"parent run {parent} is FAILED"
             except MlflowException as exc:
                 # The store went away (a server down): the next invocation reopens the parent.
                 log.error("could not close parent run %s: %s", parent, str(exc).splitlines()[0])
+                parent_state = f"parent run {parent} could not be closed"
         if counts["failed"]:
             raise fsweep.SweepFailed(
-                f"{counts['failed']} of {len(todo)} jobs failed (parent run {parent} is FAILED); "
+                f"{counts['failed']} of {len(todo)} jobs failed ({parent_state}); "
                 f"rerun the same command to retry them. First error: {first_error(returns)}"
             )
         return returns
