@@ -35,3 +35,11 @@ lint: setup
 
 clean:
 	rm -rf outputs multirun
+
+# A real MLflow tracking server on PostgreSQL, bound to 127.0.0.1 (see scripts/server.sh).
+.PHONY: server server-stop
+server: setup
+	bash scripts/server.sh start
+
+server-stop:
+	bash scripts/server.sh stop

@@ -12,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
+# The PostgreSQL + MLflow server fixture (tracking_server) for tests marked `server`.
+pytest_plugins = ["server_fixtures"]
 
 
 def compose_train(overrides: list[str]):

@@ -30,8 +30,13 @@ log = logging.getLogger("fnnlab")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> dict:
+    from fnnlab.tracking import check_reachable
+
     try:
         check_values(cfg)
+        if cfg.sweep.id is None:
+            # A single run checks its server here; a sweep's jobs were checked by the sweeper.
+            check_reachable(cfg.tracking.uri)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         print(f"fnnlab-train: error: {exc}", file=sys.stderr)
@@ -201,6 +206,8 @@ def _one_line(exc: BaseException) -> str:
 
 def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
+    from mlflow.exceptions import MlflowException
+
     from fnnlab.sweep import SweepFailed
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
@@ -220,6 +227,10 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         sys.exit(2)
     except SweepFailed as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except MlflowException as exc:
+        # E.g. the tracking server went away mid-run: one line, not a page of retries.
+        print(f"{prog}: error: tracking store: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
+import time
 from collections import Counter
+from pathlib import Path
 
 from mlflow.entities import ViewType
 
@@ -82,3 +86,69 @@ def close_parent(store: Store, run_id: str, counts: Counter, status: str) -> Non
     """Record what the sweep did and end the parent run with the given status."""
     log_values(store, run_id, summary={f"sweep/{k}": v for k, v in counts.items()})
     end_run(store, run_id, status)
+
+
+def _process_start(pid: int) -> float | None:
+    """When process pid started (epoch seconds), from /proc; None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, StopIteration):
+        return None
+    # Field 22, starttime in clock ticks after boot; the fields after ')' start at field 3.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_alive(pid: int, since: float) -> bool:
+    """Is the process that started a run at `since` (epoch s) still running on this host?
+
+    A pid can be reused: a process that started after the run did cannot be its owner.
+    """
+    if pid <= 0 or pid == os.getpid():
+        return False
+    if Path("/proc/self/stat").exists():
+        started = _process_start(pid)
+        return started is not None and started <= since + 2  # /proc start times are coarse
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, int]:
+    """End KILLED the RUNNING jobs of this sweep whose process is gone (SIGKILL, lost host,
+    launcher workers torn down with an interrupted sweep).
+
+    On this host a run is dead when its recorded pid is no longer its process. A run recorded
+    on another host cannot be checked from here: it counts as dead once it has been RUNNING
+    for remote_after seconds. Returns (runs marked KILLED, runs left RUNNING).
+    """
+    running = "tags.role = 'job' and attributes.status = 'RUNNING'"
+    runs = _search(store, f"tags.sweep_id = '{sid}' and {running}")
+    host, now = socket.gethostname(), time.time()
+    reaped = left = 0
+    for run in runs:
+        tags, started = run.data.tags, run.info.start_time / 1000
+        if tags.get("fnnlab.host") == host:
+            dead = not process_alive(int(tags.get("fnnlab.pid", "0")), started)
+            why = f"process {tags.get('fnnlab.pid')} on {host} is gone"
+        else:
+            dead = now - started > remote_after
+            why = f"RUNNING on {tags.get('fnnlab.host')} for more than {remote_after:.0f} s"
+        if not dead:
+            left += 1
+            continue
+        log.warning("run %s (%s): %s; marking it KILLED", run.info.run_name, run.info.run_id, why)
+        error = f"found RUNNING after its process ended: {why}"
+        log_values(store, run.info.run_id, tags={"error": error})
+        end_run(store, run.info.run_id, "KILLED")
+        reaped += 1
+    return reaped, left

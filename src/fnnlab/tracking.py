@@ -10,6 +10,8 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,6 +25,12 @@ from mlflow.tracking import MlflowClient
 # MLflow's limits for one log_batch call.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 MAX_TAG_VALUE = 5000
+
+# MLflow retries a failed HTTP request for minutes by default. A sweep against a server that
+# went away should fail its jobs within seconds, with the error, not hang (user settings win).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,26 @@ def artifact_location(uri: str) -> str | None:
     return None if db is None else (db.resolve().parent / "artifacts").as_uri()
 
 
+def check_reachable(uri: str, timeout: float = 5) -> None:
+    """Raise a one-line ConfigValueError at once when a tracking server does not answer."""
+    from fnnlab.config import ConfigValueError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered; auth or routing problems surface with the first real call
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        why = f"no MLflow tracking server answers ({reason}); start one with `make server`"
+        raise ConfigValueError("tracking.uri", uri, why) from None
+
+
 def open_store(uri: str, experiment: str) -> Store:
     """Client and experiment id, creating the database folder and experiment if needed."""
+    check_reachable(uri)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ the same command (unless hydra.sweeper.rerun=true), launches the rest with whate
 launcher is configured, and ends the parent FINISHED, FAILED or KILLED.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan imports this module in a
-# way that breaks dataclasses with string annotations.
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+# outside sys.modules, where dataclasses cannot resolve string annotations.
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +32,8 @@ class FnnlabSweeperConf:
     max_batch_size: int | None = None
     # Run every job, even those whose identical config already has a FINISHED run.
     rerun: bool = False
+    # A RUNNING job recorded on another host is taken as dead (KILLED, rerun) after this long.
+    remote_dead_after_s: float = 86400.0
 
 
 ConfigStore.instance().store(
@@ -40,9 +42,15 @@ ConfigStore.instance().store(
 
 
 class FnnlabSweeper(Sweeper):
-    def __init__(self, max_batch_size: int | None = None, rerun: bool = False) -> None:
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        rerun: bool = False,
+        remote_dead_after_s: float = 86400.0,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.rerun = rerun
+        self.remote_dead_after_s = remote_dead_after_s
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
@@ -77,6 +85,8 @@ class FnnlabSweeper(Sweeper):
         return jobs, configs
 
     def sweep(self, arguments: list[str]) -> Any:
+        from mlflow.exceptions import MlflowException
+
         from fnnlab import progress as fprogress
         from fnnlab import sweep as fsweep
         from fnnlab.config import fingerprint
@@ -92,6 +102,15 @@ class FnnlabSweeper(Sweeper):
         store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
         sid = fsweep.sweep_id(list(arguments), self.config.tracking.experiment)
         parent = fsweep.open_parent(store, sid, list(arguments), len(jobs), str(sweep_dir))
+        # Runs left RUNNING by an earlier invocation that was killed end KILLED and run again.
+        reaped, alive = fsweep.reap_dead_runs(store, sid, self.remote_dead_after_s)
+        if reaped or alive:
+            log.info(
+                "Sweep %s: marked %d RUNNING runs of dead processes KILLED; %d still RUNNING",
+                sid,
+                reaped,
+                alive,
+            )
         done = set() if self.rerun else fsweep.finished_fingerprints(store)
         counts: Counter = Counter(jobs=len(jobs))
         todo = []
@@ -136,10 +155,30 @@ class FnnlabSweeper(Sweeper):
             status = "FAILED" if counts["failed"] else "FINISHED"
         finally:
             fprogress.stop()
-            fsweep.close_parent(store, parent, counts, status)
+            try:
+                if status == "KILLED":
+                    # Launcher workers that were torn down with us leave their runs RUNNING.
+                    fsweep.reap_dead_runs(store, sid, self.remote_dead_after_s)
+                fsweep.close_parent(store, parent, counts, status)
+                parent_state = f"parent run {parent} is FAILED"
+            except MlflowException as exc:
+                # The store went away (a server down): the next invocation reopens the parent.
+                log.error("could not close parent run %s: %s", parent, str(exc).splitlines()[0])
+                parent_state = f"parent run {parent} could not be closed"
         if counts["failed"]:
             raise fsweep.SweepFailed(
-                f"{counts['failed']} of {len(todo)} jobs failed (parent run {parent} is FAILED); "
-                f"rerun the same command to retry them"
+                f"{counts['failed']} of {len(todo)} jobs failed ({parent_state}); "
+                f"rerun the same command to retry them. First error: {first_error(returns)}"
             )
         return returns
+
+
+def first_error(returns: list) -> str:
+    """One line about the first failed job, so the reason shows without reading logs."""
+    for results in returns:
+        for r in results:
+            if r.status != JobStatus.COMPLETED:
+                exc = r._return_value  # JobReturn.return_value re-raises for failed jobs
+                text = str(exc).strip().splitlines()
+                return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return "unknown"

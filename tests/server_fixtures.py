@@ -1,0 +1,100 @@
+"""A real PostgreSQL + MLflow tracking server for the tests, started by scripts/server.sh.
+
+One server per test session, on free ports of 127.0.0.1, with its data in a temporary
+folder; both processes are always stopped and the folder removed, also when a test or
+the start itself fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "server.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TrackingServer:
+    dir: Path
+    pg_port: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.url)
+
+    def _script(self, action: str) -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "FNNLAB_SERVER_DIR": str(self.dir),
+            "FNNLAB_PG_PORT": str(self.pg_port),
+            "FNNLAB_SERVER_PORT": str(self.port),
+            "FNNLAB_SERVER_WORKERS": "2",
+            "MLFLOW": str(Path(sys.executable).parent / "mlflow"),
+        }
+        env.pop("FNNLAB_SERVER_HOST", None)
+        out = subprocess.run(
+            ["bash", str(SCRIPT), action], env=env, capture_output=True, text=True, timeout=300
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"server.sh {action} failed: {out.stderr.strip()}")
+        return out
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def overrides(self, experiment: str, root: Path) -> list[str]:
+        """Overrides that send a command's runs to this server, outputs under root."""
+        return [
+            "tracking=server",
+            f"tracking.uri={self.url}",
+            f"tracking.experiment={experiment}",
+            f"hydra.run.dir={root}/outputs/${{now:%H-%M-%S-%f}}",
+            f"hydra.sweep.dir={root}/multirun/${{now:%H-%M-%S-%f}}",
+        ]
+
+    def runs(self, experiment: str, filter_string: str = "") -> list:
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], filter_string, max_results=5000)
+
+
+@pytest.fixture(scope="session")
+def tracking_server() -> Iterator[TrackingServer]:
+    # Not under pytest's tmp folder: that one is private to root, and PostgreSQL runs as
+    # the postgres user, who must reach its data folder.
+    folder = Path(tempfile.mkdtemp(prefix="fnnlab-server-"))
+    server = TrackingServer(dir=folder, pg_port=free_port(), port=free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
