@@ -45,6 +45,7 @@ def _panel(kind: str) -> tuple[Axes, list[Line2D]]:
         # Minor ticks of a log axis are dozens of extra artists to draw per run.
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set(xlabel="epoch", ylabel="gradient L2 norm")
+    ax.legend(loc="upper right")
     return ax, lines
 
 
@@ -55,16 +56,22 @@ def _draw(ax: Axes, title: str, path: Path, extras: list, points: list | None = 
         ax.update_datalim(points)
     ax.autoscale_view()
     ax.set_title(title)
-    ax.legend(loc="upper right")
+    if extras:
+        # Entries differ from the panel's own: a legend for this run only.
+        ax.legend(loc="upper right")
     try:
         ax.figure.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
     finally:
         for artist in extras:
             artist.remove()
+        if extras:
+            ax.legend(loc="upper right")
     return path
 
 
-def loss_plot(history: History, path: Path, title: str, published: dict[int, float] | None = None) -> Path:
+def loss_plot(
+    history: History, path: Path, title: str, published: dict[int, float] | None = None
+) -> Path:
     """Loss per epoch, with the published points overlaid when given."""
     ax, (line,) = _panel("loss")
     losses = history.metrics["loss"]
@@ -73,11 +80,17 @@ def loss_plot(history: History, path: Path, title: str, published: dict[int, flo
     if published:
         points = list(published.items())
         extras.append(
-            ax.scatter(list(published), list(published.values()), color="tab:red", marker="x", zorder=3, label="published")
+            ax.scatter(
+                list(published), list(published.values()),
+                color="tab:red", marker="x", zorder=3, label="published",
+            )
         )
     if history.diverged_at is not None:
         extras.append(
-            ax.axvline(history.diverged_at, color="tab:gray", linestyle=":", label=f"diverged at {history.diverged_at}")
+            ax.axvline(
+                history.diverged_at, color="tab:gray", linestyle=":",
+                label=f"diverged at {history.diverged_at}",
+            )
         )
     return _draw(ax, title, path, extras, points)
 

@@ -160,10 +160,14 @@ def log_values(
 ) -> None:
     """Params, per-step series (step = index) and summary metrics in as few calls as allowed."""
     now = int(time.time() * 1000)
+    # Last step first: MLflow keeps a latest-value row per key and rewrites it for every
+    # value newer than the one it holds, so in step order every value rewrites it (about
+    # a third of log_batch's time). The rows stored are the same; MLflow reads a history
+    # back ordered by timestamp and step.
     metrics = [
-        Metric(key, float(v), now, step)
+        Metric(key, float(values[step]), now, step)
         for key, values in (series or {}).items()
-        for step, v in enumerate(values)
+        for step in reversed(range(len(values)))
     ]
     metrics += [Metric(key, float(v), now, 0) for key, v in (summary or {}).items()]
     param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
