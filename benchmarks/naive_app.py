@@ -33,8 +33,12 @@ def main(cfg: DictConfig) -> None:
     mlflow.set_experiment(cfg.tracking.experiment)
     with mlflow.start_run(run_name=f"h{cfg.model.hidden_dim}-lr{cfg.optim.lr}-s{cfg.seed}"):
         mlflow.log_params(
-            {"model.hidden_dim": cfg.model.hidden_dim, "optim.lr": cfg.optim.lr,
-             "train.epochs": cfg.train.epochs, "seed": cfg.seed}
+            {
+                "model.hidden_dim": cfg.model.hidden_dim,
+                "optim.lr": cfg.optim.lr,
+                "train.epochs": cfg.train.epochs,
+                "seed": cfg.seed,
+            }
         )
         X, y = load_iris2()
         model = ScratchFNN(X.shape[1], cfg.model.hidden_dim, seed=cfg.seed)

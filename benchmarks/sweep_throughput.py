@@ -87,7 +87,13 @@ def child(way: str, uri: str, mark: Path, workers: int, argv: list[str]) -> None
     if way == "joblib":
         from joblib import Parallel, delayed
 
-        pids = sorted(set(Parallel(n_jobs=workers, backend="loky", max_nbytes=None, mmap_mode="r")(delayed(_warm_worker)() for _ in range(4 * workers))))
+        pids = sorted(
+            set(
+                Parallel(n_jobs=workers, backend="loky", max_nbytes=None, mmap_mode="r")(
+                    delayed(_warm_worker)() for _ in range(4 * workers)
+                )
+            )
+        )
     mark.write_text(f"{time.time()!r} {' '.join(map(str, pids))}")
     if way == "naive":
         sys.argv = [str(HERE / "naive_app.py"), *argv]
@@ -101,16 +107,26 @@ def store_check(db: Path, runs: int, experiment: str) -> set[str]:
     """The sweep lost nothing: every job is a FINISHED run with its per-epoch metric rows.
     Returns the pids the jobs ran in."""
     with sqlite3.connect(db) as con:
-        exp = con.execute("select experiment_id from experiments where name = ?", (experiment,)).fetchone()[0]
+        exp = con.execute(
+            "select experiment_id from experiments where name = ?", (experiment,)
+        ).fetchone()[0]
         jobs = con.execute(
             "select run_uuid from runs where experiment_id = ? and status = 'FINISHED' and run_uuid not in "
-            "(select run_uuid from tags where key = 'role' and value = 'sweep')", (exp,)
+            "(select run_uuid from tags where key = 'role' and value = 'sweep')",
+            (exp,),
         ).fetchall()
         rows = con.execute(
             f"select count(*) from metrics where key in ({','.join('?' * len(METRICS))}) and run_uuid in "
-            "(select run_uuid from runs where experiment_id = ?)", (*METRICS, exp)
+            "(select run_uuid from runs where experiment_id = ?)",
+            (*METRICS, exp),
         ).fetchone()[0]
-        pids = {r[0] for r in con.execute("select value from tags where key = 'fnnlab.pid'")}
+        pids = {
+            r[0]
+            for r in con.execute(
+                "select value from tags where key = 'fnnlab.pid' and run_uuid not in "
+                "(select run_uuid from tags where key = 'role' and value = 'sweep')"
+            )
+        }
     # Diverged runs stop early, so at least one row per metric per run.
     if len(jobs) != runs or rows < runs * len(METRICS):
         raise SystemExit(f"{db}: {len(jobs)} FINISHED runs (want {runs}), {rows} metric rows")
@@ -133,8 +149,14 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
     uri = f"sqlite:///{db}"
     experiment = "naive" if way == "naive" else "bench"
     extra = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"] if way == "joblib" else []
-    argv = ["-m", *sweep, *extra, f"tracking.uri={uri}", f"tracking.experiment={experiment}",
-            f"hydra.sweep.dir={where}/multirun"]
+    argv = [
+        "-m",
+        *sweep,
+        *extra,
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={where}/multirun",
+    ]
     mark = where / "start"
     cmd = [sys.executable, __file__, "--child", way, uri, str(mark), str(workers), "--", *argv]
     with open(where / "sweep.log", "wb") as log:
@@ -142,11 +164,16 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
         _, status, usage = os.wait4(proc.pid, 0)
         end = time.time()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{name} failed, see {where / 'sweep.log'}:\n{(where / 'sweep.log').read_text()[-3000:]}")
+        raise SystemExit(
+            f"{name} failed, see {where / 'sweep.log'}:\n{(where / 'sweep.log').read_text()[-3000:]}"
+        )
     start, *warm = mark.read_text().split()
     ran_in = store_check(db, runs, experiment)
     if way == "joblib" and not ran_in <= set(warm):
-        print(f"note: joblib jobs ran in workers {sorted(ran_in)} not all warmed up {warm}", file=sys.stderr)
+        print(
+            f"note: joblib jobs ran in workers {sorted(ran_in)} not all warmed up {warm}",
+            file=sys.stderr,
+        )
     return Result(name, runs, 1000 * (end - float(start)) / runs, usage.ru_maxrss / 1024)
 
 
@@ -192,24 +219,39 @@ def main() -> None:
             # 5 widths x 4 rates x big/20 seeds: the same kind of jobs, many more of them.
             hidden = (8, 16, 32, 64, 128)
             print(f"fnnlab: {opts.big} runs ...", file=sys.stderr, flush=True)
-            big = sweep_way("fnnlab", "fnnlab", grid(opts.big // 20, hidden), 20 * (opts.big // 20), work, opts.workers)
+            big = sweep_way(
+                "fnnlab",
+                "fnnlab",
+                grid(opts.big // 20, hidden),
+                20 * (opts.big // 20),
+                work,
+                opts.workers,
+            )
 
     floor_r, naive_r, fn = results[0], results[1], results[2]
     print()
-    print(f"Sweep of {n} runs ({len(HIDDEN)} widths x {len(LRS)} rates x {opts.seeds} seeds, "
-          f"{EPOCHS} epochs, plots on), SQLite store, {os.cpu_count()} cores")
+    print(
+        f"Sweep of {n} runs ({len(HIDDEN)} widths x {len(LRS)} rates x {opts.seeds} seeds, "
+        f"{EPOCHS} epochs, plots on), SQLite store, {os.cpu_count()} cores"
+    )
     print()
     print(f"| {'way':<42} | {'runs/s':>7} | {'ms/run':>7} | {'x naive':>7} | {'x floor':>7} |")
     print(f"|{'-' * 44}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
     for r in results:
-        print(f"| {r.name:<42} | {r.runs_per_s:7.1f} | {r.ms_per_run:7.1f} | "
-              f"{r.runs_per_s / naive_r.runs_per_s:7.1f} | {r.ms_per_run / floor_r.ms_per_run:7.1f} |")
+        print(
+            f"| {r.name:<42} | {r.runs_per_s:7.1f} | {r.ms_per_run:7.1f} | "
+            f"{r.runs_per_s / naive_r.runs_per_s:7.1f} | {r.ms_per_run / floor_r.ms_per_run:7.1f} |"
+        )
     print()
-    print("x naive: throughput relative to naive; x floor: time per run relative to training alone.")
+    print(
+        "x naive: throughput relative to naive; x floor: time per run relative to training alone."
+    )
     if big is not None:
-        print(f"fnnlab {big.runs}-run sweep: {big.ms_per_run:.1f} ms/run ({big.ms_per_run / fn.ms_per_run:.2f}x "
-              f"the {n}-run sweep), peak memory {big.peak_mb:.0f} MB ({big.peak_mb / fn.peak_mb:.2f}x the "
-              f"{n}-run sweep's {fn.peak_mb:.0f} MB)")
+        print(
+            f"fnnlab {big.runs}-run sweep: {big.ms_per_run:.1f} ms/run ({big.ms_per_run / fn.ms_per_run:.2f}x "
+            f"the {n}-run sweep), peak memory {big.peak_mb:.0f} MB ({big.peak_mb / fn.peak_mb:.2f}x the "
+            f"{n}-run sweep's {fn.peak_mb:.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

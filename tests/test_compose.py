@@ -10,14 +10,21 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from fnnlab.config import project_root
-from hydra_plugins.fnnlab_sweeper import compose
+from hydra_plugins.fnnlab_sweeper import _compose as compose
 
 # One job's overrides of every kind a user can type: values, config-group choices, presets,
 # additions, deletions, Hydra settings, and the sweep keys the sweeper appends.
 JOBS = [
     [],
     ["model.hidden_dim=8", "optim.lr=0.1", "seed=3"],
-    ["model.hidden_dim=8", "optim.lr=0.1", "seed=3", "sweep.id=abc", "sweep.parent_run_id=r1", "sweep.job_num=7"],
+    [
+        "model.hidden_dim=8",
+        "optim.lr=0.1",
+        "seed=3",
+        "sweep.id=abc",
+        "sweep.parent_run_id=r1",
+        "sweep.job_num=7",
+    ],
     ["experiment=reference"],
     ["experiment=reference", "seed=5", "optim.lr=0.01"],
     ["seed=4", "experiment=reference"],
@@ -59,7 +66,9 @@ def test_same_config_as_hydra(loaders, overrides):
     # Resolved task config (the run's params) is the same too.
     for cfg in (first, again):
         task = {k: cfg[k] for k in cfg if k != "hydra"}
-        assert OmegaConf.to_container(OmegaConf.create(task), resolve=True) == OmegaConf.to_container(
+        assert OmegaConf.to_container(
+            OmegaConf.create(task), resolve=True
+        ) == OmegaConf.to_container(
             OmegaConf.create({k: expected[k] for k in expected if k != "hydra"}), resolve=True
         )
 

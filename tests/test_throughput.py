@@ -22,8 +22,7 @@ def job_runs(store) -> list:
 
 def history(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
     return {
-        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-        for key in METRICS
+        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in METRICS
     }
 
 
@@ -48,8 +47,10 @@ def test_swept_run_equals_the_same_run_alone(store, tmp_path):
     assert len(single) == 1
     single = single[0]
     twin = [
-        r for r in runs
-        if "sweep_id" in r.data.tags and r.data.tags["fingerprint"] == single.data.tags["fingerprint"]
+        r
+        for r in runs
+        if "sweep_id" in r.data.tags
+        and r.data.tags["fingerprint"] == single.data.tags["fingerprint"]
     ]
     assert len(twin) == 1
     twin = twin[0]
@@ -63,7 +64,9 @@ def test_swept_run_equals_the_same_run_alone(store, tmp_path):
     for key in ("diverged", "fingerprint"):
         assert twin.data.tags[key] == single.data.tags[key]
     weights = [
-        torch.load(client.download_artifacts(r.info.run_id, "weights.pt", str(tmp_path / r.info.run_id)))
+        torch.load(
+            client.download_artifacts(r.info.run_id, "weights.pt", str(tmp_path / r.info.run_id))
+        )
         for r in (twin, single)
     ]
     assert torch.equal(weights[0]["w1"], weights[1]["w1"])
@@ -73,8 +76,14 @@ def test_swept_run_equals_the_same_run_alone(store, tmp_path):
 @pytest.mark.slow
 def test_joblib_sweep_into_sqlite_loses_nothing(store, tmp_path):
     result = run_script(
-        "fnnlab-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        "model.hidden_dim=8,32", "optim.lr=0.01,1.0", "seed=0,1,2", f"train.epochs={EPOCHS}",
+        "fnnlab-train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model.hidden_dim=8,32",
+        "optim.lr=0.01,1.0",
+        "seed=0,1,2",
+        f"train.epochs={EPOCHS}",
         *store.overrides(),
     )
     assert result.returncode == 0, result.stderr
@@ -86,8 +95,13 @@ def test_joblib_sweep_into_sqlite_loses_nothing(store, tmp_path):
     assert len({r.data.tags["fingerprint"] for r in runs}) == 12
     client = store.client
     expected_files = {
-        "config.yaml", "loss.png", "grad_norm.png", "weights.pt",
-        "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml",
+        "config.yaml",
+        "loss.png",
+        "grad_norm.png",
+        "weights.pt",
+        "hydra/config.yaml",
+        "hydra/hydra.yaml",
+        "hydra/overrides.yaml",
     }
     for run in runs:
         assert run.info.status == "FINISHED"

@@ -81,14 +81,20 @@ def loss_plot(
         points = list(published.items())
         extras.append(
             ax.scatter(
-                list(published), list(published.values()),
-                color="tab:red", marker="x", zorder=3, label="published",
+                list(published),
+                list(published.values()),
+                color="tab:red",
+                marker="x",
+                zorder=3,
+                label="published",
             )
         )
     if history.diverged_at is not None:
         extras.append(
             ax.axvline(
-                history.diverged_at, color="tab:gray", linestyle=":",
+                history.diverged_at,
+                color="tab:gray",
+                linestyle=":",
                 label=f"diverged at {history.diverged_at}",
             )
         )

@@ -11,7 +11,6 @@ config files stay on disk in its .hydra folder and in its MLflow run.
 # No "from __future__ import annotations": Hydra execs plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
 
-import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,9 @@ ConfigStore.instance().store(
 
 
 class FnnlabLauncher(BasicLauncher):
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         setup_globals()
         assert self.hydra_context is not None and self.config is not None
         assert self.task_function is not None
@@ -46,7 +47,9 @@ class FnnlabLauncher(BasicLauncher):
         runs: list[JobReturn] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
@@ -62,11 +65,4 @@ class FnnlabLauncher(BasicLauncher):
             ret.hydra_cfg = None
             runs.append(ret)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            if idx == initial_job_idx:
-                # What exists after the first job (modules imported, caches filled) lives
-                # until the sweep ends; moving it out of the garbage collector's sight keeps
-                # each later collection from walking it all again (measured: MLflow's
-                # per-run writes spent much of their time in those collections).
-                gc.collect()
-                gc.freeze()
         return runs

@@ -55,12 +55,13 @@ class FnnlabSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
-        from hydra_plugins.fnnlab_sweeper.compose import CachingConfigLoader
+        from hydra_plugins.fnnlab_sweeper._compose import CachingConfigLoader
 
-        # Jobs are composed once per set of config choices (see compose.py), here and
+        # Jobs are composed once per set of config choices (see _compose.py), here and
         # in the launcher, which gets the same loader.
         hydra_context = HydraContext(
-            config_loader=CachingConfigLoader(hydra_context.config_loader), callbacks=hydra_context.callbacks
+            config_loader=CachingConfigLoader(hydra_context.config_loader),
+            callbacks=hydra_context.callbacks,
         )
         self.config = config
         self.hydra_context = hydra_context

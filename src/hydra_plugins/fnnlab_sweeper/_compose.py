@@ -17,7 +17,9 @@ exactly as Hydra does it. tests/test_compose.py checks the result equals Hydra's
 own composition for every kind of override.
 
 The cache is per process (a module global), so launchers that ship the loader to
-worker processes (joblib, ray, submitit) compose once per worker.
+worker processes (joblib, ray, submitit) compose once per worker. The module name
+starts with "_" so that Hydra's plugin scan, which re-executes plugin modules in
+place (the joblib launcher does so for every job), leaves the cache alone.
 """
 
 from __future__ import annotations
@@ -55,10 +57,19 @@ class CachingConfigLoader(ConfigLoader):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def load_configuration(self, config_name: str | None, overrides: list[str], run_mode: RunMode,
-                           from_shell: bool = True, validate_sweep_overrides: bool = True) -> DictConfig:
+    def load_configuration(
+        self,
+        config_name: str | None,
+        overrides: list[str],
+        run_mode: RunMode,
+        from_shell: bool = True,
+        validate_sweep_overrides: bool = True,
+    ) -> DictConfig:
         return self.inner.load_configuration(
-            config_name, overrides, run_mode, from_shell=from_shell,
+            config_name,
+            overrides,
+            run_mode,
+            from_shell=from_shell,
             validate_sweep_overrides=validate_sweep_overrides,
         )
 
@@ -71,11 +82,18 @@ class CachingConfigLoader(ConfigLoader):
     def list_groups(self, parent_name: str) -> list[str]:
         return self.inner.list_groups(parent_name)
 
-    def get_group_options(self, group_name: str, results_filter: Any = None,
-                          config_name: str | None = None, overrides: list[str] | None = None) -> list[str]:
+    def get_group_options(
+        self,
+        group_name: str,
+        results_filter: Any = None,
+        config_name: str | None = None,
+        overrides: list[str] | None = None,
+    ) -> list[str]:
         return self.inner.get_group_options(group_name, results_filter, config_name, overrides)
 
-    def compute_defaults_list(self, config_name: str | None, overrides: list[str], run_mode: RunMode) -> Any:
+    def compute_defaults_list(
+        self, config_name: str | None, overrides: list[str], run_mode: RunMode
+    ) -> Any:
         return self.inner.compute_defaults_list(config_name, overrides, run_mode)
 
     def _chooses_configs(self, override: Override) -> bool:
@@ -85,9 +103,13 @@ class CachingConfigLoader(ConfigLoader):
             return True
         return self.inner.repository.group_exists(key) and not isinstance(override.value(), dict)
 
-    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
         master_hydra = list(master_config.hydra.overrides.hydra)
-        parsed = OverridesParser.create().parse_overrides(overrides=[*master_hydra, *sweep_overrides])
+        parsed = OverridesParser.create().parse_overrides(
+            overrides=[*master_hydra, *sweep_overrides]
+        )
         if any(o.is_sweep_override() for o in parsed):
             # Hydra's own message for this misuse.
             return self.inner.load_sweep_config(master_config, sweep_overrides)
@@ -98,7 +120,9 @@ class CachingConfigLoader(ConfigLoader):
         base = _BASES.get(key)
         if base is None:
             base = self.inner.load_configuration(
-                config_name=config_name, overrides=[o.input_line for o in choices], run_mode=RunMode.RUN
+                config_name=config_name,
+                overrides=[o.input_line for o in choices],
+                run_mode=RunMode.RUN,
             )
             if len(_BASES) >= _MAX_BASES:
                 _BASES.clear()
