@@ -9,11 +9,15 @@ Runs the same 60-run sweep (hidden_dim 8, 32, 128 x lr 0.001, 0.01, 0.1, 1.0 x 5
   fnnlab         fnnlab-train -m ... as users run it (default launcher, embedded store)
   fnnlab joblib  the same with hydra/launcher=joblib on 2 workers
 
-then fnnlab on a 1,000-run sweep. Every sweep is its own process, as users run it.
-Process start is excluded by running each way twice, the full sweep and a one-job sweep:
-ms per run = (time(N jobs) - time(1 job)) / (N - 1). That also leaves out what a sweep
-pays once (imports, store schema, first-call costs, worker start-up). Each store is
-checked afterwards: N FINISHED runs with all their per-epoch metric rows.
+then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds).
+
+Every sweep is its own process, run as users run it (the fnnlab-train entry point, or
+the naive script, with the same command-line overrides). Process start is excluded:
+the process first imports what a sweep needs, creates the store's schema (a one-off per
+store) and, for joblib, starts and warms its worker processes; then it writes a start
+mark and runs the sweep. ms per run = (process end - start mark) / runs, so it includes
+composing and validating every job, training, tracking, plots and artifacts. Each store
+is checked afterwards: every job a FINISHED run with all its per-epoch metric rows.
 Peak memory is the sweep process's maximum resident set size.
 
 Usage: python benchmarks/sweep_throughput.py [--seeds 5] [--big 1000] [--workers 2]
@@ -111,12 +115,14 @@ def store_check(db: Path, runs: int, experiment: str) -> set[str]:
             "select experiment_id from experiments where name = ?", (experiment,)
         ).fetchone()[0]
         jobs = con.execute(
-            "select run_uuid from runs where experiment_id = ? and status = 'FINISHED' and run_uuid not in "
+            "select run_uuid from runs where experiment_id = ? and status = 'FINISHED' "
+            "and run_uuid not in "
             "(select run_uuid from tags where key = 'role' and value = 'sweep')",
             (exp,),
         ).fetchall()
         rows = con.execute(
-            f"select count(*) from metrics where key in ({','.join('?' * len(METRICS))}) and run_uuid in "
+            f"select count(*) from metrics where key in ({','.join('?' * len(METRICS))}) "
+            "and run_uuid in "
             "(select run_uuid from runs where experiment_id = ?)",
             (*METRICS, exp),
         ).fetchone()[0]
@@ -165,7 +171,8 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
         end = time.time()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(
-            f"{name} failed, see {where / 'sweep.log'}:\n{(where / 'sweep.log').read_text()[-3000:]}"
+            f"{name} failed, see {where / 'sweep.log'}:\n"
+            f"{(where / 'sweep.log').read_text()[-3000:]}"
         )
     start, *warm = mark.read_text().split()
     ran_in = store_check(db, runs, experiment)
@@ -248,8 +255,9 @@ def main() -> None:
     )
     if big is not None:
         print(
-            f"fnnlab {big.runs}-run sweep: {big.ms_per_run:.1f} ms/run ({big.ms_per_run / fn.ms_per_run:.2f}x "
-            f"the {n}-run sweep), peak memory {big.peak_mb:.0f} MB ({big.peak_mb / fn.peak_mb:.2f}x the "
+            f"fnnlab {big.runs}-run sweep: {big.ms_per_run:.1f} ms/run "
+            f"({big.ms_per_run / fn.ms_per_run:.2f}x the {n}-run sweep), "
+            f"peak memory {big.peak_mb:.0f} MB ({big.peak_mb / fn.peak_mb:.2f}x the "
             f"{n}-run sweep's {fn.peak_mb:.0f} MB)"
         )
 
