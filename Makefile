@@ -17,11 +17,13 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/fnnlab-train experiment=reference
 	$(BIN)/fnnlab-train -m model.hidden_dim=8,32 optim.lr=0.01,0.1 seed=0,1
+	$(BIN)/fnnlab-aggregate
 	@echo
 	@echo "Runs are in the embedded store mlruns/mlflow.db (artifacts under mlruns/artifacts)."
 	@echo "Browse them with: $(BIN)/fnnlab-ui"
+	@echo "The sweep's summary (CSV, report.md, plots) is also on its parent run, under aggregate/."
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
 
 test-fast: setup

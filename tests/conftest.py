@@ -14,6 +14,16 @@ from mlflow.tracking import MlflowClient
 BIN = Path(sys.executable).parent
 
 
+def compose_train(overrides: list[str]):
+    """fnnlab-train's config as Hydra composes it, without running anything."""
+    from hydra import compose, initialize_config_dir
+
+    from fnnlab.config import project_root
+
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 @dataclass
 class TmpStore:
     """An embedded MLflow store in a temporary folder, and overrides that point at it."""
@@ -57,3 +67,21 @@ def run_script(name: str, *args: str, timeout: float = 600, **kw) -> subprocess.
     return subprocess.run(
         [str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
     )
+
+
+def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
+    """Call a console-script entry point in this process (so a test can inject a fault
+    into one job with monkeypatch); returns its exit status."""
+    import signal
+
+    monkeypatch.setattr(sys, "argv", [entry.__name__, *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        entry()
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -1,4 +1,4 @@
-"""Thin @hydra.main entry points: fnnlab-train and fnnlab-ui.
+"""Thin @hydra.main entry points: fnnlab-train, fnnlab-ui and fnnlab-aggregate.
 
 Each console script wraps its Hydra app so that a bad config value or override
 ends with one line naming the key and the value, and exit status 2.
@@ -31,33 +31,35 @@ log = logging.getLogger("fnnlab")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> dict:
-    from fnnlab import job
-
     try:
         check_values(cfg)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         print(f"fnnlab-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
+    from fnnlab import job, progress
+
     sweep_tags = {}
     if cfg.sweep.id is not None:
         sweep_tags = {"sweep_id": cfg.sweep.id, "job_num": str(cfg.sweep.job_num)}
-    result = job.run(
-        cfg,
-        Path(HydraConfig.get().runtime.output_dir),
-        parent_run_id=cfg.sweep.parent_run_id,
-        sweep_tags=sweep_tags,
-    )
+    # Sweeps print a line per job instead (fnnlab.progress); a single run gets an epoch bar,
+    # shown only if it outlasts a couple of seconds.
+    bar = progress.EpochBar(cfg.train.epochs) if cfg.sweep.id is None else None
+    try:
+        result = job.run(
+            cfg,
+            Path(HydraConfig.get().runtime.output_dir),
+            parent_run_id=cfg.sweep.parent_run_id,
+            sweep_tags=sweep_tags,
+            on_epoch=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     _freeze_after_first_job()
-    final = result.history.final()
+    print(progress.run_line(result, cfg.tracking.uri), flush=True)
     diverged = result.history.diverged_at is not None
-    print(
-        f"{result.run_name}: loss {final.get('loss', float('nan')):.6f} "
-        f"accuracy {final.get('accuracy', float('nan')):.3f}"
-        f"{' (diverged at epoch %d)' % result.history.diverged_at if diverged else ''} "
-        f"run {result.run_id}",
-        flush=True,
-    )
     return {"run_id": result.run_id, "diverged": diverged}
 
 
@@ -80,22 +82,63 @@ def _freeze_after_first_job() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")
 def ui_app(cfg: DictConfig) -> None:
+    from fnnlab import ui
     from fnnlab.tracking import open_store
 
     if cfg.ui.host not in ("127.0.0.1", "localhost"):
         raise ConfigValueError("ui.host", cfg.ui.host, "the UI binds to 127.0.0.1 only")
     store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
-    if cfg.tracking.uri.startswith(("http://", "https://")):
+    # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
+    sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
+    port = cfg.ui.port or ui.free_port(cfg.ui.host)
+    base = ui.base_url(cfg.tracking.uri, cfg.ui.host, port)
+
+    def show() -> None:
+        """The URLs to open; a sweep's three views on its runs, when there is a sweep."""
+        url = ui.experiment_url(base, store.experiment_id)
+        print(f"experiment {cfg.tracking.experiment}: {url}")
+        if sweep is not None:
+            ids = [r.info.run_id for r in sweep.children]
+            exp = store.experiment_id
+            url = ui.compare_url(base, exp, ids)
+            print(f"sweep {sweep.sweep_id} ({len(ids)} runs):")
+            grad_norms = ui.curves_url(base, exp, ids, ["grad_norm/w1", "grad_norm/w2"])
+            print(f"  side by side:   {url}")
+            print(f"  loss curves:    {ui.curves_url(base, exp, ids, ['loss'])}")
+            print(f"  gradient norms: {grad_norms}")
+        elif cfg.ui.sweep is not None:
+            print("no sweep in this experiment yet (fnnlab-train -m ... makes one)")
+        sys.stdout.flush()
+        if cfg.ui.open:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    if ui.is_server(cfg.tracking.uri):
         # Already a tracking server: its own UI is the one to open.
-        print(f"{cfg.tracking.uri.rstrip('/')}/#/experiments/{store.experiment_id}", flush=True)
+        show()
         return
-    base = f"http://{cfg.ui.host}:{cfg.ui.port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.tracking.uri,
-           "--host", cfg.ui.host, "--port", str(cfg.ui.port), "--workers", "1"]
-    server = subprocess.Popen(cmd)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        cfg.tracking.uri,
+        "--host",
+        cfg.ui.host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # Background jobs (LLM judges) are of no use here and would add a process.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(cmd, env=env)
     try:
         wait_until_up(f"{base}/health", server)
-        print(f"{base}/#/experiments/{store.experiment_id}", flush=True)
+        show()
+        print("Ctrl-C stops the UI.", flush=True)
         server.wait()
     finally:
         if server.poll() is None:
@@ -104,6 +147,38 @@ def ui_app(cfg: DictConfig) -> None:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="aggregate")
+def aggregate_app(cfg: DictConfig) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from fnnlab import aggregate, report
+
+    a = cfg.aggregate
+    try:
+        sel = aggregate.select(
+            cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
+        )
+        agg = aggregate.aggregate(sel)
+    except ConfigValueError as exc:
+        # Exit here rather than raise: Hydra would print a job-failure banner first.
+        print(f"fnnlab-aggregate: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except MlflowException as exc:
+        print(f"fnnlab-aggregate: error: {aggregate.first_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
+    out = out if out.is_absolute() else project_root() / out
+    files = report.write_outputs(agg, out, with_plots=a.plots)
+    logged = a.log_to_parent and sel.parent_run_id is not None
+    if a.log_to_parent:
+        report.log_to_parent(agg, files)
+    where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
+    print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs", flush=True)
+    print(report.terminal_table(agg))
+    print(f"best: {report.best_text(agg)}")
+    print(f"wrote {len(files)} files to {out}" + (", logged on the parent run" if logged else ""))
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -145,7 +220,7 @@ def _one_line(exc: BaseException) -> str:
 
 def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
-    from hydra_plugins.fnnlab_sweeper.fnnlab_sweeper import SweepFailed
+    from fnnlab.sweep import SweepFailed
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
     # Let exceptions reach us instead of Hydra's multi-line report.
@@ -176,3 +251,7 @@ def train() -> None:
 
 def ui() -> None:
     run_cli("fnnlab-ui", ui_app)
+
+
+def aggregate() -> None:
+    run_cli("fnnlab-aggregate", aggregate_app)

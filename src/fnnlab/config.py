@@ -20,7 +20,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab.model import BACKPROP_MODES
+# The modes of fnnlab.model.ScratchFNN, not imported from there: importing torch takes
+# seconds, and a rejected command should not wait for it.
+BACKPROP_MODES = ("tutorial", "exact")
 
 
 @dataclass
@@ -80,13 +82,37 @@ class TrainAppConfig:
 @dataclass
 class UiConfig:
     host: str = "127.0.0.1"
-    port: int = 5000
+    port: int = 5000  # 0: any free port
+    sweep: str | None = "latest"  # latest | a sweep id (or prefix) | null: whose runs to compare
+    open: bool = False  # open the URL in a browser
 
 
 @dataclass
 class UiAppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+
+
+@dataclass
+class AggregateConfig:
+    # latest: the experiment's most recent sweep; a sweep id; or all: every job run.
+    sweep: str = "latest"
+    # A parent run id; takes precedence over sweep.
+    parent_run_id: str | None = None
+    # An MLflow filter string ANDed to the selection, e.g. "params.`model.backprop` = 'exact'".
+    filter: str | None = None
+    # Where CSVs, report and plots go; relative paths are from the project root.
+    # Empty: the Hydra output folder of this invocation.
+    out_dir: str | None = None
+    # Log the outputs and the best configuration onto the sweep's parent run.
+    log_to_parent: bool = True
+    plots: bool = True
+
+
+@dataclass
+class AggregateAppConfig:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
 
 # Sections that decide what a run computes; the fingerprint covers exactly these.
@@ -106,12 +132,24 @@ def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value."""
     checks = [
         ("model.hidden_dim", cfg.model.hidden_dim >= 1, "must be at least 1"),
-        ("model.backprop", cfg.model.backprop in BACKPROP_MODES, f"must be one of {', '.join(BACKPROP_MODES)}"),
+        (
+            "model.backprop",
+            cfg.model.backprop in BACKPROP_MODES,
+            f"must be one of {', '.join(BACKPROP_MODES)}",
+        ),
         ("model.init_discard_draws", cfg.model.init_discard_draws >= 0, "must be 0 or more"),
         ("model.dtype", cfg.model.dtype in ("float32", "float64"), "must be float32 or float64"),
-        ("optim.lr", math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "must be a finite number > 0"),
+        (
+            "optim.lr",
+            math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0,
+            "must be a finite number > 0",
+        ),
         ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),
-        ("data.features", len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features), "must list iris feature columns 0..3"),
+        (
+            "data.features",
+            len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),
+            "must list iris feature columns 0..3",
+        ),
         ("tracking.experiment", bool(str(cfg.tracking.experiment).strip()), "must not be empty"),
     ]
     for key, ok, why in checks:
@@ -167,6 +205,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="ui_schema", node=UiAppConfig)
+    cs.store(name="aggregate_schema", node=AggregateAppConfig)
 
 
 register()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 class JobResult:
     run_id: str
     run_name: str
+    experiment_id: str
     history: History
     summary: dict[str, float]
 
@@ -40,7 +42,7 @@ def run_name(cfg: DictConfig) -> str:
     return name if cfg.model.backprop == "tutorial" else f"{name}-{cfg.model.backprop}"
 
 
-def train_model(cfg: DictConfig) -> History:
+def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None) -> History:
     """Data, model and training from the config alone: no I/O, no tracking."""
     # One intra-op thread: tensors this small gain nothing from more, and with parallel
     # workers on shared cores the extra threads spin against each other (measured 5-30x
@@ -57,7 +59,7 @@ def train_model(cfg: DictConfig) -> History:
         discard_draws=cfg.model.init_discard_draws,
         dtype=dtype,
     )
-    return fit(model, X, y, lr=cfg.optim.lr, epochs=cfg.train.epochs)
+    return fit(model, X, y, lr=cfg.optim.lr, epochs=cfg.train.epochs, on_epoch=on_epoch)
 
 
 def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
@@ -96,6 +98,7 @@ def run(
     parent_run_id: str | None = None,
     sweep_tags: dict[str, str] | None = None,
     store: Store | None = None,
+    on_epoch: Callable[[int], object] | None = None,
 ) -> JobResult:
     """Validate, train, and record one run. Raises ConfigValueError before any run exists."""
     check_values(cfg)
@@ -104,13 +107,20 @@ def run(
     tags = {"role": "job", "fingerprint": fingerprint(cfg), **process_tags(), **(sweep_tags or {})}
     run_id = start_run(store, name, tags, parent_run_id)
     try:
-        history = train_model(cfg)
+        history = train_model(cfg, on_epoch)
         summary = summarize(history, cfg)
         diverged = history.diverged_at is not None
         end_tags = {"diverged": str(diverged).lower()}
         if diverged:
             end_tags["diverged_at"] = str(history.diverged_at)
-        log_values(store, run_id, params=flatten(cfg), series=history.metrics, summary=summary, tags=end_tags)
+        log_values(
+            store,
+            run_id,
+            params=flatten(cfg),
+            series=history.metrics,
+            summary=summary,
+            tags=end_tags,
+        )
         art = write_artifacts(history, cfg, output_dir, name)
         store.client.log_artifacts(run_id, str(art))
     except BaseException as exc:
@@ -118,9 +128,19 @@ def run(
         log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
         try:
             error = f"{type(exc).__name__}: {exc}"
-            log_values(store, run_id, tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]})
+            log_values(
+                store,
+                run_id,
+                tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]},
+            )
         finally:
             end_run(store, run_id, status)
         raise
     end_run(store, run_id, "FINISHED")
-    return JobResult(run_id=run_id, run_name=name, history=history, summary=summary)
+    return JobResult(
+        run_id=run_id,
+        run_name=name,
+        experiment_id=store.experiment_id,
+        history=history,
+        summary=summary,
+    )

@@ -1,30 +1,42 @@
-"""Figures from a History, drawn without pyplot so nothing global accumulates
+"""Figures from a History or a sweep's frames, drawn without pyplot so nothing global accumulates
 across the jobs of a sweep (no figure manager, no leaked figures).
 
-A sweep draws two small figures per run, so drawing cost is per-run overhead. Each
-kind of figure is built once per process; for every run its lines get that run's
-data, title and legend, and it is saved again. Clearing or rebuilding the axes would
-rebuild every tick and its text, which measured as most of the cost; fixed margins
-replace the layout engine for the same reason.
+A sweep draws two small figures per run, so those are per-run overhead. Each kind of
+per-run figure is built once per process; for every run its lines get that run's data,
+title and legend, and it is saved again. Clearing or rebuilding the axes would rebuild
+every tick and its text, which measured as most of the cost; fixed margins replace the
+layout engine for the same reason.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import matplotlib
+import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from fnnlab.train import History
+if TYPE_CHECKING:  # torch is not needed to draw sweep figures
+    from fnnlab.train import History
+
 
 DPI = 80
 # zlib level 1: small line plots; the default level 6 costs time for a few percent of bytes.
 PNG_OPTIONS = {"compress_level": 1}
 GRAD_NORMS = ("grad_norm/w1", "grad_norm/w2")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI)
+    return path
 
 
 @cache
@@ -108,3 +120,129 @@ def grad_norm_plot(history: History, path: Path, title: str) -> Path:
         values = history.metrics[name]
         line.set_data(range(len(values)), values)
     return _draw(ax, title, path, [])
+
+
+# --- sweep figures, from the frames of fnnlab.aggregate ----------------------------------
+
+
+def _label(keys: tuple, names: list[str]) -> str:
+    return " ".join(f"{n}={_fmt(v)}" for n, v in zip(names, keys, strict=True)) or "all runs"
+
+
+def _fmt(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list]:
+    cols = min(3, n)
+    rows = -(-n // cols)
+    # Wide enough for the title and legend even with one panel.
+    fig = Figure(figsize=(max(width * cols, 7.5), height * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def sweep_curves_plot(
+    curves: pd.DataFrame,
+    path: Path,
+    config_cols: list[str],
+    metrics: dict[str, str],
+    ylabel: str,
+    title: str,
+    panel_col: str = "hidden_dim",
+    logy: bool = False,
+    published: dict[int, float] | None = None,
+    band: bool = True,
+) -> Path:
+    """Mean (+/- std unless band=False) per configuration over epochs: a panel per width,
+    a colour per other configuration (learning rate, ...), a line style per metric
+    (metrics: key -> style)."""
+    panel_col = panel_col if panel_col in config_cols else None
+    line_cols = [c for c in config_cols if c != panel_col]
+    # Name lines by what differs between them (all of it if nothing does).
+    line_cols = [c for c in line_cols if curves[c].nunique() > 1] or line_cols
+    panel_values = sorted(curves[panel_col].dropna().unique()) if panel_col else [None]
+    line_keys = sorted(curves.groupby(line_cols, dropna=False).groups) if line_cols else [()]
+    line_keys = [k if isinstance(k, tuple) else (k,) for k in line_keys]
+    colours = matplotlib.colormaps["viridis" if len(line_keys) > 10 else "tab10"]
+    fig, axes = _panels(len(panel_values))
+    for ax, pv in zip(axes, panel_values, strict=True):
+        sub = curves if panel_col is None else curves[curves[panel_col] == pv]
+        for i, lk in enumerate(line_keys):
+            mask = pd.Series(True, index=sub.index)
+            for c, v in zip(line_cols, lk, strict=True):
+                mask &= sub[c] == v
+            many = len(line_keys) > 10
+            colour = colours(i / (len(line_keys) - 1)) if many else colours(i % 10)
+            for key, style in metrics.items():
+                c = sub[mask & (sub["key"] == key)].sort_values("step")
+                if c.empty:
+                    continue
+                label = _label(lk, line_cols) if key == next(iter(metrics)) else None
+                ax.plot(c["step"], c["mean"], color=colour, linestyle=style, label=label)
+                std = c["std"].fillna(0)  # one seed: no band
+                if band:
+                    lo, hi = c["mean"] - std, c["mean"] + std
+                    ax.fill_between(c["step"], lo, hi, color=colour, alpha=0.15, linewidth=0)
+        if published:
+            label = "published" if ax is axes[0] else None
+            epochs, losses = list(published), list(published.values())
+            ax.scatter(epochs, losses, color="tab:red", marker="x", zorder=3, label=label)
+        if logy:
+            ax.set_yscale("log")
+        panel_title = f"{panel_col}={_fmt(pv)}" if panel_col else title
+        ax.set(xlabel="epoch", ylabel=ylabel, title=panel_title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(metrics) > 1:
+        for key, style in metrics.items():
+            handles.append(Line2D([], [], color="black", linestyle=style))
+            labels.append(key)
+    ncols = min(3, len(labels))
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sweep_heatmap(
+    summary: pd.DataFrame,
+    path: Path,
+    config_cols: list[str],
+    title: str,
+    value: str = "loss_mean",
+    row_col: str = "hidden_dim",
+    col_col: str = "lr",
+) -> Path:
+    """value over width x learning rate, a panel per combination of any other swept params.
+    Empty cells are configurations without a usable run (all failed or diverged)."""
+    facet_cols = [
+        c for c in config_cols if c not in (row_col, col_col) and summary[c].nunique() > 1
+    ]
+    facets = sorted(summary.groupby(facet_cols, dropna=False).groups) if facet_cols else [()]
+    facets = [k if isinstance(k, tuple) else (k,) for k in facets]
+    fig, axes = _panels(len(facets), width=5, height=4)
+    # One colour scale for all panels, so that panels compare.
+    vmin, vmax = summary[value].min(), summary[value].max()
+    for ax, fk in zip(axes, facets, strict=True):
+        sub = summary
+        for c, v in zip(facet_cols, fk, strict=True):
+            sub = sub[sub[c] == v]
+        grid = sub.pivot_table(
+            index=row_col, columns=col_col, values=value, dropna=False, aggfunc="first"
+        )
+        cells = grid.to_numpy(dtype=float)
+        im = ax.imshow(cells, cmap="viridis_r", aspect="auto", vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(len(grid.columns)), [_fmt(v) for v in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [_fmt(v) for v in grid.index])
+        panel_title = _label(fk, facet_cols) if facet_cols else title
+        ax.set(xlabel=col_col, ylabel=row_col, title=panel_title)
+        for (i, j), v in np.ndenumerate(cells):
+            dark = not np.isnan(v) and v >= (vmin + vmax) / 2
+            text = "n/a" if np.isnan(v) else f"{v:.3g}"
+            colour = "white" if dark else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize="small", color=colour)
+        fig.colorbar(im, ax=ax, label=value)
+    if facet_cols:
+        fig.suptitle(title)
+    return _save(fig, path)

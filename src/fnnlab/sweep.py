@@ -17,6 +17,14 @@ from fnnlab.tracking import Store, end_run, log_values, process_tags
 log = logging.getLogger(__name__)
 
 
+class SweepFailed(RuntimeError):
+    """Some jobs failed: their runs are FAILED, and so is the parent run.
+
+    Defined here, not in the sweeper plugin: Hydra's plugin scan imports that module
+    outside sys.modules, so a class defined there cannot be caught by identity.
+    """
+
+
 def sweep_id(overrides: list[str], experiment: str) -> str:
     text = "\n".join([experiment, *sorted(overrides)])
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -6,6 +6,7 @@ fast, and usable from any launcher; tracking happens afterwards, from the Histor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -41,11 +42,19 @@ class History:
         return {name: values[-1] for name, values in self.metrics.items() if values}
 
 
-def fit(model: ScratchFNN, X: torch.Tensor, y: torch.Tensor, lr: float, epochs: int) -> History:
+def fit(
+    model: ScratchFNN,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    epochs: int,
+    on_epoch: Callable[[int], object] | None = None,
+) -> History:
     """Train in place for `epochs` full-batch steps.
 
     A non-finite loss stops training at that epoch: the History keeps the epochs
-    before it and records where it diverged.
+    before it and records where it diverged. on_epoch(1), if given, is called after
+    each epoch (a progress bar's update); sweeps pass None and pay nothing.
     """
     rows = torch.empty(epochs, len(METRICS), dtype=torch.float64)
     diverged_at = None
@@ -65,6 +74,8 @@ def fit(model: ScratchFNN, X: torch.Tensor, y: torch.Tensor, lr: float, epochs: 
         rows[epoch, 5] = torch.linalg.vector_norm(model.w2)
         model.step(grads, lr)
         done = epoch + 1
+        if on_epoch is not None:
+            on_epoch(1)
     columns = rows[:done].T.tolist()
     return History(
         metrics=dict(zip(METRICS, columns, strict=True)),

@@ -7,9 +7,8 @@ the same command (unless hydra.sweeper.rerun=true), launches the rest with whate
 launcher is configured, and ends the parent FINISHED, FAILED or KILLED.
 """
 
-# No "from __future__ import annotations": Hydra execs plugin modules outside sys.modules,
-# where dataclasses cannot resolve string annotations (other Hydra apps then fail to start).
-
+# No `from __future__ import annotations` here: Hydra's plugin scan imports this module in a
+# way that breaks dataclasses with string annotations.
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -40,10 +39,6 @@ ConfigStore.instance().store(
 )
 
 
-class SweepFailed(RuntimeError):
-    """Some jobs failed; their runs are FAILED and the parent run too."""
-
-
 class FnnlabSweeper(Sweeper):
     def __init__(self, max_batch_size: int | None = None, rerun: bool = False) -> None:
         self.max_batch_size = max_batch_size
@@ -52,7 +47,9 @@ class FnnlabSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         from hydra.core.plugins import Plugins
 
         from hydra_plugins.fnnlab_sweeper._compose import CachingConfigLoader
@@ -84,11 +81,14 @@ class FnnlabSweeper(Sweeper):
             check_values(cfg)
             for key in ("tracking.uri", "tracking.experiment"):
                 if OmegaConf.select(cfg, key) != OmegaConf.select(self.config, key):
-                    raise ConfigValueError(key, OmegaConf.select(cfg, key), "cannot vary within one sweep")
+                    raise ConfigValueError(
+                        key, OmegaConf.select(cfg, key), "cannot vary within one sweep"
+                    )
             prints.append(fingerprint(cfg))
         return jobs, prints
 
     def sweep(self, arguments: list[str]) -> Any:
+        from fnnlab import progress as fprogress
         from fnnlab import sweep as fsweep
         from fnnlab.tracking import open_store
 
@@ -109,20 +109,33 @@ class FnnlabSweeper(Sweeper):
             if print_ in done:
                 counts["skipped"] += 1
                 continue
-            todo.append([*overrides, f"sweep.id={sid}", f"sweep.parent_run_id={parent}", f"sweep.job_num={num}"])
+            todo.append(
+                [
+                    *overrides,
+                    f"sweep.id={sid}",
+                    f"sweep.parent_run_id={parent}",
+                    f"sweep.job_num={num}",
+                ]
+            )
         if counts["skipped"]:
             log.info(
                 "Sweep %s: skipping %d of %d jobs that already have a FINISHED run "
-                "(hydra.sweeper.rerun=true runs them again)", sid, counts["skipped"], len(jobs),
+                "(hydra.sweeper.rerun=true runs them again)",
+                sid,
+                counts["skipped"],
+                len(jobs),
             )
         log.info("Sweep %s: parent run %s, %d jobs to run", sid, parent, len(todo))
 
         status = "KILLED"
         returns = []
+        progress = fprogress.start(len(todo))
         try:
             size = self.max_batch_size or max(len(todo), 1)
             for start in range(0, len(todo), size):
+                done_before = progress.done
                 results = self.launcher.launch(todo[start : start + size], initial_job_idx=start)
+                fprogress.after_batch(progress, done_before, results)
                 returns.append(results)
                 for r in results:
                     if r.status == JobStatus.COMPLETED:
@@ -132,9 +145,10 @@ class FnnlabSweeper(Sweeper):
                         counts["failed"] += 1
             status = "FAILED" if counts["failed"] else "FINISHED"
         finally:
+            fprogress.stop()
             fsweep.close_parent(store, parent, counts, status)
         if counts["failed"]:
-            raise SweepFailed(
+            raise fsweep.SweepFailed(
                 f"{counts['failed']} of {len(todo)} jobs failed (parent run {parent} is FAILED); "
                 f"rerun the same command to retry them"
             )

@@ -1,0 +1,464 @@
+"""A sweep in the store -> pandas frames -> summary over seeds, report and plots.
+
+Everything is read from the tracking store (never from Hydra's output folders), so a
+sweep run on other machines aggregates the same way. Per-epoch curves are read in
+bulk: one query on the metrics table for a database store, parallel metric-history
+calls for a tracking server. Asking for each run's history one call at a time would
+take minutes for a 1,000-run sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from scipy import stats
+from tqdm import tqdm
+
+from fnnlab.config import ConfigValueError
+from fnnlab.tracking import sqlite_path
+
+# The per-epoch metrics of fnnlab.train.METRICS, named here so that reading a store does not
+# import torch (tests check the two agree).
+METRICS = ("loss", "accuracy", "grad_norm/w1", "grad_norm/w2", "weight_norm/w1", "weight_norm/w2")
+# Database stores whose metrics table is read directly (others, e.g. MySQL where `key` is a
+# reserved word, go through the client).
+SQL_SCHEMES = ("sqlite", "postgresql")
+# Contract keys that always describe a configuration, even when not swept.
+CONTRACT = ("model.hidden_dim", "optim.lr", "model.backprop")
+# Statuses of runs that ended without finishing.
+FAILED = ("FAILED", "KILLED")
+
+
+@dataclass
+class Selection:
+    """The runs to aggregate, after deduplication, and where they came from."""
+
+    client: MlflowClient
+    uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str | None
+    sweep_id: str | None
+    runs: list[Run]
+    superseded: int = 0  # earlier attempts of a configuration replaced by a later run
+
+
+@dataclass
+class Aggregate:
+    """The tables a sweep turns into."""
+
+    selection: Selection
+    runs: pd.DataFrame  # one row per run
+    summary: pd.DataFrame  # one row per configuration, over seeds
+    curves: pd.DataFrame  # mean/std/n per configuration, metric and epoch
+    config_cols: list[str]
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+# --- selecting runs -------------------------------------------------------------------
+
+
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client and the experiment id; one-line errors for an unreachable or unknown store.
+
+    Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
+    since opening a missing one would create an empty database).
+    """
+    scheme = uri.split(":", 1)[0].lower()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
+    if scheme in ("http", "https"):
+        # Fail in seconds, not after MLflow's retries with backoff.
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+                pass
+        except urllib.error.HTTPError:
+            pass  # something answers; MLflow will say if it is not a tracking server
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigValueError(
+                "tracking.uri", uri, f"cannot reach the tracking server ({reason})"
+            ) from None
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
+        raise ConfigValueError(
+            "tracking.uri", uri, f"{type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    if exp is None:
+        raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
+    return client, exp.experiment_id
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    """Every matching active run, all pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=10000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _check_id(key: str, value: str) -> str:
+    # Ids go into a filter string: refuse quotes rather than escape them.
+    if not re.fullmatch(r"[\w.-]+", value):
+        raise ConfigValueError(key, value, "is not a valid id")
+    return value
+
+
+def dedupe(runs: list[Run]) -> tuple[list[Run], int]:
+    """One run per fingerprint: a resumed sweep may hold FAILED attempts and a FINISHED one.
+
+    FINISHED wins, then the latest start.
+    """
+    best: dict[str, tuple[tuple[bool, int], Run]] = {}
+    for r in runs:
+        fp = r.data.tags.get("fingerprint") or r.info.run_id
+        rank = (r.info.status == "FINISHED", r.info.start_time or 0)
+        if fp not in best or rank > best[fp][0]:
+            best[fp] = (rank, r)
+    kept = sorted((r for _, r in best.values()), key=lambda r: r.info.start_time or 0)
+    return kept, len(runs) - len(kept)
+
+
+def select(
+    uri: str,
+    experiment: str,
+    sweep: str = "latest",
+    parent_run_id: str | None = None,
+    filter_string: str | None = None,
+) -> Selection:
+    """The job runs of one sweep (latest, by sweep id or parent run), or all with sweep=all."""
+    client, exp_id = connect(uri, experiment)
+    sid = None
+    if parent_run_id:
+        _check_id("aggregate.parent_run_id", parent_run_id)
+        try:
+            parent = client.get_run(parent_run_id)
+        except MlflowException:
+            raise ConfigValueError(
+                "aggregate.parent_run_id", parent_run_id, "no such run"
+            ) from None
+        if parent.info.experiment_id != exp_id:
+            raise ConfigValueError(
+                "aggregate.parent_run_id", parent_run_id, f"is not a run of experiment {experiment}"
+            )
+        sid = parent.data.tags.get("sweep_id")
+        where = ("aggregate.parent_run_id", parent_run_id)
+    elif sweep == "all":
+        parent = None
+        where = ("aggregate.sweep", sweep)
+    else:
+        flt = "tags.role = 'sweep'"
+        if sweep != "latest":
+            flt += f" and tags.sweep_id = '{_check_id('aggregate.sweep', sweep)}'"
+        found = client.search_runs(
+            [exp_id],
+            flt,
+            ViewType.ACTIVE_ONLY,
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        if not found:
+            why = "no sweep in" if sweep == "latest" else "no sweep with this id in"
+            raise ConfigValueError("aggregate.sweep", sweep, f"{why} experiment {experiment}")
+        parent = found[0]
+        sid = parent.data.tags.get("sweep_id")
+        where = ("aggregate.sweep", sweep)
+    flt = "tags.role = 'job'"
+    if parent is not None:
+        flt += f" and tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    if filter_string:
+        flt += f" and {filter_string}"
+        where = ("aggregate.filter", filter_string)
+    try:
+        runs = _search(client, exp_id, flt)
+    except MlflowException as exc:
+        raise ConfigValueError(*where, first_line(exc)) from None
+    if not runs:
+        raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
+    kept, superseded = dedupe(runs)
+    return Selection(
+        client=client,
+        uri=uri,
+        experiment=experiment,
+        experiment_id=exp_id,
+        parent_run_id=parent.info.run_id if parent is not None else None,
+        sweep_id=sid,
+        runs=kept,
+        superseded=superseded,
+    )
+
+
+# --- reading curves -------------------------------------------------------------------
+
+
+def read_curves(
+    uri: str,
+    client: MlflowClient,
+    run_ids: list[str],
+    keys: tuple[str, ...] = METRICS,
+    method: str = "auto",
+) -> pd.DataFrame:
+    """Per-epoch values of many runs: columns run_id, key, step, value."""
+    if method == "auto":
+        method = "sql" if uri.split(":", 1)[0].split("+")[0].lower() in SQL_SCHEMES else "client"
+    frame = (
+        _curves_sql(uri, run_ids, keys)
+        if method == "sql"
+        else _curves_client(client, run_ids, keys)
+    )
+    if frame.empty:
+        types = {"run_id": str, "key": str, "step": "int64", "value": float}
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in types.items()})
+    # A value logged twice for one step: the later one counts, as in MLflow's UI.
+    if frame.duplicated(["run_id", "key", "step"]).any():
+        frame = frame.sort_values("timestamp", kind="stable")
+        frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
+    return frame[["run_id", "key", "step", "value"]].reset_index(drop=True)
+
+
+def _curves_sql(
+    uri: str, run_ids: list[str], keys: tuple[str, ...], chunk: int = 500
+) -> pd.DataFrame:
+    """One query per 500 runs on MLflow's metrics table, through the store's own URI.
+
+    Rows come straight from the DB-API cursor: SQLAlchemy's per-row processing would
+    double the time for the 606,000 values of a 1,000-run sweep.
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri)
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
+    if mark is None:  # a driver with named parameters: let pandas and SQLAlchemy bind them
+        return _curves_sql_named(engine, run_ids, keys, chunk)
+    columns = ["run_id", "key", "step", "value", "is_nan", "timestamp"]
+    parts = []
+    conn = engine.raw_connection()
+    try:
+        cur = conn.cursor()
+        for start in tqdm(range(0, len(run_ids), chunk), desc="curves", unit="chunk", disable=None):
+            ids = run_ids[start : start + chunk]
+            cur.execute(
+                "SELECT run_uuid, key, step, value, is_nan, timestamp FROM metrics "
+                f"WHERE run_uuid IN ({','.join([mark] * len(ids))}) "
+                f"AND key IN ({','.join([mark] * len(keys))})",
+                (*ids, *keys),
+            )
+            parts.append(pd.DataFrame(cur.fetchall(), columns=columns))
+    finally:
+        conn.close()
+        engine.dispose()
+    return _nan_flags(pd.concat(parts, ignore_index=True))
+
+
+def _curves_sql_named(
+    engine, run_ids: list[str], keys: tuple[str, ...], chunk: int
+) -> pd.DataFrame:
+    import sqlalchemy as sa
+
+    query = sa.text(
+        "SELECT run_uuid AS run_id, key, step, value, is_nan, timestamp FROM metrics "
+        "WHERE run_uuid IN :ids AND key IN :keys"
+    ).bindparams(sa.bindparam("ids", expanding=True), sa.bindparam("keys", expanding=True))
+    parts = []
+    try:
+        with engine.connect() as conn:
+            for start in range(0, len(run_ids), chunk):
+                ids = run_ids[start : start + chunk]
+                parts.append(pd.read_sql(query, conn, params={"ids": ids, "keys": list(keys)}))
+    finally:
+        engine.dispose()
+    return _nan_flags(pd.concat(parts, ignore_index=True))
+
+
+def _nan_flags(frame: pd.DataFrame) -> pd.DataFrame:
+    # MLflow stores NaN as 0 with a flag.
+    frame.loc[frame["is_nan"].astype(bool), "value"] = math.nan
+    return frame
+
+
+def _curves_client(client: MlflowClient, run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
+    """For tracking servers: metric histories fetched in parallel (the server does the work)."""
+    rows = []
+    pairs = [(r, k) for r in run_ids for k in keys]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = {pool.submit(client.get_metric_history, r, k): r for r, k in pairs}
+        for fut in tqdm(
+            as_completed(futures), total=len(futures), desc="curves", unit="series", disable=None
+        ):
+            run_id = futures[fut]
+            rows.extend((run_id, m.key, m.step, m.value, m.timestamp) for m in fut.result())
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+
+
+# --- frames -----------------------------------------------------------------------------
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """model.hidden_dim -> hidden_dim, unless two keys share a last part."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
+
+
+def _numeric(col: pd.Series) -> pd.Series:
+    converted = pd.to_numeric(col, errors="coerce")
+    # Keep strings (backprop) as they are; convert columns that are all numbers.
+    return converted if converted.notna().sum() == col.notna().sum() else col
+
+
+def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run, and the columns that identify a configuration (swept params but seed)."""
+    params = pd.DataFrame([r.data.params for r in sel.runs])
+    # Params that vary across the selection, plus the contract keys; tracking.* is not training.
+    varying = [c for c in params.columns if params[c].nunique() > 1]
+    keys = [
+        c
+        for c in (*CONTRACT, *varying, "seed")
+        if c in params.columns and not c.startswith("tracking.")
+    ]
+    keys = list(dict.fromkeys(keys))
+    names = _short_names(keys)
+    rows = []
+    for r in sel.runs:
+        m, t = r.data.metrics, r.data.tags
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                # A job that failed before logging has no params: its configuration is unknown.
+                **{names[k]: r.data.params.get(k) for k in keys},
+                "status": r.info.status,
+                "diverged": t.get("diverged") == "true",
+                "diverged_at": pd.to_numeric(t.get("diverged_at"), errors="coerce"),
+                "final_loss": m.get("final/loss", math.nan),
+                "best_loss": m.get("best/loss", math.nan),
+                "best_epoch": m.get("best/epoch", math.nan),
+                "final_accuracy": m.get("final/accuracy", math.nan),
+                "final_grad_norm_w1": m.get("final/grad_norm/w1", math.nan),
+                "final_grad_norm_w2": m.get("final/grad_norm/w2", math.nan),
+                "epochs_run": m.get("epochs_run", math.nan),
+                "duration_s": (r.info.end_time - r.info.start_time) / 1000
+                if r.info.end_time
+                else math.nan,
+                "error": t.get("error", ""),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    for key in keys:
+        frame[names[key]] = _numeric(frame[names[key]])
+    # Largest gradient norms over training come from the curves.
+    gmax = curves[curves["key"].isin(["grad_norm/w1", "grad_norm/w2"])]
+    gmax = gmax.pivot_table(index="run_id", columns="key", values="value", aggfunc="max")
+    for key, col in (("grad_norm/w1", "max_grad_norm_w1"), ("grad_norm/w2", "max_grad_norm_w2")):
+        frame[col] = frame["run_id"].map(gmax[key]) if key in gmax else math.nan
+    # Only finished, non-diverged runs enter the loss statistics.
+    frame["used"] = (frame["status"] == "FINISHED") & ~frame["diverged"]
+    config_cols = [names[k] for k in keys if k != "seed"]
+    return frame, config_cols
+
+
+def _ci95(std: float, n: int) -> float:
+    """Half-width of the 95% t-interval of a mean; empty below two runs."""
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def summarize(frame: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
+    """One row per configuration: counts over all runs, statistics over the used ones."""
+    by = config_cols or (lambda _: "all")
+    counts = (
+        frame.assign(
+            finished=frame["status"] == "FINISHED",
+            running=frame["status"] == "RUNNING",
+            failed=frame["status"].isin(FAILED),
+            diverged=frame["diverged"] & (frame["status"] == "FINISHED"),
+        )
+        .groupby(by, dropna=False)
+        .agg(
+            runs=("run_id", "size"),
+            used=("used", "sum"),
+            diverged=("diverged", "sum"),
+            failed=("failed", "sum"),
+            running=("running", "sum"),
+        )
+    )
+    used = frame[frame["used"]].groupby(by, dropna=False)
+    loss = used["final_loss"].agg(["mean", "std", "min", "max"]).add_prefix("loss_")
+    acc = used["final_accuracy"].agg(["mean", "std", "min", "max"]).add_prefix("acc_")
+    out = counts.join(loss).join(acc)
+    out.insert(
+        out.columns.get_loc("loss_max") + 1,
+        "loss_ci95",
+        [_ci95(s, int(n)) for s, n in zip(out["loss_std"], out["used"], strict=True)],
+    )
+    return out.reset_index()
+
+
+def mean_curves(frame: pd.DataFrame, curves: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
+    """Mean, std and count per configuration, metric and epoch, over the used runs."""
+    used = frame.loc[frame["used"], ["run_id", *config_cols]]
+    merged = curves.merge(used, on="run_id")
+    by = [*config_cols, "key", "step"]
+    out = merged.groupby(by, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n"})
+
+
+def pick_best(summary: pd.DataFrame, config_cols: list[str]) -> dict[str, Any]:
+    """Lowest mean final loss among configurations where no run failed or diverged
+    (any configuration with a mean if there is none)."""
+    ok = summary[summary["loss_mean"].notna()]
+    clean = ok[(ok["failed"] == 0) & (ok["diverged"] == 0) & (ok["running"] == 0)]
+    pool = clean if not clean.empty else ok
+    if pool.empty:
+        return {}
+    row = pool.sort_values("loss_mean", kind="stable").iloc[0]
+    return {
+        **{c: _plain(row[c]) for c in config_cols},
+        **{k: _plain(row[k]) for k in ("used", "loss_mean", "loss_std", "loss_ci95", "acc_mean")},
+    }
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def aggregate(sel: Selection, method: str = "auto") -> Aggregate:
+    ids = [r.info.run_id for r in sel.runs]
+    curves = read_curves(sel.uri, sel.client, ids, method=method)
+    frame, config_cols = runs_frame(sel, curves)
+    summary = summarize(frame, config_cols)
+    return Aggregate(
+        selection=sel,
+        runs=frame,
+        summary=summary,
+        curves=mean_curves(frame, curves, config_cols),
+        config_cols=config_cols,
+        best=pick_best(summary, config_cols),
+    )

@@ -1,0 +1,406 @@
+"""fnnlab-aggregate on real stores: the numbers against MlflowClient data computed here,
+and every input that must end in one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import TmpStore, run_script
+from scipy import stats
+
+from fnnlab import aggregate, report
+from fnnlab.cli import wait_until_up
+from fnnlab.config import ConfigValueError
+from fnnlab.tracking import log_values, open_store
+
+SWEEP = ["model.hidden_dim=4,8", "optim.lr=0.01,0.1", "seed=0,1,2", "train.epochs=20"]
+
+
+def sweep(store: TmpStore, *args: str) -> None:
+    res = run_script("fnnlab-train", "-m", *args, *store.overrides())
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def run_aggregate(store: TmpStore, out: Path, *args: str):
+    return run_script("fnnlab-aggregate", *store.overrides()[:2], f"aggregate.out_dir={out}", *args)
+
+
+def one_line_error(res, *words: str) -> str:
+    """The error output is one line naming the key and value; nothing else on stderr."""
+    assert res.returncode != 0, res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("fnnlab-aggregate: error: "), lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> TmpStore:
+    """A real 12-run sweep: 2 widths x 2 learning rates x 3 seeds, 20 epochs."""
+    root = tmp_path_factory.mktemp("swept")
+    store = TmpStore(root=root, uri=f"sqlite:///{root}/mlruns/mlflow.db")
+    sweep(store, *SWEEP)
+    return store
+
+
+def expected_summary(store: TmpStore) -> dict[tuple[int, float], dict]:
+    """Per (hidden_dim, lr): counts, mean and std of final loss, from the client directly."""
+    parent = store.runs("tags.role = 'sweep'")[0]
+    children = store.runs(f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    groups: dict[tuple[int, float], list] = {}
+    for r in children:
+        key = (int(r.data.params["model.hidden_dim"]), float(r.data.params["optim.lr"]))
+        groups.setdefault(key, []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        losses = [r.data.metrics["final/loss"] for r in runs]
+        out[key] = {
+            "runs": len(runs),
+            "mean": statistics.fmean(losses),
+            "std": statistics.stdev(losses),
+            "acc": statistics.fmean(r.data.metrics["final/accuracy"] for r in runs),
+            "ids": [r.info.run_id for r in runs],
+        }
+    return out
+
+
+@pytest.mark.slow
+def test_summary_matches_client_data(swept: TmpStore, tmp_path: Path) -> None:
+    res = run_aggregate(swept, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    expected = expected_summary(swept)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == len(expected) == 4
+    for row in summary.itertuples():
+        exp = expected[(row.hidden_dim, row.lr)]
+        assert (row.runs, row.used, row.failed, row.diverged) == (exp["runs"], 3, 0, 0)
+        assert row.loss_mean == pytest.approx(exp["mean"], rel=1e-12)
+        assert row.loss_std == pytest.approx(exp["std"], rel=1e-9)
+        assert row.acc_mean == pytest.approx(exp["acc"], rel=1e-12)
+        half = stats.t.ppf(0.975, 2) * exp["std"] / math.sqrt(3)
+        assert row.loss_ci95 == pytest.approx(half, rel=1e-9)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert len(runs) == 12 and set(runs["seed"]) == {0, 1, 2}
+
+    # Mean curve at the last epoch = mean of the three runs' histories at that step.
+    exp = expected[(8, 0.1)]
+    values = [
+        [m.value for m in swept.client.get_metric_history(i, "loss") if m.step == 19][0]
+        for i in exp["ids"]
+    ]
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    c = curves[(curves.hidden_dim == 8) & (curves.lr == 0.1) & (curves.key == "loss")]
+    last = c[c.step == 19].iloc[0]
+    assert (len(c), last.n) == (20, 3)
+    assert last["mean"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+    # Largest gradient norm of a run, against its history.
+    rid = exp["ids"][0]
+    gmax = max(m.value for m in swept.client.get_metric_history(rid, "grad_norm/w1"))
+    assert runs.set_index("run_id").loc[rid, "max_grad_norm_w1"] == pytest.approx(gmax)
+
+    # Logged back on the parent: files, and the best configuration.
+    parent = swept.runs("tags.role = 'sweep'")[0]
+    best = min(expected, key=lambda k: expected[k]["mean"])
+    assert parent.data.tags["aggregate.best.hidden_dim"] == str(best[0])
+    assert float(parent.data.tags["aggregate.best.lr"]) == best[1]
+    assert parent.data.metrics["aggregate/best_loss_mean"] == pytest.approx(expected[best]["mean"])
+    assert parent.data.metrics["aggregate/runs"] == 12
+    logged = {f.path for f in swept.client.list_artifacts(parent.info.run_id, "aggregate")}
+    assert {"aggregate/report.md", "aggregate/summary.csv", "aggregate/curves_loss.png"} <= logged
+    report = (tmp_path / "report.md").read_text()
+    assert "| hidden_dim | lr | backprop |" in report
+    assert "## Mean final loss ± 95% CI, width × learning rate" in report
+    # The terminal gets the table and the best configuration.
+    assert "loss mean" in res.stdout and f"best: hidden_dim={best[0]}" in res.stdout
+
+
+@pytest.mark.slow
+def test_failed_diverged_running_and_reruns(store: TmpStore) -> None:
+    # At width 8, lr=100 diverges at epoch 1 for seeds 0 and 1 (tutorial update); lr=0.1 does not.
+    sweep(store, "model.hidden_dim=8", "optim.lr=0.1,100", "seed=0,1", "train.epochs=10")
+    st = open_store(store.uri, store.experiment)
+    parent = store.runs("tags.role = 'sweep'")[0]
+    pid, sid = parent.info.run_id, parent.data.tags["sweep_id"]
+    finished = store.runs("params.`optim.lr` = '0.1' and params.seed = '0'")[0]
+
+    def job_run(fingerprint: str, status: str | None, error: str = "") -> str:
+        """What job.run leaves for a job that failed or is still running: tags, no params."""
+        tags = {
+            "role": "job",
+            "fingerprint": fingerprint,
+            "sweep_id": sid,
+            "mlflow.parentRunId": pid,
+        }
+        rid = st.client.create_run(st.experiment_id, run_name="h4-lr0.5-s0", tags=tags).info.run_id
+        if error:
+            log_values(st, rid, tags={"error": error})
+        if status:
+            st.client.set_terminated(rid, status)
+        return rid
+
+    failed = job_run("f" * 16, "FAILED", "RuntimeError: boom")
+    running = job_run("r" * 16, None)
+    # An earlier FAILED attempt of a configuration that later finished: superseded.
+    job_run(finished.data.tags["fingerprint"], "FAILED", "RuntimeError: first try")
+
+    # The output folder holds the store itself: only the written files may be logged.
+    out = store.root
+    res = run_aggregate(store, out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = pd.read_csv(out / "runs.csv").set_index("run_id")
+    assert len(runs) == 6  # 4 jobs + failed + running; the superseded attempt is gone
+    assert runs.loc[failed, "status"] == "FAILED" and runs.loc[running, "status"] == "RUNNING"
+    assert (
+        finished.info.run_id in runs.index
+        and runs.loc[finished.info.run_id, "status"] == "FINISHED"
+    )
+    diverged = store.runs("tags.diverged = 'true'")
+    assert len(diverged) == 2
+    assert runs.loc[[r.info.run_id for r in diverged], "diverged"].all()
+    assert runs["used"].sum() == 2
+
+    summary = pd.read_csv(out / "summary.csv")
+    ok = summary[summary.lr == 0.1].iloc[0]
+    losses = [r.data.metrics["final/loss"] for r in store.runs("params.`optim.lr` = '0.1'")]
+    assert (ok.runs, ok.used, ok.diverged) == (2, 2, 0)
+    assert ok.loss_mean == pytest.approx(statistics.fmean(losses))
+    bad = summary[summary.lr == 100].iloc[0]
+    assert (bad.runs, bad.used, bad.diverged) == (2, 0, 2)
+    assert math.isnan(bad.loss_mean)  # diverged runs are left out of the loss statistics
+    # Failed and running jobs have no params: one row of unknown configuration counts them.
+    unknown = summary[summary.lr.isna()].iloc[0]
+    assert (unknown.runs, unknown.failed, unknown.running, unknown.used) == (2, 1, 1, 0)
+    report = (out / "report.md").read_text()
+    assert "1 failed or killed, 1 still running; 1 earlier attempts superseded" in report
+    assert "RuntimeError: boom" in report
+    assert "The row with an empty configuration counts jobs that failed" in report
+    logged = st.client.list_artifacts(pid, "aggregate")
+    assert sorted(f.path for f in logged) == sorted(f"aggregate/{p.name}" for p in out.glob("*.*"))
+
+
+@pytest.mark.slow
+def test_single_seed_gives_empty_std(swept: TmpStore, tmp_path: Path) -> None:
+    res = run_aggregate(
+        swept, tmp_path, "aggregate.filter=\"params.seed = '1'\"", "aggregate.plots=false"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 4 and (summary.used == 1).all()
+    assert summary.loss_std.isna().all() and summary.loss_ci95.isna().all()
+    expected = {
+        (int(r.data.params["model.hidden_dim"]), float(r.data.params["optim.lr"])): r.data.metrics[
+            "final/loss"
+        ]
+        for r in swept.runs("params.seed = '1'")
+    }
+    for row in summary.itertuples():
+        assert row.loss_mean == row.loss_min == expected[(row.hidden_dim, row.lr)]
+
+
+def test_curve_metrics_are_the_trained_ones() -> None:
+    from fnnlab.train import METRICS
+
+    assert aggregate.METRICS == METRICS
+
+
+def test_dedupe_prefers_finished_then_latest(store: TmpStore) -> None:
+    st = open_store(store.uri, store.experiment)
+    ids = {}
+    for name, fp, status in [
+        ("a1", "a", "FINISHED"),
+        ("a2", "a", "FAILED"),
+        ("b1", "b", "FAILED"),
+        ("b2", "b", "FAILED"),
+        ("c", "c", "RUNNING"),
+    ]:
+        rid = st.client.create_run(
+            st.experiment_id, run_name=name, tags={"fingerprint": fp}
+        ).info.run_id
+        if status != "RUNNING":
+            st.client.set_terminated(rid, status)
+        ids[name] = rid
+    runs = [st.client.get_run(i) for i in ids.values()]
+    kept, superseded = aggregate.dedupe(runs)
+    assert superseded == 2
+    assert {r.info.run_id for r in kept} == {ids["a1"], ids["b2"], ids["c"]}
+
+
+# --- inputs that must fail with one line --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[TmpStore, str]:
+    """A store with one sweep parent and one finished child, written with the client."""
+    root = tmp_path_factory.mktemp("small")
+    store = TmpStore(root=root, uri=f"sqlite:///{root}/mlruns/mlflow.db")
+    st = open_store(store.uri, store.experiment)
+    open_store(store.uri, "nosweeps")
+    tags = {"role": "sweep", "sweep_id": "abc123"}
+    pid = st.client.create_run(st.experiment_id, run_name="sweep", tags=tags).info.run_id
+    job = {"role": "job", "fingerprint": "x", "mlflow.parentRunId": pid}
+    rid = st.client.create_run(st.experiment_id, run_name="h4-lr0.1-s0", tags=job).info.run_id
+    params = {"model.hidden_dim": 4, "optim.lr": 0.1, "model.backprop": "tutorial", "seed": 0}
+    log_values(st, rid, params=params, series={"loss": [0.7, 0.6]}, summary={"final/loss": 0.6})
+    st.client.set_terminated(rid, "FINISHED")
+    # Experiment "allfailed": a sweep whose two jobs failed before logging anything.
+    af = open_store(store.uri, "allfailed")
+    tags = {"role": "sweep", "sweep_id": "dead01"}
+    apid = af.client.create_run(af.experiment_id, run_name="sweep", tags=tags).info.run_id
+    for fp in ("a", "b"):
+        job = {"role": "job", "fingerprint": fp, "mlflow.parentRunId": apid, "error": "boom"}
+        fid = af.client.create_run(af.experiment_id, run_name=f"job-{fp}", tags=job).info.run_id
+        af.client.set_terminated(fid, "FAILED")
+    return store, pid
+
+
+def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
+    store, _ = small
+    agg = aggregate.aggregate(aggregate.select(store.uri, "allfailed"))
+    assert agg.summary[["runs", "used", "failed"]].values.tolist() == [[2, 0, 2]]
+    assert agg.best == {} and agg.curves.empty
+    files = report.write_outputs(agg, tmp_path)
+    assert sorted(f.name for f in files) == ["curves.csv", "report.md", "runs.csv", "summary.csv"]
+    text = (tmp_path / "report.md").read_text()
+    assert "0 finished (0 of them diverged), 2 failed or killed" in text
+    assert "no configuration has a finished, non-diverged run" in text
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"experiment": "nope"}, ["tracking.experiment=nope", "no such experiment"]),
+        ({"experiment": "nosweeps"}, ["aggregate.sweep=latest", "no sweep in"]),
+        ({"sweep": "deadbeef"}, ["aggregate.sweep=deadbeef", "no sweep with this id"]),
+        ({"sweep": "x' or '1"}, ["aggregate.sweep=x' or '1", "not a valid id"]),
+        ({"parent_run_id": "0123abcd"}, ["aggregate.parent_run_id=0123abcd", "no such run"]),
+        (
+            {"filter_string": "params.seed = '99'"},
+            ["aggregate.filter=params.seed = '99'", "selects no"],
+        ),
+        ({"filter_string": "params.seed ~ 1"}, ["aggregate.filter=params.seed ~ 1"]),
+    ],
+    ids=["experiment", "no-sweep", "sweep-id", "quote", "parent-run", "empty-filter", "bad-filter"],
+)
+def test_bad_selection_names_key_and_value(small, kw, words) -> None:
+    store, _ = small
+    args = {"experiment": store.experiment, **kw}
+    with pytest.raises(ConfigValueError) as err:
+        aggregate.select(store.uri, **args)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(words[0] + ":"), message
+    for w in words[1:]:
+        assert w in message
+
+
+def test_selection_by_parent_run_id(small) -> None:
+    store, pid = small
+    agg = aggregate.aggregate(aggregate.select(store.uri, store.experiment, parent_run_id=pid))
+    assert len(agg.summary) == 1 and agg.summary.loss_mean[0] == 0.6
+    assert math.isnan(agg.summary.loss_std[0])  # one seed: empty std, no error
+    assert agg.best["hidden_dim"] == 4
+    # The tracking-server path (parallel metric histories) reads the same curves.
+    ids = [r.info.run_id for r in agg.selection.runs]
+    by_sql = aggregate.read_curves(store.uri, store.client, ids, method="sql")
+    by_client = aggregate.read_curves(store.uri, store.client, ids, method="client")
+    assert by_sql.sort_values("step").values.tolist() == [
+        [ids[0], "loss", 0, 0.7],
+        [ids[0], "loss", 1, 0.6],
+    ]
+    assert (
+        by_client.sort_values("step").values.tolist() == by_sql.sort_values("step").values.tolist()
+    )
+
+
+def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
+    store, _ = small
+    res = run_aggregate(store, tmp_path / "out", "aggregate.filter=\"params.seed = '99'\"")
+    one_line_error(res, "aggregate.filter=params.seed = '99'", "selects no runs")
+    assert res.returncode == 2 and not (tmp_path / "out").exists()
+
+
+def test_unreachable_server_fails_with_one_line(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    res = run_script(
+        "fnnlab-aggregate", f"tracking.uri={uri}", f"aggregate.out_dir={tmp_path}/o", timeout=60
+    )
+    one_line_error(res, f"tracking.uri={uri}", "cannot reach the tracking server")
+
+
+def test_missing_database_is_not_created(tmp_path: Path) -> None:
+    db = tmp_path / "none" / "mlflow.db"
+    res = run_script(
+        "fnnlab-aggregate", f"tracking.uri=sqlite:///{db}", f"aggregate.out_dir={tmp_path}/o"
+    )
+    one_line_error(res, f"tracking.uri=sqlite:///{db}", "no database file")
+    assert not db.exists() and not db.parent.exists()
+
+
+@pytest.fixture
+def server(small):
+    """An MLflow tracking server on 127.0.0.1 over the small store; always stopped."""
+    store, _ = small
+    port = closed_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # A session of its own, so that the server's worker processes stop with it.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_tracking_server(small, server: str, tmp_path: Path) -> None:
+    """The same sweep through a server: curves come from parallel metric-history calls."""
+    store, pid = small
+    res = run_script(
+        "fnnlab-aggregate",
+        f"tracking.uri={server}",
+        f"tracking.experiment={store.experiment}",
+        f"aggregate.out_dir={tmp_path}",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 1 and summary.loss_mean[0] == 0.6
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert curves[curves.key == "loss"].sort_values("step")["mean"].tolist() == [0.7, 0.6]
+    parent = store.client.get_run(pid)
+    assert parent.data.tags["aggregate.best.hidden_dim"] == "4"

@@ -1,0 +1,108 @@
+"""Bad input: one line naming the key and the value, non-zero exit, the store untouched."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import BIN, TmpStore, compose_train, run_script
+
+from fnnlab import model
+from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
+
+BAD = [
+    (["model.hidden_dim=abc"], "model.hidden_dim=abc"),
+    (["model.hidden_dim=0"], "model.hidden_dim=0"),
+    (["model.foo=1"], "model.foo=1"),
+    (["optim.lr=0"], "optim.lr=0"),
+    (["optim.lr=-1"], "optim.lr=-1"),
+    (["optim.lr=nan"], "optim.lr=nan"),
+    (["optim.lr=inf"], "optim.lr=inf"),
+    (["train.epochs=0"], "train.epochs=0"),
+    (["model.backprop=adam"], "model.backprop=adam"),
+    # In a sweep, one bad value stops the whole sweep before any run, parent included.
+    (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
+    (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),
+]
+
+
+@pytest.fixture(scope="module")
+def store_with_a_run(tmp_path_factory):
+    """A store that already holds a run: a rejected command must leave it byte for byte."""
+    root = tmp_path_factory.mktemp("store")
+    store = TmpStore(root=root, uri=f"sqlite:///{root}/mlruns/mlflow.db")
+    ok = run_script("fnnlab-train", "train.epochs=2", "tracking.plots=false", *store.overrides())
+    assert ok.returncode == 0, ok.stderr
+    return store
+
+
+@pytest.mark.parametrize(("args", "named"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_fails_with_one_line_and_writes_nothing(store_with_a_run, args, named):
+    store = store_with_a_run
+    before = store.db_bytes()
+    proc = run_script("fnnlab-train", *args, *store.overrides())
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fnnlab-train: error: ")
+    key, value = named.split("=")
+    assert key in lines[0] and value in lines[0], lines[0]
+    assert store.db_bytes() == before
+    assert len(store.runs()) == 1
+
+
+def test_defaults_follow_the_contract():
+    cfg = compose_train([])
+    assert cfg.model.hidden_dim == 32 and cfg.model.backprop == "tutorial"
+    assert cfg.optim.lr == 0.001 and cfg.seed == 0 and cfg.train.epochs == 101
+    assert cfg.tracking.uri == f"sqlite:///{project_root()}/mlruns/mlflow.db"
+    assert cfg.tracking.experiment == "fnnlab"
+
+
+def test_params_are_flat_dotted_keys():
+    params = flatten(compose_train(["model.hidden_dim=8"]))
+    assert params["model.hidden_dim"] == 8 and params["optim.lr"] == 0.001 and params["seed"] == 0
+    assert params["data.features"] == [0, 1]
+    assert not any(isinstance(v, dict) for v in params.values())
+    assert not any(k.startswith(("hydra", "sweep")) for k in params)
+
+
+def test_fingerprint_covers_training_not_tracking():
+    base = fingerprint(compose_train([]))
+    assert fingerprint(compose_train(["tracking.experiment=other"])) == base
+    assert fingerprint(compose_train(["seed=1"])) != base
+    assert fingerprint(compose_train(["model.backprop=exact"])) != base
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """Second-resolution folder names plus a per-invocation token never collide."""
+    args = [
+        f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "train.epochs=2",
+        "tracking.plots=false",
+        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S}}-${{fnnlab.token:}}",
+    ]
+    # Create the schema first so the two processes do not race on the first migration.
+    subprocess.run(
+        [str(BIN / "fnnlab-train"), "train.epochs=1", f"hydra.run.dir={tmp_path}/o", *args[:1]],
+        check=True,
+        capture_output=True,
+    )
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "fnnlab-train"), "-m", f"seed={i}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    folders = sorted((tmp_path / "multirun").iterdir())
+    assert len(folders) == 2
+    assert all((f / "0" / ".hydra" / "config.yaml").exists() for f in folders)
+
+
+def test_config_knows_the_models_backprop_modes():
+    assert BACKPROP_MODES == model.BACKPROP_MODES

@@ -1,0 +1,217 @@
+"""What users read: --help, the sweep progress lines, the end-of-run line, the epoch bar,
+and the URLs fnnlab-ui builds (a sweep's runs in MLflow's compare and metric pages)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from urllib.parse import parse_qsl
+
+import pytest
+import torch
+from conftest import TmpStore, run_script
+from hydra.core.utils import JobReturn, JobStatus
+
+from fnnlab import progress, ui
+from fnnlab.data import load_iris2
+from fnnlab.job import JobResult
+from fnnlab.model import ScratchFNN
+from fnnlab.tracking import end_run, open_store, start_run
+from fnnlab.train import History, fit
+
+CONTRACT_KEYS = (
+    "model.hidden_dim",
+    "model.backprop",
+    "optim.lr",
+    "seed",
+    "train.epochs",
+    "tracking.uri",
+    "tracking.experiment",
+)
+RUN_LINE = re.compile(
+    r"^(?P<name>h\S+): loss (?P<loss>\d+\.\d{6}) accuracy (?P<acc>\d\.\d{3})"
+    r"(?: \(diverged at epoch (?P<at>\d+)\))? "
+    r"(?P<url>http://127\.0\.0\.1:5000/#/experiments/(?P<exp>\w+)/runs/(?P<run>\w+)"
+    r"\?workflowType=machine_learning)$"
+)
+PROGRESS_LINE = re.compile(
+    r"^\[sweep\] job (\d+) of (\d+): (\d+) finished, (\d+) failed, (\d+) diverged; "
+    r"\d+\.\d (s|min|h) elapsed, about \d+\.\d (s|min|h) left$"
+)
+
+
+def test_help_explains_the_app() -> None:
+    out = run_script("fnnlab-train", "--help")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("fnnlab-train: train the from-scratch")
+    for example in (
+        "fnnlab-train model.hidden_dim=8 optim.lr=0.1",
+        "fnnlab-train -m model.hidden_dim=8,32,128 optim.lr=0.001,0.01,0.1",
+        "fnnlab-train experiment=reference",
+    ):
+        assert example in text
+    contract = re.search(r"== Contract keys[^\n]*\n(.*?)\n\n", text, re.S)[1]
+    assert [line.split()[0] for line in contract.splitlines()] == list(CONTRACT_KEYS)
+    # Hydra's listings stay: the config groups and the composed config.
+    assert "model: fnn" in text and "tracking: server, sqlite" in text
+    assert "experiment: reference" in text
+    assert "  hidden_dim: 32" in text and "  lr: 0.001" in text
+
+
+def test_single_run_ends_with_one_line(store: TmpStore) -> None:
+    out = run_script("fnnlab-train", "train.epochs=7", "tracking.plots=false", *store.overrides())
+    assert out.returncode == 0, out.stderr
+    m = RUN_LINE.match(out.stdout.strip().splitlines()[-1])
+    assert m, out.stdout
+    (run,) = store.runs()
+    assert (m["name"], m["run"], m["exp"]) == (
+        "h32-lr0.001-s0",
+        run.info.run_id,
+        run.info.experiment_id,
+    )
+    assert float(m["loss"]) == pytest.approx(run.data.metrics["final/loss"], abs=5e-7)
+    assert float(m["acc"]) == pytest.approx(run.data.metrics["final/accuracy"], abs=5e-4)
+    assert "[sweep]" not in out.stdout
+
+
+@pytest.mark.slow
+def test_sweep_prints_a_progress_line_per_job(store: TmpStore) -> None:
+    # lr=50 diverges at once; job order is the override order with the basic launcher.
+    out = run_script(
+        "fnnlab-train",
+        "-m",
+        "model.hidden_dim=4",
+        "optim.lr=0.05,50",
+        "train.epochs=6",
+        "tracking.plots=false",
+        *store.overrides(),
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [
+        line
+        for line in out.stdout.splitlines()
+        if RUN_LINE.match(line) or line.startswith("[sweep]")
+    ]
+    assert len(lines) == 4, out.stdout
+    runs = {r.info.run_id: r for r in store.runs("tags.role = 'job'")}
+    expected_counts = [(1, 2, 1, 0, 0), (2, 2, 2, 0, 1)]
+    for i, counts in enumerate(expected_counts):
+        run_line = RUN_LINE.match(lines[2 * i])
+        progress_line = PROGRESS_LINE.match(lines[2 * i + 1])
+        assert run_line and progress_line, lines
+        assert tuple(int(progress_line[k]) for k in range(1, 6)) == counts
+        run = runs[run_line["run"]]
+        assert run_line["name"] == run.info.run_name
+        assert float(run_line["loss"]) == pytest.approx(run.data.metrics["final/loss"], abs=5e-7)
+        assert run_line["at"] == run.data.tags.get("diverged_at")
+    assert run_line["name"] == "h4-lr50-s0" and run_line["at"] is not None
+
+
+def test_progress_counts_failed_and_diverged_once() -> None:
+    def ret(status: JobStatus, value: object) -> JobReturn:
+        r = JobReturn()
+        r.status, r.return_value = status, value
+        return r
+
+    out = io.StringIO()
+    p = progress.SweepProgress(total=4, out=out)
+    batch = [
+        ret(JobStatus.COMPLETED, {"diverged": False}),
+        ret(JobStatus.COMPLETED, {}),
+        ret(JobStatus.COMPLETED, {"diverged": True}),
+        ret(JobStatus.FAILED, OSError("x")),
+    ]
+    p.job_ended(batch[0])  # the callback saw this one end in this process
+    # The others ran elsewhere: the sweeper reports them when the batch returns.
+    progress.after_batch(p, done_before=0, results=batch)
+    assert (p.done, p.finished, p.failed, p.diverged) == (4, 3, 1, 1)
+    lines = out.getvalue().splitlines()
+    assert [PROGRESS_LINE.match(line)[1] for line in lines] == ["1", "2", "3", "4"]
+    assert lines[-1].startswith("[sweep] job 4 of 4: 3 finished, 1 failed, 1 diverged;")
+
+
+def test_epoch_bar_counts_epochs_and_leaves_training_alone() -> None:
+    X, y = load_iris2([0, 1], True, torch.float32)
+    plain = fit(ScratchFNN(2, 8, seed=0), X, y, lr=0.05, epochs=40)
+    out = io.StringIO()
+    bar = progress.EpochBar(40, delay=0, file=out)
+    with_bar = fit(ScratchFNN(2, 8, seed=0), X, y, lr=0.05, epochs=40, on_epoch=bar)
+    assert bar.bar is not None and bar.bar.n == 40
+    bar.close()
+    assert "epochs:" in out.getvalue()
+    assert with_bar.metrics == plain.metrics
+
+
+def test_run_line_points_at_a_tracking_server() -> None:
+    history = History(metrics={"loss": [0.5, 0.25], "accuracy": [0.5, 0.75]})
+    result = JobResult(
+        run_id="r1", run_name="h8-lr0.1-s0", experiment_id="3", history=history, summary={}
+    )
+    assert progress.run_line(result, "http://127.0.0.1:5555/") == (
+        "h8-lr0.1-s0: loss 0.250000 accuracy 0.750 "
+        "http://127.0.0.1:5555/#/experiments/3/runs/r1?workflowType=machine_learning"
+    )
+
+
+def _query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(url.split("?", 1)[1]))
+
+
+def test_compare_and_curves_urls() -> None:
+    base = ui.base_url("sqlite:////tmp/x/mlflow.db", port=5123)
+    assert base == "http://127.0.0.1:5123"
+    assert ui.base_url("https://mlflow.example.org/") == "https://mlflow.example.org"
+    url = ui.compare_url(base, "7", ["a1", "b2"])
+    assert url.startswith("http://127.0.0.1:5123/#/compare-runs?")
+    q = _query(url)
+    assert json.loads(q["runs"]) == ["a1", "b2"] and json.loads(q["experiments"]) == ["7"]
+    q = _query(ui.curves_url(base, "7", ["a1"], ["grad_norm/w1", "grad_norm/w2"]))
+    assert json.loads(q["plot_metric_keys"]) == ["grad_norm/w1", "grad_norm/w2"]
+    assert json.loads(q["metric"]) == "grad_norm/w1" and q["x_axis"] == "step"
+
+
+def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
+    s = open_store(store.uri, store.experiment)
+    parents = {}
+    for sid, start in (("abc111000000", 1000), ("abc222000000", 2000)):
+        run = s.client.create_run(
+            s.experiment_id,
+            start_time=start,
+            run_name=f"sweep-{sid[:6]}",
+            tags={"role": "sweep", "sweep_id": sid},
+        )
+        parents[sid] = run.info.run_id
+    kids = {}
+    for num, status in enumerate(("FINISHED", "FAILED", "FINISHED")):
+        rid = start_run(
+            s, f"job{num}", {"role": "job", "job_num": str(num)}, parents["abc222000000"]
+        )
+        end_run(s, rid, status)
+        kids[num] = rid
+
+    latest = ui.find_sweep(s, "latest")
+    assert latest.sweep_id == "abc222000000"
+    # The FAILED attempt is left out of the comparison; jobs in sweep order.
+    assert [r.info.run_id for r in latest.children] == [kids[0], kids[2]]
+    assert ui.find_sweep(s, "abc1").parent.info.run_id == parents["abc111000000"]
+    assert ui.find_sweep(s, "abc1").children == []
+    with pytest.raises(ValueError, match="ui.sweep=abc: matches 2: abc111000000, abc222000000"):
+        ui.find_sweep(s, "abc")
+    with pytest.raises(ValueError, match="ui.sweep=fff: matches none"):
+        ui.find_sweep(s, "fff")
+
+
+def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:
+    out = run_script(
+        "fnnlab-ui",
+        f"tracking.uri={store.uri}",
+        f"tracking.experiment={store.experiment}",
+        "ui.sweep=0123abc",
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "fnnlab-ui: error: ui.sweep=0123abc: matches none of this experiment's sweeps"
+    )
+    assert "Uvicorn" not in out.stderr  # no server was started
