@@ -37,8 +37,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-# (config name, choice overrides) -> the composed config, copied for every job.
-_BASES: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+# (config search path, config name, choice overrides) -> the composed config, copied per job.
+_BASES: dict[tuple, DictConfig] = {}
 _MAX_BASES = 64
 
 # Value overrides of these keys change how Hydra composes, not just a value.
@@ -116,7 +116,9 @@ class CachingConfigLoader(ConfigLoader):
         choices = [o for o in parsed if self._chooses_configs(o)]
         values = [o for o in parsed if not self._chooses_configs(o)]
         config_name = master_config.hydra.job.config_name
-        key = (config_name, tuple(o.input_line for o in choices))
+        # The search path too: two apps in one process may both have a config "train".
+        where = tuple(str(e) for e in self.inner.get_search_path().get_path())
+        key = (where, config_name, tuple(o.input_line for o in choices))
         base = _BASES.get(key)
         if base is None:
             base = self.inner.load_configuration(
