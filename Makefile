@@ -33,6 +33,10 @@ lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
+# Sweep throughput against the naive way (benchmarks/sweep_throughput.py); a few minutes.
+bench: setup
+	$(BIN)/python benchmarks/sweep_throughput.py
+
 clean:
 	rm -rf outputs multirun
 

@@ -60,19 +60,30 @@ class FnnlabSweeper(Sweeper):
     ) -> None:
         from hydra.core.plugins import Plugins
 
+        from hydra_plugins.fnnlab_sweeper._compose import CachingConfigLoader
+
+        # Jobs are composed once per set of config choices (see _compose.py), here and
+        # in the launcher, which gets the same loader.
+        hydra_context = HydraContext(
+            config_loader=CachingConfigLoader(hydra_context.config_loader),
+            callbacks=hydra_context.callbacks,
+        )
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def compose_jobs(self, arguments: list[str]) -> tuple[list[list[str]], list[DictConfig]]:
-        """Every job's overrides and composed config; raises on the first bad one."""
-        from fnnlab.config import ConfigValueError, check_values
+    def compose_jobs(self, arguments: list[str]) -> tuple[list[list[str]], list[str]]:
+        """Every job's overrides and config fingerprint; raises on the first bad config.
+
+        Only fingerprints are kept: holding every composed config grew memory with the sweep.
+        """
+        from fnnlab.config import ConfigValueError, check_values, fingerprint
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
-        configs = []
+        prints = []
         for overrides in jobs:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             check_values(cfg)
@@ -81,19 +92,18 @@ class FnnlabSweeper(Sweeper):
                     raise ConfigValueError(
                         key, OmegaConf.select(cfg, key), "cannot vary within one sweep"
                     )
-            configs.append(cfg)
-        return jobs, configs
+            prints.append(fingerprint(cfg))
+        return jobs, prints
 
     def sweep(self, arguments: list[str]) -> Any:
         from mlflow.exceptions import MlflowException
 
         from fnnlab import progress as fprogress
         from fnnlab import sweep as fsweep
-        from fnnlab.config import fingerprint
         from fnnlab.tracking import open_store
 
         assert self.config is not None
-        jobs, configs = self.compose_jobs(list(arguments))
+        jobs, prints = self.compose_jobs(list(arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -114,8 +124,8 @@ class FnnlabSweeper(Sweeper):
         done = set() if self.rerun else fsweep.finished_fingerprints(store)
         counts: Counter = Counter(jobs=len(jobs))
         todo = []
-        for num, (overrides, cfg) in enumerate(zip(jobs, configs, strict=True)):
-            if fingerprint(cfg) in done:
+        for num, (overrides, print_) in enumerate(zip(jobs, prints, strict=True)):
+            if print_ in done:
                 counts["skipped"] += 1
                 continue
             todo.append(

@@ -1,0 +1,266 @@
+"""Sweep throughput: fnnlab against the naive way and against training alone.
+
+Runs the same 60-run sweep (hidden_dim 8, 32, 128 x lr 0.001, 0.01, 0.1, 1.0 x 5 seeds,
+101 epochs, plots on) several ways, each into a fresh SQLite store:
+
+  floor          the training alone (fnnlab's fit) in this process: no Hydra, no tracking
+  naive          benchmarks/naive_app.py: Hydra's basic sweeper, mlflow.log_metric per
+                 value, a new pyplot figure per plot
+  fnnlab         fnnlab-train -m ... as users run it (default launcher, embedded store)
+  fnnlab joblib  the same with hydra/launcher=joblib on 2 workers
+
+then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds).
+
+Every sweep is its own process, run as users run it (the fnnlab-train entry point, or
+the naive script, with the same command-line overrides). Process start is excluded:
+the process first imports what a sweep needs, creates the store's schema (a one-off per
+store) and, for joblib, starts and warms its worker processes; then it writes a start
+mark and runs the sweep. ms per run = (process end - start mark) / runs, so it includes
+composing and validating every job, training, tracking, plots and artifacts. Each store
+is checked afterwards: every job a FINISHED run with all its per-epoch metric rows.
+Peak memory is the sweep process's maximum resident set size.
+
+Usage: python benchmarks/sweep_throughput.py [--seeds 5] [--big 1000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fnnlab.data import load_iris2
+from fnnlab.model import ScratchFNN
+from fnnlab.train import METRICS, fit
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+HIDDEN = (8, 32, 128)
+LRS = (0.001, 0.01, 0.1, 1.0)
+EPOCHS = 101
+
+
+@dataclass
+class Result:
+    name: str
+    runs: int
+    ms_per_run: float
+    peak_mb: float | None = None
+
+    @property
+    def runs_per_s(self) -> float:
+        return 1000 / self.ms_per_run
+
+
+def _warm_worker() -> int:
+    """Import what a job imports, in a joblib worker; its pid proves the sweep reused it."""
+    import fnnlab.cli  # noqa: F401
+    import fnnlab.job  # noqa: F401
+
+    return os.getpid()
+
+
+def child(way: str, uri: str, mark: Path, workers: int, argv: list[str]) -> None:
+    """One sweep process. What happens before the mark is process start, not timed:
+    the interpreter, the imports a sweep needs, the store's schema (a one-off per store),
+    and for joblib the worker processes (started and warmed the same way)."""
+    import runpy
+
+    import hydra  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import mlflow
+
+    if way == "naive":
+        # Not fnnlab.tracking: that would give naive fnnlab's store settings.
+        mlflow.MlflowClient(uri).search_experiments()
+    else:
+        import fnnlab.cli
+        import fnnlab.job  # noqa: F401
+        from fnnlab.tracking import open_store
+
+        open_store(uri, "bench")
+    pids = []
+    if way == "joblib":
+        from joblib import Parallel, delayed
+
+        pids = sorted(
+            set(
+                Parallel(n_jobs=workers, backend="loky", max_nbytes=None, mmap_mode="r")(
+                    delayed(_warm_worker)() for _ in range(4 * workers)
+                )
+            )
+        )
+    mark.write_text(f"{time.time()!r} {' '.join(map(str, pids))}")
+    if way == "naive":
+        sys.argv = [str(HERE / "naive_app.py"), *argv]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    else:
+        sys.argv = ["fnnlab-train", *argv]
+        fnnlab.cli.train()
+
+
+def store_check(db: Path, runs: int, experiment: str) -> set[str]:
+    """The sweep lost nothing: every job is a FINISHED run with its per-epoch metric rows.
+    Returns the pids the jobs ran in."""
+    with sqlite3.connect(db) as con:
+        exp = con.execute(
+            "select experiment_id from experiments where name = ?", (experiment,)
+        ).fetchone()[0]
+        jobs = con.execute(
+            "select run_uuid from runs where experiment_id = ? and status = 'FINISHED' "
+            "and run_uuid not in "
+            "(select run_uuid from tags where key = 'role' and value = 'sweep')",
+            (exp,),
+        ).fetchall()
+        rows = con.execute(
+            f"select count(*) from metrics where key in ({','.join('?' * len(METRICS))}) "
+            "and run_uuid in "
+            "(select run_uuid from runs where experiment_id = ?)",
+            (*METRICS, exp),
+        ).fetchone()[0]
+        pids = {
+            r[0]
+            for r in con.execute(
+                "select value from tags where key = 'fnnlab.pid' and run_uuid not in "
+                "(select run_uuid from tags where key = 'role' and value = 'sweep')"
+            )
+        }
+    # Diverged runs stop early, so at least one row per metric per run.
+    if len(jobs) != runs or rows < runs * len(METRICS):
+        raise SystemExit(f"{db}: {len(jobs)} FINISHED runs (want {runs}), {rows} metric rows")
+    return pids
+
+
+def grid(seeds: int, hidden: tuple[int, ...] = HIDDEN) -> list[str]:
+    return [
+        f"model.hidden_dim={','.join(map(str, hidden))}",
+        f"optim.lr={','.join(map(str, LRS))}",
+        f"seed=range({seeds})",
+    ]
+
+
+def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, workers: int) -> Result:
+    """ms per run of one way of sweeping, from the start mark to the end of the process."""
+    where = work / f"{way}-{runs}"
+    where.mkdir(parents=True)
+    db = where / "mlruns" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    experiment = "naive" if way == "naive" else "bench"
+    extra = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"] if way == "joblib" else []
+    argv = [
+        "-m",
+        *sweep,
+        *extra,
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={where}/multirun",
+    ]
+    mark = where / "start"
+    cmd = [sys.executable, __file__, "--child", way, uri, str(mark), str(workers), "--", *argv]
+    with open(where / "sweep.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=where, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        end = time.time()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(
+            f"{name} failed, see {where / 'sweep.log'}:\n"
+            f"{(where / 'sweep.log').read_text()[-3000:]}"
+        )
+    start, *warm = mark.read_text().split()
+    ran_in = store_check(db, runs, experiment)
+    if way == "joblib" and not ran_in <= set(warm):
+        print(
+            f"note: joblib jobs ran in workers {sorted(ran_in)} not all warmed up {warm}",
+            file=sys.stderr,
+        )
+    return Result(name, runs, 1000 * (end - float(start)) / runs, usage.ru_maxrss / 1024)
+
+
+def floor(seeds: int) -> Result:
+    """Training alone: the same fits, nothing else."""
+    torch.set_num_threads(1)
+    X, y = load_iris2()
+    fit(ScratchFNN(2, 32, seed=0), X, y, lr=0.01, epochs=EPOCHS)  # first-call costs
+    start = time.perf_counter()
+    n = 0
+    for h in HIDDEN:
+        for lr in LRS:
+            for seed in range(seeds):
+                fit(ScratchFNN(2, h, seed=seed), X, y, lr=lr, epochs=EPOCHS)
+                n += 1
+    return Result("floor (training only)", n, 1000 * (time.perf_counter() - start) / n)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        way, uri, mark, workers, _, *argv = sys.argv[2:]
+        child(way, uri, Path(mark), int(workers), argv)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per config (60 runs at 5)")
+    parser.add_argument("--big", type=int, default=1000, help="runs of the large sweep (0: skip)")
+    parser.add_argument("--workers", type=int, default=2, help="joblib workers")
+    opts = parser.parse_args()
+    n = len(HIDDEN) * len(LRS) * opts.seeds
+    with tempfile.TemporaryDirectory(prefix="fnnlab-bench-") as tmp:
+        work = Path(tmp)
+        results = [floor(opts.seeds)]
+        ways = [
+            ("naive (basic sweeper, log_metric, pyplot)", "naive"),
+            ("fnnlab", "fnnlab"),
+            (f"fnnlab joblib, {opts.workers} workers", "joblib"),
+        ]
+        for name, way in ways:
+            print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)
+            results.append(sweep_way(name, way, grid(opts.seeds), n, work, opts.workers))
+        big = None
+        if opts.big:
+            # 5 widths x 4 rates x big/20 seeds: the same kind of jobs, many more of them.
+            hidden = (8, 16, 32, 64, 128)
+            print(f"fnnlab: {opts.big} runs ...", file=sys.stderr, flush=True)
+            big = sweep_way(
+                "fnnlab",
+                "fnnlab",
+                grid(opts.big // 20, hidden),
+                20 * (opts.big // 20),
+                work,
+                opts.workers,
+            )
+
+    floor_r, naive_r, fn = results[0], results[1], results[2]
+    print()
+    print(
+        f"Sweep of {n} runs ({len(HIDDEN)} widths x {len(LRS)} rates x {opts.seeds} seeds, "
+        f"{EPOCHS} epochs, plots on), SQLite store, {os.cpu_count()} cores"
+    )
+    print()
+    print(f"| {'way':<42} | {'runs/s':>7} | {'ms/run':>7} | {'x naive':>7} | {'x floor':>7} |")
+    print(f"|{'-' * 44}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    for r in results:
+        print(
+            f"| {r.name:<42} | {r.runs_per_s:7.1f} | {r.ms_per_run:7.1f} | "
+            f"{r.runs_per_s / naive_r.runs_per_s:7.1f} | {r.ms_per_run / floor_r.ms_per_run:7.1f} |"
+        )
+    print()
+    print(
+        "x naive: throughput relative to naive; x floor: time per run relative to training alone."
+    )
+    if big is not None:
+        print(
+            f"fnnlab {big.runs}-run sweep: {big.ms_per_run:.1f} ms/run "
+            f"({big.ms_per_run / fn.ms_per_run:.2f}x the {n}-run sweep), "
+            f"peak memory {big.peak_mb:.0f} MB ({big.peak_mb / fn.peak_mb:.2f}x the "
+            f"{n}-run sweep's {fn.peak_mb:.0f} MB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
