@@ -351,7 +351,7 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
             {
                 "run_id": r.info.run_id,
                 "run_name": r.info.run_name,
-                # A job that failed before logging has no params: its configuration is unknown.
+                # A job still running, or killed before its end, has no params yet: unknown.
                 **{names[k]: r.data.params.get(k) for k in keys},
                 "status": r.info.status,
                 "diverged": t.get("diverged") == "true",

@@ -105,6 +105,7 @@ def run(
     store = store or open_store(cfg.tracking.uri, cfg.tracking.experiment)
     name = run_name(cfg)
     tags = {"role": "job", "fingerprint": fingerprint(cfg), **process_tags(), **(sweep_tags or {})}
+    params = flatten(cfg)
     run_id = start_run(store, name, tags, parent_run_id)
     try:
         history = train_model(cfg, on_epoch)
@@ -116,7 +117,7 @@ def run(
         log_values(
             store,
             run_id,
-            params=flatten(cfg),
+            params=params,
             series=history.metrics,
             summary=summary,
             tags=end_tags,
@@ -128,9 +129,12 @@ def run(
         log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
         try:
             error = f"{type(exc).__name__}: {exc}"
+            # Params too, so a run that failed early still says what it was (re-logging
+            # a param with the same value is allowed when the failure came after them).
             log_values(
                 store,
                 run_id,
+                params=params,
                 tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]},
             )
         finally:
