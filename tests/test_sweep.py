@@ -108,7 +108,7 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch):
     failed = by_name["h8-lr0.01-s0"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["error"] == "RuntimeError: injected fault"
-    assert failed.data.params["model.hidden_dim"] == "8" and failed.data.params["optim.lr"] == "0.01"
+    assert (failed.data.params["model.hidden_dim"], failed.data.params["optim.lr"]) == ("8", "0.01")
     assert by_name["h4-lr0.01-s0"].info.status == "FINISHED"
     assert by_name["h4-lr0.01-s0"].data.tags["diverged"] == "false"
 
