@@ -16,6 +16,18 @@ BIN = Path(sys.executable).parent
 pytest_plugins = ["server_fixtures"]
 
 
+# What every complete run keeps as artifacts.
+RUN_ARTIFACTS = {
+    "config.yaml",
+    "loss.png",
+    "grad_norm.png",
+    "weights.pt",
+    "hydra/config.yaml",
+    "hydra/hydra.yaml",
+    "hydra/overrides.yaml",
+}
+
+
 def compose_train(overrides: list[str]):
     """fnnlab-train's config as Hydra composes it, without running anything."""
     from hydra import compose, initialize_config_dir

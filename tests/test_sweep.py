@@ -6,20 +6,10 @@ import itertools
 
 import pytest
 import torch
-from conftest import run_in_process, run_script
+from conftest import RUN_ARTIFACTS, run_in_process, run_script
 
 from fnnlab import cli, job
 from fnnlab.train import METRICS
-
-ARTIFACTS = {
-    "config.yaml",
-    "loss.png",
-    "grad_norm.png",
-    "weights.pt",
-    "hydra/config.yaml",
-    "hydra/hydra.yaml",
-    "hydra/overrides.yaml",
-}
 
 
 def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
@@ -70,7 +60,7 @@ def test_multirun_makes_one_parent_and_complete_children(store, tmp_path):
             history = client.get_metric_history(run.info.run_id, name)
             assert sorted(m.step for m in history) == list(range(101)), name
         assert run.data.metrics["final/loss"] == run.data.metrics["loss"]
-        assert artifact_paths(client, run.info.run_id) == ARTIFACTS
+        assert artifact_paths(client, run.info.run_id) == RUN_ARTIFACTS
         weights = torch.load(
             client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path))
         )

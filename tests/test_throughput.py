@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RUN_ARTIFACTS, run_script
 from mlflow.exceptions import MlflowException
 
 from fnnlab.tracking import retry_locked
 from fnnlab.train import METRICS
-from tests.conftest import run_script
 
 EPOCHS = 25
 
@@ -94,15 +94,6 @@ def test_joblib_sweep_into_sqlite_loses_nothing(store, tmp_path):
     assert len(runs) == 12
     assert len({r.data.tags["fingerprint"] for r in runs}) == 12
     client = store.client
-    expected_files = {
-        "config.yaml",
-        "loss.png",
-        "grad_norm.png",
-        "weights.pt",
-        "hydra/config.yaml",
-        "hydra/hydra.yaml",
-        "hydra/overrides.yaml",
-    }
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
@@ -112,7 +103,7 @@ def test_joblib_sweep_into_sqlite_loses_nothing(store, tmp_path):
         assert steps == EPOCHS or run.data.tags["diverged"] == "true"
         for key, values in history(client, run.info.run_id).items():
             assert [s for s, _ in values] == list(range(steps)), key
-        assert artifact_files(client, run.info.run_id, tmp_path / run.info.run_id) == expected_files
+        assert artifact_files(client, run.info.run_id, tmp_path / run.info.run_id) == RUN_ARTIFACTS
 
 
 def test_store_writes_retry_while_sqlite_is_locked():

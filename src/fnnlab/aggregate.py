@@ -25,7 +25,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from fnnlab.config import ConfigValueError
-from fnnlab.tracking import sqlite_path
+from fnnlab.tracking import search_all, sqlite_path
 
 # The per-epoch metrics of fnnlab.train.METRICS, named here so that reading a store does not
 # import torch (tests check the two agree).
@@ -107,23 +107,6 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    """Every matching active run, all pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=10000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _check_id(key: str, value: str) -> str:
     # Ids go into a filter string: refuse quotes rather than escape them.
     if not re.fullmatch(r"[\w.-]+", value):
@@ -197,7 +180,7 @@ def select(
         flt += f" and {filter_string}"
         where = ("aggregate.filter", filter_string)
     try:
-        runs = _search(client, exp_id, flt)
+        runs = search_all(client, exp_id, flt)
     except MlflowException as exc:
         raise ConfigValueError(*where, first_line(exc)) from None
     if not runs:

@@ -14,9 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mlflow.entities import ViewType
-
-from fnnlab.tracking import Store, end_run, log_values, process_tags
+from fnnlab.tracking import Store, end_run, log_values, process_tags, search_all
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +33,7 @@ def sweep_id(overrides: list[str], experiment: str) -> str:
 
 
 def _search(store: Store, filter_string: str) -> list:
-    """Every matching run, all pages."""
-    runs, token = [], None
-    while True:
-        page = store.client.search_runs(
-            [store.experiment_id],
-            filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=10000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return search_all(store.client, store.experiment_id, filter_string)
 
 
 def open_parent(store: Store, sid: str, overrides: list[str], n_jobs: int, sweep_dir: str) -> str:

@@ -13,10 +13,10 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 
 from fnnlab.config import ConfigValueError
-from fnnlab.tracking import Store
+from fnnlab.tracking import Store, search_all
 
 # Where fnnlab-ui serves an embedded store unless ui.port says otherwise (conf/ui.yaml).
 DEFAULT_HOST = "127.0.0.1"
@@ -87,20 +87,7 @@ class Sweep:
 
 
 def _search(store: Store, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
-    runs, token = [], None
-    while True:
-        page = store.client.search_runs(
-            [store.experiment_id],
-            filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=10000,
-            order_by=order_by,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return search_all(store.client, store.experiment_id, filter_string, order_by)
 
 
 def find_sweep(store: Store, which: str) -> Sweep | None:
