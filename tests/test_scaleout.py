@@ -269,3 +269,25 @@ def test_server_script_refuses_other_addresses_without_auth(env, why, tmp_path) 
     assert out.returncode == 1
     assert out.stderr.strip() == f"server.sh: error: FNNLAB_SERVER_HOST=0.0.0.0: {why}"
     assert not folder.exists()  # refused before anything was created or started
+
+
+def test_aggregate_reads_the_sweep_from_the_server(launcher_sweeps, tracking_server, tmp_path):
+    """fnnlab-aggregate works against the PostgreSQL-backed server with the same overrides."""
+    import pandas as pd
+
+    experiment = "launch-basic"
+    proc = run_script(
+        "fnnlab-aggregate",
+        *tracking_server.overrides(experiment, tmp_path)[:3],
+        f"aggregate.out_dir={tmp_path}/agg",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = pd.read_csv(tmp_path / "agg" / "summary.csv").set_index("hidden_dim")
+    finals: dict[int, list[float]] = {}
+    for run in job_runs(tracking_server, experiment, "FINISHED"):
+        h = int(run.data.params["model.hidden_dim"])
+        finals.setdefault(h, []).append(run.data.metrics["final/loss"])
+    assert sorted(finals) == sorted(summary.index) == [4, 8]
+    for h, values in finals.items():
+        assert summary.loc[h, "runs"] == len(values) == 2
+        assert summary.loc[h, "loss_mean"] == pytest.approx(sum(values) / len(values), rel=1e-12)
