@@ -157,8 +157,8 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
     if agg.config_cols and agg.summary[agg.config_cols].isna().all(axis=1).any():
         lines += [
             "",
-            "The row with an empty configuration counts jobs that were killed or still "
-            "running before they logged their parameters.",
+            "The row with an empty configuration counts jobs that failed, were killed or "
+            "were still running before they logged their parameters.",
         ]
     grid = grid_table(agg)
     if grid is not None:
