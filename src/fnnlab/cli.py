@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,17 +32,18 @@ log = logging.getLogger("fnnlab")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> dict:
-    from fnnlab.tracking import check_reachable
+    from fnnlab.tracking import open_store
 
+    store = None
     try:
         check_values(cfg)
         if cfg.sweep.id is None:
-            # A single run checks its server here; a sweep's jobs were checked by the sweeper.
-            check_reachable(cfg.tracking.uri)
+            # A single run opens its store here (an unreachable server is a config error);
+            # a sweep's jobs open theirs in job.run, where a failure fails just that job.
+            store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        print(f"fnnlab-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail("fnnlab-train", f"error: {exc}", 2)
     # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
     from fnnlab import job, progress
 
@@ -57,6 +59,7 @@ def train_app(cfg: DictConfig) -> dict:
             Path(HydraConfig.get().runtime.output_dir),
             parent_run_id=cfg.sweep.parent_run_id,
             sweep_tags=sweep_tags,
+            store=store,
             on_epoch=bar,
         )
     finally:
@@ -168,11 +171,9 @@ def aggregate_app(cfg: DictConfig) -> None:
         agg = aggregate.aggregate(sel)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        print(f"fnnlab-aggregate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail("fnnlab-aggregate", f"error: {exc}", 2)
     except MlflowException as exc:
-        print(f"fnnlab-aggregate: error: {aggregate.first_line(exc)}", file=sys.stderr)
-        sys.exit(1)
+        fail("fnnlab-aggregate", f"error: {aggregate.first_line(exc)}", 1)
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
     out = out if out.is_absolute() else project_root() / out
     files = report.write_outputs(agg, out, with_plots=a.plots)
@@ -223,6 +224,12 @@ def _one_line(exc: BaseException) -> str:
     return f"{where}: {reason}" if where and where not in reason else reason
 
 
+def fail(prog: str, message: str, status: int) -> NoReturn:
+    """End the command with one line on stderr and the given exit status."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
     from mlflow.exceptions import MlflowException
@@ -237,23 +244,18 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     try:
         app()
     except ConfigValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(prog, f"error: {exc}", 2)
     except (HydraException, OmegaConfBaseException) as exc:
         if user_wants_trace:
             raise
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        fail(prog, f"error: {_one_line(exc)}", 2)
     except SweepFailed as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        sys.exit(1)
+        fail(prog, str(exc), 1)
     except MlflowException as exc:
         # E.g. the tracking server went away mid-run: one line, not a page of retries.
-        print(f"{prog}: error: tracking store: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+        fail(prog, f"error: tracking store: {str(exc).strip().splitlines()[0]}", 1)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        fail(prog, "interrupted", 130)
 
 
 def train() -> None:
