@@ -7,7 +7,9 @@ Runs the same 60-run sweep (hidden_dim 8, 32, 128 x lr 0.001, 0.01, 0.1, 1.0 x 5
   naive          benchmarks/naive_app.py: Hydra's basic sweeper, mlflow.log_metric per
                  value, a new pyplot figure per plot
   fnnlab         fnnlab-train -m ... as users run it (default launcher, embedded store)
-  fnnlab joblib  the same with hydra/launcher=joblib on 2 workers
+  fnnlab workers the same with hydra.launcher.n_jobs=2: the fnnlab launcher's 2 joblib
+                 (loky) worker processes
+  fnnlab joblib  the same with hydra/launcher=joblib (Hydra's joblib launcher) on 2 workers
 
 then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds).
 
@@ -88,7 +90,7 @@ def child(way: str, uri: str, mark: Path, workers: int, argv: list[str]) -> None
 
         open_store(uri, "bench")
     pids = []
-    if way == "joblib":
+    if way in ("joblib", "workers"):
         from joblib import Parallel, delayed
 
         pids = sorted(
@@ -154,7 +156,10 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
     db = where / "mlruns" / "mlflow.db"
     uri = f"sqlite:///{db}"
     experiment = "naive" if way == "naive" else "bench"
-    extra = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"] if way == "joblib" else []
+    extra = {
+        "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"],
+        "workers": [f"hydra.launcher.n_jobs={workers}"],
+    }.get(way, [])
     argv = [
         "-m",
         *sweep,
@@ -176,7 +181,7 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
         )
     start, *warm = mark.read_text().split()
     ran_in = store_check(db, runs, experiment)
-    if way == "joblib" and not ran_in <= set(warm):
+    if way in ("joblib", "workers") and not ran_in <= set(warm):
         print(
             f"note: joblib jobs ran in workers {sorted(ran_in)} not all warmed up {warm}",
             file=sys.stderr,
@@ -216,7 +221,8 @@ def main() -> None:
         ways = [
             ("naive (basic sweeper, log_metric, pyplot)", "naive"),
             ("fnnlab", "fnnlab"),
-            (f"fnnlab joblib, {opts.workers} workers", "joblib"),
+            (f"fnnlab, {opts.workers} joblib workers (n_jobs)", "workers"),
+            (f"fnnlab, Hydra's joblib launcher, {opts.workers} workers", "joblib"),
         ]
         for name, way in ways:
             print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 SWEEP = ["model.hidden_dim=4,8", "seed=0,1", "train.epochs=20"]
 LAUNCHERS = {
     "basic": [],
+    "fnnlab_workers": ["hydra.launcher.n_jobs=2"],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"],
     "ray": [
         "hydra/launcher=ray",
@@ -185,10 +186,13 @@ def test_sigkill_mid_sweep_then_resume_runs_each_config_once(tracking_server, tm
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
 
 
-@pytest.mark.parametrize("name", ["basic", "joblib"])
+@pytest.mark.parametrize("name", ["basic", "fnnlab_workers", "joblib"])
 def test_sigterm_ends_runs_in_flight_and_parent_killed(name, tracking_server, tmp_path) -> None:
     exp = f"sigterm-{name}"
-    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if name == "joblib" else []
+    launcher = {
+        "fnnlab_workers": ["hydra.launcher.n_jobs=2"],
+        "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    }.get(name, [])
     proc = start_sweep(tracking_server, exp, tmp_path, *launcher, *SLOW_JOB, "seed=0,1,2")
     try:
         wait_for(proc, lambda: job_runs(tracking_server, exp, "RUNNING"), "a job in flight")

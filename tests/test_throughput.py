@@ -1,5 +1,6 @@
 """What the throughput work must not change: a swept run equals the same run made alone,
-and a parallel (joblib) sweep into SQLite loses nothing."""
+and a parallel sweep into SQLite (the fnnlab launcher's workers, Hydra's joblib launcher)
+loses nothing."""
 
 from __future__ import annotations
 
@@ -32,10 +33,19 @@ def artifact_files(client, run_id: str, tmp: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_swept_run_equals_the_same_run_alone(store, tmp_path):
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra.launcher.n_jobs=2"]], ids=["in-process", "workers"]
+)
+def test_swept_run_equals_the_same_run_alone(launcher, store, tmp_path):
     common = [f"train.epochs={EPOCHS}", *store.overrides()]
     swept = run_script(
-        "fnnlab-train", "-m", "model.hidden_dim=8,32", "optim.lr=0.1,1.0", "seed=1", *common
+        "fnnlab-train",
+        "-m",
+        "model.hidden_dim=8,32",
+        "optim.lr=0.1,1.0",
+        "seed=1",
+        *launcher,
+        *common,
     )
     assert swept.returncode == 0, swept.stderr
     alone = run_script("fnnlab-train", "model.hidden_dim=32", "optim.lr=1.0", "seed=1", *common)
@@ -74,12 +84,16 @@ def test_swept_run_equals_the_same_run_alone(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_joblib_sweep_into_sqlite_loses_nothing(store, tmp_path):
+@pytest.mark.parametrize(
+    "launcher",
+    [["hydra.launcher.n_jobs=2"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+    ids=["fnnlab-workers", "hydra-joblib"],
+)
+def test_parallel_sweep_into_sqlite_loses_nothing(launcher, store, tmp_path):
     result = run_script(
         "fnnlab-train",
         "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        *launcher,
         "model.hidden_dim=8,32",
         "optim.lr=0.01,1.0",
         "seed=0,1,2",
@@ -97,7 +111,7 @@ def test_joblib_sweep_into_sqlite_loses_nothing(store, tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
-        # Jobs ran in the joblib workers, not in the sweep's own process.
+        # Jobs ran in the workers, not in the sweep's own process.
         assert run.data.tags["fnnlab.pid"] != parent[0].data.tags["fnnlab.pid"]
         steps = int(run.data.metrics["epochs_run"])
         assert steps == EPOCHS or run.data.tags["diverged"] == "true"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import plots, reference
+from fnnlab import plot_helper, reference
 from fnnlab.config import check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
 from fnnlab.model import ScratchFNN
@@ -75,20 +75,22 @@ def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
     return summary
 
 
-def write_artifacts(history: History, cfg: DictConfig, out: Path, name: str) -> Path:
-    """Everything a run keeps, in one folder that is uploaded in one call."""
-    art = out / "artifacts"
-    art.mkdir(parents=True, exist_ok=True)
+def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None:
+    """The run's config files and weights, beside its plots in its artifact folder."""
     (art / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     hydra_dir = out / ".hydra"
     if hydra_dir.is_dir():
         shutil.copytree(hydra_dir, art / "hydra", dirs_exist_ok=True)
     torch.save({"w1": history.w1, "w2": history.w2}, art / "weights.pt")
-    if cfg.tracking.plots:
-        published = reference.published_losses() if cfg.reference else None
-        plots.loss_plot(history, art / "loss.png", name, published)
-        plots.grad_norm_plot(history, art / "grad_norm.png", name)
-    return art
+
+
+def begin_plots(history: History, cfg: DictConfig, art: Path, name: str) -> plot_helper.Pending:
+    """The per-run PNGs, drawn in the sweep's plot helper when there is one (see plot_helper)."""
+    if not cfg.tracking.plots:
+        return plot_helper.Pending(None, ())
+    published = reference.published_losses() if cfg.reference else None
+    curves = plot_helper.Curves(history.metrics, history.diverged_at)
+    return plot_helper.begin(curves, art, name, published)
 
 
 def run(
@@ -107,9 +109,14 @@ def run(
     tags = {"role": "job", "fingerprint": fingerprint(cfg), **process_tags(), **(sweep_tags or {})}
     params = flatten(cfg)
     run_id = start_run(store, name, tags, parent_run_id)
+    pending = plot_helper.Pending(None, ())
     try:
         history = train_model(cfg, on_epoch)
         summary = summarize(history, cfg)
+        art = output_dir / "artifacts"
+        art.mkdir(parents=True, exist_ok=True)
+        # Plots first: the helper draws them while this process writes the metrics.
+        pending = begin_plots(history, cfg, art, name)
         diverged = history.diverged_at is not None
         end_tags = {"diverged": str(diverged).lower()}
         if diverged:
@@ -122,9 +129,11 @@ def run(
             summary=summary,
             tags=end_tags,
         )
-        art = write_artifacts(history, cfg, output_dir, name)
+        write_files(history, cfg, output_dir, art)
+        pending.wait()
         store.client.log_artifacts(run_id, str(art))
     except BaseException as exc:
+        pending.discard()
         status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
         try:

@@ -10,20 +10,22 @@ layout engine for the same reason.
 
 from __future__ import annotations
 
+import io
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-if TYPE_CHECKING:  # torch is not needed to draw sweep figures
+if TYPE_CHECKING:  # neither torch nor pandas is needed to draw a run's figures
+    import pandas as pd
+
     from fnnlab.train import History
 
 
@@ -122,6 +124,15 @@ def grad_norm_plot(history: History, path: Path, title: str) -> Path:
     return _draw(ax, title, path, [])
 
 
+def warm_up() -> None:
+    """Build the per-run figures and load their fonts, drawing throwaway curves."""
+    from fnnlab.plot_helper import Curves
+
+    curves = Curves({key: [1.0, 0.5] for key in ("loss", *GRAD_NORMS)}, None)
+    loss_plot(curves, io.BytesIO(), "warm-up", {0: 1.0})  # type: ignore[arg-type]
+    grad_norm_plot(curves, io.BytesIO(), "warm-up")  # type: ignore[arg-type]
+
+
 # --- sweep figures, from the frames of fnnlab.aggregate ----------------------------------
 
 
@@ -159,6 +170,8 @@ def sweep_curves_plot(
     """Mean (+/- std unless band=False) per configuration over epochs: a panel per width,
     a colour per other configuration (learning rate, ...), a line style per metric
     (metrics: key -> style)."""
+    import pandas as pd
+
     panel_col = panel_col if panel_col in config_cols else None
     line_cols = [c for c in config_cols if c != panel_col]
     # Name lines by what differs between them (all of it if nothing does).

@@ -4,7 +4,7 @@ Hydra composes every job of a sweep from scratch: it reads the defaults list, lo
 and merges every YAML file and the schema, then applies the job's overrides. In a
 sweep the jobs usually differ only in values (model.hidden_dim=8 vs 32), so all of
 that work is repeated to the same result. Measured here it was most of a job's
-non-training time, and the fnnlab sweeper composes each job twice (to validate the
+non-training time, and the fnnlab sweeper composes each job twice (to check the
 whole sweep first, then to launch it).
 
 This loader splits a job's overrides the way Hydra's defaults list does: overrides
@@ -14,7 +14,9 @@ override code. The composition is done by Hydra once per distinct set of choices
 copied for each job; the per-job bookkeeping Hydra writes (hydra.overrides.*,
 hydra.job.override_dirname, the resolver cache of the master config) is redone
 exactly as Hydra does it. tests/test_compose.py checks the result equals Hydra's
-own composition for every kind of override.
+own composition for every kind of override. The sweeper's check uses
+load_task_config, which leaves the hydra node out when it can (tests/test_launcher.py
+checks it against load_sweep_config).
 
 The cache is per process (a module global), so launchers that ship the loader to
 worker processes (joblib, ray, submitit) compose once per worker. The module name
@@ -103,18 +105,9 @@ class CachingConfigLoader(ConfigLoader):
             return True
         return self.inner.repository.group_exists(key) and not isinstance(override.value(), dict)
 
-    def load_sweep_config(
-        self, master_config: DictConfig, sweep_overrides: list[str]
-    ) -> DictConfig:
-        master_hydra = list(master_config.hydra.overrides.hydra)
-        parsed = OverridesParser.create().parse_overrides(
-            overrides=[*master_hydra, *sweep_overrides]
-        )
-        if any(o.is_sweep_override() for o in parsed):
-            # Hydra's own message for this misuse.
-            return self.inner.load_sweep_config(master_config, sweep_overrides)
+    def _base(self, master_config: DictConfig, parsed: list[Override]) -> tuple:
+        """(key, composed config) for the overrides' config choices, composed once."""
         choices = [o for o in parsed if self._chooses_configs(o)]
-        values = [o for o in parsed if not self._chooses_configs(o)]
         config_name = master_config.hydra.job.config_name
         # The search path too: two apps in one process may both have a config "train".
         where = tuple(str(e) for e in self.inner.get_search_path().get_path())
@@ -128,12 +121,23 @@ class CachingConfigLoader(ConfigLoader):
             )
             if len(_BASES) >= _MAX_BASES:
                 _BASES.clear()
+                _REFERS_TO_HYDRA.clear()
             _BASES[key] = base
+        return key, base
+
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        master_hydra = list(master_config.hydra.overrides.hydra)
+        parsed = OverridesParser.create().parse_overrides(
+            overrides=[*master_hydra, *sweep_overrides]
+        )
+        if any(o.is_sweep_override() for o in parsed):
+            # Hydra's own message for this misuse.
+            return self.inner.load_sweep_config(master_config, sweep_overrides)
+        _, base = self._base(master_config, parsed)
         cfg = copy.deepcopy(base)
-        try:
-            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        except OmegaConfBaseException as e:
-            raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
+        _apply_values([o for o in parsed if not self._chooses_configs(o)], cfg)
         # What Hydra records about the overrides, in its order and format.
         app_overrides = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
@@ -148,3 +152,55 @@ class CachingConfigLoader(ConfigLoader):
         # As Hydra does: the sweep shares the master's resolved values (timestamps, tokens).
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
+
+    def load_task_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """load_sweep_config's result without its hydra node, for checking a sweep's jobs
+        before any runs; a quarter of the time when it can leave the hydra node out.
+
+        That node is most of a composed config. It is left out of the copy unless the
+        job's own overrides set hydra keys or the app's config refers to the hydra node
+        (its values would differ without it); then this is load_sweep_config's result.
+        """
+        parsed = OverridesParser.create().parse_overrides(overrides=sweep_overrides)
+        if any(o.is_sweep_override() or o.is_hydra_override() for o in parsed):
+            return without_hydra(self.load_sweep_config(master_config, sweep_overrides))
+        master_hydra = list(master_config.hydra.overrides.hydra)
+        every = OverridesParser.create().parse_overrides(overrides=master_hydra) + parsed
+        key, base = self._base(master_config, every)
+        if key not in _REFERS_TO_HYDRA:
+            _REFERS_TO_HYDRA[key] = "hydra" in str(
+                OmegaConf.to_container(without_hydra(base), resolve=False)
+            )
+        if _REFERS_TO_HYDRA[key]:
+            return without_hydra(self.load_sweep_config(master_config, sweep_overrides))
+        cfg = without_hydra(base)
+        _apply_values([o for o in parsed if not self._chooses_configs(o)], cfg)
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+
+# Base key -> whether the app's part of that config mentions hydra (interpolations).
+_REFERS_TO_HYDRA: dict[tuple, bool] = {}
+
+
+def _apply_values(values: list[Override], cfg: DictConfig) -> None:
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
+
+
+def without_hydra(config: DictConfig) -> DictConfig:
+    """A copy of config without its hydra node (what Hydra hands a task function).
+
+    Hydra copies the whole config and deletes the copy's hydra node; that node is most
+    of the config, so it is set aside while the rest is copied. The config keeps it.
+    """
+    content = config.__dict__["_content"]
+    whole = dict(content)
+    del content["hydra"]
+    try:
+        return copy.deepcopy(config)
+    finally:
+        content.clear()
+        content.update(whole)

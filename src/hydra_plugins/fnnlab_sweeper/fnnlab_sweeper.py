@@ -85,7 +85,7 @@ class FnnlabSweeper(Sweeper):
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
         prints = []
         for overrides in jobs:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            cfg = self.hydra_context.config_loader.load_task_config(self.config, list(overrides))
             check_values(cfg)
             for key in ("tracking.uri", "tracking.experiment"):
                 if OmegaConf.select(cfg, key) != OmegaConf.select(self.config, key):

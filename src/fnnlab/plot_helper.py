@@ -1,0 +1,183 @@
+"""A run's two PNGs, drawn in a helper process while the job writes its metrics.
+
+Drawing the two plots costs a job about as much CPU as writing its metrics, and a
+sweep that runs its jobs one after another leaves the second core idle. The fnnlab
+launcher therefore starts one helper process per sweep (start()/stop()). A job hands
+the helper its curves first, writes its metrics, and waits for the PNGs before it
+uploads its artifacts and ends the run, so a FINISHED run is still complete.
+
+Without a ready helper (a single run, another launcher's worker, the helper still
+importing matplotlib, or a helper that died) the job draws the plots itself; the code
+and the PNGs are the same either way. The helper reads requests from its stdin and
+exits when that closes, so it cannot outlive the process that started it.
+
+Run as `python -m fnnlab.plot_helper` by start(), never by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+# Imported here, not at the first plot: a sweep's workers import this module up front.
+from fnnlab import plots
+
+log = logging.getLogger(__name__)
+
+READY = b"ready\n"
+
+
+class Curves(NamedTuple):
+    """What the plots read from a History, without torch (the helper never imports it)."""
+
+    metrics: dict[str, list[float]]
+    diverged_at: int | None
+
+
+def draw(curves: Curves, art: Path, name: str, published: dict[int, float] | None) -> None:
+    """The per-run plots, into the run's artifact folder."""
+    plots.loss_plot(curves, art / "loss.png", name, published)  # type: ignore[arg-type]
+    plots.grad_norm_plot(curves, art / "grad_norm.png", name)  # type: ignore[arg-type]
+
+
+class _Helper:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fnnlab.plot_helper"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.ready = False
+
+    def is_ready(self, wait: float = 0) -> bool:
+        """True once the helper has imported and warmed up; waits at most `wait` seconds."""
+        if not self.ready and self.proc.poll() is None:
+            out = self.proc.stdout
+            assert out is not None
+            if select.select([out], [], [], wait)[0]:
+                self.ready = out.readline() == READY
+        return self.ready and self.proc.poll() is None
+
+    def stop(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_helper: _Helper | None = None
+
+
+def start() -> None:
+    """Start the helper, unless there is no second core to draw on. Returns at once."""
+    global _helper
+    if _helper is None and (os.cpu_count() or 1) > 1:
+        _helper = _Helper()
+
+
+def stop() -> None:
+    global _helper
+    helper, _helper = _helper, None
+    if helper is not None:
+        helper.stop()
+
+
+class Pending:
+    """Plots being drawn for one run. wait() returns once both PNGs exist and raises a
+    drawing error as drawing in the job would have; discard() only waits."""
+
+    def __init__(self, helper: _Helper | None, request: tuple) -> None:
+        self.helper, self.request = helper, request
+
+    def wait(self) -> None:
+        helper, self.helper = self.helper, None
+        if helper is None:
+            return
+        assert helper.proc.stdout is not None
+        try:
+            error = pickle.load(helper.proc.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            # The helper is gone (killed with its process group, say): draw here instead.
+            _lost(helper, exc)
+            draw(*self.request)
+            return
+        if error is not None:
+            raise error
+
+    def discard(self) -> None:
+        """Read the helper's reply, so that the next run does not get this one's."""
+        try:
+            self.wait()
+        except Exception:
+            pass
+
+
+def begin(curves: Curves, art: Path, name: str, published: dict[int, float] | None) -> Pending:
+    """Start drawing a run's plots: in the helper when one is ready, else here and now."""
+    request = (curves, art, name, published)
+    helper = _helper
+    if helper is not None and helper.proc.poll() is not None:
+        _lost(helper, RuntimeError(f"exit status {helper.proc.returncode}"))
+        helper = None
+    if helper is not None and helper.is_ready():
+        try:
+            assert helper.proc.stdin is not None
+            pickle.dump(request, helper.proc.stdin)
+            helper.proc.stdin.flush()
+            return Pending(helper, request)
+        except OSError as exc:
+            _lost(helper, exc)
+    draw(*request)
+    return Pending(None, request)
+
+
+def _lost(helper: _Helper, exc: BaseException) -> None:
+    global _helper
+    log.warning("plot helper stopped (%s); drawing plots in the job", exc or type(exc).__name__)
+    if _helper is helper:
+        _helper = None
+
+
+def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """The helper's loop: one reply (None or the exception) per request, until EOF."""
+    # Warm up (fonts, the reusable figures) before saying ready, so the first run's
+    # plots do not wait on it.
+    plots.warm_up()
+    replies.write(READY)
+    replies.flush()
+    while True:
+        try:
+            request: Any = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            draw(*request)
+            reply = pickle.dumps(None)
+        except Exception as exc:  # returned to the job, which fails its run with it
+            try:
+                reply = pickle.dumps(exc)
+            except Exception:
+                reply = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        replies.write(reply)
+        replies.flush()
+
+
+if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the sweep handles it, and this process
+    # ends when the sweep closes its stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Replies go to the real stdout; anything a library prints goes to stderr instead.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, replies)
