@@ -16,8 +16,9 @@ then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds).
 Every sweep is its own process, run as users run it (the fnnlab-train entry point, or
 the naive script, with the same command-line overrides). Process start is excluded:
 the process first imports what a sweep needs, creates the store's schema (a one-off per
-store) and, for joblib, starts and warms its worker processes; then it writes a start
-mark and runs the sweep. ms per run = (process end - start mark) / runs, so it includes
+store) and opens it and, for the ways with workers, starts its worker processes and
+warms them the same way (imports, opening the store); then it writes a start mark and
+runs the sweep. ms per run = (process end - start mark) / runs, so it includes
 composing and validating every job, training, tracking, plots and artifacts. Each store
 is checked afterwards: every job a FINISHED run with all its per-epoch metric rows.
 Peak memory is the sweep process's maximum resident set size.
@@ -62,11 +63,15 @@ class Result:
         return 1000 / self.ms_per_run
 
 
-def _warm_worker() -> int:
-    """Import what a job imports, in a joblib worker; its pid proves the sweep reused it."""
+def _warm_worker(uri: str) -> int:
+    """Start up a joblib worker as the sweep's own process is started up: import what a job
+    imports and open the store (MLflow checks the schema once per process, 0.5-1 s here).
+    Its pid proves the sweep reused the worker."""
     import fnnlab.cli  # noqa: F401
     import fnnlab.job  # noqa: F401
+    from fnnlab.tracking import open_store
 
+    open_store(uri, "bench")
     return os.getpid()
 
 
@@ -96,7 +101,7 @@ def child(way: str, uri: str, mark: Path, workers: int, argv: list[str]) -> None
         pids = sorted(
             set(
                 Parallel(n_jobs=workers, backend="loky", max_nbytes=None, mmap_mode="r")(
-                    delayed(_warm_worker)() for _ in range(4 * workers)
+                    delayed(_warm_worker)(uri) for _ in range(4 * workers)
                 )
             )
         )

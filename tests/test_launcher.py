@@ -18,7 +18,7 @@ from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import plot_helper
-from fnnlab.config import project_root
+from fnnlab.config import project_root, to_yaml
 from hydra_plugins.fnnlab_sweeper import _launcher
 from hydra_plugins.fnnlab_sweeper._compose import CachingConfigLoader, without_hydra
 
@@ -117,7 +117,10 @@ def test_libyaml_dump_reads_back_as_omegaconf_dump(loader, tmp_path):
     cfg = job_config(loader, master(loader, tmp_path), tmp_path)
     cfg.hydra.job.name = "true"  # strings that look like other types stay strings
     for node in (cfg, cfg.hydra, cfg.hydra.overrides.task):
-        assert yaml.safe_load(_launcher.to_yaml(node)) == yaml.safe_load(OmegaConf.to_yaml(node))
+        assert yaml.safe_load(to_yaml(node)) == yaml.safe_load(OmegaConf.to_yaml(node))
+    task = without_hydra(cfg)
+    resolved = yaml.safe_load(to_yaml(task, resolve=True))
+    assert resolved == yaml.safe_load(OmegaConf.to_yaml(task, resolve=True))
 
 
 @pytest.mark.parametrize(

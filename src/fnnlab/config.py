@@ -17,8 +17,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
 
 # The modes of fnnlab.model.ScratchFNN, not imported from there: importing torch takes
 # seconds, and a rejected command should not wait for it.
@@ -209,3 +211,21 @@ def register() -> None:
 
 
 register()
+
+
+class _CDumper(yaml.CDumper):
+    """OmegaConf's YAML dumper (strings that would read back as a bool, int or float are
+    quoted) on libyaml's emitter: the YAML of OmegaConf.to_yaml, 4x faster (measured:
+    0.8 ms instead of 3.9 ms for a job's whole config); only long strings wrap differently."""
+
+
+get_omega_conf_dumper()  # OmegaConf registers its string representer lazily
+_CDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+def to_yaml(cfg: Any, resolve: bool = False) -> str:
+    """OmegaConf.to_yaml(cfg, resolve=resolve), through libyaml."""
+    container = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+    return yaml.dump(
+        container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_CDumper
+    )

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fnnlab import plot_helper, reference
-from fnnlab.config import check_values, fingerprint, flatten
+from fnnlab.config import check_values, fingerprint, flatten, to_yaml
 from fnnlab.data import load_iris2
 from fnnlab.model import ScratchFNN
 from fnnlab.tracking import Store, end_run, log_values, open_store, process_tags, start_run
@@ -77,7 +77,7 @@ def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
 
 def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None:
     """The run's config files and weights, beside its plots in its artifact folder."""
-    (art / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (art / "config.yaml").write_text(to_yaml(cfg, resolve=True))
     hydra_dir = out / ".hydra"
     if hydra_dir.is_dir():
         shutil.copytree(hydra_dir, art / "hydra", dirs_exist_ok=True)

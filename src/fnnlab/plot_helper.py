@@ -16,6 +16,7 @@ Run as `python -m fnnlab.plot_helper` by start(), never by hand.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -123,6 +124,10 @@ class Pending:
             pass
 
 
+# A sweep that fails between starting the helper and launching its jobs still stops it.
+atexit.register(stop)
+
+
 def begin(curves: Curves, art: Path, name: str, published: dict[int, float] | None) -> Pending:
     """Start drawing a run's plots: in the helper when one is ready, else here and now."""
     request = (curves, art, name, published)
@@ -180,4 +185,9 @@ if __name__ == "__main__":
     # Replies go to the real stdout; anything a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin.buffer, replies)
+    try:
+        serve(sys.stdin.buffer, replies)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the sweep ended (a bad config, say) before this process was done
+    # Nothing left to flush: every reply was flushed, and the sweep may be gone.
+    os._exit(0)

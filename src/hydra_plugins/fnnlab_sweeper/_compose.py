@@ -129,9 +129,7 @@ class CachingConfigLoader(ConfigLoader):
         self, master_config: DictConfig, sweep_overrides: list[str]
     ) -> DictConfig:
         master_hydra = list(master_config.hydra.overrides.hydra)
-        parsed = OverridesParser.create().parse_overrides(
-            overrides=[*master_hydra, *sweep_overrides]
-        )
+        parsed = _parse([*master_hydra, *sweep_overrides])
         if any(o.is_sweep_override() for o in parsed):
             # Hydra's own message for this misuse.
             return self.inner.load_sweep_config(master_config, sweep_overrides)
@@ -161,11 +159,11 @@ class CachingConfigLoader(ConfigLoader):
         job's own overrides set hydra keys or the app's config refers to the hydra node
         (its values would differ without it); then this is load_sweep_config's result.
         """
-        parsed = OverridesParser.create().parse_overrides(overrides=sweep_overrides)
+        parsed = _parse(sweep_overrides)
         if any(o.is_sweep_override() or o.is_hydra_override() for o in parsed):
             return without_hydra(self.load_sweep_config(master_config, sweep_overrides))
         master_hydra = list(master_config.hydra.overrides.hydra)
-        every = OverridesParser.create().parse_overrides(overrides=master_hydra) + parsed
+        every = _parse(master_hydra) + parsed
         key, base = self._base(master_config, every)
         if key not in _REFERS_TO_HYDRA:
             _REFERS_TO_HYDRA[key] = "hydra" in str(
@@ -177,6 +175,22 @@ class CachingConfigLoader(ConfigLoader):
         _apply_values([o for o in parsed if not self._chooses_configs(o)], cfg)
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
+
+
+# Override line -> Hydra's parse of it: a sweep's jobs repeat most of their lines.
+_PARSED: dict[str, Override] = {}
+_MAX_PARSED = 100_000
+
+
+def _parse(lines: list[str]) -> list[Override]:
+    """OverridesParser.parse_overrides(lines), parsing each distinct line once."""
+    if len(_PARSED) >= _MAX_PARSED:
+        _PARSED.clear()
+    missing = list(dict.fromkeys(line for line in lines if line not in _PARSED))
+    if missing:
+        parsed = OverridesParser.create().parse_overrides(overrides=missing)
+        _PARSED.update(zip(missing, parsed, strict=True))
+    return [_PARSED[line] for line in lines]
 
 
 # Base key -> whether the app's part of that config mentions hydra (interpolations).

@@ -30,9 +30,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -49,8 +47,8 @@ from hydra.core.utils import (
 )
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
 
+from fnnlab.config import to_yaml
 from hydra_plugins.fnnlab_sweeper._compose import without_hydra
 
 log = logging.getLogger(__name__)
@@ -78,6 +76,21 @@ class FnnlabLauncher(BasicLauncher):
         self.n_jobs = n_jobs
         self.plot_helper = plot_helper
 
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if self._helps(config):
+            from fnnlab import plot_helper
+
+            # Started now, the helper imports while the sweeper checks every job.
+            plot_helper.start()
+
+    def _helps(self, config: DictConfig) -> bool:
+        """Whether this sweep's runs get their plots drawn by the helper process."""
+        plots = OmegaConf.select(config, "tracking.plots", default=False)
+        return self.n_jobs == 1 and self.plot_helper and bool(plots)
+
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
@@ -91,7 +104,7 @@ class FnnlabLauncher(BasicLauncher):
         if self.n_jobs > 1 and len(job_overrides) > 1:
             return self._launch_in_workers(job_overrides, initial_job_idx)
         log.info(f"Launching {len(job_overrides)} jobs locally")
-        if self.plot_helper and self.config.tracking.plots and len(job_overrides) > 1:
+        if self._helps(self.config):
             plot_helper.start()
         runs: list[JobReturn] = []
         try:
@@ -212,20 +225,3 @@ def run_job(
         HydraConfig.instance().cfg = orig_hydra_cfg
         if chdir:
             os.chdir(old_cwd)
-
-
-class _CDumper(yaml.CDumper):
-    """OmegaConf's YAML dumper (strings that would read back as bool, int or float are
-    quoted) on libyaml's emitter: the same YAML as OmegaConf.to_yaml, 4x faster; only
-    the wrapping of long strings can differ."""
-
-
-get_omega_conf_dumper()  # OmegaConf registers its string representer lazily
-_CDumper.add_representer(str, OmegaConfDumper.str_representer)
-
-
-def to_yaml(cfg: Any) -> str:
-    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    return yaml.dump(
-        container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_CDumper
-    )
