@@ -87,7 +87,7 @@ def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None
 def begin_plots(history: History, cfg: DictConfig, art: Path, name: str) -> plot_helper.Pending:
     """The per-run PNGs, drawn in the sweep's plot helper when there is one (see plot_helper)."""
     if not cfg.tracking.plots:
-        return plot_helper.Pending(None, ())
+        return plot_helper.Pending()
     published = reference.published_losses() if cfg.reference else None
     curves = plot_helper.Curves(history.metrics, history.diverged_at)
     return plot_helper.begin(curves, art, name, published)
@@ -109,7 +109,7 @@ def run(
     tags = {"role": "job", "fingerprint": fingerprint(cfg), **process_tags(), **(sweep_tags or {})}
     params = flatten(cfg)
     run_id = start_run(store, name, tags, parent_run_id)
-    pending = plot_helper.Pending(None, ())
+    pending = plot_helper.Pending()
     try:
         history = train_model(cfg, on_epoch)
         summary = summarize(history, cfg)

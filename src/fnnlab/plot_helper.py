@@ -98,7 +98,7 @@ class Pending:
     """Plots being drawn for one run. wait() returns once both PNGs exist and raises a
     drawing error as drawing in the job would have; discard() only waits."""
 
-    def __init__(self, helper: _Helper | None, request: tuple) -> None:
+    def __init__(self, helper: _Helper | None = None, request: tuple = ()) -> None:
         self.helper, self.request = helper, request
 
     def wait(self) -> None:
@@ -144,7 +144,7 @@ def begin(curves: Curves, art: Path, name: str, published: dict[int, float] | No
         except OSError as exc:
             _lost(helper, exc)
     draw(*request)
-    return Pending(None, request)
+    return Pending()
 
 
 def _lost(helper: _Helper, exc: BaseException) -> None:

@@ -80,13 +80,13 @@ class FnnlabLauncher(BasicLauncher):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        if self._helps(config):
+        if self._uses_plot_helper(config):
             from fnnlab import plot_helper
 
             # Started now, the helper imports while the sweeper checks every job.
             plot_helper.start()
 
-    def _helps(self, config: DictConfig) -> bool:
+    def _uses_plot_helper(self, config: DictConfig) -> bool:
         """Whether this sweep's runs get their plots drawn by the helper process."""
         plots = OmegaConf.select(config, "tracking.plots", default=False)
         return self.n_jobs == 1 and self.plot_helper and bool(plots)
@@ -104,7 +104,7 @@ class FnnlabLauncher(BasicLauncher):
         if self.n_jobs > 1 and len(job_overrides) > 1:
             return self._launch_in_workers(job_overrides, initial_job_idx)
         log.info(f"Launching {len(job_overrides)} jobs locally")
-        if self._helps(self.config):
+        if self._uses_plot_helper(self.config):
             plot_helper.start()
         runs: list[JobReturn] = []
         try:
