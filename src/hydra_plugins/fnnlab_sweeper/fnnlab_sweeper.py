@@ -9,6 +9,7 @@ launcher is configured, and ends the parent FINISHED, FAILED or KILLED.
 
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
 # outside sys.modules, where dataclasses cannot resolve string annotations.
+import gc
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -146,6 +147,11 @@ class FnnlabSweeper(Sweeper):
             )
         log.info("Sweep %s: parent run %s, %d jobs to run", sid, parent, len(todo))
 
+        # What this process holds from here on lives until it exits (imports, configs).
+        # Frozen, the garbage collector skips it, at exit too: with workers doing the jobs,
+        # no job here freezes it (fnnlab.cli), and exit took 1.3 s instead of 0.2 s.
+        gc.collect()
+        gc.freeze()
         status = "KILLED"
         returns = []
         progress = fprogress.start(len(todo))
