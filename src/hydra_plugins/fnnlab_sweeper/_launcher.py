@@ -110,13 +110,9 @@ class FnnlabLauncher(BasicLauncher):
         try:
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                    self.config, list(overrides)
+                runs.append(
+                    run_one(self.hydra_context, self.task_function, self.config, idx, overrides)
                 )
-                with open_dict(sweep_config):
-                    sweep_config.hydra.job.id = idx
-                    sweep_config.hydra.job.num = idx
-                runs.append(run_job(self.hydra_context, self.task_function, sweep_config))
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         finally:
             plot_helper.stop()
@@ -159,7 +155,18 @@ def _run_in_worker(key: str, shared: bytes, idx: int, overrides: list[str]) -> J
         _sweep = (key, hydra_context, config, task_function)
     _, hydra_context, config, task_function = _sweep
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
+    return run_one(hydra_context, task_function, config, idx, overrides)
+
+
+def run_one(
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    master: DictConfig,
+    idx: int,
+    overrides: Sequence[str],
+) -> JobReturn:
+    """Job number idx of the sweep: its config composed from its overrides, then run."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(master, list(overrides))
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = idx
         sweep_config.hydra.job.num = idx
