@@ -6,6 +6,7 @@ wrong. Writes are batched within MLflow's per-call limits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -23,9 +24,12 @@ from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from fnnlab import sql_batch
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,9 @@ class Store:
     client: MlflowClient
     experiment_id: str
     uri: str
+    # The client's own store when it is MLflow's SQL store (SQLite file or database URI):
+    # batches go to it in bulk (fnnlab.sql_batch). None for a tracking server.
+    sql: SqlAlchemyStore | None = None
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -137,7 +144,9 @@ def open_store(uri: str, experiment: str) -> Store:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
-    return Store(client=client, experiment_id=exp_id, uri=uri)
+    backend = client._tracking_client.store
+    sql = backend if isinstance(backend, SqlAlchemyStore) else None
+    return Store(client=client, experiment_id=exp_id, uri=uri, sql=sql)
 
 
 @cache
@@ -219,9 +228,12 @@ def log_values(
     param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
     tag_list = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
     # Params and tags first: one call carries up to 100 of each with up to 1000 metrics.
+    write = store.client.log_batch
+    if store.sql is not None:
+        write = functools.partial(sql_batch.log_batch, store.sql)
     while metrics or param_list or tag_list:
         retry_locked(
-            store.client.log_batch,
+            write,
             run_id,
             metrics=metrics[:MAX_METRICS],
             params=param_list[:MAX_PARAMS],
