@@ -213,3 +213,34 @@ def test_helper_stops_with_its_sweep(tmp_path):
     proc = plot_helper._helper.proc
     plot_helper.stop()
     assert proc.poll() is not None
+
+
+def test_helper_answers_runs_in_order_whatever_order_they_wait_in(helper, tmp_path):
+    # Deferred ends (fnnlab.job) leave several runs' plots pending at once.
+    dirs = [tmp_path / name for name in ("a", "c")]
+    for d in dirs:
+        d.mkdir()
+    first = plot_helper.begin(CURVES, dirs[0], "a", None)
+    broken = plot_helper.begin(CURVES, tmp_path / "missing", "b", None)
+    last = plot_helper.begin(CURVES, dirs[1], "c", None)
+    assert first.in_helper and broken.in_helper and last.in_helper
+    last.wait()  # reads the two earlier replies on the way, and keeps them for their runs
+    assert (dirs[1] / "loss.png").exists()
+    with pytest.raises(FileNotFoundError):
+        broken.wait()
+    first.wait()
+    assert (dirs[0] / "loss.png").exists() and (dirs[0] / "grad_norm.png").exists()
+    assert not helper.waiting
+
+
+def test_a_dead_helper_means_every_waiting_run_draws(helper, tmp_path):
+    dirs = [tmp_path / name for name in ("a", "b")]
+    for d in dirs:
+        d.mkdir()
+    pending = [plot_helper.begin(CURVES, d, d.name, None) for d in dirs]
+    helper.proc.kill()
+    helper.proc.wait()
+    for p in reversed(pending):
+        p.wait()
+    for d in dirs:
+        assert (d / "loss.png").exists() and (d / "grad_norm.png").exists()

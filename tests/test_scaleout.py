@@ -171,14 +171,18 @@ def test_sigkill_mid_sweep_then_resume_runs_each_config_once(tracking_server, tm
     finally:
         proc.kill()  # SIGKILL: nothing in the process gets to clean up
         proc.communicate(timeout=60)
-    (orphan,) = job_runs(tracking_server, exp, "RUNNING")
+    # The job in flight, and the run before it if its end was still deferred to the
+    # next job (fnnlab.job.deferred_ends): SIGKILL leaves both RUNNING.
+    orphans = job_runs(tracking_server, exp, "RUNNING")
+    assert 1 <= len(orphans) <= 2
     finished_before = len(job_runs(tracking_server, exp, "FINISHED"))
 
     out = run_script("fnnlab-train", "-m", *tracking_server.overrides(exp, tmp_path), *sweep)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "marked 1 RUNNING runs of dead processes KILLED" in out.stdout + out.stderr
+    assert f"marked {len(orphans)} RUNNING runs of dead processes KILLED" in out.stdout + out.stderr
     assert f"skipping {finished_before} of 3 jobs" in out.stdout + out.stderr
-    assert tracking_server.client.get_run(orphan.info.run_id).info.status == "KILLED"
+    for orphan in orphans:
+        assert tracking_server.client.get_run(orphan.info.run_id).info.status == "KILLED"
     finished = job_runs(tracking_server, exp, "FINISHED")
     assert len({r.data.tags["fingerprint"] for r in finished}) == len(finished) == 3
     for run in finished:
@@ -206,9 +210,11 @@ def test_sigterm_ends_runs_in_flight_and_parent_killed(name, tracking_server, tm
     assert "fnnlab-train: interrupted" in output
     killed = job_runs(tracking_server, exp, "KILLED")
     if name == "basic":
-        # In process: the job itself sees the interrupt and records it.
-        assert len(killed) == 1
-        assert killed[0].data.tags["error"].startswith("KeyboardInterrupt")
+        # In process: the job itself sees the interrupt and records it, and so does the
+        # run before it if the interrupt came while ending that one (fnnlab.job's
+        # deferred ends); a complete earlier run otherwise still ends FINISHED.
+        assert 1 <= len(killed) <= 2
+        assert all(r.data.tags["error"].startswith("KeyboardInterrupt") for r in killed)
     else:
         # Workers go down with the sweep; the sweep ends their runs before it exits.
         assert 1 <= len(killed) <= 2

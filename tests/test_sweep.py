@@ -136,3 +136,67 @@ def test_single_run_records_the_reference_deviation(store):
     assert run.data.metrics["reference/max_abs_dev"] <= 1e-6
     assert run.info.run_name == "h32-lr0.001-s2"
     assert "loss.png" in artifact_paths(store.client, run.info.run_id)
+
+
+def _plots_in_helper(monkeypatch, broken: str | None = None) -> list[bool]:
+    """Make every run of an in-process sweep wait for a ready plot helper, so that each
+    run's end is deferred to the next job; the run named `broken` gets its plots sent to
+    a folder that does not exist, so the helper's drawing fails. Returns, per run,
+    whether its plots were in the helper."""
+    from fnnlab import plot_helper
+
+    real_begin, in_helper = plot_helper.begin, []
+
+    def begin(curves, art, name, published):
+        assert plot_helper._helper is not None and plot_helper._helper.is_ready(wait=60)
+        pending = real_begin(curves, art / "missing" if name == broken else art, name, published)
+        in_helper.append(pending.in_helper)
+        return pending
+
+    monkeypatch.setattr(plot_helper, "begin", begin)
+    return in_helper
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2], ids=["ended-by-next-job", "ended-by-launcher"])
+def test_a_run_failing_at_its_deferred_end_fails_its_job_alone(store, monkeypatch, seed):
+    in_helper = _plots_in_helper(monkeypatch, broken=f"h8-lr0.1-s{seed}")
+    args = ["-m", "model.hidden_dim=8", "optim.lr=0.1", "seed=0,1,2", "train.epochs=20"]
+    assert run_in_process(monkeypatch, cli.train, *args, *store.overrides()) == 1
+    assert in_helper == [True, True, True]
+
+    parents, children = split_runs(store)
+    assert parents[0].info.status == "FAILED" and parents[0].data.metrics["sweep/failed"] == 1
+    by_name = {r.info.run_name: r for r in children}
+    failed = by_name.pop(f"h8-lr0.1-s{seed}")
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["error"].startswith("FileNotFoundError")
+    assert len(by_name) == 2
+    for run in by_name.values():
+        assert run.info.status == "FINISHED"
+        assert artifact_paths(store.client, run.info.run_id) == RUN_ARTIFACTS
+
+
+@pytest.mark.slow
+def test_an_interrupt_still_ends_the_deferred_runs_before_it(store, monkeypatch):
+    in_helper = _plots_in_helper(monkeypatch)
+    real_train = job.train_model
+
+    def interrupt_third(cfg, *args, **kwargs):
+        if cfg.seed == 2:
+            raise KeyboardInterrupt
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(job, "train_model", interrupt_third)
+    args = ["-m", "model.hidden_dim=8", "optim.lr=0.1", "seed=0,1,2", "train.epochs=20"]
+    assert run_in_process(monkeypatch, cli.train, *args, *store.overrides()) == 130
+    assert in_helper == [True, True]
+
+    parents, children = split_runs(store)
+    assert parents[0].info.status == "KILLED"
+    status = {r.info.run_name: r.info.status for r in children}
+    # The second run's end was still deferred when the third job was interrupted.
+    assert status == {"h8-lr0.1-s0": "FINISHED", "h8-lr0.1-s1": "FINISHED", "h8-lr0.1-s2": "KILLED"}
+    for run in children:
+        if run.info.status == "FINISHED":
+            assert artifact_paths(store.client, run.info.run_id) == RUN_ARTIFACTS

@@ -2,15 +2,19 @@
 
 The run is FINISHED only after every metric, plot, config file and the weights are
 written, so a FINISHED run is always complete. A job that raises ends its run
-FAILED (KILLED when interrupted) with the error recorded, then re-raises.
+FAILED (KILLED when interrupted) with the error recorded, then re-raises. In a sweep
+run by the fnnlab launcher, a run's end (its plots, artifacts and status) can come
+after its job has returned, in the next job (see deferred_ends).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +97,101 @@ def begin_plots(history: History, cfg: DictConfig, art: Path, name: str) -> plot
     return plot_helper.begin(curves, art, name, published)
 
 
+@dataclass
+class _End:
+    """What is left of a run once its values and files are written: its plots, which
+    may still be drawing in the plot helper, the upload of its artifacts, and its end."""
+
+    store: Store
+    run_id: str
+    name: str
+    params: dict[str, object]
+    art: Path
+    pending: plot_helper.Pending
+
+    def upload(self) -> None:
+        """Wait for the plots and upload the artifact folder (all of it, plots included)."""
+        self.pending.wait()
+        self.store.client.log_artifacts(self.run_id, str(self.art))
+
+
+def _end_with_error(
+    store: Store, run_id: str, name: str, params: dict[str, object], exc: BaseException
+) -> None:
+    """End a run FAILED, or KILLED when interrupted, with the error and its traceback."""
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+    log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
+    try:
+        error = f"{type(exc).__name__}: {exc}"
+        # Params too, so a run that failed early still says what it was (re-logging
+        # a param with the same value is allowed when the failure came after them).
+        log_values(
+            store,
+            run_id,
+            params=params,
+            tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]},
+        )
+    finally:
+        end_run(store, run_id, status)
+
+
+# Runs whose end is deferred, oldest first, while a deferred_ends() block is open.
+_deferred: list[_End] | None = None
+_deferred_failed: dict[str, BaseException] = {}
+
+
+@contextmanager
+def deferred_ends() -> Iterator[dict[str, BaseException]]:
+    """Within this block, a run whose plots are in the plot helper ends in the next job.
+
+    Such a run's values and files are all written when its job returns; what is left
+    is waiting for its PNGs, uploading its artifacts and ending it FINISHED. The next
+    job does that after it has trained and handed its own plots to the helper, and the
+    block does it for the last ones, however it exits (the runs are complete; an
+    interrupt meanwhile ends them KILLED). So the helper draws a run's plots while the
+    next run is composed, created and trained, instead of the sweep waiting for them.
+
+    The fnnlab launcher opens it around the jobs it runs one after another. It yields
+    {run_id: error} for the runs that failed at their end: their jobs had already
+    returned, and the launcher marks them failed.
+    """
+    global _deferred
+    _deferred = []
+    _deferred_failed.clear()
+    try:
+        yield _deferred_failed
+    finally:
+        try:
+            finish_deferred()
+        finally:
+            _deferred = None
+
+
+def finish_deferred() -> None:
+    """End the deferred runs, oldest first. A run whose end fails ends FAILED and is
+    recorded; it does not fail the job that ends it. An interrupt propagates."""
+    while _deferred:
+        end = _deferred.pop(0)
+        try:
+            end.upload()
+            end_run(end.store, end.run_id, "FINISHED")
+        except BaseException as exc:
+            _deferred_failed[end.run_id] = exc
+            end.pending.discard()
+            try:
+                _end_with_error(end.store, end.run_id, end.name, end.params, exc)
+            except Exception as error:
+                log.error("could not end run %s: %s", end.run_id, error)
+            if not isinstance(exc, Exception):
+                raise
+
+
+@functools.lru_cache(maxsize=4)
+def sweep_store(uri: str, experiment: str, parent_run_id: str) -> Store:
+    """The store of a sweep's jobs, opened once per process and sweep (3 ms a job otherwise)."""
+    return open_store(uri, experiment)
+
+
 def run(
     cfg: DictConfig,
     output_dir: Path,
@@ -104,12 +203,18 @@ def run(
 ) -> JobResult:
     """Validate, train, and record one run. Raises ConfigValueError before any run exists."""
     check_values(cfg)
-    store = store or open_store(cfg.tracking.uri, cfg.tracking.experiment)
+    if store is None:
+        uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
+        if parent_run_id:
+            store = sweep_store(uri, experiment, parent_run_id)
+        else:
+            store = open_store(uri, experiment)
     name = run_name(cfg)
     tags = {"role": "job", "fingerprint": fingerprint(cfg), **process_tags(), **(sweep_tags or {})}
     params = flatten(cfg)
     run_id = start_run(store, name, tags, parent_run_id)
     pending = plot_helper.Pending()
+    deferred = False
     try:
         history = train_model(cfg, on_epoch)
         summary = summarize(history, cfg)
@@ -117,6 +222,8 @@ def run(
         art.mkdir(parents=True, exist_ok=True)
         # Plots first: the helper draws them while this process writes the metrics.
         pending = begin_plots(history, cfg, art, name)
+        # Earlier runs' plots were drawn meanwhile: end those runs now (see deferred_ends).
+        finish_deferred()
         diverged = history.diverged_at is not None
         end_tags = {"diverged": str(diverged).lower()}
         if diverged:
@@ -130,26 +237,18 @@ def run(
             tags=end_tags,
         )
         write_files(history, cfg, output_dir, art)
-        pending.wait()
-        store.client.log_artifacts(run_id, str(art))
+        end = _End(store, run_id, name, params, art, pending)
+        if _deferred is not None and pending.in_helper:
+            _deferred.append(end)
+            deferred = True
+        else:
+            end.upload()
     except BaseException as exc:
         pending.discard()
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-        log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
-        try:
-            error = f"{type(exc).__name__}: {exc}"
-            # Params too, so a run that failed early still says what it was (re-logging
-            # a param with the same value is allowed when the failure came after them).
-            log_values(
-                store,
-                run_id,
-                params=params,
-                tags={"error": error, "error.traceback": traceback.format_exc()[-4000:]},
-            )
-        finally:
-            end_run(store, run_id, status)
+        _end_with_error(store, run_id, name, params, exc)
         raise
-    end_run(store, run_id, "FINISHED")
+    if not deferred:
+        end_run(store, run_id, "FINISHED")
     return JobResult(
         run_id=run_id,
         run_name=name,

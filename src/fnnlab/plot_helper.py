@@ -3,8 +3,10 @@
 Drawing the two plots costs a job about as much CPU as writing its metrics, and a
 sweep that runs its jobs one after another leaves the second core idle. The fnnlab
 launcher therefore starts one helper process per sweep (start()/stop()). A job hands
-the helper its curves first, writes its metrics, and waits for the PNGs before it
-uploads its artifacts and ends the run, so a FINISHED run is still complete.
+the helper its curves first and writes its metrics; the PNGs are waited for before
+the run's artifacts are uploaded and the run ends, so a FINISHED run is still complete.
+That wait is in the next job (fnnlab.job.deferred_ends), so several runs' requests can
+be outstanding; the helper answers them in order.
 
 Without a ready helper (a single run, another launcher's worker, the helper still
 importing matplotlib, or a helper that died) the job draws the plots itself; the code
@@ -24,6 +26,7 @@ import select
 import signal
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -56,6 +59,15 @@ class _Helper:
             stdout=subprocess.PIPE,
         )
         self.ready = False
+        # Requests sent whose reply is not read yet, oldest first: replies come in order.
+        self.waiting: deque[Pending] = deque()
+
+    def read_reply(self) -> None:
+        """Read the next reply, which answers the oldest request still waiting."""
+        assert self.proc.stdout is not None
+        reply = pickle.load(self.proc.stdout)
+        pending = self.waiting.popleft()
+        pending.helper, pending.error = None, reply
 
     def is_ready(self, wait: float = 0) -> bool:
         """True once the helper has imported and warmed up; waits at most `wait` seconds."""
@@ -96,30 +108,45 @@ def stop() -> None:
 
 class Pending:
     """Plots being drawn for one run. wait() returns once both PNGs exist and raises a
-    drawing error as drawing in the job would have; discard() only waits."""
+    drawing error as drawing in the job would have; discard() only waits.
+
+    Several runs' plots may be pending at once (fnnlab.job defers a run's end to the next
+    job); each wait() reads replies in order until its own has come."""
 
     def __init__(self, helper: _Helper | None = None, request: tuple = ()) -> None:
         self.helper, self.request = helper, request
+        self.error: BaseException | None = None
+        self.lost = False  # the helper went away before replying: draw here
+        if helper is not None:
+            helper.waiting.append(self)
 
-    def wait(self) -> None:
-        helper, self.helper = self.helper, None
-        if helper is None:
-            return
-        assert helper.proc.stdout is not None
-        try:
-            error = pickle.load(helper.proc.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            # The helper is gone (killed with its process group, say): draw here instead.
-            _lost(helper, exc)
-            draw(*self.request)
-            return
+    @property
+    def in_helper(self) -> bool:
+        """Whether the helper is drawing these plots (else they were drawn already)."""
+        return self.helper is not None
+
+    def wait(self, draw_if_lost: bool = True) -> None:
+        helper = self.helper
+        if helper is not None:
+            try:
+                while self.helper is not None:
+                    helper.read_reply()
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                # The helper is gone (killed with its process group, say): every run
+                # still waiting on it draws its own plots.
+                _lost(helper, exc)
+        if self.lost:
+            self.lost = False
+            if draw_if_lost:
+                draw(*self.request)
+        error, self.error = self.error, None
         if error is not None:
             raise error
 
     def discard(self) -> None:
-        """Read the helper's reply, so that the next run does not get this one's."""
+        """Read the helper's reply, so that no other run gets this one's; draw nothing."""
         try:
-            self.wait()
+            self.wait(draw_if_lost=False)
         except Exception:
             pass
 
@@ -150,6 +177,9 @@ def begin(curves: Curves, art: Path, name: str, published: dict[int, float] | No
 def _lost(helper: _Helper, exc: BaseException) -> None:
     global _helper
     log.warning("plot helper stopped (%s); drawing plots in the job", exc or type(exc).__name__)
+    while helper.waiting:
+        pending = helper.waiting.popleft()
+        pending.helper, pending.lost = None, True
     if _helper is helper:
         _helper = None
 

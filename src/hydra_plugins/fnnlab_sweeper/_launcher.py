@@ -12,7 +12,10 @@ with less overhead per job, and hydra.launcher.n_jobs worker processes on reques
   fnnlab sweeper needs only each job's status and return value, so none are kept;
   the config files stay in the job's .hydra folder and in its MLflow run.
 - With plot_helper=true (the default) a helper process draws each run's PNGs on the
-  second core while the job writes its metrics (see fnnlab.plot_helper).
+  second core (see fnnlab.plot_helper). Each run's end (waiting for its PNGs, uploading
+  its artifacts, ending it FINISHED) comes in the next job (fnnlab.job.deferred_ends),
+  so the helper draws while the next job trains; a run that fails at its end marks
+  its job failed.
 - With n_jobs > 1 the jobs run in that many joblib (loky) worker processes. Hydra's
   joblib launcher ships the Hydra context, the master config and Hydra's global state
   with every job and restores them (rescanning every plugin) before each; measured,
@@ -95,6 +98,7 @@ class FnnlabLauncher(BasicLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         from fnnlab import plot_helper
+        from fnnlab.job import deferred_ends
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None
@@ -108,14 +112,17 @@ class FnnlabLauncher(BasicLauncher):
             plot_helper.start()
         runs: list[JobReturn] = []
         try:
-            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                runs.append(
-                    run_one(self.hydra_context, self.task_function, self.config, idx, overrides)
-                )
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            # A run's end waits for its plots from the helper: it comes in the next job.
+            with deferred_ends() as failed_at_end:
+                for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                    runs.append(
+                        run_one(self.hydra_context, self.task_function, self.config, idx, overrides)
+                    )
+                    configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         finally:
             plot_helper.stop()
+        mark_failed(runs, failed_at_end)
         return runs
 
     def _launch_in_workers(
@@ -139,6 +146,16 @@ class FnnlabLauncher(BasicLauncher):
             delayed(_run_in_worker)(key, shared, idx, list(overrides))
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx)
         )
+
+
+def mark_failed(runs: list[JobReturn], failed_at_end: dict[str, BaseException]) -> None:
+    """Mark failed the jobs whose run failed at its deferred end, after the job returned."""
+    for ret in runs:
+        value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+        run_id = value.get("run_id") if isinstance(value, dict) else None
+        if run_id in failed_at_end:
+            ret.status = JobStatus.FAILED
+            ret.return_value = failed_at_end[run_id]
 
 
 # In a worker: the sweep it last ran a job of, as (key, hydra_context, config, task_function).
@@ -185,17 +202,19 @@ def run_job(
     callbacks = hydra_context.callbacks
     old_cwd = os.getcwd()
     orig_hydra_cfg = HydraConfig.instance().cfg
-    # Set once so the output folder can use ${hydra:...}, and again with that folder.
+    # Set first so the output folder can use ${hydra:...}. Hydra then sets it again with
+    # that folder, a second copy of the hydra node; writing the folder into both the
+    # config and the copy ends the same.
     HydraConfig.instance().set_config(config)
+    hydra_cfg = HydraConfig.instance().cfg
+    assert hydra_cfg is not None
     output_dir = os.path.join(
         str(OmegaConf.select(config, "hydra.sweep.dir")),
         str(OmegaConf.select(config, "hydra.sweep.subdir")),
     )
-    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-        config.hydra.runtime.output_dir = os.path.abspath(output_dir)
-    HydraConfig.instance().set_config(config)
-    hydra_cfg = HydraConfig.instance().cfg
-    assert hydra_cfg is not None
+    for runtime in (config.hydra.runtime, hydra_cfg.hydra.runtime):
+        with read_write(runtime), open_dict(runtime):
+            runtime.output_dir = os.path.abspath(output_dir)
     chdir = False
     try:
         ret = JobReturn()
