@@ -47,6 +47,7 @@ SEQUENCES = {
     # The second batch repeats a stored row: MLflow's path takes over and skips it.
     "stored row again": [(SERIES, [], []), (SERIES[:2] + [Metric("loss", 4.0, NOW, 9)], [], [])],
     "params only": [([], PARAMS, []), ([], PARAMS, [])],
+    "a tag twice": [(ODD, [], [RunTag("a", "1"), RunTag("a", "2")]), ([], [], [RunTag("a", "3")])],
 }
 
 TABLES = {
@@ -88,6 +89,8 @@ def test_same_rows_as_mlflows_log_batch(tmp_path, sequence):
     ours = logged(tmp_path, "fnnlab", SEQUENCES[sequence])
     assert ours == mlflow_rows
     assert ours["metrics"] or ours["params"]  # the comparison compared something
+    renamed = any(t.key == "mlflow.runName" for _, _, tags in SEQUENCES[sequence] for t in tags)
+    assert ours["runs"] == [("renamed" if renamed else "r", "RUNNING", "active")]
 
 
 def errors(tmp_path: Path, how: str, setup, batch) -> tuple[str, dict]:

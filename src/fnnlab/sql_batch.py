@@ -6,14 +6,17 @@ them through SQLAlchemy's unit of work, in three transactions. A run's batch her
 writes the same rows into the same tables, through MLflow's own session, models and
 checks, as one bulk INSERT per table in one transaction (about 10 ms).
 
-What MLflow does is kept: every metric, param and tag goes through MLflow's
-validation; values are sanitised as MLflow does (NaN as 0 with is_nan, +-inf as the
-largest float); a param may be logged again only with the same value (MLflow's error
-otherwise); the latest-value rows are updated by MLflow's own code; tags go through
-MLflow's own _set_tags. When a metric row already exists (the same value logged twice),
-the transaction fails as a whole and is rolled back, and the batch goes through MLflow's
-log_batch, which knows how to skip those rows. tests/test_sql_batch.py compares every
-table row by row with MLflow's own log_batch.
+What MLflow does is kept:
+- every metric, param and tag goes through MLflow's validation and batch limits;
+- values are sanitised as MLflow does (NaN as 0 with is_nan, +-inf as the largest float);
+- a param may be logged again only with the same value (MLflow's error otherwise);
+- the latest-value rows are updated by MLflow's own code;
+- a tag is inserted or overwritten as MLflow's _set_tags does; a batch that sets the run
+  name goes through _set_tags itself, which also renames the run;
+- a metric row that is already stored (the same value logged twice) fails the whole
+  transaction, which is rolled back, and the batch then goes through MLflow's own
+  log_batch, which skips such rows.
+tests/test_sql_batch.py compares every table, row by row, with MLflow's own log_batch.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import sqlalchemy
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam
+from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mlflow.utils.validation import (
     _validate_batch_log_data,
     _validate_batch_log_limits,
@@ -51,6 +55,8 @@ def log_batch(
         store.log_batch(run_id, metrics, params, tags)
         return
     rows, latest = _metric_rows(store, run_id, metrics)
+    # Setting the run name also renames the run: MLflow's own _set_tags, afterwards.
+    renames = any(tag.key == MLFLOW_RUN_NAME for tag in tags)
     try:
         with store.ManagedSessionMaker(read_only=False) as session:
             run = store._get_run(run_uuid=run_id, session=session)
@@ -61,6 +67,11 @@ def log_batch(
             if rows:
                 session.execute(sqlalchemy.insert(SqlMetric.__table__), rows)
                 store._update_latest_metrics_if_necessary(latest, session)
+            if tags and not renames:
+                # What MLflow's _set_tags does for a tag other than the run name: insert
+                # it or overwrite its value (a later tag of the same key wins).
+                for tag in tags:
+                    session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
     except MlflowException as exc:
         # MLflow's session turns the database's errors into MlflowException. A key
         # already stored (the same metric value logged twice, a param written by another
@@ -70,7 +81,7 @@ def log_batch(
             raise
         store.log_batch(run_id, metrics, params, tags)
         return
-    if tags:
+    if tags and renames:
         store._set_tags(run_id, tags)
 
 
