@@ -25,7 +25,15 @@ from fnnlab import plot_helper, reference
 from fnnlab.config import check_values, fingerprint, flatten, to_yaml
 from fnnlab.data import load_iris2
 from fnnlab.model import ScratchFNN
-from fnnlab.tracking import Store, end_run, log_values, open_store, process_tags, start_run
+from fnnlab.tracking import (
+    Store,
+    end_run,
+    log_values,
+    open_store,
+    process_tags,
+    start_run,
+    upload_artifacts,
+)
 from fnnlab.train import History, fit
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,7 @@ class _End:
     def upload(self) -> None:
         """Wait for the plots and upload the artifact folder (all of it, plots included)."""
         self.pending.wait()
-        self.store.client.log_artifacts(self.run_id, str(self.art))
+        upload_artifacts(self.store, self.run_id, str(self.art))
 
 
 def _end_with_error(
