@@ -65,7 +65,10 @@ def train_app(cfg: DictConfig) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    _freeze_after_first_job()
+    global _frozen
+    if not _frozen:  # once: what the first job set up (caches, figures) lives on
+        freeze_heap()
+        _frozen = True
     print(progress.run_line(result, cfg.tracking.uri), flush=True)
     diverged = result.history.diverged_at is not None
     return {"run_id": result.run_id, "diverged": diverged}
@@ -74,18 +77,19 @@ def train_app(cfg: DictConfig) -> dict:
 _frozen = False
 
 
-def _freeze_after_first_job() -> None:
-    """Hide what the first job left behind (modules, caches) from the garbage collector.
+def freeze_heap() -> None:
+    """Hide what this process holds now (modules, caches) from the garbage collector.
 
     It lives as long as the process, yet every full collection walked it again: in a
     sweep that was a large share of each job's time, and joblib's workers collect every
     second. Frozen objects are skipped by collections; later garbage is still collected.
+    Called by the sweeper before it launches and after a process's first job. Only the
+    young generations are collected first: a full collection here walked about 560,000
+    objects in 0.3 s to free about 2,300 (measured), and a sweep paid that in its own
+    process and again in every worker.
     """
-    global _frozen
-    if not _frozen:
-        gc.collect()
-        gc.freeze()
-        _frozen = True
+    gc.collect(1)
+    gc.freeze()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")
