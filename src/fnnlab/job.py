@@ -161,7 +161,8 @@ def deferred_ends() -> Iterator[dict[str, BaseException]]:
 
     The fnnlab launcher opens it around the jobs it runs one after another. It yields
     {run_id: error} for the runs that failed at their end: their jobs had already
-    returned, and the launcher marks them failed.
+    returned, and the launcher marks them failed. So Hydra's on_job_end callbacks, and
+    the line printed for a job, come before its run is FINISHED.
     """
     global _deferred
     _deferred = []
