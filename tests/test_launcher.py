@@ -244,3 +244,8 @@ def test_a_dead_helper_means_every_waiting_run_draws(helper, tmp_path):
         p.wait()
     for d in dirs:
         assert (d / "loss.png").exists() and (d / "grad_norm.png").exists()
+
+
+def test_job_log_line_leaves_out_the_sweepers_bookkeeping():
+    overrides = [*JOB[:3], "sweep.id=abc", "sweep.parent_run_id=0f", "sweep.job_num=5"]
+    assert _launcher.shown(overrides) == "model.hidden_dim=8 optim.lr=0.1 seed=3"

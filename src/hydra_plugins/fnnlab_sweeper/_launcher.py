@@ -115,7 +115,7 @@ class FnnlabLauncher(BasicLauncher):
             # A run's end waits for its plots from the helper: it comes in the next job.
             with deferred_ends() as failed_at_end:
                 for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                    log.info(f"\t#{idx} : {shown(overrides)}")
                     runs.append(
                         run_one(self.hydra_context, self.task_function, self.config, idx, overrides)
                     )
@@ -133,7 +133,7 @@ class FnnlabLauncher(BasicLauncher):
 
         log.info(f"Launching {len(job_overrides)} jobs in {self.n_jobs} worker processes")
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            log.info(f"\t#{idx} : {shown(overrides)}")
         # cloudpickle: the task function is the function under @hydra.main, which plain
         # pickle cannot find by name.
         shared = cloudpickle.dumps(
@@ -146,6 +146,11 @@ class FnnlabLauncher(BasicLauncher):
             delayed(_run_in_worker)(key, shared, idx, list(overrides))
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx)
         )
+
+
+def shown(overrides: Sequence[str]) -> str:
+    """A job's overrides as Hydra logs them, without the sweeper's own sweep.* bookkeeping."""
+    return " ".join(o for o in filter_overrides(overrides) if not o.startswith("sweep."))
 
 
 def mark_failed(runs: list[JobReturn], failed_at_end: dict[str, BaseException]) -> None:
