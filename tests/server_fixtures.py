@@ -77,6 +77,25 @@ class TrackingServer:
             f"hydra.sweep.dir={root}/multirun/${{now:%H-%M-%S-%f}}",
         ]
 
+    def database_uri(self, name: str) -> str:
+        """A database of this server's PostgreSQL (created if missing), for a test that
+        opens MLflow's SQL store on PostgreSQL directly rather than through the server."""
+        import psycopg2
+
+        password = (self.dir / "pg_password").read_text().strip()
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.pg_port, user="fnnlab", password=password, dbname="postgres"
+        )
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return f"postgresql+psycopg2://fnnlab:{password}@127.0.0.1:{self.pg_port}/{name}"
+
     def runs(self, experiment: str, filter_string: str = "") -> list:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:

@@ -1,13 +1,13 @@
 """fnnlab.sql_batch.log_batch leaves MLflow's SQL store exactly as MLflow's own log_batch
-does: the same rows in every table, the same errors, on the same sequences of batches."""
+does: the same rows in every table, the same errors, on the same sequences of batches;
+on SQLite and on PostgreSQL (the test server's, opened directly as a database URI)."""
 
 from __future__ import annotations
 
 import math
-import sqlite3
-from pathlib import Path
 
 import pytest
+import sqlalchemy
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
@@ -58,21 +58,43 @@ TABLES = {
 }
 
 
-def table_rows(db: Path, run_id: str) -> dict[str, list[tuple]]:
-    with sqlite3.connect(db) as conn:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
+def uri_for(request, tmp_path, monkeypatch):
+    """The store URI for a way of logging ("mlflow" or "fnnlab"): a SQLite file each, or
+    one PostgreSQL database for both (their runs are apart)."""
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a database URI
+    if request.param == "sqlite":
+        return lambda how: f"sqlite:///{tmp_path}/{how}/mlflow.db"
+    uri = request.getfixturevalue("tracking_server").database_uri("fnnlab_sql_batch")
+    return lambda how: uri
+
+
+def table_rows(uri: str, run_id: str) -> dict[str, list[tuple]]:
+    with sqlalchemy.create_engine(uri).connect() as conn:
         rows = {
-            table: sorted(conn.execute(f"SELECT {cols} FROM {table} WHERE run_uuid = ?", (run_id,)))
+            table: sorted(
+                tuple(row)
+                for row in conn.execute(
+                    sqlalchemy.text(f"SELECT {cols} FROM {table} WHERE run_uuid = :run"),
+                    {"run": run_id},
+                )
+            )
             for table, cols in TABLES.items()
         }
-        rows["runs"] = conn.execute(
-            "SELECT name, status, lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,)
-        ).fetchall()
+        rows["runs"] = [
+            tuple(row)
+            for row in conn.execute(
+                sqlalchemy.text(
+                    "SELECT name, status, lifecycle_stage FROM runs WHERE run_uuid = :run"
+                ),
+                {"run": run_id},
+            )
+        ]
     return rows
 
 
-def logged(tmp_path: Path, how: str, batches) -> dict[str, list[tuple]]:
-    db = tmp_path / how / "mlflow.db"
-    store = open_store(f"sqlite:///{db}", "t")
+def logged(uri: str, how: str, batches) -> dict[str, list[tuple]]:
+    store = open_store(uri, "t")
     assert store.sql is not None
     run_id = store.client.create_run(store.experiment_id, run_name="r").info.run_id
     for metrics, params, tags in batches:
@@ -80,22 +102,21 @@ def logged(tmp_path: Path, how: str, batches) -> dict[str, list[tuple]]:
             store.sql.log_batch(run_id, metrics, params, tags)
         else:
             sql_batch.log_batch(store.sql, run_id, metrics, params, tags)
-    return table_rows(db, run_id)
+    return table_rows(uri, run_id)
 
 
 @pytest.mark.parametrize("sequence", SEQUENCES)
-def test_same_rows_as_mlflows_log_batch(tmp_path, sequence):
-    mlflow_rows = logged(tmp_path, "mlflow", SEQUENCES[sequence])
-    ours = logged(tmp_path, "fnnlab", SEQUENCES[sequence])
+def test_same_rows_as_mlflows_log_batch(uri_for, sequence):
+    mlflow_rows = logged(uri_for("mlflow"), "mlflow", SEQUENCES[sequence])
+    ours = logged(uri_for("fnnlab"), "fnnlab", SEQUENCES[sequence])
     assert ours == mlflow_rows
     assert ours["metrics"] or ours["params"]  # the comparison compared something
     renamed = any(t.key == "mlflow.runName" for _, _, tags in SEQUENCES[sequence] for t in tags)
     assert ours["runs"] == [("renamed" if renamed else "r", "RUNNING", "active")]
 
 
-def errors(tmp_path: Path, how: str, setup, batch) -> tuple[str, dict]:
-    db = tmp_path / how / "mlflow.db"
-    store = open_store(f"sqlite:///{db}", "t")
+def errors(uri: str, how: str, setup, batch) -> tuple[str, dict]:
+    store = open_store(uri, "t")
     run_id = store.client.create_run(store.experiment_id, run_name="r").info.run_id
     setup(store, run_id)
     write = (
@@ -104,14 +125,14 @@ def errors(tmp_path: Path, how: str, setup, batch) -> tuple[str, dict]:
     with pytest.raises(MlflowException) as info:
         write(run_id, *batch)
     message = str(info.value).replace(run_id, "<run>")
-    return (info.value.error_code, message), table_rows(db, run_id)
+    return (info.value.error_code, message), table_rows(uri, run_id)
 
 
 @pytest.mark.parametrize(
     "case",
     ["param changed", "run deleted", "bad metric", "too many metrics"],
 )
-def test_same_errors_as_mlflows_log_batch_and_nothing_written(tmp_path, case):
+def test_same_errors_as_mlflows_log_batch_and_nothing_written(uri_for, case):
     def log_params(store, run_id):
         store.sql.log_batch(run_id, [], PARAMS, [])
 
@@ -127,7 +148,7 @@ def test_same_errors_as_mlflows_log_batch_and_nothing_written(tmp_path, case):
             ([Metric("m", float(i), NOW, i) for i in range(1001)], [], []),
         ),
     }[case]
-    theirs = errors(tmp_path, "mlflow", setup, batch)
-    ours = errors(tmp_path, "fnnlab", setup, batch)
+    theirs = errors(uri_for("mlflow"), "mlflow", setup, batch)
+    ours = errors(uri_for("fnnlab"), "fnnlab", setup, batch)
     assert ours == theirs
     assert not ours[1]["metrics"]  # no metric row of the rejected batch was written

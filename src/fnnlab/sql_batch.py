@@ -16,7 +16,8 @@ What MLflow does is kept:
 - a metric row that is already stored (the same value logged twice) fails the whole
   transaction, which is rolled back, and the batch then goes through MLflow's own
   log_batch, which skips such rows.
-tests/test_sql_batch.py compares every table, row by row, with MLflow's own log_batch.
+tests/test_sql_batch.py compares every table, row by row, with MLflow's own log_batch,
+on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
