@@ -9,9 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
+
+# Property-based tests: the same examples every run unless HYPOTHESIS_PROFILE=explore,
+# which draws new and more of them.
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
+settings.register_profile("explore", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # The PostgreSQL + MLflow server fixture (tracking_server) for tests marked `server`.
 pytest_plugins = ["server_fixtures"]
 

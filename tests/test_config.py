@@ -20,6 +20,14 @@ BAD = [
     (["optim.lr=inf"], "optim.lr=inf"),
     (["train.epochs=0"], "train.epochs=0"),
     (["model.backprop=adam"], "model.backprop=adam"),
+    # Seeds the generator cannot tell apart from others, memory a run cannot get.
+    (["seed=-1"], "seed=-1"),
+    (["seed=4294967296"], "seed=4294967296"),
+    (["seed=18446744073709551616"], "seed=18446744073709551616"),
+    (["model.hidden_dim=100000000"], "model.hidden_dim=100000000"),
+    (["train.epochs=50000000", "limits.memory_gb=4"], "train.epochs=50000000"),
+    (["tracking.log_every=0"], "tracking.log_every=0"),
+    (["-m", "hydra.launcher.n_jobs=0", "model.hidden_dim=4,8"], "hydra.launcher.n_jobs=0"),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
     (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hydra import initialize_config_dir
@@ -164,10 +165,11 @@ def helper():
 
 
 CURVES = plot_helper.Curves(
+    np.arange(4),
     {
-        "loss": [0.9, 0.7, 0.5, 0.45],
-        "grad_norm/w1": [1.0, 0.5, 0.2, 0.1],
-        "grad_norm/w2": [2.0, 1.0, 0.3, 0.2],
+        "loss": np.array([0.9, 0.7, 0.5, 0.45]),
+        "grad_norm/w1": np.array([1.0, 0.5, 0.2, 0.1]),
+        "grad_norm/w2": np.array([2.0, 1.0, 0.3, 0.2]),
     },
     None,
 )

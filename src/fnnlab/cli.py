@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -222,7 +222,13 @@ def _key_value(exc: BaseException) -> str | None:
 
 def _one_line(exc: BaseException) -> str:
     """The first line of the innermost message that says what is wrong."""
-    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    cause = exc
+    # Hydra's "Error in call to target '...':" (a plugin's constructor refused its
+    # arguments) and OmegaConf's wrapped errors carry the reason in the cause.
+    if isinstance(exc.__cause__, OmegaConfBaseException) or (
+        isinstance(exc, InstantiationException) and exc.__cause__ is not None
+    ):
+        cause = exc.__cause__
     reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     where = _key_value(exc)
     return f"{where}: {reason}" if where and where not in reason else reason

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
@@ -50,6 +51,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 101
+    # Stop as diverged once the loss passes this many times max(its epoch-0 value, ln 2).
+    diverge_factor: float = 100.0
 
 
 @dataclass
@@ -57,6 +60,15 @@ class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"
     experiment: str = "fnnlab"
     plots: bool = True
+    # Log every n-th epoch's values (and always the first and last); summaries use all.
+    log_every: int = 1
+
+
+@dataclass
+class LimitsConfig:
+    # Refuse a run whose estimated memory need is above this many GB before it starts;
+    # null: half of this machine's physical memory.
+    memory_gb: float | None = None
 
 
 @dataclass
@@ -78,6 +90,7 @@ class TrainAppConfig:
     seed: int = 0
     # Overlay the published tutorial losses and log the largest deviation from them.
     reference: bool = False
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
@@ -121,6 +134,47 @@ class AggregateAppConfig:
 TRAINING_KEYS = ("model", "optim", "data", "train", "seed")
 
 
+# torch's CPU generator keeps 32 bits of a seed: seeds outside this range repeat ones inside.
+SEED_RANGE = 2**32
+# Measured peak of a fit: about 5 arrays of rows x hidden_dim values at once (6 with margin),
+# and under 200 bytes per epoch for the history; the process itself needs about half a GB.
+_BYTES_PER_CELL = 6
+_BYTES_PER_EPOCH = 200
+_PROCESS_BYTES = 2**29
+IRIS2_ROWS = 100
+
+
+def memory_need(cfg: DictConfig) -> dict[str, float]:
+    """Estimated bytes a run needs, by the key that drives each part."""
+    itemsize = 8 if cfg.model.dtype == "float64" else 4
+    return {
+        "model.hidden_dim": _BYTES_PER_CELL * IRIS2_ROWS * cfg.model.hidden_dim * itemsize,
+        "train.epochs": _BYTES_PER_EPOCH * cfg.train.epochs,
+    }
+
+
+def memory_limit(cfg: DictConfig) -> tuple[float, str]:
+    """The limit in bytes, and where it comes from."""
+    if cfg.limits.memory_gb is not None:
+        return cfg.limits.memory_gb * 1e9, f"limits.memory_gb={cfg.limits.memory_gb:g}"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total / 2, f"half this machine's {total / 1e9:.0f} GB; limits.memory_gb sets it"
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    need = memory_need(cfg)
+    limit, why = memory_limit(cfg)
+    if _PROCESS_BYTES + sum(need.values()) > limit:
+        key = max(need, key=need.__getitem__)
+        total = (_PROCESS_BYTES + sum(need.values())) / 1e9
+        raise ConfigValueError(
+            key,
+            OmegaConf.select(cfg, key),
+            f"a run needs about {total:.3g} GB of memory, over the limit of "
+            f"{limit / 1e9:.3g} GB ({why})",
+        )
+
+
 class ConfigValueError(ValueError):
     """A value of the right type that cannot be used; names the key and the value."""
 
@@ -146,7 +200,24 @@ def check_values(cfg: DictConfig) -> None:
             math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0,
             "must be a finite number > 0",
         ),
+        (
+            "seed",
+            0 <= cfg.seed < SEED_RANGE,
+            f"must be from 0 to {SEED_RANGE - 1}: torch's generator keeps 32 bits of a seed, "
+            "so other seeds would repeat these",
+        ),
         ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),
+        (
+            "train.diverge_factor",
+            math.isfinite(cfg.train.diverge_factor) and cfg.train.diverge_factor > 1,
+            "must be a finite number > 1",
+        ),
+        ("tracking.log_every", cfg.tracking.log_every >= 1, "must be at least 1"),
+        (
+            "limits.memory_gb",
+            cfg.limits.memory_gb is None or cfg.limits.memory_gb > 0,
+            "must be a number > 0, or null for half of this machine's memory",
+        ),
         (
             "data.features",
             len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),
@@ -157,6 +228,7 @@ def check_values(cfg: DictConfig) -> None:
     for key, ok, why in checks:
         if not ok:
             raise ConfigValueError(key, OmegaConf.select(cfg, key), why)
+    _check_memory(cfg)
 
 
 def flatten(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> dict[str, Any]:

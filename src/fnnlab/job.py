@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -71,7 +72,15 @@ def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None
         discard_draws=cfg.model.init_discard_draws,
         dtype=dtype,
     )
-    return fit(model, X, y, lr=cfg.optim.lr, epochs=cfg.train.epochs, on_epoch=on_epoch)
+    return fit(
+        model,
+        X,
+        y,
+        lr=cfg.optim.lr,
+        epochs=cfg.train.epochs,
+        on_epoch=on_epoch,
+        diverge_factor=cfg.train.diverge_factor,
+    )
 
 
 def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
@@ -79,9 +88,9 @@ def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
     losses = history.metrics["loss"]
     summary = {f"final/{k}": v for k, v in history.final().items()}
     summary["epochs_run"] = history.epochs_run
-    if losses:
-        best = min(range(len(losses)), key=losses.__getitem__)
-        summary["best/loss"], summary["best/epoch"] = losses[best], best
+    if len(losses):
+        best = int(np.argmin(losses))
+        summary["best/loss"], summary["best/epoch"] = float(losses[best]), best
     if cfg.reference:
         summary["reference/max_abs_dev"] = reference.max_abs_deviation(losses)
     return summary
@@ -101,7 +110,7 @@ def begin_plots(history: History, cfg: DictConfig, art: Path, name: str) -> plot
     if not cfg.tracking.plots:
         return plot_helper.Pending()
     published = reference.published_losses() if cfg.reference else None
-    curves = plot_helper.Curves(history.metrics, history.diverged_at)
+    curves = plot_helper.Curves.of(history)
     return plot_helper.begin(curves, art, name, published)
 
 
@@ -237,6 +246,8 @@ def run(
         end_tags = {"diverged": str(diverged).lower()}
         if diverged:
             end_tags["diverged_at"] = str(history.diverged_at)
+        if history.saturated_at is not None:
+            end_tags["saturated_at"] = str(history.saturated_at)
         log_values(
             store,
             run_id,
@@ -244,6 +255,7 @@ def run(
             series=history.metrics,
             summary=summary,
             tags=end_tags,
+            every=cfg.tracking.log_every,
         )
         write_files(history, cfg, output_dir, art)
         end = _End(store, run_id, name, params, art, pending)

@@ -28,6 +28,12 @@ def mean_bce(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.mean(-(y * torch.log(y_hat) + (1 - y) * torch.log(1 - y_hat)))
 
 
+def bce_with_logits(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_bce(sigmoid(s), y) from the logits s: finite where the output rounds to exactly
+    0 or 1 and mean_bce meets log(0) (log(1 + e^s) - y*s, with log(1 + e^s) as logaddexp)."""
+    return torch.mean(torch.logaddexp(torch.zeros_like(s), s) - y * s)
+
+
 def half_sse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The loss whose gradient the tutorial's backward pass actually computes."""
     return 0.5 * torch.sum((y_hat - y) ** 2)

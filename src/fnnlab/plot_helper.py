@@ -30,6 +30,8 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import numpy as np
+
 # Imported here, not at the first plot: a sweep's workers import this module up front.
 from fnnlab import plots
 
@@ -39,16 +41,24 @@ READY = b"ready\n"
 
 
 class Curves(NamedTuple):
-    """What the plots read from a History, without torch (the helper never imports it)."""
+    """What the plots read from a History, without torch (the helper never imports it):
+    the values at `steps` (every epoch of a short run; a long run's min and max per slice
+    of epochs, see plots.envelope), so a long run costs the plots no more than a short one."""
 
-    metrics: dict[str, list[float]]
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
     diverged_at: int | None
+
+    @classmethod
+    def of(cls, history: Any) -> Curves:
+        steps, metrics = plots.envelope(history.metrics)
+        return cls(steps, metrics, history.diverged_at)
 
 
 def draw(curves: Curves, art: Path, name: str, published: dict[int, float] | None) -> None:
     """The per-run plots, into the run's artifact folder."""
-    plots.loss_plot(curves, art / "loss.png", name, published)  # type: ignore[arg-type]
-    plots.grad_norm_plot(curves, art / "grad_norm.png", name)  # type: ignore[arg-type]
+    plots.loss_plot(curves, art / "loss.png", name, published)
+    plots.grad_norm_plot(curves, art / "grad_norm.png", name)
 
 
 class _Helper:

@@ -1,5 +1,5 @@
-"""Figures from a History or a sweep's frames, drawn without pyplot so nothing global accumulates
-across the jobs of a sweep (no figure manager, no leaked figures).
+"""Figures from a run's curves or a sweep's frames, drawn without pyplot so nothing global
+accumulates across the jobs of a sweep (no figure manager, no leaked figures).
 
 A sweep draws two small figures per run, so those are per-run overhead. Each kind of
 per-run figure is built once per process; for every run its lines get that run's data,
@@ -26,13 +26,37 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 if TYPE_CHECKING:  # neither torch nor pandas is needed to draw a run's figures
     import pandas as pd
 
-    from fnnlab.train import History
+    from fnnlab.plot_helper import Curves
 
 
 DPI = 80
 # zlib level 1: small line plots; the default level 6 costs time for a few percent of bytes.
 PNG_OPTIONS = {"compress_level": 1}
 GRAD_NORMS = ("grad_norm/w1", "grad_norm/w2")
+
+
+# A run's curves are drawn from at most about this many points each.
+MAX_POINTS = 4000
+
+
+def envelope(
+    metrics: dict[str, np.ndarray], max_points: int = MAX_POINTS
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(steps, values per metric) to draw: every epoch when there are at most max_points;
+    else, for each of max_points / 2 slices of epochs, its smallest and largest value at
+    the slice's first epoch (so spikes and oscillations stay visible), then the last epoch.
+    """
+    n = len(next(iter(metrics.values()), []))
+    if n <= max_points:
+        return np.arange(n), {k: np.asarray(v) for k, v in metrics.items()}
+    starts = np.unique(np.linspace(0, n, max_points // 2, endpoint=False).astype(np.int64))
+    steps = np.append(np.repeat(starts, 2), n - 1)
+    out = {}
+    for key, values in metrics.items():
+        values = np.asarray(values)
+        low, high = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+        out[key] = np.append(np.column_stack([low, high]).ravel(), values[-1])
+    return steps, out
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -90,12 +114,11 @@ def _draw(ax: Axes, title: str, path: Path, extras: list, points: list | None = 
 
 
 def loss_plot(
-    history: History, path: Path, title: str, published: dict[int, float] | None = None
+    curves: Curves, path: Path, title: str, published: dict[int, float] | None = None
 ) -> Path:
     """Loss per epoch, with the published points overlaid when given."""
     ax, (line,) = _panel("loss")
-    losses = history.metrics["loss"]
-    line.set_data(range(len(losses)), losses)
+    line.set_data(curves.steps, curves.metrics["loss"])
     extras, points = [], None
     if published:
         points = list(published.items())
@@ -109,24 +132,23 @@ def loss_plot(
                 label="published",
             )
         )
-    if history.diverged_at is not None:
+    if curves.diverged_at is not None:
         extras.append(
             ax.axvline(
-                history.diverged_at,
+                curves.diverged_at,
                 color="tab:gray",
                 linestyle=":",
-                label=f"diverged at {history.diverged_at}",
+                label=f"diverged at {curves.diverged_at}",
             )
         )
     return _draw(ax, title, path, extras, points)
 
 
-def grad_norm_plot(history: History, path: Path, title: str) -> Path:
+def grad_norm_plot(curves: Curves, path: Path, title: str) -> Path:
     """L2 norms of the applied gradients per epoch, log scale."""
     ax, lines = _panel("grad_norm")
     for line, name in zip(lines, GRAD_NORMS, strict=True):
-        values = history.metrics[name]
-        line.set_data(range(len(values)), values)
+        line.set_data(curves.steps, curves.metrics[name])
     return _draw(ax, title, path, [])
 
 
@@ -134,7 +156,9 @@ def warm_up() -> None:
     """Build the per-run figures and load their fonts, drawing throwaway curves."""
     from fnnlab.plot_helper import Curves
 
-    curves = Curves({key: [1.0, 0.5] for key in ("loss", *GRAD_NORMS)}, None)
+    curves = Curves(
+        np.arange(2), {key: np.array([1.0, 0.5]) for key in ("loss", *GRAD_NORMS)}, None
+    )
     loss_plot(curves, io.BytesIO(), "warm-up", {0: 1.0})  # type: ignore[arg-type]
     grad_norm_plot(curves, io.BytesIO(), "warm-up")  # type: ignore[arg-type]
 

@@ -7,6 +7,7 @@ wrong. Writes are batched within MLflow's per-call limits.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import socket
@@ -15,7 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # MLflow's limits for one log_batch call.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+# ... and for all three together.
+MAX_ENTRIES = 1000
 MAX_TAG_VALUE = 5000
 
 # MLflow retries a failed HTTP request for minutes by default. A sweep against a server that
@@ -104,9 +107,16 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def artifact_location(uri: str) -> str | None:
-    """Artifacts of an embedded store live beside its database; a server decides its own."""
+    """Where a new experiment keeps its artifacts: beside an embedded store's database, under
+    the project's mlruns/artifacts for another database URI (MLflow's default would be the
+    working directory), and wherever a tracking server decides for a server."""
+    from fnnlab.config import project_root
+
+    if uri.startswith(("http://", "https://")):
+        return None
     db = sqlite_path(uri)
-    return None if db is None else (db.resolve().parent / "artifacts").as_uri()
+    folder = project_root() / "mlruns" if db is None else db.resolve().parent
+    return (folder / "artifacts").as_uri()
 
 
 def check_reachable(uri: str, timeout: float = 5) -> None:
@@ -221,46 +231,61 @@ def upload_artifacts(store: Store, run_id: str, local_dir: str) -> None:
     get_artifact_repository(artifact_uri, tracking_uri=store.uri).log_artifacts(local_dir)
 
 
+def logged_steps(epochs: int, every: int = 1) -> range | list[int]:
+    """The epochs whose per-epoch values are logged: every `every`-th, and always the last."""
+    steps = range(0, epochs, every)
+    if every > 1 and epochs and (epochs - 1) % every:
+        return [*steps, epochs - 1]
+    return steps
+
+
+def _batches(
+    metrics: Iterator[Metric], params: list[Param], tags: list[RunTag]
+) -> Iterator[tuple[list[Metric], list[Param], list[RunTag]]]:
+    """Calls within MLflow's limits: at most 100 params, 100 tags and 1000 metrics, and at
+    most 1000 entries in all. Params and tags go first; metrics are taken from the
+    iterator a call at a time, so a long run's values never all exist as objects at once."""
+    while True:
+        p, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
+        t, tags = tags[:MAX_TAGS], tags[MAX_TAGS:]
+        m = list(itertools.islice(metrics, min(MAX_METRICS, MAX_ENTRIES - len(p) - len(t))))
+        if not (m or p or t):
+            return
+        yield m, p, t
+
+
 def log_values(
     store: Store,
     run_id: str,
     *,
     params: dict[str, Any] | None = None,
-    series: dict[str, list[float]] | None = None,
+    series: dict[str, Sequence[float]] | None = None,
     summary: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
+    every: int = 1,
 ) -> None:
-    """Params, per-step series (step = index) and summary metrics in as few calls as allowed."""
+    """Params, per-step series (step = index; every `every`-th step and the last) and
+    summary metrics in as few calls as MLflow's limits allow."""
     now = int(time.time() * 1000)
-    # Last step first: MLflow keeps a latest-value row per key and rewrites it for every
-    # value newer than the one it holds, so in step order every value rewrites it (about
-    # a third of log_batch's time). The rows stored are the same; MLflow reads a history
-    # back ordered by timestamp and step.
-    metrics = [
-        Metric(key, float(values[step]), now, step)
-        for key, values in (series or {}).items()
-        for step in reversed(range(len(values)))
-    ]
-    metrics += [Metric(key, float(v), now, 0) for key, v in (summary or {}).items()]
+
+    def metrics() -> Iterator[Metric]:
+        # Last step first: MLflow keeps a latest-value row per key and rewrites it for every
+        # value newer than the one it holds, so in step order every value rewrites it (about
+        # a third of log_batch's time). The rows stored are the same; MLflow reads a history
+        # back ordered by timestamp and step.
+        for key, values in (series or {}).items():
+            for step in reversed(logged_steps(len(values), every)):
+                yield Metric(key, float(values[step]), now, step)
+        for key, value in (summary or {}).items():
+            yield Metric(key, float(value), now, 0)
+
     param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
     tag_list = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
-    # Params and tags first: one call carries up to 100 of each with up to 1000 metrics.
     write = store.client.log_batch
     if store.sql is not None:
         write = functools.partial(sql_batch.log_batch, store.sql)
-    while metrics or param_list or tag_list:
-        retry_locked(
-            write,
-            run_id,
-            metrics=metrics[:MAX_METRICS],
-            params=param_list[:MAX_PARAMS],
-            tags=tag_list[:MAX_TAGS],
-        )
-        metrics, param_list, tag_list = (
-            metrics[MAX_METRICS:],
-            param_list[MAX_PARAMS:],
-            tag_list[MAX_TAGS:],
-        )
+    for m, p, t in _batches(metrics(), param_list, tag_list):
+        retry_locked(write, run_id, metrics=m, params=p, tags=t)
 
 
 def end_run(store: Store, run_id: str, status: str) -> None:

@@ -75,7 +75,11 @@ class FnnlabLauncher(BasicLauncher):
     def __init__(self, n_jobs: int = 1, plot_helper: bool = True) -> None:
         super().__init__()
         if n_jobs < 1:
-            raise ValueError(f"hydra.launcher.n_jobs={n_jobs}: must be at least 1")
+            raise ValueError(
+                f"hydra.launcher.n_jobs={n_jobs}: must be at least 1 (the number of jobs run "
+                "at once: 1 runs them one after another in this process, more in that many "
+                "worker processes)"
+            )
         self.n_jobs = n_jobs
         self.plot_helper = plot_helper
 
