@@ -33,9 +33,12 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Sweep throughput against the naive way (benchmarks/sweep_throughput.py); a few minutes.
+# Sweep throughput against the naive way and, with BASELINE=<commit>, an earlier version
+# (benchmarks/sweep_throughput.py); what the store's durability costs; several minutes.
+BASELINE ?=
 bench: setup
-	$(BIN)/python benchmarks/sweep_throughput.py
+	$(BIN)/python benchmarks/sweep_throughput.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python benchmarks/store_durability.py
 
 clean:
 	rm -rf outputs multirun

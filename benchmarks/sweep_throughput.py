@@ -6,10 +6,12 @@ Runs the same 60-run sweep (hidden_dim 8, 32, 128 x lr 0.001, 0.01, 0.1, 1.0 x 5
   floor          the training alone (fnnlab's fit) in this process: no Hydra, no tracking
   naive          benchmarks/naive_app.py: Hydra's basic sweeper, mlflow.log_metric per
                  value, a new pyplot figure per plot
-  fnnlab         fnnlab-train -m ... as users run it (default launcher, embedded store)
-  fnnlab workers the same with hydra.launcher.n_jobs=2: the fnnlab launcher's 2 joblib
-                 (loky) worker processes
+  fnnlab         fnnlab-train -m ... as users run it (default launcher, embedded store); for
+                 this many jobs the launcher runs them in a worker process per core
+  in one process the same with hydra.launcher.n_jobs=1: every job in the sweep's process
   fnnlab joblib  the same with hydra/launcher=joblib (Hydra's joblib launcher) on 2 workers
+  baseline       with --baseline COMMIT, the default way at that earlier commit of fnnlab,
+                 from a git worktree and a venv with this one's packages (same machine, run)
 
 then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds).
 
@@ -27,6 +29,7 @@ Each way's 60-run sweep is repeated (--repeat, 3) and the best is shown, with ev
 repeat beside it: the machine is shared, and other work only makes a sweep slower.
 
 Usage: python benchmarks/sweep_throughput.py [--seeds 5] [--big 1000] [--workers 2] [--repeat 3]
+       [--baseline COMMIT]
 """
 
 from __future__ import annotations
@@ -40,12 +43,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-
-from fnnlab.data import load_iris2
-from fnnlab.model import ScratchFNN
-from fnnlab.train import METRICS, fit
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -99,7 +96,7 @@ def child(way: str, uri: str, mark: Path, workers: int, argv: list[str]) -> None
 
         open_store(uri, "bench")
     pids = []
-    if way in ("joblib", "workers"):
+    if workers > 1:
         from joblib import Parallel, delayed
 
         pids = sorted(
@@ -121,6 +118,8 @@ def child(way: str, uri: str, mark: Path, workers: int, argv: list[str]) -> None
 def store_check(db: Path, runs: int, experiment: str) -> set[str]:
     """The sweep lost nothing: every job is a FINISHED run with its per-epoch metric rows.
     Returns the pids the jobs ran in."""
+    from fnnlab.names import METRICS
+
     with sqlite3.connect(db) as con:
         exp = con.execute(
             "select experiment_id from experiments where name = ?", (experiment,)
@@ -158,11 +157,13 @@ def grid(seeds: int, hidden: tuple[int, ...] = HIDDEN) -> list[str]:
     ]
 
 
-def repeated(name: str, way: str, sweep: list[str], runs: int, work: Path, opts) -> Result:
+def repeated(
+    name: str, way: str, sweep: list[str], runs: int, work: Path, opts, python: str = sys.executable
+) -> Result:
     """The best of opts.repeat sweeps (each into a fresh store): this machine is shared, and
     other work only ever makes a sweep slower. All repeats are reported as the spread."""
     results = [
-        sweep_way(name, way, sweep, runs, work / f"repeat-{i}", opts.workers)
+        sweep_way(name, way, sweep, runs, work / f"repeat-{i}", opts.workers, python)
         for i in range(opts.repeat)
     ]
     best = min(results, key=lambda r: r.ms_per_run)
@@ -170,7 +171,43 @@ def repeated(name: str, way: str, sweep: list[str], runs: int, work: Path, opts)
     return best
 
 
-def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, workers: int) -> Result:
+def baseline_python(commit: str, work: Path) -> str:
+    """A Python that imports fnnlab at an earlier commit: a git worktree of it and a venv
+    whose path has that worktree's src/ before this venv's packages (the same versions of
+    every dependency; no install, and none of this checkout's code or Hydra plugins)."""
+    import site
+
+    src = work / f"fnnlab-{commit}"
+    subprocess.run(
+        ["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(src), commit],
+        check=True,
+        capture_output=True,
+    )
+    venv = work / f"venv-{commit}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (packages,) = (venv / "lib").glob("python*/site-packages")
+    (packages / "fnnlab-baseline.pth").write_text(f"{src / 'src'}\n{site.getsitepackages()[0]}\n")
+    return str(venv / "bin" / "python")
+
+
+def remove_worktree(python: str) -> None:
+    venv = Path(python).parents[1]
+    src = venv.parent / venv.name.replace("venv-", "fnnlab-")
+    subprocess.run(
+        ["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(src)],
+        capture_output=True,
+    )
+
+
+def sweep_way(
+    name: str,
+    way: str,
+    sweep: list[str],
+    runs: int,
+    work: Path,
+    workers: int,
+    python: str = sys.executable,
+) -> Result:
     """ms per run of one way of sweeping, from the start mark to the end of the process."""
     where = work / f"{way}-{runs}"
     where.mkdir(parents=True)
@@ -179,8 +216,16 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
     experiment = "naive" if way == "naive" else "bench"
     extra = {
         "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"],
-        "workers": [f"hydra.launcher.n_jobs={workers}"],
+        "inprocess": ["hydra.launcher.n_jobs=1"],
     }.get(way, [])
+    # The workers the sweep will use are started and warmed before the mark, as this
+    # process is: for the default launcher, as many as it chooses for this many jobs (the
+    # version before had none).
+    warm = workers if way == "joblib" else 0
+    if way == "fnnlab" and python == sys.executable:
+        from hydra_plugins.fnnlab._core import workers as auto_workers
+
+        warm = auto_workers(None, runs)
     argv = [
         "-m",
         *sweep,
@@ -190,7 +235,7 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
         f"hydra.sweep.dir={where}/multirun",
     ]
     mark = where / "start"
-    cmd = [sys.executable, __file__, "--child", way, uri, str(mark), str(workers), "--", *argv]
+    cmd = [python, __file__, "--child", way, uri, str(mark), str(warm), "--", *argv]
     # Write back what earlier ways left in the page cache (the naive way's fsyncs above
     # all), so that it is not done during this way's timing.
     os.sync()
@@ -203,11 +248,11 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
             f"{name} failed, see {where / 'sweep.log'}:\n"
             f"{(where / 'sweep.log').read_text()[-3000:]}"
         )
-    start, *warm = mark.read_text().split()
+    start, *pids = mark.read_text().split()
     ran_in = store_check(db, runs, experiment)
-    if way in ("joblib", "workers") and not ran_in <= set(warm):
+    if warm > 1 and not ran_in <= set(pids):
         print(
-            f"note: joblib jobs ran in workers {sorted(ran_in)} not all warmed up {warm}",
+            f"note: joblib jobs ran in workers {sorted(ran_in)} not all warmed up {pids}",
             file=sys.stderr,
         )
     return Result(name, runs, 1000 * (end - float(start)) / runs, usage.ru_maxrss / 1024)
@@ -215,6 +260,12 @@ def sweep_way(name: str, way: str, sweep: list[str], runs: int, work: Path, work
 
 def floor(seeds: int) -> Result:
     """Training alone: the same fits, nothing else."""
+    import torch
+
+    from fnnlab.data import load_iris2
+    from fnnlab.model import ScratchFNN
+    from fnnlab.train import fit
+
     torch.set_num_threads(1)
     X, y = load_iris2()
     fit(ScratchFNN(2, 32, seed=0), X, y, lr=0.01, epochs=EPOCHS)  # first-call costs
@@ -240,6 +291,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="sweeps per way of the 60-run table (best is shown)"
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="also run the default way at this earlier commit of fnnlab (same machine, same run)",
+    )
     opts = parser.parse_args()
     n = len(HIDDEN) * len(LRS) * opts.seeds
     with tempfile.TemporaryDirectory(prefix="fnnlab-bench-") as tmp:
@@ -247,13 +303,22 @@ def main() -> None:
         results = [floor(opts.seeds)]
         ways = [
             ("naive (basic sweeper, log_metric, pyplot)", "naive"),
-            ("fnnlab", "fnnlab"),
-            (f"fnnlab, {opts.workers} joblib workers (n_jobs)", "workers"),
+            ("fnnlab (default launcher)", "fnnlab"),
+            ("fnnlab, in one process (n_jobs=1)", "inprocess"),
             (f"fnnlab, Hydra's joblib launcher, {opts.workers} workers", "joblib"),
         ]
         for name, way in ways:
             print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)
             results.append(repeated(name, way, grid(opts.seeds), n, work, opts))
+        if opts.baseline:
+            name = f"fnnlab at {opts.baseline[:7]} (the version before)"
+            print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)
+            python = baseline_python(opts.baseline, work)
+            try:
+                at = work / "baseline"
+                results.append(repeated(name, "fnnlab", grid(opts.seeds), n, at, opts, python))
+            finally:
+                remove_worktree(python)
         big = None
         if opts.big:
             # 5 widths x 4 rates x big/20 seeds: the same kind of jobs, many more of them.

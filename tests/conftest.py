@@ -35,6 +35,13 @@ RUN_ARTIFACTS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _restore_hydra_state(hydra_restore_singletons):
+    """Hydra's global state (its version base, config store, plugins) as it was before
+    each test: a test composing with version_base 1.3 must not change the next one's."""
+    yield
+
+
 def compose_train(overrides: list[str]):
     """fnnlab-train's config as Hydra composes it, without running anything."""
     from hydra import compose, initialize_config_dir
@@ -72,8 +79,12 @@ class TmpStore:
         return self.client.search_runs([exp.experiment_id], filter_string, max_results=50000)
 
     def db_bytes(self) -> bytes | None:
+        """The database and its write-ahead log (the store runs in WAL mode)."""
         db = self.root / "mlruns" / "mlflow.db"
-        return db.read_bytes() if db.exists() else None
+        if not db.exists():
+            return None
+        wal = db.with_name(db.name + "-wal")
+        return db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
 @pytest.fixture
@@ -81,9 +92,11 @@ def store(tmp_path: Path) -> TmpStore:
     return TmpStore(root=tmp_path, uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
 
 
-def run_script(name: str, *args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+def run_script(
+    name: str, *args: str, timeout: float = 600, env: dict | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run a console script of this venv the way a user would; never raises on exit status."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, env=env, **kw

@@ -20,7 +20,7 @@ from scipy import stats
 from fnnlab import aggregate, report
 from fnnlab.cli import wait_until_up
 from fnnlab.config import ConfigValueError
-from fnnlab.tracking import log_values, open_store
+from fnnlab.tracking import log_values, one_run_per_config, open_store
 
 SWEEP = ["model.hidden_dim=4,8", "optim.lr=0.01,0.1", "seed=0,1,2", "train.epochs=20"]
 
@@ -208,13 +208,7 @@ def test_single_seed_gives_empty_std(swept: TmpStore, tmp_path: Path) -> None:
         assert row.loss_mean == row.loss_min == expected[(row.hidden_dim, row.lr)]
 
 
-def test_curve_metrics_are_the_trained_ones() -> None:
-    from fnnlab.train import METRICS
-
-    assert aggregate.METRICS == METRICS
-
-
-def test_dedupe_prefers_finished_then_latest(store: TmpStore) -> None:
+def test_one_run_per_config_prefers_finished_then_latest(store: TmpStore) -> None:
     st = open_store(store.uri, store.experiment)
     ids = {}
     for name, fp, status in [
@@ -231,8 +225,7 @@ def test_dedupe_prefers_finished_then_latest(store: TmpStore) -> None:
             st.client.set_terminated(rid, status)
         ids[name] = rid
     runs = [st.client.get_run(i) for i in ids.values()]
-    kept, superseded = aggregate.dedupe(runs)
-    assert superseded == 2
+    kept = one_run_per_config(runs)
     assert {r.info.run_id for r in kept} == {ids["a1"], ids["b2"], ids["c"]}
 
 
@@ -287,8 +280,9 @@ def closed_port() -> int:
     [
         ({"experiment": "nope"}, ["tracking.experiment=nope", "no such experiment"]),
         ({"experiment": "nosweeps"}, ["aggregate.sweep=latest", "no sweep in"]),
-        ({"sweep": "deadbeef"}, ["aggregate.sweep=deadbeef", "no sweep with this id"]),
-        ({"sweep": "x' or '1"}, ["aggregate.sweep=x' or '1", "not a valid id"]),
+        ({"sweep": "deadbeef"}, ["aggregate.sweep=deadbeef", "matches none"]),
+        ({"sweep": "x' or '1"}, ["aggregate.sweep=x' or '1", "not a sweep id"]),
+        ({"sweep": "%"}, ["aggregate.sweep=%", "not a sweep id"]),
         ({"parent_run_id": "0123abcd"}, ["aggregate.parent_run_id=0123abcd", "no such run"]),
         (
             {"filter_string": "params.seed = '99'"},
@@ -296,7 +290,16 @@ def closed_port() -> int:
         ),
         ({"filter_string": "params.seed ~ 1"}, ["aggregate.filter=params.seed ~ 1"]),
     ],
-    ids=["experiment", "no-sweep", "sweep-id", "quote", "parent-run", "empty-filter", "bad-filter"],
+    ids=[
+        "experiment",
+        "no-sweep",
+        "sweep-id",
+        "quote",
+        "like-pattern",
+        "parent-run",
+        "empty-filter",
+        "bad-filter",
+    ],
 )
 def test_bad_selection_names_key_and_value(small, kw, words) -> None:
     store, _ = small
@@ -340,7 +343,7 @@ def test_unreachable_server_fails_with_one_line(tmp_path: Path) -> None:
     res = run_script(
         "fnnlab-aggregate", f"tracking.uri={uri}", f"aggregate.out_dir={tmp_path}/o", timeout=60
     )
-    one_line_error(res, f"tracking.uri={uri}", "cannot reach the tracking server")
+    one_line_error(res, f"tracking.uri={uri}", "no MLflow tracking server answers")
 
 
 def test_missing_database_is_not_created(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The fnnlab sweeper's caching config loader composes exactly what Hydra composes."""
+"""The caching config loader (fnnlab.internals) composes exactly what Hydra composes."""
 
 from __future__ import annotations
 
@@ -9,22 +9,15 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from fnnlab import internals as compose
 from fnnlab.config import project_root
-from hydra_plugins.fnnlab_sweeper import _compose as compose
 
 # One job's overrides of every kind a user can type: values, config-group choices, presets,
-# additions, deletions, Hydra settings, and the sweep keys the sweeper appends.
+# additions, deletions, Hydra settings (one with an interpolation Hydra resolves per job).
 JOBS = [
     [],
     ["model.hidden_dim=8", "optim.lr=0.1", "seed=3"],
-    [
-        "model.hidden_dim=8",
-        "optim.lr=0.1",
-        "seed=3",
-        "sweep.id=abc",
-        "sweep.parent_run_id=r1",
-        "sweep.job_num=7",
-    ],
+    ["model.hidden_dim=8", "optim.lr=0.1", "seed=3", "hydra.sweep.subdir=j${hydra.job.num}"],
     ["experiment=reference"],
     ["experiment=reference", "seed=5", "optim.lr=0.01"],
     ["seed=4", "experiment=reference"],

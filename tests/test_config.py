@@ -14,6 +14,11 @@ BAD = [
     (["model.hidden_dim=abc"], "model.hidden_dim=abc"),
     (["model.hidden_dim=0"], "model.hidden_dim=0"),
     (["model.foo=1"], "model.foo=1"),
+    # Added keys too: nothing reads them, so a run must not claim them.
+    (["+model.nope=1"], "model.nope=1"),
+    (["++model.nope=1"], "model.nope=1"),
+    (["+extra=2"], "extra=2"),
+    (["-m", "+model.nope=1", "seed=0,1"], "model.nope=1"),
     (["optim.lr=0"], "optim.lr=0"),
     (["optim.lr=-1"], "optim.lr=-1"),
     (["optim.lr=nan"], "optim.lr=nan"),

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TmpStore, run_script
-from hydra.core.utils import JobReturn, JobStatus
 
-from fnnlab import progress, ui
+from fnnlab import links, progress, ui
 from fnnlab.data import load_iris2
 from fnnlab.job import JobResult
 from fnnlab.model import ScratchFNN
@@ -93,7 +92,7 @@ def test_sweep_prints_a_progress_line_per_job(store: TmpStore) -> None:
     lines = [
         line
         for line in out.stdout.splitlines()
-        if RUN_LINE.match(line) or line.startswith("[sweep]")
+        if RUN_LINE.match(line) or line.startswith("[sweep] job")
     ]
     assert len(lines) == 4, out.stdout
     runs = {r.info.run_id: r for r in store.runs("tags.role = 'job'")}
@@ -111,22 +110,10 @@ def test_sweep_prints_a_progress_line_per_job(store: TmpStore) -> None:
 
 
 def test_progress_counts_failed_and_diverged_once() -> None:
-    def ret(status: JobStatus, value: object) -> JobReturn:
-        r = JobReturn()
-        r.status, r.return_value = status, value
-        return r
-
     out = io.StringIO()
     p = progress.SweepProgress(total=4, out=out)
-    batch = [
-        ret(JobStatus.COMPLETED, {"diverged": False}),
-        ret(JobStatus.COMPLETED, {}),
-        ret(JobStatus.COMPLETED, {"diverged": True}),
-        ret(JobStatus.FAILED, OSError("x")),
-    ]
-    p.job_ended(batch[0])  # the callback saw this one end in this process
-    # The others ran elsewhere: the sweeper reports them when the batch returns.
-    progress.after_batch(p, done_before=0, results=batch)
+    for completed, diverged in [(True, False), (True, False), (True, True), (False, False)]:
+        p.job_ended(completed, diverged)
     assert (p.done, p.finished, p.failed, p.diverged) == (4, 3, 1, 1)
     lines = out.getvalue().splitlines()
     assert [PROGRESS_LINE.match(line)[1] for line in lines] == ["1", "2", "3", "4"]
@@ -162,14 +149,14 @@ def _query(url: str) -> dict[str, str]:
 
 
 def test_compare_and_curves_urls() -> None:
-    base = ui.base_url("sqlite:////tmp/x/mlflow.db", port=5123)
+    base = links.base_url("sqlite:////tmp/x/mlflow.db", port=5123)
     assert base == "http://127.0.0.1:5123"
-    assert ui.base_url("https://mlflow.example.org/") == "https://mlflow.example.org"
-    url = ui.compare_url(base, "7", ["a1", "b2"])
+    assert links.base_url("https://mlflow.example.org/") == "https://mlflow.example.org"
+    url = links.compare_url(base, "7", ["a1", "b2"])
     assert url.startswith("http://127.0.0.1:5123/#/compare-runs?")
     q = _query(url)
     assert json.loads(q["runs"]) == ["a1", "b2"] and json.loads(q["experiments"]) == ["7"]
-    q = _query(ui.curves_url(base, "7", ["a1"], ["grad_norm/w1", "grad_norm/w2"]))
+    q = _query(links.curves_url(base, "7", ["a1"], ["grad_norm/w1", "grad_norm/w2"]))
     assert json.loads(q["plot_metric_keys"]) == ["grad_norm/w1", "grad_norm/w2"]
     assert json.loads(q["metric"]) == "grad_norm/w1" and q["x_axis"] == "step"
 
@@ -203,6 +190,10 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
         ui.find_sweep(s, "abc")
     with pytest.raises(ValueError, match="ui.sweep=fff: matches none"):
         ui.find_sweep(s, "fff")
+    # A LIKE pattern is not a sweep id: ui.sweep=% must not match every sweep.
+    for pattern in ("%", "_", "abc%", "x' or '1"):
+        with pytest.raises(ValueError, match="not a sweep id"):
+            ui.find_sweep(s, pattern)
 
 
 def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:

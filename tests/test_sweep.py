@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
-from conftest import RUN_ARTIFACTS, run_in_process, run_script
+from conftest import BIN, RUN_ARTIFACTS, run_in_process, run_script
 
 from fnnlab import cli, job
 from fnnlab.train import METRICS
@@ -138,65 +141,72 @@ def test_single_run_records_the_reference_deviation(store):
     assert "loss.png" in artifact_paths(store.client, run.info.run_id)
 
 
-def _plots_in_helper(monkeypatch, broken: str | None = None) -> list[bool]:
-    """Make every run of an in-process sweep wait for a ready plot helper, so that each
-    run's end is deferred to the next job; the run named `broken` gets its plots sent to
-    a folder that does not exist, so the helper's drawing fails. Returns, per run,
-    whether its plots were in the helper."""
-    from fnnlab import plot_helper
-
-    real_begin, in_helper = plot_helper.begin, []
-
-    def begin(curves, art, name, published):
-        assert plot_helper._helper is not None and plot_helper._helper.is_ready(wait=60)
-        pending = real_begin(curves, art / "missing" if name == broken else art, name, published)
-        in_helper.append(pending.in_helper)
-        return pending
-
-    monkeypatch.setattr(plot_helper, "begin", begin)
-    return in_helper
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2], ids=["ended-by-next-job", "ended-by-launcher"])
-def test_a_run_failing_at_its_deferred_end_fails_its_job_alone(store, monkeypatch, seed):
-    in_helper = _plots_in_helper(monkeypatch, broken=f"h8-lr0.1-s{seed}")
-    args = ["-m", "model.hidden_dim=8", "optim.lr=0.1", "seed=0,1,2", "train.epochs=20"]
-    assert run_in_process(monkeypatch, cli.train, *args, *store.overrides()) == 1
-    assert in_helper == [True, True, True]
-
+def test_any_sweeper_gets_the_parent_run_and_summary(store):
+    """hydra/sweeper=basic: the parent run, its children and the closing line come from the
+    sweep callback, not from the fnnlab sweeper."""
+    args = ["-m", "hydra/sweeper=basic", "model.hidden_dim=4,8", "train.epochs=20"]
+    proc = run_script("fnnlab-train", *args, *store.overrides())
+    assert proc.returncode == 0, proc.stderr
     parents, children = split_runs(store)
-    assert parents[0].info.status == "FAILED" and parents[0].data.metrics["sweep/failed"] == 1
-    by_name = {r.info.run_name: r for r in children}
-    failed = by_name.pop(f"h8-lr0.1-s{seed}")
-    assert failed.info.status == "FAILED"
-    assert failed.data.tags["error"].startswith("FileNotFoundError")
-    assert len(by_name) == 2
-    for run in by_name.values():
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["sweep/finished"] == 2 and parent.data.metrics["sweep/jobs"] == 2
+    for run in children:
         assert run.info.status == "FINISHED"
-        assert artifact_paths(store.client, run.info.run_id) == RUN_ARTIFACTS
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("[sweep] job ") for line in lines) == 2
+    assert lines[-1].startswith(f"[sweep] {parent.data.tags['sweep_id']} done in ")
+    assert parent.info.run_id in lines[-1]
+    # A bad job of the sweep stops it before anything is written, with any sweeper.
+    before = store.db_bytes()
+    bad = run_script(
+        "fnnlab-train", "-m", "hydra/sweeper=basic", "model.hidden_dim=4,0", *store.overrides()
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "fnnlab-train: error: model.hidden_dim=0: must be at least 1"
+    ]
+    assert store.db_bytes() == before
 
 
 @pytest.mark.slow
-def test_an_interrupt_still_ends_the_deferred_runs_before_it(store, monkeypatch):
-    in_helper = _plots_in_helper(monkeypatch)
-    real_train = job.train_model
-
-    def interrupt_third(cfg, *args, **kwargs):
-        if cfg.seed == 2:
-            raise KeyboardInterrupt
-        return real_train(cfg, *args, **kwargs)
-
-    monkeypatch.setattr(job, "train_model", interrupt_third)
-    args = ["-m", "model.hidden_dim=8", "optim.lr=0.1", "seed=0,1,2", "train.epochs=20"]
-    assert run_in_process(monkeypatch, cli.train, *args, *store.overrides()) == 130
-    assert in_helper == [True, True]
-
+def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
+    """SIGTERM mid-sweep (in-process launcher): the finished runs stay complete, the run in
+    flight and the parent end KILLED, the command exits 130."""
+    slow = ["model.hidden_dim=2000", "train.epochs=300", "seed=0,1,2", "tracking.plots=false"]
+    proc = subprocess.Popen(
+        [str(BIN / "fnnlab-train"), "-m", *slow, *store.overrides()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The first run's line: it finished (and the store's schema exists, so reading it
+        # here does not race the sweep's first use of it). Then wait for the second run.
+        for line in proc.stdout:
+            if line.startswith("h2000-"):
+                break
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            statuses = sorted(r.info.status for r in store.runs("tags.role = 'job'"))
+            if statuses == ["FINISHED", "RUNNING"]:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the sweep did not get to its second run: {statuses}")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
     parents, children = split_runs(store)
     assert parents[0].info.status == "KILLED"
-    status = {r.info.run_name: r.info.status for r in children}
-    # The second run's end was still deferred when the third job was interrupted.
-    assert status == {"h8-lr0.1-s0": "FINISHED", "h8-lr0.1-s1": "FINISHED", "h8-lr0.1-s2": "KILLED"}
-    for run in children:
-        if run.info.status == "FINISHED":
-            assert artifact_paths(store.client, run.info.run_id) == RUN_ARTIFACTS
+    statuses = sorted((r.data.tags["job_num"], r.info.status) for r in children)
+    assert statuses == [("0", "FINISHED"), ("1", "KILLED")]
+    killed = next(r for r in children if r.info.status == "KILLED")
+    assert killed.data.tags["error"] == "KeyboardInterrupt: "

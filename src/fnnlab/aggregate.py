@@ -11,32 +11,33 @@ from __future__ import annotations
 
 import math
 import re
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from scipy import stats
 from tqdm import tqdm
 
 from fnnlab.config import ConfigValueError
-from fnnlab.tracking import search_all, sqlite_path
+from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
+from fnnlab.tracking import (
+    Store,
+    check_reachable,
+    find_sweep_parent,
+    one_run_per_config,
+    search_all,
+    sqlite_path,
+)
 
-# The per-epoch metrics of fnnlab.train.METRICS, named here so that reading a store does not
-# import torch (tests check the two agree).
-METRICS = ("loss", "accuracy", "grad_norm/w1", "grad_norm/w2", "weight_norm/w1", "weight_norm/w2")
 # Database stores whose metrics table is read directly (others, e.g. MySQL where `key` is a
 # reserved word, go through the client).
 SQL_SCHEMES = ("sqlite", "postgresql")
 # Contract keys that always describe a configuration, even when not swept.
 CONTRACT = ("model.hidden_dim", "optim.lr", "model.backprop")
-# Statuses of runs that ended without finishing.
-FAILED = ("FAILED", "KILLED")
 
 
 @dataclass
@@ -74,22 +75,10 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
     since opening a missing one would create an empty database).
     """
-    scheme = uri.split(":", 1)[0].lower()
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
-    if scheme in ("http", "https"):
-        # Fail in seconds, not after MLflow's retries with backoff.
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
-                pass
-        except urllib.error.HTTPError:
-            pass  # something answers; MLflow will say if it is not a tracking server
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConfigValueError(
-                "tracking.uri", uri, f"cannot reach the tracking server ({reason})"
-            ) from None
+    check_reachable(uri)
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
@@ -114,21 +103,6 @@ def _check_id(key: str, value: str) -> str:
     return value
 
 
-def dedupe(runs: list[Run]) -> tuple[list[Run], int]:
-    """One run per fingerprint: a resumed sweep may hold FAILED attempts and a FINISHED one.
-
-    FINISHED wins, then the latest start.
-    """
-    best: dict[str, tuple[tuple[bool, int], Run]] = {}
-    for r in runs:
-        fp = r.data.tags.get("fingerprint") or r.info.run_id
-        rank = (r.info.status == "FINISHED", r.info.start_time or 0)
-        if fp not in best or rank > best[fp][0]:
-            best[fp] = (rank, r)
-    kept = sorted((r for _, r in best.values()), key=lambda r: r.info.start_time or 0)
-    return kept, len(runs) - len(kept)
-
-
 def select(
     uri: str,
     experiment: str,
@@ -151,41 +125,32 @@ def select(
             raise ConfigValueError(
                 "aggregate.parent_run_id", parent_run_id, f"is not a run of experiment {experiment}"
             )
-        sid = parent.data.tags.get("sweep_id")
+        sid = parent.data.tags.get(Tag.SWEEP_ID)
         where = ("aggregate.parent_run_id", parent_run_id)
     elif sweep == "all":
         parent = None
         where = ("aggregate.sweep", sweep)
     else:
-        flt = "tags.role = 'sweep'"
-        if sweep != "latest":
-            flt += f" and tags.sweep_id = '{_check_id('aggregate.sweep', sweep)}'"
-        found = client.search_runs(
-            [exp_id],
-            flt,
-            ViewType.ACTIVE_ONLY,
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        if not found:
-            why = "no sweep in" if sweep == "latest" else "no sweep with this id in"
-            raise ConfigValueError("aggregate.sweep", sweep, f"{why} experiment {experiment}")
-        parent = found[0]
-        sid = parent.data.tags.get("sweep_id")
+        store = Store(client=client, experiment_id=exp_id, uri=uri)
+        parent = find_sweep_parent(store, sweep, "aggregate.sweep")
+        if parent is None:
+            raise ConfigValueError("aggregate.sweep", sweep, f"no sweep in experiment {experiment}")
+        sid = parent.data.tags.get(Tag.SWEEP_ID)
         where = ("aggregate.sweep", sweep)
-    flt = "tags.role = 'job'"
+    flt = f"tags.{Tag.ROLE} = '{ROLE_JOB}'"
     if parent is not None:
-        flt += f" and tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        flt += f" and tags.`{Tag.PARENT}` = '{parent.info.run_id}'"
     if filter_string:
         flt += f" and {filter_string}"
         where = ("aggregate.filter", filter_string)
     try:
-        runs = search_all(client, exp_id, flt)
+        runs = search_all(Store(client=client, experiment_id=exp_id, uri=uri), flt)
     except MlflowException as exc:
         raise ConfigValueError(*where, first_line(exc)) from None
     if not runs:
         raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
-    kept, superseded = dedupe(runs)
+    kept = one_run_per_config(runs)
+    superseded = len(runs) - len(kept)
     return Selection(
         client=client,
         uri=uri,
@@ -337,8 +302,8 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
                 # A job still running, or killed before its end, has no params yet: unknown.
                 **{names[k]: r.data.params.get(k) for k in keys},
                 "status": r.info.status,
-                "diverged": t.get("diverged") == "true",
-                "diverged_at": pd.to_numeric(t.get("diverged_at"), errors="coerce"),
+                "diverged": t.get(Tag.DIVERGED) == "true",
+                "diverged_at": pd.to_numeric(t.get(Tag.DIVERGED_AT), errors="coerce"),
                 "final_loss": m.get("final/loss", math.nan),
                 "best_loss": m.get("best/loss", math.nan),
                 "best_epoch": m.get("best/epoch", math.nan),
@@ -349,7 +314,7 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
                 "duration_s": (r.info.end_time - r.info.start_time) / 1000
                 if r.info.end_time
                 else math.nan,
-                "error": t.get("error", ""),
+                "error": t.get(Tag.ERROR, ""),
             }
         )
     frame = pd.DataFrame(rows)
@@ -361,7 +326,7 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
     for key, col in (("grad_norm/w1", "max_grad_norm_w1"), ("grad_norm/w2", "max_grad_norm_w2")):
         frame[col] = frame["run_id"].map(gmax[key]) if key in gmax else math.nan
     # Only finished, non-diverged runs enter the loss statistics.
-    frame["used"] = (frame["status"] == "FINISHED") & ~frame["diverged"]
+    frame["used"] = (frame["status"] == FINISHED) & ~frame["diverged"]
     config_cols = [names[k] for k in keys if k != "seed"]
     return frame, config_cols
 
@@ -378,10 +343,10 @@ def summarize(frame: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
     by = config_cols or (lambda _: "all")
     counts = (
         frame.assign(
-            finished=frame["status"] == "FINISHED",
-            running=frame["status"] == "RUNNING",
-            failed=frame["status"].isin(FAILED),
-            diverged=frame["diverged"] & (frame["status"] == "FINISHED"),
+            finished=frame["status"] == FINISHED,
+            running=frame["status"] == RUNNING,
+            failed=frame["status"].isin(UNFINISHED),
+            diverged=frame["diverged"] & (frame["status"] == FINISHED),
         )
         .groupby(by, dropna=False)
         .agg(

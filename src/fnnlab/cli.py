@@ -6,7 +6,6 @@ ends with one line naming the key and the value, and exit status 2.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from typing import NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,69 +32,56 @@ log = logging.getLogger("fnnlab")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> dict:
-    from fnnlab.tracking import open_store
-
-    store = None
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         check_values(cfg)
-        if cfg.sweep.id is None:
-            # A single run opens its store here (an unreachable server is a config error);
-            # a sweep's jobs open theirs in job.run, where a failure fails just that job.
-            store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
+        from fnnlab.job import open_store_once
+
+        store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
     except ConfigValueError as exc:
+        if in_sweep:
+            raise  # fails this job (the sweep checked every job it could before starting)
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-train", f"error: {exc}", 2)
     # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
     from fnnlab import job, progress
+    from fnnlab.names import Tag
 
-    sweep_tags = {}
-    if cfg.sweep.id is not None:
-        sweep_tags = {"sweep_id": cfg.sweep.id, "job_num": str(cfg.sweep.job_num)}
+    parent_run_id, sweep_tags = None, {}
+    if in_sweep:
+        from fnnlab.sweep import find_parent
+
+        parent = find_parent(store, str(hydra_cfg.sweep.dir))
+        if parent is not None:
+            parent_run_id = parent.info.run_id
+            sweep_tags = {
+                Tag.SWEEP_ID: parent.data.tags[Tag.SWEEP_ID],
+                Tag.JOB_NUM: str(hydra_cfg.job.num),
+            }
     # Sweeps print a line per job instead (fnnlab.progress); a single run gets an epoch bar,
     # shown only if it outlasts a couple of seconds.
-    bar = progress.EpochBar(cfg.train.epochs) if cfg.sweep.id is None else None
+    bar = None if in_sweep else progress.EpochBar(cfg.train.epochs)
     try:
         result = job.run(
             cfg,
-            Path(HydraConfig.get().runtime.output_dir),
-            parent_run_id=cfg.sweep.parent_run_id,
-            sweep_tags=sweep_tags,
+            Path(hydra_cfg.runtime.output_dir),
             store=store,
+            parent_run_id=parent_run_id,
+            sweep_tags=sweep_tags,
             on_epoch=bar,
         )
     finally:
         if bar is not None:
             bar.close()
-    global _frozen
-    if not _frozen:  # once: what the first job set up (caches, figures) lives on
-        freeze_heap()
-        _frozen = True
+    job.freeze_heap()  # once: what the first job set up (caches, figures) lives on
     print(progress.run_line(result, cfg.tracking.uri), flush=True)
-    diverged = result.history.diverged_at is not None
-    return {"run_id": result.run_id, "diverged": diverged}
-
-
-_frozen = False
-
-
-def freeze_heap() -> None:
-    """Hide what this process holds now (modules, caches) from the garbage collector.
-
-    It lives as long as the process, yet every full collection walked it again: in a
-    sweep that was a large share of each job's time, and joblib's workers collect every
-    second. Frozen objects are skipped by collections; later garbage is still collected.
-    Called by the sweeper before it launches and after a process's first job. Only the
-    young generations are collected first: a full collection here walked about 560,000
-    objects in 0.3 s to free about 2,300 (measured), and a sweep paid that in its own
-    process and again in every worker.
-    """
-    gc.collect(1)
-    gc.freeze()
+    return {"run_id": result.run_id, "diverged": result.history.diverged_at is not None}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")
 def ui_app(cfg: DictConfig) -> None:
-    from fnnlab import ui
+    from fnnlab import links, ui
     from fnnlab.tracking import open_store
 
     if cfg.ui.host not in ("127.0.0.1", "localhost"):
@@ -103,20 +90,20 @@ def ui_app(cfg: DictConfig) -> None:
     # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
     sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
     port = cfg.ui.port or ui.free_port(cfg.ui.host)
-    base = ui.base_url(cfg.tracking.uri, cfg.ui.host, port)
+    base = links.base_url(cfg.tracking.uri, cfg.ui.host, port)
 
     def show() -> None:
         """The URLs to open; a sweep's three views on its runs, when there is a sweep."""
-        url = ui.experiment_url(base, store.experiment_id)
+        url = links.experiment_url(base, store.experiment_id)
         print(f"experiment {cfg.tracking.experiment}: {url}")
         if sweep is not None:
             ids = [r.info.run_id for r in sweep.children]
             exp = store.experiment_id
-            url = ui.compare_url(base, exp, ids)
+            url = links.compare_url(base, exp, ids)
             print(f"sweep {sweep.sweep_id} ({len(ids)} runs):")
-            grad_norms = ui.curves_url(base, exp, ids, ["grad_norm/w1", "grad_norm/w2"])
+            grad_norms = links.curves_url(base, exp, ids, ["grad_norm/w1", "grad_norm/w2"])
             print(f"  side by side:   {url}")
-            print(f"  loss curves:    {ui.curves_url(base, exp, ids, ['loss'])}")
+            print(f"  loss curves:    {links.curves_url(base, exp, ids, ['loss'])}")
             print(f"  gradient norms: {grad_norms}")
         elif cfg.ui.sweep is not None:
             print("no sweep in this experiment yet (fnnlab-train -m ... makes one)")
@@ -126,7 +113,7 @@ def ui_app(cfg: DictConfig) -> None:
 
             webbrowser.open(url)
 
-    if ui.is_server(cfg.tracking.uri):
+    if links.is_server(cfg.tracking.uri):
         # Already a tracking server: its own UI is the one to open.
         show()
         return
@@ -244,7 +231,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
     from mlflow.exceptions import MlflowException
 
-    from fnnlab.sweep import SweepFailed
+    from fnnlab.sweep import SweepFailed, SweepRefused
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
     # Let exceptions reach us instead of Hydra's multi-line report.
@@ -252,7 +239,12 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     # SIGTERM ends runs like Ctrl-C does: the run in flight and the sweep end KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        app()
+        try:
+            app()
+        except SweepRefused as refused:
+            # Why the sweep could not start (a bad job config, the store): reported as if
+            # raised directly.
+            raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
     except ConfigValueError as exc:
         fail(prog, f"error: {exc}", 2)
     except (HydraException, OmegaConfBaseException) as exc:

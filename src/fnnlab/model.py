@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-BACKPROP_MODES = ("tutorial", "exact")
+from fnnlab.names import BACKPROP_MODES
 
 
 @dataclass
@@ -98,7 +98,3 @@ class ScratchFNN:
         """Plain gradient descent, in place."""
         self.w1 -= lr * grads.w1
         self.w2 -= lr * grads.w2
-
-    def mode_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss this mode's backward pass differentiates (used to check it)."""
-        return half_sse(y_hat, y) if self.backprop == "tutorial" else mean_bce(y_hat, y)

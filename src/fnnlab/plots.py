@@ -10,10 +10,9 @@ layout engine, and fixed places for the title and axis labels, for the same reas
 
 from __future__ import annotations
 
-import io
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import matplotlib
 import numpy as np
@@ -25,8 +24,6 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 if TYPE_CHECKING:  # neither torch nor pandas is needed to draw a run's figures
     import pandas as pd
-
-    from fnnlab.plot_helper import Curves
 
 
 DPI = 80
@@ -57,6 +54,27 @@ def envelope(
         low, high = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
         out[key] = np.append(np.column_stack([low, high]).ravel(), values[-1])
     return steps, out
+
+
+class Curves(NamedTuple):
+    """What a run's figures show: its values at `steps` (every epoch of a short run; for a
+    long one each slice's smallest and largest, see envelope), so a long run costs the
+    figures no more than a short one."""
+
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+    diverged_at: int | None
+
+    @classmethod
+    def of(cls, history: Any) -> Curves:
+        steps, metrics = envelope(history.metrics)
+        return cls(steps, metrics, history.diverged_at)
+
+
+def draw_run(curves: Curves, art: Path, name: str, published: dict[int, float] | None) -> None:
+    """The per-run figures, into the run's artifact folder."""
+    loss_plot(curves, art / "loss.png", name, published)
+    grad_norm_plot(curves, art / "grad_norm.png", name)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -150,17 +168,6 @@ def grad_norm_plot(curves: Curves, path: Path, title: str) -> Path:
     for line, name in zip(lines, GRAD_NORMS, strict=True):
         line.set_data(curves.steps, curves.metrics[name])
     return _draw(ax, title, path, [])
-
-
-def warm_up() -> None:
-    """Build the per-run figures and load their fonts, drawing throwaway curves."""
-    from fnnlab.plot_helper import Curves
-
-    curves = Curves(
-        np.arange(2), {key: np.array([1.0, 0.5]) for key in ("loss", *GRAD_NORMS)}, None
-    )
-    loss_plot(curves, io.BytesIO(), "warm-up", {0: 1.0})  # type: ignore[arg-type]
-    grad_norm_plot(curves, io.BytesIO(), "warm-up")  # type: ignore[arg-type]
 
 
 # --- sweep figures, from the frames of fnnlab.aggregate ----------------------------------

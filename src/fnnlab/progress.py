@@ -1,24 +1,17 @@
-"""What a user sees while training: one line per finished sweep job, and an epoch bar
-for a single run that takes long enough to need one.
-
-Sweep progress is counted in the process that runs the sweep. With the basic launcher
-jobs end in that process, and the Hydra callback below reports each one as it ends;
-with launchers that run jobs elsewhere the sweeper reports them when their batch returns.
-"""
+"""What a user sees while training: a line per sweep job that ends in the sweep's process,
+the sweep's closing line, and an epoch bar for a single run that takes long enough to
+need one."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from collections import Counter
+from typing import TYPE_CHECKING, TextIO
 
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 from tqdm import tqdm
 
-from fnnlab import ui
+from fnnlab import links
 
 if TYPE_CHECKING:
     from fnnlab.job import JobResult
@@ -38,60 +31,44 @@ def _duration(seconds: float) -> str:
 class SweepProgress:
     """Counts a sweep's jobs as they end and prints one short line for each."""
 
-    def __init__(self, total: int, out: TextIO | None = None) -> None:
-        self.total = total
+    def __init__(self, total: int | None, out: TextIO | None = None) -> None:
+        self.total = total  # None: the sweeper chooses its jobs as it goes
         self.out = out
         self.done = self.finished = self.failed = self.diverged = 0
         self.started = time.monotonic()
-        self.pid = os.getpid()
+        self.first_job: float | None = None  # when the first job started: the pace is from it
 
-    def job_ended(self, ret: JobReturn) -> None:
+    def job_started(self) -> None:
+        if self.first_job is None:
+            self.first_job = time.monotonic()
+
+    def job_ended(self, completed: bool, diverged: bool) -> None:
         self.done += 1
-        if ret.status == JobStatus.COMPLETED:
-            self.finished += 1
-            value = ret.return_value
-            self.diverged += int(isinstance(value, dict) and bool(value.get("diverged")))
-        else:
-            self.failed += 1
-        print(self.line(time.monotonic() - self.started), file=self.out or sys.stdout, flush=True)
+        self.finished += completed
+        self.failed += not completed
+        self.diverged += completed and diverged
+        since = self.first_job if self.first_job is not None else self.started
+        print(self.line(time.monotonic() - since), file=self.out or sys.stdout, flush=True)
 
     def line(self, elapsed: float) -> str:
-        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        of = f" of {self.total}" if self.total else ""
+        left = ""
+        if self.total and self.done:
+            left = f", about {_duration(elapsed / self.done * max(self.total - self.done, 0))} left"
         return (
-            f"[sweep] job {self.done} of {self.total}: {self.finished} finished, "
-            f"{self.failed} failed, {self.diverged} diverged; "
-            f"{_duration(elapsed)} elapsed, about {_duration(left)} left"
+            f"[sweep] job {self.done}{of}: {self.finished} finished, "
+            f"{self.failed} failed, {self.diverged} diverged; {_duration(elapsed)} elapsed{left}"
         )
 
-
-# The sweep running in this process, if any: only that process counts and prints.
-_active: SweepProgress | None = None
-
-
-def start(total: int) -> SweepProgress:
-    global _active
-    _active = SweepProgress(total)
-    return _active
-
-
-def stop() -> None:
-    global _active
-    _active = None
-
-
-def after_batch(progress: SweepProgress, done_before: int, results: list[JobReturn]) -> None:
-    """Report the jobs of a batch the callback did not see end (they ran in other processes)."""
-    for ret in results[progress.done - done_before :]:
-        progress.job_ended(ret)
-
-
-class ProgressCallback(Callback):
-    """hydra.callbacks entry (conf/train.yaml): reports each job of a sweep as it ends."""
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        # A forked worker inherits _active but is not the process that counts.
-        if _active is not None and _active.pid == os.getpid():
-            _active.job_ended(job_return)
+    def summary(self, counts: Counter, sweep_id: str, parent_run_id: str) -> str:
+        """The sweep's closing line: its configurations as the store holds them."""
+        elapsed = _duration(time.monotonic() - self.started)
+        running = f", {counts['running']} still running" if counts["running"] else ""
+        return (
+            f"[sweep] {sweep_id} done in {elapsed}: {counts['finished']} finished "
+            f"({counts['diverged']} diverged), {counts['failed']} failed{running}; "
+            f"parent run {parent_run_id}"
+        )
 
 
 class EpochBar:
@@ -128,5 +105,5 @@ def run_line(result: JobResult, tracking_uri: str) -> str:
         f"{result.run_name}: loss {final.get('loss', float('nan')):.6f} "
         f"accuracy {final.get('accuracy', float('nan')):.3f}"
         f"{f' (diverged at epoch {at})' if at is not None else ''} "
-        f"{ui.run_url(ui.base_url(tracking_uri), result.experiment_id, result.run_id)}"
+        f"{links.run_url(links.base_url(tracking_uri), result.experiment_id, result.run_id)}"
     )

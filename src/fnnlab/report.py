@@ -10,6 +10,7 @@ import pandas as pd
 
 from fnnlab import plots, reference
 from fnnlab.aggregate import Aggregate
+from fnnlab.names import UNFINISHED
 from fnnlab.tracking import Store, log_values
 
 # Summary columns as a person reads them.
@@ -139,7 +140,7 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"{len(runs)} runs: {counts.get('FINISHED', 0)} finished "
         f"({int(runs['diverged'].sum())} of them diverged), "
-        f"{sum(counts.get(s, 0) for s in ('FAILED', 'KILLED'))} failed or killed, "
+        f"{sum(counts.get(s, 0) for s in UNFINISHED)} failed or killed, "
         f"{counts.get('RUNNING', 0)} still running"
         + (f"; {sel.superseded} earlier attempts superseded by reruns" if sel.superseded else "")
         + ". Loss and accuracy statistics use finished, non-diverged runs only (`used`); "
@@ -252,7 +253,7 @@ def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
     metrics = {
         "aggregate/runs": len(runs),
         "aggregate/used": int(runs["used"].sum()),
-        "aggregate/failed": int(runs["status"].isin(("FAILED", "KILLED")).sum()),
+        "aggregate/failed": int(runs["status"].isin(UNFINISHED).sum()),
         "aggregate/diverged": int(runs["diverged"].sum()),
         "aggregate/running": int((runs["status"] == "RUNNING").sum()),
     }

@@ -1,30 +1,74 @@
-"""A sweep in MLflow: one parent run per sweep command, jobs as its children.
+"""A sweep in MLflow: one parent run per sweep command, its jobs as children, for any
+sweeper and any launcher.
 
-The sweep id is a hash of the command's overrides, so running the same sweep again
-finds the same parent run and can skip the jobs that already finished (resume).
+SweepCallback is a Hydra callback (conf/train.yaml, hydra.callbacks.sweep); a Sweep is one
+invocation's life in the process that runs the sweep:
+
+- on_multirun_start: check the whole sweep before anything is written (the master config
+  and the store, and every job's config when the sweep is in Hydra's basic grammar, which
+  the basic and fnnlab sweepers take), reap runs left RUNNING by a dead earlier invocation,
+  then open the parent run, reopened when the same sweep ran before;
+- each job, wherever it runs, finds its parent by the sweep's output folder (find_parent)
+  and tags itself as the parent's child;
+- on_job_end: a progress line for each job that ended in this process;
+- on_multirun_end: the parent ends FINISHED, or FAILED when a configuration has no
+  finished run (the command then exits 1), with counts read from the store, so jobs that
+  ran in other processes or machines count;
+- anything else (Ctrl-C, SIGTERM, an error) ends the parent KILLED on the way out.
+
+The sweep id is a hash of the command's overrides, so running the same sweep again finds
+the same parent run, and the fnnlab sweeper can skip the jobs that already finished.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import itertools
 import logging
 import os
 import socket
 import time
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from fnnlab.tracking import Store, end_run, log_values, process_tags, search_all
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
+
+from fnnlab import internals, progress
+from fnnlab.config import ConfigValueError, check_values, fingerprint
+from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
+from fnnlab.tracking import (
+    Store,
+    end_run,
+    filter_value,
+    log_values,
+    one_run_per_config,
+    open_store,
+    process_tags,
+    search_all,
+)
 
 log = logging.getLogger(__name__)
 
 
-class SweepFailed(RuntimeError):
-    """Some jobs failed: their runs are FAILED, and so is the parent run.
+class SweepRefused(BaseException):
+    """A sweep that must not start: a bad job config, an unreachable store. Its cause says
+    why. A BaseException, as KeyboardInterrupt is: Hydra reports an Exception raised in a
+    callback as a warning and carries on with the sweep."""
 
-    Defined here, not in the sweeper plugin: Hydra's plugin scan imports that module
-    outside sys.modules, so a class defined there cannot be caught by identity.
-    """
+
+class SweepFailed(BaseException):
+    """Some configurations of the sweep have no finished run: the parent run is FAILED and
+    the command exits 1 (a BaseException for the same reason as SweepRefused)."""
+
+
+# --- identity and the jobs of a sweep -----------------------------------------------------
 
 
 def sweep_id(overrides: list[str], experiment: str) -> str:
@@ -32,45 +76,145 @@ def sweep_id(overrides: list[str], experiment: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _search(store: Store, filter_string: str) -> list:
-    return search_all(store.client, store.experiment_id, filter_string)
+def expand(arguments: list[str], loader: Any = None) -> list[list[str]] | None:
+    """The jobs of a sweep in Hydra's basic grammar (a=1,2 b='range(3)'), in the order the
+    basic sweeper runs them; None when an override is not in that grammar (interval(...),
+    tag(...): another sweeper's), since only that sweeper knows its jobs."""
+    lists = []
+    # The loader lets glob(...) list a config group's options.
+    for override in OverridesParser.create(config_loader=loader).parse_overrides(arguments):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            lists.append([f"{key}={override.get_value_element_as_str()}"])
+        elif override.is_discrete_sweep():
+            lists.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            return None
+    return [list(job) for job in itertools.product(*lists)]
 
 
-def open_parent(store: Store, sid: str, overrides: list[str], n_jobs: int, sweep_dir: str) -> str:
-    """The sweep's parent run, reopened if this sweep ran before, else created."""
-    description = (
-        f"Sweep of {n_jobs} jobs over: {' '.join(overrides) or '(no overrides)'}\n\n"
-        f"Each child run is one job. Rerunning the same command resumes this sweep."
-    )
-    tags = {
-        "role": "sweep",
-        "sweep_id": sid,
-        "sweep_dir": sweep_dir,
-        "sweep_overrides": " ".join(overrides),
-        "mlflow.note.content": description,
-        **process_tags(),
-    }
-    found = _search(store, f"tags.role = 'sweep' and tags.sweep_id = '{sid}'")
-    if found:
-        run_id = found[0].info.run_id
-        store.client.update_run(run_id, status="RUNNING")
-        log_values(store, run_id, tags=tags)
-        return run_id
-    name = f"sweep-{sid[:6]} " + " ".join(o for o in overrides if "," in o or "range(" in o)
-    run = store.client.create_run(store.experiment_id, run_name=name.strip()[:250], tags=tags)
-    return run.info.run_id
+def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[str]:
+    """Every job's config checked (composition errors and bad values raise), and its
+    fingerprint. The tracking store cannot vary within a sweep: one parent run holds it."""
+    prints = []
+    for overrides in jobs:
+        cfg = internals.load_task_config(loader, master, list(overrides))
+        check_values(cfg)
+        for key in ("tracking.uri", "tracking.experiment"):
+            if OmegaConf.select(cfg, key) != OmegaConf.select(master, key):
+                raise ConfigValueError(
+                    key, OmegaConf.select(cfg, key), "cannot vary within one sweep"
+                )
+        prints.append(fingerprint(cfg))
+    return prints
+
+
+def jobs_to_run(loader: Any, master: DictConfig, arguments: list[str], rerun: bool) -> list:
+    """The fnnlab sweeper's jobs: every job of the sweep but those whose configuration
+    already has a FINISHED run in the experiment (all of them with rerun)."""
+    from hydra.errors import HydraException
+
+    jobs = expand(arguments, loader)
+    if jobs is None:
+        raise HydraException(
+            f"{' '.join(arguments)}: the fnnlab sweeper takes Hydra's basic sweep grammar "
+            "(a=1,2 b='range(3)'); choose another sweeper (hydra/sweeper=...) for others"
+        )
+    if rerun or not jobs:
+        return jobs
+    store = open_store(master.tracking.uri, master.tracking.experiment)
+    done = finished_fingerprints(store)
+    if not done:
+        return jobs
+    prints = [fingerprint(internals.load_task_config(loader, master, j)) for j in jobs]
+    todo = [job for job, fp in zip(jobs, prints, strict=True) if fp not in done]
+    skipped = len(jobs) - len(todo)
+    if skipped:
+        log.info(
+            "Sweep: skipping %d of %d jobs that already have a FINISHED run "
+            "(hydra.sweeper.rerun=true runs them again)",
+            skipped,
+            len(jobs),
+        )
+    parent = find_parent(store, str(master.hydra.sweep.dir))
+    if parent is not None:
+        log_values(store, parent.info.run_id, summary={"sweep/skipped": skipped})
+    return todo
 
 
 def finished_fingerprints(store: Store) -> set[str]:
     """Fingerprints of the experiment's jobs that finished: those need not run again."""
-    runs = _search(store, "tags.role = 'job' and attributes.status = 'FINISHED'")
-    return {r.data.tags.get("fingerprint") for r in runs}
+    query = f"tags.{Tag.ROLE} = '{ROLE_JOB}' and attributes.status = '{FINISHED}'"
+    return {r.data.tags.get(Tag.FINGERPRINT) for r in search_all(store, query)}
 
 
-def close_parent(store: Store, run_id: str, counts: Counter, status: str) -> None:
-    """Record what the sweep did and end the parent run with the given status."""
-    log_values(store, run_id, summary={f"sweep/{k}": v for k, v in counts.items()})
-    end_run(store, run_id, status)
+# --- the parent run ---------------------------------------------------------------------------
+
+
+def _invocation_tag(sweep_dir: str) -> str:
+    """The parent's tag naming one invocation's output folder: its jobs look it up by that
+    folder, whichever process or machine they run on."""
+    return f"{Tag.SWEEP_DIR}.{hashlib.sha256(sweep_dir.encode()).hexdigest()[:12]}"
+
+
+def open_parent(
+    store: Store, sid: str, overrides: list[str], jobs: int | None, sweep_dir: str
+) -> str:
+    """The sweep's parent run, reopened if this sweep ran before, else created."""
+    what = " ".join(overrides) or "(no overrides)"
+    count = f"{jobs} jobs" if jobs is not None else "jobs chosen by the sweeper"
+    description = (
+        f"Sweep of {count} over: {what}\n\n"
+        "Each child run is one job. Rerunning the same command resumes this sweep."
+    )
+    tags = {
+        Tag.ROLE: ROLE_SWEEP,
+        Tag.SWEEP_ID: sid,
+        Tag.SWEEP_DIR: sweep_dir,
+        _invocation_tag(sweep_dir): sweep_dir,
+        Tag.SWEEP_OVERRIDES: " ".join(overrides),
+        Tag.NOTE: description,
+        **process_tags(),
+    }
+    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.{Tag.SWEEP_ID} = '{sid}'"
+    found = search_all(store, query)
+    if found:
+        run_id = found[0].info.run_id
+        store.client.update_run(run_id, status=RUNNING)
+        log_values(store, run_id, tags=tags)
+        return run_id
+    swept = " ".join(o for o in overrides if "," in o or "range(" in o)
+    name = f"sweep-{sid[:6]} {swept}".strip()[:250]
+    return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+@lru_cache(maxsize=8)
+def find_parent(store: Store, sweep_dir: str) -> Run | None:
+    """The parent run of the sweep invocation writing to sweep_dir (once per process)."""
+    tag = _invocation_tag(sweep_dir)
+    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = '{filter_value(sweep_dir)}'"
+    found = search_all(store, query)
+    return found[0] if found else None
+
+
+def sweep_counts(store: Store, parent_run_id: str) -> Counter:
+    """What the sweep's configurations came to, one run each (a FINISHED one if any, else
+    the latest attempt): finished, diverged, failed, running."""
+    counts: Counter = Counter()
+    children = search_all(store, f"tags.`{Tag.PARENT}` = '{parent_run_id}'")
+    for run in one_run_per_config(children):
+        status = run.info.status
+        if status == FINISHED:
+            counts["finished"] += 1
+            counts["diverged"] += run.data.tags.get(Tag.DIVERGED) == "true"
+        elif status in UNFINISHED:
+            counts["failed"] += 1
+        else:
+            counts["running"] += 1
+    return counts
+
+
+# --- runs whose process is gone -------------------------------------------------------------
 
 
 def _process_start(pid: int) -> float | None:
@@ -116,24 +260,157 @@ def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, in
     on another host cannot be checked from here: it counts as dead once it has been RUNNING
     for remote_after seconds. Returns (runs marked KILLED, runs left RUNNING).
     """
-    running = "tags.role = 'job' and attributes.status = 'RUNNING'"
-    runs = _search(store, f"tags.sweep_id = '{sid}' and {running}")
+    query = (
+        f"tags.{Tag.SWEEP_ID} = '{sid}' and tags.{Tag.ROLE} = '{ROLE_JOB}' "
+        f"and attributes.status = '{RUNNING}'"
+    )
     host, now = socket.gethostname(), time.time()
     reaped = left = 0
-    for run in runs:
+    for run in search_all(store, query):
         tags, started = run.data.tags, run.info.start_time / 1000
-        if tags.get("fnnlab.host") == host:
-            dead = not process_alive(int(tags.get("fnnlab.pid", "0")), started)
-            why = f"process {tags.get('fnnlab.pid')} on {host} is gone"
+        if tags.get(Tag.HOST) == host:
+            dead = not process_alive(int(tags.get(Tag.PID, "0")), started)
+            why = f"process {tags.get(Tag.PID)} on {host} is gone"
         else:
             dead = now - started > remote_after
-            why = f"RUNNING on {tags.get('fnnlab.host')} for more than {remote_after:.0f} s"
+            why = f"RUNNING on {tags.get(Tag.HOST)} for more than {remote_after:.0f} s"
         if not dead:
             left += 1
             continue
         log.warning("run %s (%s): %s; marking it KILLED", run.info.run_name, run.info.run_id, why)
-        error = f"found RUNNING after its process ended: {why}"
-        log_values(store, run.info.run_id, tags={"error": error})
-        end_run(store, run.info.run_id, "KILLED")
+        log_values(
+            store,
+            run.info.run_id,
+            tags={Tag.ERROR: f"found RUNNING after its process ended: {why}"},
+        )
+        end_run(store, run.info.run_id, KILLED)
         reaped += 1
     return reaped, left
+
+
+# --- one invocation ---------------------------------------------------------------------------
+
+
+class Sweep:
+    """One sweep invocation, from its check to its parent run's end, in the process that
+    runs the sweep."""
+
+    def __init__(self, config: DictConfig, remote_dead_after_s: float) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.utils import instantiate
+
+        arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        experiment = config.tracking.experiment
+        loader = internals.config_loader(GlobalHydra.instance().config_loader())
+        try:
+            # The launcher and sweeper settings: their constructors refuse bad ones (say
+            # hydra.launcher.n_jobs=0), but Hydra makes them only after this callback.
+            for plugin in ("launcher", "sweeper"):
+                instantiate(config.hydra[plugin])
+            jobs = expand(arguments, loader)
+            check_values(internals.without_hydra(config))
+            if jobs is not None:
+                check_jobs(loader, config, jobs)
+            self.store = open_store(config.tracking.uri, experiment)
+        except Exception as exc:
+            raise SweepRefused(str(exc)) from exc
+        self.id = sweep_id(arguments, experiment)
+        self.dir = str(config.hydra.sweep.dir)
+        self.jobs = len(jobs) if jobs is not None else None
+        reaped, alive = reap_dead_runs(self.store, self.id, remote_dead_after_s)
+        if reaped or alive:
+            log.info(
+                "Sweep %s: marked %d RUNNING runs of dead processes KILLED; %d still RUNNING",
+                self.id,
+                reaped,
+                alive,
+            )
+        self.parent = open_parent(self.store, self.id, arguments, self.jobs, self.dir)
+        self.progress = progress.SweepProgress(self.jobs)
+        self.first_error: str | None = None
+        self.pid = os.getpid()
+        atexit.register(self.abandon)
+        log.info("Sweep %s: parent run %s", self.id, self.parent)
+
+    def job_ended(self, job_return: JobReturn) -> None:
+        if os.getpid() != self.pid:  # a forked worker inherits this object; it does not count
+            return
+        error = internals.job_error(job_return)
+        if error is not None and self.first_error is None:
+            self.first_error = _first_line(error)
+        value = job_return.return_value if error is None else None
+        diverged = isinstance(value, dict) and bool(value.get("diverged"))
+        self.progress.job_ended(error is None, diverged)
+
+    def end(self) -> None:
+        """Close the parent FINISHED or FAILED from what the store holds; raise SweepFailed
+        when a configuration has no finished run, or the store failed at the end."""
+        atexit.unregister(self.abandon)
+        try:
+            counts = sweep_counts(self.store, self.parent)
+            failed = counts["failed"] + counts["running"]
+            self._close(counts, FAILED if failed else FINISHED)
+            state = f"parent run {self.parent} is {'FAILED' if failed else 'FINISHED'}"
+            print(self.progress.summary(counts, self.id, self.parent), flush=True)
+        except Exception as exc:  # the store went away: the next invocation reaps and resumes
+            failed = max(self.progress.failed, 1)
+            state = f"parent run {self.parent} could not be closed: {_first_line(exc)}"
+            self.first_error = self.first_error or _first_line(exc)
+        if failed:
+            raise SweepFailed(
+                f"{failed} jobs failed or did not finish ({state}); rerun the same command "
+                f"to retry them. First error: {self.first_error or 'see the runs error tags'}"
+            )
+
+    def abandon(self) -> None:
+        """The sweep did not reach its end (an interrupt, an error): runs of workers torn
+        down with it end KILLED, and so does the parent."""
+        if os.getpid() != self.pid:
+            return
+        try:
+            reap_dead_runs(self.store, self.id, float("inf"))
+            self._close(sweep_counts(self.store, self.parent), KILLED)
+        except Exception as exc:  # the store went away: the next invocation reaps
+            log.error("could not end parent run %s: %s", self.parent, str(exc).splitlines()[0])
+
+    def _close(self, counts: Counter, status: str) -> None:
+        metrics = {f"sweep/{k}": v for k, v in counts.items()}
+        if self.jobs is not None:
+            metrics["sweep/jobs"] = self.jobs
+        log_values(self.store, self.parent, summary=metrics)
+        end_run(self.store, self.parent, status)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class SweepCallback(Callback):
+    """hydra.callbacks.sweep in conf/train.yaml: what a sweep means in fnnlab, for any
+    sweeper and launcher (see the module docstring)."""
+
+    def __init__(self, remote_dead_after_s: float = 86400.0) -> None:
+        # A RUNNING job recorded on another host counts as dead (KILLED, rerun) after this.
+        self.remote_dead_after_s = remote_dead_after_s
+        self.sweep: Sweep | None = None
+
+    def __getstate__(self) -> dict:
+        # Launchers ship callbacks to their workers: the sweep stays with its process.
+        return {"remote_dead_after_s": self.remote_dead_after_s, "sweep": None}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep = Sweep(config, self.remote_dead_after_s)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sweep is not None and os.getpid() == self.sweep.pid:
+            self.sweep.progress.job_started()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if self.sweep is not None:
+            self.sweep.job_ended(job_return)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep, self.sweep = self.sweep, None
+        if sweep is not None:
+            sweep.end()

@@ -14,16 +14,7 @@ import numpy as np
 import torch
 
 from fnnlab.model import ScratchFNN, bce_with_logits, mean_bce
-
-# Per-epoch metric names, as logged to MLflow (step = epoch).
-METRICS = (
-    "loss",
-    "accuracy",
-    "grad_norm/w1",
-    "grad_norm/w2",
-    "weight_norm/w1",
-    "weight_norm/w2",
-)
+from fnnlab.names import METRICS
 
 # A run diverges when its loss passes this many times the larger of its starting loss and
 # ln 2 (the loss of predicting 0.5 everywhere), or a weight or gradient stops being finite.

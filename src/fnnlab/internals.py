@@ -1,0 +1,487 @@
+"""Every use of a private part of Hydra, OmegaConf or MLflow, in one place.
+
+fnnlab reaches below its dependencies' public APIs in four spots, each worth a large share
+of a sweep's time (measured, README "Speed"):
+
+- compose cache: Hydra composes every job of a sweep from scratch (about 57 ms); the
+  CachingConfigLoader composes once per set of config-group choices and applies each job's
+  value overrides with Hydra's own override code (ConfigLoaderImpl._apply_overrides_to_config,
+  get_overrides_dirname from hydra._internal);
+- task config: a job's config without its hydra node, copied without copying that node
+  (OmegaConf's node content, config.__dict__["_content"]; 2 ms instead of 12 ms a job);
+- YAML: OmegaConf's string quoting on libyaml's emitter (omegaconf._utils' dumper; 0.8 ms
+  instead of 3.9 ms for a job's config);
+- bulk SQL: a run's metric batch into MLflow's SQL store as one INSERT per table in one
+  transaction, through MLflow's own session, models, validation and latest-value update
+  (SqlAlchemyStore's private methods, the client's store; 37 -> 12 ms a run).
+
+It also holds the two other private names fnnlab needs: the SQLAlchemy engine of the
+store a client opened (to make the embedded store durable, see durable_sqlite) and the
+exception of a failed Hydra job (JobReturn.return_value raises it, after printing a line).
+
+Each was written for the versions in constraints.txt and is checked here, at import: with
+other versions installed, or FNNLAB_FAST_PATHS=0, every function below takes the public
+path instead (Hydra's own loader and config copy, OmegaConf.to_yaml, MlflowClient.log_batch,
+MLflow's default SQLite settings), after one warning line. tests/test_internals.py runs a
+sweep both ways and compares the stores; it also fails on a private import anywhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+from importlib import metadata
+from typing import Any
+
+import yaml
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+log = logging.getLogger(__name__)
+
+# The versions the private paths below were written and tested for.
+WRITTEN_FOR = {"hydra-core": "1.3.2", "omegaconf": "2.3.", "mlflow": "3.17."}
+
+
+def _versions_match() -> list[str]:
+    """The installed versions that differ from WRITTEN_FOR, as 'name version' lines."""
+    differ = []
+    for name, prefix in WRITTEN_FOR.items():
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        if not (version == prefix or (prefix.endswith(".") and version.startswith(prefix))):
+            differ.append(f"{name} {version}")
+    return differ
+
+
+def _fast_paths() -> bool:
+    if os.environ.get("FNNLAB_FAST_PATHS", "1") == "0":
+        return False
+    differ = _versions_match()
+    if differ:
+        log.warning(
+            "fnnlab: public (slower) paths for %s: its private shortcuts were written for %s",
+            ", ".join(differ),
+            ", ".join(f"{k} {v}" for k, v in WRITTEN_FOR.items()),
+        )
+        return False
+    return True
+
+
+FAST = _fast_paths()
+
+
+# --- Hydra: the compose cache -----------------------------------------------------------------
+
+if FAST:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname  # noqa: E402
+
+# (config search path, config name, choice overrides) -> the composed config, copied per job.
+_BASES: dict[tuple, DictConfig] = {}
+_MAX_BASES = 64
+# Base key -> whether the app's part of that config mentions hydra (interpolations).
+_REFERS_TO_HYDRA: dict[tuple, bool] = {}
+# Value overrides of these keys change how Hydra composes, not just a value.
+_COMPOSITION_KEYS = ("hydra.searchpath", "hydra.job.env_copy", "hydra.job.env_set")
+
+
+def config_loader(inner: ConfigLoader) -> ConfigLoader:
+    """The loader a sweep composes its jobs with: the caching one, or Hydra's own."""
+    if not FAST or isinstance(inner, CachingConfigLoader):
+        return inner
+    return CachingConfigLoader(inner)
+
+
+def load_task_config(loader: ConfigLoader, master: DictConfig, overrides: list[str]) -> DictConfig:
+    """A job's config without its hydra node, for checking the jobs of a sweep."""
+    if isinstance(loader, CachingConfigLoader):
+        return loader.load_task_config(master, overrides)
+    return without_hydra(loader.load_sweep_config(master, overrides))
+
+
+class CachingConfigLoader(ConfigLoader):
+    """Hydra's ConfigLoaderImpl, composing a sweep's jobs once per set of config choices.
+
+    Hydra composes every job from scratch: it reads the defaults list, loads and merges
+    every YAML file and the schema, then applies the job's overrides. In a sweep the jobs
+    usually differ only in values (model.hidden_dim=8 vs 32), so that work repeats to the
+    same result. Overrides that choose configs (model=..., hydra/launcher=..., +group=...,
+    ~group) decide the composition, done by Hydra once per distinct set of choices and
+    copied per job; all others are applied to the copy with Hydra's own override code.
+    What Hydra records per job (hydra.overrides.*, hydra.job.override_dirname, the master's
+    resolver cache) is redone as Hydra does it. tests/test_compose.py checks the result
+    equals Hydra's composition for every kind of override.
+    """
+
+    def __init__(self, inner: ConfigLoader) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else Hydra or a plugin reaches for is the wrapped loader's.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def load_configuration(
+        self,
+        config_name: str | None,
+        overrides: list[str],
+        run_mode: RunMode,
+        from_shell: bool = True,
+        validate_sweep_overrides: bool = True,
+    ) -> DictConfig:
+        return self.inner.load_configuration(
+            config_name,
+            overrides,
+            run_mode,
+            from_shell=from_shell,
+            validate_sweep_overrides=validate_sweep_overrides,
+        )
+
+    def get_search_path(self) -> Any:
+        return self.inner.get_search_path()
+
+    def get_sources(self) -> list:
+        return self.inner.get_sources()
+
+    def list_groups(self, parent_name: str) -> list[str]:
+        return self.inner.list_groups(parent_name)
+
+    def get_group_options(
+        self,
+        group_name: str,
+        results_filter: Any = None,
+        config_name: str | None = None,
+        overrides: list[str] | None = None,
+    ) -> list[str]:
+        return self.inner.get_group_options(group_name, results_filter, config_name, overrides)
+
+    def compute_defaults_list(
+        self, config_name: str | None, overrides: list[str], run_mode: RunMode
+    ) -> Any:
+        return self.inner.compute_defaults_list(config_name, overrides, run_mode)
+
+    def _chooses_configs(self, override: Override) -> bool:
+        """True for overrides that Hydra's defaults list consumes (config group choices)."""
+        key = override.key_or_group
+        if key.startswith(_COMPOSITION_KEYS):
+            return True
+        return self.inner.repository.group_exists(key) and not isinstance(override.value(), dict)
+
+    def _base(self, master_config: DictConfig, parsed: list[Override]) -> tuple:
+        """(key, composed config) for the overrides' config choices, composed once."""
+        choices = [o for o in parsed if self._chooses_configs(o)]
+        config_name = master_config.hydra.job.config_name
+        # The search path too: two apps in one process may both have a config "train".
+        where = tuple(str(e) for e in self.inner.get_search_path().get_path())
+        key = (where, config_name, tuple(o.input_line for o in choices))
+        base = _BASES.get(key)
+        if base is None:
+            base = self.inner.load_configuration(
+                config_name=config_name,
+                overrides=[o.input_line for o in choices],
+                run_mode=RunMode.RUN,
+            )
+            if len(_BASES) >= _MAX_BASES:
+                _BASES.clear()
+                _REFERS_TO_HYDRA.clear()
+            _BASES[key] = base
+        return key, base
+
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        master_hydra = OmegaConf.to_container(master_config.hydra.overrides.hydra)
+        parsed = _parse([*master_hydra, *sweep_overrides])
+        if any(o.is_sweep_override() for o in parsed):
+            # Hydra's own message for this misuse.
+            return self.inner.load_sweep_config(master_config, sweep_overrides)
+        _, base = self._base(master_config, parsed)
+        cfg = copy.deepcopy(base)
+        _apply_values([o for o in parsed if not self._chooses_configs(o)], cfg)
+        # What Hydra records about the overrides, in its order and format.
+        app_overrides = [o for o in parsed if not o.is_hydra_override()]
+        cfg.hydra.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
+        cfg.hydra.overrides.task = [o.input_line for o in app_overrides]
+        with open_dict(cfg.hydra):
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app_overrides,
+                kv_sep=cfg.hydra.job.config.override_dirname.kv_sep,
+                item_sep=cfg.hydra.job.config.override_dirname.item_sep,
+                exclude_keys=cfg.hydra.job.config.override_dirname.exclude_keys,
+            )
+        # As Hydra does: the sweep shares the master's resolved values (timestamps, tokens).
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+    def load_task_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """load_sweep_config's result without its hydra node: 2 ms instead of 6 ms a job
+        (measured) when it can leave that node out of the copy, which it can unless the
+        job's own overrides set hydra keys or the app's config refers to the hydra node."""
+        parsed = _parse(sweep_overrides)
+        if any(o.is_sweep_override() or o.is_hydra_override() for o in parsed):
+            return without_hydra(self.load_sweep_config(master_config, sweep_overrides))
+        master_hydra = OmegaConf.to_container(master_config.hydra.overrides.hydra)
+        every = _parse(master_hydra) + parsed
+        key, base = self._base(master_config, every)
+        if key not in _REFERS_TO_HYDRA:
+            _REFERS_TO_HYDRA[key] = "hydra" in str(
+                OmegaConf.to_container(without_hydra(base), resolve=False)
+            )
+        if _REFERS_TO_HYDRA[key]:
+            return without_hydra(self.load_sweep_config(master_config, sweep_overrides))
+        cfg = without_hydra(base)
+        _apply_values([o for o in parsed if not self._chooses_configs(o)], cfg)
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+
+# Override line -> Hydra's parse of it: a sweep's jobs repeat most of their lines.
+_PARSED: dict[str, Override] = {}
+_MAX_PARSED = 100_000
+
+
+def _parse(lines: list[str]) -> list[Override]:
+    """OverridesParser.parse_overrides(lines), parsing each distinct line once."""
+    if len(_PARSED) >= _MAX_PARSED:
+        _PARSED.clear()
+    missing = list(dict.fromkeys(line for line in lines if line not in _PARSED))
+    if missing:
+        parsed = OverridesParser.create().parse_overrides(overrides=missing)
+        _PARSED.update(zip(missing, parsed, strict=True))
+    return [_PARSED[line] for line in lines]
+
+
+def _apply_values(values: list[Override], cfg: DictConfig) -> None:
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
+
+
+# --- OmegaConf: the task config, YAML ---------------------------------------------------------
+
+
+def without_hydra(config: DictConfig) -> DictConfig:
+    """A copy of config without its hydra node (what Hydra hands a task function).
+
+    Hydra copies the whole config and deletes the copy's hydra node; that node is most of
+    the config, so the fast path sets it aside while the rest is copied. config keeps it.
+    """
+    if not FAST:
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        return task
+    content = config.__dict__["_content"]
+    whole = dict(content)
+    del content["hydra"]
+    try:
+        return copy.deepcopy(config)
+    finally:
+        content.clear()
+        content.update(whole)
+
+
+if FAST:
+    from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper  # noqa: E402
+
+    class _CDumper(yaml.CDumper):
+        """OmegaConf's dumper (strings that would read back as a bool, int or float are
+        quoted) on libyaml's emitter: OmegaConf.to_yaml's text, 4x faster."""
+
+    get_omega_conf_dumper()  # OmegaConf registers its string representer lazily
+    _CDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+def to_yaml(cfg: Any, resolve: bool = False) -> str:
+    """OmegaConf.to_yaml(cfg, resolve=resolve); only long strings wrap differently."""
+    if not FAST:
+        return OmegaConf.to_yaml(cfg, resolve=resolve)
+    container = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+    return yaml.dump(
+        container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_CDumper
+    )
+
+
+def job_error(job_return: Any) -> BaseException | None:
+    """The exception a failed Hydra job raised (its JobReturn.return_value would raise it
+    and print a line first); None for a completed job."""
+    from hydra.core.utils import JobStatus
+
+    if job_return.status == JobStatus.COMPLETED:
+        return None
+    return job_return._return_value
+
+
+# --- MLflow: the SQL store ------------------------------------------------------------------
+
+if FAST:
+    import sqlalchemy  # noqa: E402
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag  # noqa: E402
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME  # noqa: E402
+    from mlflow.utils.validation import (  # noqa: E402
+        _validate_batch_log_data,
+        _validate_batch_log_limits,
+        _validate_param_keys_unique,
+        _validate_run_id,
+    )
+
+
+def sql_store(client: Any) -> Any:
+    """The MLflow SQL store behind a client (SQLite file or database URI), for bulk
+    writes; None for a tracking server, or on the public path."""
+    if not FAST:
+        return None
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def durable_sqlite(store: Any) -> None:
+    """Settings under which an OS crash or power loss cannot corrupt the embedded store,
+    on that store's engine only (never on other databases in the process): write-ahead
+    logging with synchronous=NORMAL. A commit is then a write to the log, with an fsync
+    only when the log is copied back (MLflow's default, a rollback journal with
+    synchronous=FULL, took two fsyncs a commit; synchronous=OFF, fast, could corrupt the
+    whole file on an OS crash). Measured in README "Speed"."""
+    if store is None or store.engine.dialect.name != "sqlite":
+        return
+
+    def normal_sync(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous = NORMAL")
+
+    sqlalchemy.event.listen(store.engine, "connect", normal_sync)
+    store.engine.dispose()  # connections made before the listener get it too
+    with store.engine.connect() as conn:
+        # Persistent: the file stays in WAL mode for every later connection.
+        conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+
+
+def log_batch(
+    client: Any,
+    store: Any,
+    run_id: str,
+    metrics: list[Metric],
+    params: list[Param],
+    tags: list[RunTag],
+) -> None:
+    """client.log_batch(run_id, metrics, params, tags); into MLflow's SQL store (store, from
+    sql_store) with bulk inserts.
+
+    MLflow's SqlAlchemyStore.log_batch builds one ORM object per metric value and flushes
+    them through SQLAlchemy's unit of work, in three transactions. This writes the same
+    rows into the same tables through MLflow's own session, models and checks:
+    - every metric, param and tag goes through MLflow's validation and batch limits;
+    - values are sanitised as MLflow does (NaN as 0 with is_nan, +-inf as the largest float);
+    - a param may be logged again only with the same value (MLflow's error otherwise);
+    - the latest-value rows are updated by MLflow's own code;
+    - a tag is inserted or overwritten as MLflow's _set_tags does; a batch that sets the
+      run name goes through _set_tags itself, which also renames the run;
+    - a metric row already stored (the same value logged twice) fails the transaction,
+      which is rolled back, and the batch goes through MLflow's own log_batch, which
+      skips such rows.
+    tests/test_internals.py compares every table, row by row, with MLflow's own log_batch,
+    on SQLite and on PostgreSQL.
+    """
+    if store is None:
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        return
+    _validate_run_id(run_id)
+    metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
+    _validate_batch_log_limits(metrics, params, tags)
+    _validate_param_keys_unique(params)
+    if any(m.model_id is not None for m in metrics):
+        # Logged-model metrics have their own table and rules: MLflow's path.
+        store.log_batch(run_id, metrics, params, tags)
+        return
+    rows, latest = _metric_rows(store, run_id, metrics)
+    # Setting the run name also renames the run: MLflow's own _set_tags, afterwards.
+    renames = any(tag.key == MLFLOW_RUN_NAME for tag in tags)
+    try:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            run = store._get_run(run_uuid=run_id, session=session)
+            store._check_run_is_active(run)
+            param_rows = _new_params(run, run_id, params)
+            if param_rows:
+                session.execute(sqlalchemy.insert(SqlParam.__table__), param_rows)
+            if rows:
+                session.execute(sqlalchemy.insert(SqlMetric.__table__), rows)
+                store._update_latest_metrics_if_necessary(latest, session)
+            if tags and not renames:
+                # What MLflow's _set_tags does for a tag other than the run name: insert
+                # it or overwrite its value (a later tag of the same key wins).
+                for tag in tags:
+                    session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+    except MlflowException as exc:
+        # MLflow's session turns the database's errors into MlflowException. A key already
+        # stored (the same metric value logged twice, a param written by another process
+        # meanwhile) rolled back the whole transaction: MLflow's own path logs the rest and
+        # skips or reports those rows.
+        if not isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
+            raise
+        store.log_batch(run_id, metrics, params, tags)
+        return
+    if tags and renames:
+        store._set_tags(run_id, tags)
+
+
+def _metric_rows(store: Any, run_id: str, metrics: list[Metric]) -> tuple[list[dict], list]:
+    """The metrics table's rows, without repeats, and per key the latest of them.
+
+    MLflow's latest-value update keeps, per key, the value with the largest (step,
+    timestamp, value); given only each key's largest here, it ends with the same row.
+    """
+    rows: list[dict[str, Any]] = []
+    latest: dict[str, dict[str, Any]] = {}
+    seen: set[Metric] = set()
+    for metric in metrics:
+        if metric in seen:
+            continue
+        seen.add(metric)
+        is_nan, value = store.sanitize_metric_value(metric.value)
+        row = {
+            "run_uuid": run_id,
+            "key": metric.key,
+            "value": value,
+            "timestamp": metric.timestamp,
+            "step": metric.step,
+            "is_nan": is_nan,
+        }
+        rows.append(row)
+        best = latest.get(metric.key)
+        order = (row["step"], row["timestamp"], row["value"])
+        if best is None or order > (best["step"], best["timestamp"], best["value"]):
+            latest[metric.key] = row
+    return rows, [SqlMetric(**row) for row in latest.values()]
+
+
+def _new_params(run: Any, run_id: str, params: list[Param]) -> list[dict[str, str]]:
+    """The params not yet stored; MLflow's error for one stored with another value."""
+    stored = {p.key: p.value for p in run.params}
+    changed = [
+        {"key": p.key, "old_value": stored[p.key], "new_value": p.value}
+        for p in params
+        if p.key in stored and stored[p.key] != p.value
+    ]
+    if changed:
+        raise MlflowException(
+            "Changing param values is not allowed. Params were already"
+            f" logged='{changed}' for run ID='{run_id}'.",
+            INVALID_PARAMETER_VALUE,
+        )
+    return [
+        {"run_uuid": run_id, "key": p.key, "value": p.value} for p in params if p.key not in stored
+    ]

@@ -1,0 +1,213 @@
+"""What the fnnlab launcher does: Hydra's basic launcher with less overhead per job, and
+worker processes on the machine's cores.
+
+- Hydra's run_job copies each job's whole config for the task, and writes its .hydra files
+  with PyYAML's pure-Python emitter (about 20 ms of a job, measured). run_job below does the
+  same for a config composed for this job alone: it copies only the task's part and writes
+  the same YAML through libyaml; its JobReturn carries the job's task config and Hydra
+  config, as Hydra's does (tests/test_launcher.py checks it against Hydra's run_job, and
+  tests/test_hydra_launcher_suites.py runs Hydra's launcher test suites).
+- In workers: Hydra's joblib launcher ships the Hydra context, the master config and
+  Hydra's global state with every job and restores them (rescanning every plugin) before
+  each; measured, that cost a worker more CPU than the job itself. Here a worker unpacks
+  them once per sweep and then gets only each job's overrides.
+
+The module name starts with "_" so that Hydra's plugin scan, which joblib workers repeat for
+every job, does not execute it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import version
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    configure_log,
+    env_override,
+    filter_overrides,
+    setup_globals,
+)
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from fnnlab.internals import to_yaml, without_hydra
+from fnnlab.job import freeze_heap
+
+log = logging.getLogger(__name__)
+
+CHDIR_WARNING = (
+    "Future Hydra versions will no longer change working directory at job runtime by "
+    "default.\nSee https://hydra.cc/docs/1.2/upgrades/1.1_to_1.2/changes_to_job_working_dir/ "
+    "for more information."
+)
+
+# A worker process costs its start-up (imports, opening the store: seconds) before its first
+# job; with n_jobs=null, a launch uses workers only when each has at least this many jobs.
+JOBS_PER_WORKER = 24
+
+
+def workers(n_jobs: int | None, jobs: int) -> int:
+    """How many processes run a launch's jobs (1: this one)."""
+    if n_jobs is not None:
+        return max(1, min(n_jobs, jobs))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, jobs // JOBS_PER_WORKER))
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    setup_globals()
+    config, context, task = launcher.config, launcher.hydra_context, launcher.task_function
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    n = workers(launcher.n_jobs, len(job_overrides))
+    where = "locally" if n == 1 else f"in {n} worker processes"
+    log.info(f"Launching {len(job_overrides)} jobs {where}")
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+    # What this process holds now lives until it exits; frozen, the garbage collector skips
+    # it, at exit too (a sweep whose jobs ran in workers spent 1.3 s collecting at exit).
+    freeze_heap()
+    if n > 1:
+        return _launch_in_workers(n, context, config, task, job_overrides, initial_job_idx)
+    runs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        runs.append(run_one(context, task, config, idx, overrides))
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return runs
+
+
+def _launch_in_workers(
+    n: int,
+    context: HydraContext,
+    config: DictConfig,
+    task: TaskFunction,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> list:
+    from joblib import Parallel, delayed
+    from joblib.externals import cloudpickle
+
+    # cloudpickle: the task function is the function under @hydra.main, which plain pickle
+    # cannot find by name.
+    shared = cloudpickle.dumps((context, config, task, Singleton.get_state()))
+    key = hashlib.sha256(shared).hexdigest()
+    # The same joblib settings as Hydra's joblib launcher: the two share warm workers.
+    parallel = Parallel(n_jobs=n, backend="loky", max_nbytes=None, mmap_mode="r")
+    return parallel(
+        delayed(_run_in_worker)(key, shared, idx, list(overrides))
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx)
+    )
+
+
+# In a worker: the sweep it last ran a job of, as (key, hydra_context, config, task_function).
+_sweep: tuple | None = None
+
+
+def _run_in_worker(key: str, shared: bytes, idx: int, overrides: list[str]) -> JobReturn:
+    """One job in a worker process; the sweep's shared state is unpacked once per worker."""
+    global _sweep
+    if _sweep is None or _sweep[0] != key:
+        hydra_context, config, task_function, singleton_state = pickle.loads(shared)
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        _sweep = (key, hydra_context, config, task_function)
+    _, hydra_context, config, task_function = _sweep
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return run_one(hydra_context, task_function, config, idx, overrides)
+
+
+def run_one(
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    master: DictConfig,
+    idx: int,
+    overrides: Sequence[str],
+) -> JobReturn:
+    """Job number idx of the sweep: its config composed from its overrides, then run."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(master, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = idx
+        sweep_config.hydra.job.num = idx
+    return run_job(hydra_context, task_function, sweep_config)
+
+
+def run_job(
+    hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+) -> JobReturn:
+    """hydra.core.utils.run_job for a sweep job whose config is this job's alone.
+
+    The same output folder, HydraConfig, working directory, logging, .hydra files,
+    environment, callbacks and JobReturn, but the config is used in place instead of
+    copied, and YAML goes through libyaml.
+    """
+    callbacks = hydra_context.callbacks
+    old_cwd = os.getcwd()
+    orig_hydra_cfg = HydraConfig.instance().cfg
+    # Set first so the output folder can use ${hydra:...}. Hydra then sets it again with
+    # that folder, a second copy of the hydra node (set_config copies it); writing the
+    # folder into both the config and the copy ends the same.
+    HydraConfig.instance().set_config(config)
+    hydra_cfg = HydraConfig.instance().cfg
+    assert hydra_cfg is not None
+    output_dir = os.path.join(
+        str(OmegaConf.select(config, "hydra.sweep.dir")),
+        str(OmegaConf.select(config, "hydra.sweep.subdir")),
+    )
+    for runtime in (config.hydra.runtime, hydra_cfg.hydra.runtime):
+        with read_write(runtime), open_dict(runtime):
+            runtime.output_dir = os.path.abspath(output_dir)
+    chdir = False
+    try:
+        ret = JobReturn()
+        task_cfg = without_hydra(config)
+        ret.cfg = task_cfg
+        ret.hydra_cfg = hydra_cfg
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        chdir = hydra_cfg.hydra.job.chdir
+        if chdir is None:
+            # Unset: no chdir from version_base 1.2 on; before, a chdir and a warning.
+            chdir = not version.base_at_least("1.2")
+            if chdir:
+                warnings.warn(CHDIR_WARNING, UserWarning, stacklevel=2)
+        if chdir:
+            os.chdir(output_dir)
+            ret.working_dir = output_dir
+        else:
+            ret.working_dir = os.getcwd()
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        if config.hydra.output_subdir is not None:
+            hydra_output = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
+            hydra_output.mkdir(parents=True, exist_ok=True)
+            (hydra_output / "config.yaml").write_text(to_yaml(task_cfg))
+            (hydra_output / "hydra.yaml").write_text(to_yaml(hydra_cfg))
+            (hydra_output / "overrides.yaml").write_text(to_yaml(config.hydra.overrides.task))
+        with env_override(hydra_cfg.hydra.job.env_set):
+            callbacks.on_job_start(config=config, task_function=task_function)
+            try:
+                ret.return_value = task_function(task_cfg)
+                ret.status = JobStatus.COMPLETED
+            except Exception as e:
+                ret.return_value = e
+                ret.status = JobStatus.FAILED
+        ret.task_name = JobRuntime.instance().get("name")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        callbacks.on_job_end(config=config, job_return=ret)
+        return ret
+    finally:
+        HydraConfig.instance().cfg = orig_hydra_cfg
+        if chdir:
+            os.chdir(old_cwd)

@@ -1,0 +1,79 @@
+"""hydra/sweeper=fnnlab (the default): Hydra's basic sweep grammar, plus resume.
+
+What a sweep means in fnnlab (its checks, its parent run, progress, its end) comes from
+fnnlab.sweep.SweepCallback and so works with any sweeper. What only a sweeper can do stays
+here: it skips the jobs whose configuration already has a FINISHED run in the experiment
+(unless hydra.sweeper.rerun=true), and launches the rest in batches.
+
+No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+outside sys.modules, where dataclasses cannot resolve string annotations.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FnnlabSweeperConf:
+    _target_: str = "hydra_plugins.fnnlab.sweeper.FnnlabSweeper"
+    # Jobs per launch: the launcher's returns (each job's configs) are held for a batch, so
+    # memory does not grow with the sweep.
+    max_batch_size: int | None = 256
+    # Run every job, even those whose identical config already has a FINISHED run.
+    rerun: bool = False
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="fnnlab", node=FnnlabSweeperConf, provider="fnnlab"
+)
+
+
+class FnnlabSweeper(Sweeper):
+    def __init__(self, max_batch_size: int | None = 256, rerun: bool = False) -> None:
+        self.max_batch_size = max_batch_size
+        self.rerun = rerun
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        from fnnlab import internals
+
+        self.config = config
+        # Jobs are composed once per set of config choices (fnnlab.internals), here and in
+        # the launcher, which gets the same loader.
+        self.hydra_context = HydraContext(
+            config_loader=internals.config_loader(hydra_context.config_loader),
+            callbacks=hydra_context.callbacks,
+        )
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from fnnlab import sweep
+
+        assert self.config is not None and self.hydra_context is not None
+        todo = sweep.jobs_to_run(
+            self.hydra_context.config_loader, self.config, list(arguments), self.rerun
+        )
+        returns = []
+        size = self.max_batch_size or max(len(todo), 1)
+        for start in range(0, len(todo), size):
+            results = self.launcher.launch(todo[start : start + size], initial_job_idx=start)
+            # Keep what a caller of a sweep uses, not each job's configs.
+            for r in results:
+                r.cfg = r.hydra_cfg = None
+            returns.append(results)
+        return returns

@@ -1,0 +1,281 @@
+"""fnnlab.internals, the one place that uses private parts of Hydra, OmegaConf and MLflow:
+its bulk log_batch leaves MLflow's SQL store exactly as MLflow's own log_batch does (the
+same rows in every table, the same errors, on SQLite and on PostgreSQL); a sweep with its
+fast paths switched off stores the same runs; and no other module reaches into a
+dependency's private names."""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from conftest import TmpStore, run_script
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from fnnlab import internals
+from fnnlab.names import Tag
+from fnnlab.tracking import open_store
+
+NOW = 1_700_000_000_000
+SERIES = [
+    Metric(key, v * k, NOW, step)
+    for k, key in enumerate(("loss", "acc"), 1)
+    for step, v in enumerate([0.9, 0.5, float("nan"), 0.25])
+]
+# Out of step order, a repeat within the batch, infinities, the same step twice.
+ODD = [
+    Metric("loss", 0.1, NOW + 5, 7),
+    Metric("loss", 0.1, NOW + 5, 7),
+    Metric("loss", 0.3, NOW + 9, 3),
+    Metric("grad", math.inf, NOW, 0),
+    Metric("grad", -math.inf, NOW, 1),
+    Metric("grad", 2.0, NOW, 1),
+    Metric("summary", 7.0, NOW, 0),
+]
+PARAMS = [Param("model.hidden_dim", "8"), Param("optim.lr", "0.1")]
+TAGS = [RunTag("diverged", "false"), RunTag("mlflow.runName", "renamed")]
+
+# Batches logged one after another on one run: values older and newer than the stored
+# latest ones, a param logged again with the same value, a tag overwritten.
+SEQUENCES = {
+    "one batch": [(SERIES, PARAMS, TAGS)],
+    "odd values": [(ODD, [], [])],
+    "later batches": [
+        (SERIES, PARAMS, []),
+        (ODD, PARAMS[:1], [RunTag("diverged", "true")]),
+        ([Metric("loss", 5.0, NOW - 1, 100)], [Param("seed", "3")], TAGS),
+        ([Metric("acc", 0.0, NOW + 1, 0)], [], []),
+    ],
+    # The second batch repeats a stored row: MLflow's path takes over and skips it.
+    "stored row again": [(SERIES, [], []), (SERIES[:2] + [Metric("loss", 4.0, NOW, 9)], [], [])],
+    "params only": [([], PARAMS, []), ([], PARAMS, [])],
+    "a tag twice": [(ODD, [], [RunTag("a", "1"), RunTag("a", "2")]), ([], [], [RunTag("a", "3")])],
+}
+
+TABLES = {
+    "metrics": "key, value, timestamp, step, is_nan",
+    "latest_metrics": "key, value, timestamp, step, is_nan",
+    "params": "key, value",
+    "tags": "key, value",
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
+def uri_for(request, tmp_path, monkeypatch):
+    """The store URI for a way of logging ("mlflow" or "fnnlab"): a SQLite file each, or
+    one PostgreSQL database for both (their runs are apart)."""
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a database URI
+    if request.param == "sqlite":
+        return lambda how: f"sqlite:///{tmp_path}/{how}/mlflow.db"
+    uri = request.getfixturevalue("tracking_server").database_uri("fnnlab_sql_batch")
+    return lambda how: uri
+
+
+def table_rows(uri: str, run_id: str) -> dict[str, list[tuple]]:
+    with sqlalchemy.create_engine(uri).connect() as conn:
+        rows = {
+            table: sorted(
+                tuple(row)
+                for row in conn.execute(
+                    sqlalchemy.text(f"SELECT {cols} FROM {table} WHERE run_uuid = :run"),
+                    {"run": run_id},
+                )
+            )
+            for table, cols in TABLES.items()
+        }
+        rows["runs"] = [
+            tuple(row)
+            for row in conn.execute(
+                sqlalchemy.text(
+                    "SELECT name, status, lifecycle_stage FROM runs WHERE run_uuid = :run"
+                ),
+                {"run": run_id},
+            )
+        ]
+    return rows
+
+
+def logged(uri: str, how: str, batches) -> dict[str, list[tuple]]:
+    store = open_store(uri, "t")
+    assert store.sql is not None
+    run_id = store.client.create_run(store.experiment_id, run_name="r").info.run_id
+    for metrics, params, tags in batches:
+        if how == "mlflow":
+            store.sql.log_batch(run_id, metrics, params, tags)
+        else:
+            internals.log_batch(store.client, store.sql, run_id, metrics, params, tags)
+    return table_rows(uri, run_id)
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES)
+def test_same_rows_as_mlflows_log_batch(uri_for, sequence):
+    mlflow_rows = logged(uri_for("mlflow"), "mlflow", SEQUENCES[sequence])
+    ours = logged(uri_for("fnnlab"), "fnnlab", SEQUENCES[sequence])
+    assert ours == mlflow_rows
+    assert ours["metrics"] or ours["params"]  # the comparison compared something
+    renamed = any(t.key == "mlflow.runName" for _, _, tags in SEQUENCES[sequence] for t in tags)
+    assert ours["runs"] == [("renamed" if renamed else "r", "RUNNING", "active")]
+
+
+def errors(uri: str, how: str, setup, batch) -> tuple[str, dict]:
+    store = open_store(uri, "t")
+    run_id = store.client.create_run(store.experiment_id, run_name="r").info.run_id
+    setup(store, run_id)
+    write = (
+        store.sql.log_batch
+        if how == "mlflow"
+        else (lambda *a: internals.log_batch(store.client, store.sql, *a))
+    )
+    with pytest.raises(MlflowException) as info:
+        write(run_id, *batch)
+    message = str(info.value).replace(run_id, "<run>")
+    return (info.value.error_code, message), table_rows(uri, run_id)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["param changed", "run deleted", "bad metric", "too many metrics"],
+)
+def test_same_errors_as_mlflows_log_batch_and_nothing_written(uri_for, case):
+    def log_params(store, run_id):
+        store.sql.log_batch(run_id, [], PARAMS, [])
+
+    def delete(store, run_id):
+        store.client.delete_run(run_id)
+
+    setup, batch = {
+        "param changed": (log_params, (SERIES, [Param("optim.lr", "0.2")], TAGS)),
+        "run deleted": (delete, (SERIES, PARAMS, [])),
+        "bad metric": (lambda *_: None, (SERIES + [Metric("", 1.0, NOW, 0)], PARAMS, [])),
+        "too many metrics": (
+            lambda *_: None,
+            ([Metric("m", float(i), NOW, i) for i in range(1001)], [], []),
+        ),
+    }[case]
+    theirs = errors(uri_for("mlflow"), "mlflow", setup, batch)
+    ours = errors(uri_for("fnnlab"), "fnnlab", setup, batch)
+    assert ours == theirs
+    assert not ours[1]["metrics"]  # no metric row of the rejected batch was written
+
+
+# --- private names stay in fnnlab.internals ------------------------------------------------
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# Private parts of the standard library are not a dependency's internals.
+STDLIB_PRIVATE = {"os._exit"}
+
+
+def private_uses(path: Path) -> list[str]:
+    """Imports of private modules or names of other packages, MLflow's store internals,
+    attribute access to a private name (obj._x) and node-content access (obj.__dict__[...])."""
+    found = []
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        where = f"{path.relative_to(SRC)}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            ours = parts[0] in ("fnnlab", "hydra_plugins") or node.module == "__future__"
+            if not ours and (
+                any(p.startswith("_") for p in parts)
+                or node.module.startswith("mlflow.store")
+                or any(a.name.startswith("_") for a in node.names)
+            ):
+                found.append(f"{where} from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if any(p.startswith("_") for p in alias.name.split(".")[1:]):
+                    found.append(f"{where} import {alias.name}")
+        elif isinstance(node, ast.Attribute):
+            name = node.attr
+            private = name.startswith("_") and not name.startswith("__")
+            owner = ast.unparse(node.value)
+            if (private and owner not in ("self", "cls")) or name == "__dict__":
+                if f"{owner}.{name}" not in STDLIB_PRIVATE:
+                    found.append(f"{where} {owner}.{name}")
+    return found
+
+
+def test_no_private_names_outside_internals():
+    files = [p for p in SRC.rglob("*.py") if p != SRC / "fnnlab" / "internals.py"]
+    assert len(files) > 10
+    uses = [use for path in files for use in private_uses(path)]
+    assert uses == []
+
+
+def test_internals_module_is_where_they_are():
+    # The scan above finds them when they are there.
+    uses = private_uses(SRC / "fnnlab" / "internals.py")
+    assert any("hydra._internal" in u for u in uses)
+    assert any("_tracking_client" in u for u in uses)
+    assert any("__dict__" in u for u in uses)
+
+
+def test_other_versions_take_the_public_paths():
+    code = (
+        "import importlib.metadata as m\n"
+        "real = m.version\n"
+        "m.version = lambda name: '9.9.9' if name == 'mlflow' else real(name)\n"
+        "import fnnlab.internals as i\n"
+        "print(i.FAST)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    warning = [line for line in out.stderr.splitlines() if "fnnlab" in line]
+    assert len(warning) == 1 and "mlflow 9.9.9" in warning[0], out.stderr
+
+
+# --- the public paths store the same runs -----------------------------------------------------
+
+
+def stored(store: TmpStore) -> dict:
+    """Everything a sweep stored, by run name, without ids, times and process details."""
+    client = store.client
+    volatile = {Tag.PARENT, Tag.PID, Tag.HOST, Tag.SWEEP_DIR, "mlflow.runName", Tag.TRACEBACK}
+    out = {}
+    for run in store.runs():
+        tags = {
+            k: v
+            for k, v in run.data.tags.items()
+            if k not in volatile and not k.startswith(f"{Tag.SWEEP_DIR}.")
+        }
+        histories = {
+            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics
+        }
+        artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
+        out[run.info.run_name] = (run.info.status, run.data.params, tags, histories, artifacts)
+    return out
+
+
+@pytest.mark.slow
+def test_sweep_with_fast_paths_off_stores_the_same(tmp_path):
+    sweep = ["-m", "model.hidden_dim=4,8", "optim.lr=0.1,1000", "train.epochs=30"]
+    stores = {}
+    for fast in ("1", "0"):
+        root = tmp_path / f"fast{fast}"
+        root.mkdir()
+        store = TmpStore(root=root, uri=f"sqlite:///{root}/mlruns/mlflow.db")
+        env = {**os.environ, "FNNLAB_FAST_PATHS": fast}
+        # The same relative store URI, so params and sweep ids agree too.
+        where = ["tracking.uri=sqlite:///mlruns/mlflow.db", *store.overrides()[1:]]
+        proc = run_script("fnnlab-train", *sweep, *where, env=env, cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        stores[fast] = store
+    fast, public = (stored(stores[k]) for k in ("1", "0"))
+    assert len(fast) == 5  # the parent and four jobs
+    assert fast == public
+    # Each took its own path: only the fast one puts the embedded store in WAL mode.
+    modes = {}
+    for key, store in stores.items():
+        with sqlite3.connect(store.root / "mlruns" / "mlflow.db") as conn:
+            modes[key] = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert modes == {"1": "wal", "0": "delete"}
