@@ -341,19 +341,23 @@ def test_zero_spread_cases_give_certain_answers_without_warnings():
     assert row_of(out, "a")["ci_low"] == row_of(out, "a")["ci_high"] == 0.3
     out = compare(runs_frame({"a": [0.3] * 3, "b": [0.3] * 3}, seeds), ["cfg"], min_effect=0)
     assert row_of(out, "b")["p"] == 1.0 and row_of(out, "b")["tied"]
-    # Welch with one constant group: the one-sample test of the other against the constant.
+    # Welch with one constant group: the limit of Welch's test as that group's spread -> 0.
     varying = [0.35, 0.45, 0.40]
+    jitter = np.array([1e-9, -1e-9, 0.0])
     for lead_const in (True, False):
         groups = {"a": [0.3] * 3, "b": varying} if lead_const else {"a": varying, "b": [0.5] * 3}
         out = compare(runs_frame(groups, seeds), ["cfg"])
         other = out.loc[~out["leader"]].iloc[0]
-        const = groups["a"][0] if lead_const else groups["b"][0]
-        ref = stats.ttest_1samp(varying, const)
-        ci = np.array(ref.confidence_interval(0.95)) - const
-        if not lead_const:  # the constant is the other configuration: its diff is const - mean
-            ci = -ci[::-1]
-        assert other["p"] == pytest.approx(ref.pvalue)
-        np.testing.assert_allclose([other["diff_ci_low"], other["diff_ci_high"]], ci)
+        a, b = np.array(groups["a"]), np.array(groups["b"])
+        assert out.loc[out["leader"], "cfg"].item() == "a"  # the lower mean either way
+        if lead_const:
+            ref = stats.ttest_ind(b, a + jitter, equal_var=False)
+        else:
+            ref = stats.ttest_ind(b + jitter, a, equal_var=False)
+        assert other["p"] == pytest.approx(ref.pvalue, rel=1e-6)
+        np.testing.assert_allclose(
+            [other["diff_ci_low"], other["diff_ci_high"]], ref.confidence_interval(), rtol=1e-6
+        )
 
 
 @strict

@@ -159,7 +159,8 @@ def classify_regime(
     threshold is relative to the loss level, so rounding wiggles of a converged run (1e-7 on a
     loss of 0.1) never count; and a bump that dies out before the tail does not either. The
     fraction of sign changes of consecutive steps was considered and rejected: on real runs
-    that clearly oscillate (hidden_dim 32, lr 0.1 to 0.2) it ranges from 0.1 to 1.
+    that clearly oscillate (backprop="tutorial", widths 2 to 32, lr 0.1 to 0.5, 101 epochs)
+    it ranges from 0.1 (a few large bumps) to 1 (a zig-zag).
     """
     if diverged:
         return "diverged"
