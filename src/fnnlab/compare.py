@@ -1,0 +1,566 @@
+"""Statistics over seeds: one outcome per run, its training regime, and configuration comparisons.
+
+Pure functions on numpy arrays and pandas frames (no store, no torch), so the report can be
+recomputed from any table of runs and every rule here is testable on simulated data.
+
+Outcome. A run's outcome is, by default, its mean loss over the last 10% of the epochs it ran
+("tail_loss"): less noisy than the last epoch alone when the loss wiggles. A diverged run has no
+outcome: callers pass NaN, and such runs count only through the `diverged` column.
+
+Regime. A run is "diverged" when the trainer says so (its loss became non-finite); this module
+never re-decides that. Otherwise it is "oscillating" when, over the last 20% of its epochs (at
+least 5), the loss moves back and forth: the smaller of its summed rises and its summed falls
+there (half of its total variation beyond the net change) is at least 1% of its mean level in
+that window, ignoring steps smaller than 0.01% of the level as rounding noise. Any other run,
+including one whose loss falls, or slowly rises, smoothly through the tail, and any run of fewer
+than 4 epochs, is "stable".
+
+Comparison. The leader is the configuration with the best mean outcome among those with at least
+two finite outcomes (preferring configurations where no run diverged). Every other such
+configuration is compared with it by a paired t-test over seeds when both have exactly the same
+seeds, Welch's t-test otherwise, with Holm's adjustment over those comparisons. A configuration is
+"tied" with the leader when the adjusted p-value is at least alpha or the difference is below a
+practical margin (1% of the leader's mean unless given); for a tie that is not explained by the
+margin, `seeds_needed` estimates the seeds per configuration a test would need to resolve the
+observed difference with the requested power.
+
+Stability boundary. Scanning the swept learning rates upward for one width, the bracket
+[last good, first bad] around the first learning rate at which any seed diverged (or, for the
+oscillation boundary, oscillated or diverged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+# --- outcome of one run ---------------------------------------------------------------
+
+OUTCOMES = ("tail_loss", "final_loss", "best_loss", "final_accuracy")
+HIGHER_IS_BETTER = {"final_accuracy"}
+
+
+def _ceil_fraction(fraction: float, n: int) -> int:
+    """ceil(fraction * n), immune to products such as 0.7 * 10 = 7.000000000000001."""
+    return math.ceil(fraction * n - 1e-9)
+
+
+def run_outcome(
+    loss: np.ndarray | Sequence[float],
+    accuracy: np.ndarray | Sequence[float] | None = None,
+    kind: str = "tail_loss",
+    tail_fraction: float = 0.1,
+) -> float:
+    """One number per run from its per-epoch curves (epoch e at index e).
+
+    "tail_loss" (default) is the mean loss over the last `tail_fraction` of the epochs run,
+    at least one epoch: the final loss alone is one draw from a curve that may wiggle.
+    "final_loss" and "best_loss" (the minimum) are the classic alternatives, and
+    "final_accuracy" is the only kind where higher is better (see HIGHER_IS_BETTER).
+
+    A run without epochs gives NaN. A diverged run has no outcome: callers pass NaN for it
+    rather than the value of its truncated curve, and compare() counts it only as diverged.
+    """
+    if kind not in OUTCOMES:
+        raise ValueError(f"kind must be one of {OUTCOMES}, got {kind!r}")
+    if kind == "final_accuracy":
+        if accuracy is None:
+            raise ValueError("kind='final_accuracy' needs the accuracy curve")
+        acc = np.asarray(accuracy, dtype=float)
+        return float(acc[-1]) if acc.size else math.nan
+    curve = np.asarray(loss, dtype=float)
+    if curve.size == 0:
+        return math.nan
+    if kind == "final_loss":
+        return float(curve[-1])
+    if kind == "best_loss":
+        return float(np.min(curve))
+    if not 0 < tail_fraction <= 1:
+        raise ValueError(f"tail_fraction must be in (0, 1], got {tail_fraction}")
+    n_tail = max(1, _ceil_fraction(tail_fraction, curve.size))
+    return float(np.mean(curve[-n_tail:]))
+
+
+# --- training regime of one run -------------------------------------------------------
+
+REGIMES = ("stable", "oscillating", "diverged")
+
+
+@dataclass(frozen=True)
+class RegimeThresholds:
+    """When a loss curve counts as oscillating (see classify_regime)."""
+
+    tail_fraction: float = 0.2  # the window: this fraction of the epochs run, at the end
+    min_tail_epochs: int = 5  # ... but at least this many epochs (all of a shorter curve)
+    min_epochs: int = 4  # curves shorter than this are "stable" (too short to judge)
+    swing: float = 0.01  # back-and-forth movement, as a fraction of the window's mean loss
+    noise: float = 1e-4  # single steps below this fraction of the mean loss are rounding noise
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tail_fraction <= 1:
+            raise ValueError(f"tail_fraction must be in (0, 1], got {self.tail_fraction}")
+        if self.min_tail_epochs < 2 or self.min_epochs < 2:
+            raise ValueError("min_tail_epochs and min_epochs must be at least 2")
+        if self.swing <= 0 or self.noise < 0:
+            raise ValueError("swing must be positive and noise non-negative")
+
+
+def oscillation_swing(
+    loss: np.ndarray | Sequence[float], thresholds: RegimeThresholds = RegimeThresholds()
+) -> float:
+    """The back-and-forth movement of the loss over the tail window, relative to its level.
+
+    With R the summed rises and F the summed falls between consecutive epochs in the window
+    (steps smaller than `noise` times the level left out), this is min(R, F) / level: half of
+    the total variation in excess of the net change. A monotone curve, falling or rising,
+    scores 0 however steep; a loss jumping up and down scores about half its range per
+    epoch. Using both directions matters on real curves: with backprop="tutorial" the update
+    descends the squared error while the logged loss is the cross-entropy, which can rise
+    slowly and smoothly for hundreds of epochs (hidden_dim 2 or 8, lr 0.5, 1001 epochs).
+
+    Non-finite values are dropped (the trainer never logs them). NaN for curves shorter than
+    `min_epochs` and for a window whose mean level is 0.
+    """
+    curve = np.asarray(loss, dtype=float)
+    curve = curve[np.isfinite(curve)]
+    if curve.size < thresholds.min_epochs:
+        return math.nan
+    k = max(thresholds.min_tail_epochs, _ceil_fraction(thresholds.tail_fraction, curve.size))
+    window = curve[-k:]
+    level = float(np.mean(np.abs(window)))
+    if level == 0:
+        return math.nan
+    steps = np.diff(window)
+    steps = steps[np.abs(steps) >= thresholds.noise * level]
+    rises = float(steps[steps > 0].sum())
+    falls = float(-steps[steps < 0].sum())
+    return min(rises, falls) / level
+
+
+def classify_regime(
+    loss: np.ndarray | Sequence[float],
+    diverged: bool,
+    thresholds: RegimeThresholds = RegimeThresholds(),
+) -> str:
+    """The regime of one run: "diverged", "oscillating" or "stable" (see the module docstring).
+
+    `diverged` comes from the trainer and is returned as is: the loss curve of a diverged run
+    stops before its non-finite epoch and says nothing more. Otherwise the run is
+    "oscillating" when oscillation_swing(loss) >= thresholds.swing.
+
+    Why this measure: gradient descent with a step small enough for the local curvature only
+    goes down, so a loss that climbs back and falls again in the tail is overshooting. The
+    threshold is relative to the loss level, so rounding wiggles of a converged run (1e-7 on a
+    loss of 0.1) never count; and a bump that dies out before the tail does not either. The
+    fraction of sign changes of consecutive steps was considered and rejected: on real runs
+    that clearly oscillate (backprop="tutorial", widths 2 to 32, lr 0.1 to 0.5, 101 epochs)
+    it ranges from 0.1 (a few large bumps) to 1 (a zig-zag).
+    """
+    if diverged:
+        return "diverged"
+    swing = oscillation_swing(loss, thresholds)
+    if math.isfinite(swing) and swing >= thresholds.swing:
+        return "oscillating"
+    return "stable"
+
+
+# --- comparisons over seeds -----------------------------------------------------------
+
+# Spreads or differences below this fraction of the data's magnitude are rounding, taken as 0:
+# identical runs (and scipy warns of catastrophic cancellation at about 1e-15).
+_ROUNDING = 1e-12
+MAX_SEEDS = 10_000
+_COLUMNS = (
+    "n",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "diff_vs_leader",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_adj",
+    "leader",
+    "tied",
+    "seeds_needed",
+    "test",
+    "p",
+    "note",
+)
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment: controls the family-wise error rate at any dependence.
+
+    Sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) * p_(j)); the
+    result is in the input order.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(1.0, stepped)
+    return adjusted
+
+
+@dataclass
+class _Group:
+    key: tuple[Any, ...]
+    seeds: np.ndarray  # of the finite outcomes
+    values: np.ndarray  # finite outcomes
+    any_diverged: bool
+
+    @property
+    def n(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.n else math.nan
+
+
+@dataclass
+class _Test:
+    kind: str  # "paired" or "welch"
+    diff: float
+    p: float
+    ci: tuple[float, float]
+    identical: bool  # every difference is rounding: the same runs
+    sd_diff: float = math.nan  # paired: SD of the per-seed differences
+    sds: tuple[float, float] = (math.nan, math.nan)  # welch: SDs of (other, leader)
+
+
+def _constant(x: np.ndarray, scale: float) -> bool:
+    """All values equal up to rounding relative to `scale`."""
+    return bool(np.ptp(x) <= _ROUNDING * scale)
+
+
+def _mean_ci(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    """t-interval of the mean; a constant sample's mean is known exactly; NaN below 2."""
+    n = x.size
+    if n < 2:
+        return math.nan, math.nan
+    mean = float(np.mean(x))
+    if _constant(x, float(np.max(np.abs(x)))):
+        return mean, mean
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=np.std(x, ddof=1) / n**0.5)
+    return float(low), float(high)
+
+
+def _paired_seeds(a: _Group, b: _Group) -> bool:
+    """Same set of seeds in both, each once: the runs can be matched seed by seed."""
+    return (
+        a.n >= 2
+        and a.n == b.n
+        and np.unique(a.seeds).size == a.n
+        and np.unique(b.seeds).size == b.n
+        and set(a.seeds.tolist()) == set(b.seeds.tolist())
+    )
+
+
+def _exact(diff: float, scale: float) -> tuple[float, tuple[float, float], bool]:
+    """p and CI when there is no spread at all: a difference is then certain, or absent."""
+    if abs(diff) <= _ROUNDING * scale:
+        return 1.0, (0.0, 0.0), True
+    return 0.0, (diff, diff), False
+
+
+def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
+    """other minus leader: paired by seed when possible, Welch otherwise."""
+    scale = max(float(np.max(np.abs(other.values))), float(np.max(np.abs(leader.values))))
+    if _paired_seeds(other, leader):
+        x = other.values[np.argsort(other.seeds, kind="stable")]
+        y = leader.values[np.argsort(leader.seeds, kind="stable")]
+        d = x - y
+        diff = float(np.mean(d))
+        if _constant(d, scale):
+            p, ci, identical = _exact(diff, scale)
+            return _Test("paired", diff, p, ci, identical, sd_diff=0.0)
+        res = stats.ttest_rel(x, y)
+        low, high = res.confidence_interval(confidence)
+        sd = float(np.std(d, ddof=1))
+        return _Test("paired", diff, float(res.pvalue), (float(low), float(high)), False, sd)
+
+    x, y = other.values, leader.values
+    diff = float(np.mean(x) - np.mean(y))
+    sds = (float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))
+    const_x = _constant(x, float(np.max(np.abs(x))))
+    const_y = _constant(y, float(np.max(np.abs(y))))
+    if const_x and const_y:
+        p, ci, identical = _exact(diff, scale)
+        return _Test("welch", diff, p, ci, identical, sds=(0.0, 0.0))
+    if const_x or const_y:
+        # Welch's test with one SD of 0 is the one-sample t-test of the other group against
+        # the constant (same statistic, df n - 1); scipy would warn on the constant group.
+        varying, fixed = (y, x) if const_x else (x, y)
+        constant = float(np.mean(fixed))
+        sign = -1.0 if const_x else 1.0
+        res = stats.ttest_1samp(varying, constant)
+        low, high = res.confidence_interval(confidence)
+        ci = (sign * (low - constant), sign * (high - constant))
+        sds = (0.0, sds[1]) if const_x else (sds[0], 0.0)
+        return _Test("welch", diff, float(res.pvalue), (min(ci), max(ci)), False, sds=sds)
+    res = stats.ttest_ind(x, y, equal_var=False)
+    low, high = res.confidence_interval(confidence)
+    return _Test("welch", diff, float(res.pvalue), (float(low), float(high)), False, sds=sds)
+
+
+def _power(n: int, test: _Test, alpha: float) -> float:
+    """Power of the two-sided level-alpha t-test with n seeds per configuration, if the true
+    difference and spread were the observed ones."""
+    if test.kind == "paired":
+        df = n - 1.0
+        nc = abs(test.diff) / test.sd_diff * math.sqrt(n)
+    else:
+        v1, v2 = test.sds[0] ** 2, test.sds[1] ** 2
+        df = (n - 1.0) * (v1 + v2) ** 2 / (v1**2 + v2**2)  # Welch-Satterthwaite, n per group
+        nc = abs(test.diff) / math.sqrt((v1 + v2) / n)
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    upper = float(stats.nct.sf(crit, df, nc))
+    # The wrong-sign tail P(T < -crit) <= P(Z < -nc) is below 1e-11 once nc > 7, where scipy's
+    # nct.cdf returns NaN; it is left out there.
+    lower = float(stats.nct.cdf(-crit, df, nc)) if nc < 7 else 0.0
+    return upper + lower
+
+
+def seeds_needed(test: _Test, alpha: float, power: float) -> int | None:
+    """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None (power rises with n:
+    doubling, then bisection)."""
+    if _power(2, test, alpha) >= power:
+        return 2
+    low, high = 2, 4
+    while _power(high, test, alpha) < power:
+        if high >= MAX_SEEDS:
+            return None
+        low, high = high, min(2 * high, MAX_SEEDS)
+    while high - low > 1:  # power(low) < target <= power(high)
+        mid = (low + high) // 2
+        if _power(mid, test, alpha) >= power:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _groups(
+    runs: pd.DataFrame, config_cols: list[str], seed_col: str, value_col: str
+) -> list[_Group]:
+    missing = [c for c in [*config_cols, seed_col, value_col, "diverged"] if c not in runs]
+    if missing:
+        raise KeyError(f"runs has no column(s) {missing}")
+    values = pd.to_numeric(runs[value_col], errors="coerce").to_numpy(dtype=float)
+    diverged = runs["diverged"].fillna(False).astype(bool).to_numpy()
+    seeds = runs[seed_col].to_numpy()
+    if config_cols:
+        keyed = runs.groupby(config_cols, dropna=False, sort=True).indices
+        items = [(k if isinstance(k, tuple) else (k,), idx) for k, idx in keyed.items()]
+    else:
+        items = [((), np.arange(len(runs)))]
+    out = []
+    for key, idx in items:
+        finite = np.isfinite(values[idx])
+        out.append(_Group(key, seeds[idx][finite], values[idx][finite], bool(diverged[idx].any())))
+    return out
+
+
+def compare(
+    runs: pd.DataFrame,
+    config_cols: list[str],
+    *,
+    seed_col: str = "seed",
+    value_col: str = "outcome",
+    higher_is_better: bool = False,
+    alpha: float = 0.05,
+    min_effect: float | None = None,
+    power: float = 0.8,
+) -> pd.DataFrame:
+    """One row per configuration: its mean outcome over seeds and how it compares with the
+    leader's.
+
+    `runs` has one row per run: the config columns, the seed, the outcome (NaN for a run
+    without one: diverged or failed) and a boolean `diverged`. Intervals are at confidence
+    1 - alpha (95% by default): `ci_low`/`ci_high` for the mean, `diff_ci_*` for this mean
+    minus the leader's, from the same test that gives `p` (so the interval excludes 0 exactly
+    when p < alpha). `p_adj` is Holm-adjusted over all comparisons with the leader.
+
+    tied = p_adj >= alpha or |diff_vs_leader| < margin, with margin = min_effect, or 1% of
+    the leader's |mean| when None (min_effect=0: no margin). `tied` is False for the leader
+    and NA where nothing can be claimed (fewer than 2 finite outcomes, or no leader).
+    `seeds_needed` (per configuration) is given only for ties not explained by the margin:
+    the seeds at which a level-alpha test would detect the observed difference, with the
+    observed spread, with probability `power` (NA beyond MAX_SEEDS; the note says so).
+
+    Runs are paired by seed only when both configurations have exactly the same seeds with
+    finite outcomes, each once; a configuration that lost one seed is compared by Welch's
+    test, which ignores the shared seeds and is then conservative. Spreads below rounding
+    (1e-12 of the values) count as none: identical runs give p = 1 and CI [0, 0], two
+    different constants give p = 0.
+    """
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError("alpha and power must be in (0, 1)")
+    groups = _groups(runs, list(config_cols), seed_col, value_col)
+    confidence = 1 - alpha
+    sign = -1.0 if higher_is_better else 1.0
+
+    eligible = [i for i, g in enumerate(groups) if g.n >= 2]
+    clean = [i for i in eligible if not groups[i].any_diverged]
+    pool = clean or eligible
+    lead = min(pool, key=lambda i: sign * groups[i].mean) if pool else None
+
+    rows: list[dict[str, Any]] = []
+    for g in groups:
+        low, high = _mean_ci(g.values, confidence)
+        rows.append(
+            {
+                **dict(zip(config_cols, g.key, strict=True)),
+                "n": g.n,
+                "mean": g.mean,
+                "ci_low": low,
+                "ci_high": high,
+                "diff_vs_leader": math.nan,
+                "diff_ci_low": math.nan,
+                "diff_ci_high": math.nan,
+                "p_adj": math.nan,
+                "leader": False,
+                "tied": pd.NA,
+                "seeds_needed": pd.NA,
+                "test": "",
+                "p": math.nan,
+                "note": "fewer than 2 seeds: no claim",
+            }
+        )
+    if lead is None:
+        for row in rows:
+            row["note"] = "no configuration has 2 seeds: no leader, no claim"
+        return _frame(rows, config_cols)
+
+    leader = groups[lead]
+    rows[lead].update(diff_vs_leader=0.0, leader=True, tied=False, note="leader")
+    margin = abs(leader.mean) * 0.01 if min_effect is None else float(min_effect)
+    for i, g in enumerate(groups):
+        if i != lead and g.n == 1:
+            rows[i]["diff_vs_leader"] = g.mean - leader.mean
+
+    compared = [i for i in eligible if i != lead]
+    tests = {i: _test(groups[i], leader, confidence) for i in compared}
+    adjusted = holm([tests[i].p for i in compared])
+    for i, p_adj in zip(compared, adjusted, strict=True):
+        t = tests[i]
+        row = rows[i]
+        row.update(
+            diff_vs_leader=t.diff,
+            diff_ci_low=t.ci[0],
+            diff_ci_high=t.ci[1],
+            p_adj=float(p_adj),
+            test=t.kind,
+            p=t.p,
+        )
+        below_margin = abs(t.diff) < margin
+        tied = bool(p_adj >= alpha or below_margin)
+        row["tied"] = tied
+        if t.identical:
+            row["note"] = "identical to the leader"
+        elif not tied:
+            # Only a configuration with diverged runs (left out of the leader's pool) can be
+            # significantly better than the leader.
+            worse = sign * t.diff > 0
+            row["note"] = "worse than the leader" if worse else "better, but some runs diverged"
+        elif below_margin:
+            row["note"] = "difference below the margin"
+        else:
+            needed = seeds_needed(t, alpha, power) if t.diff != 0 else None
+            if needed is None:
+                row["note"] = f"not significant; more than {MAX_SEEDS} seeds for {power:.0%} power"
+            else:
+                row["seeds_needed"] = needed
+                row["note"] = f"not significant; {needed} seeds for {power:.0%} power"
+    return _frame(rows, config_cols)
+
+
+def _frame(rows: list[dict[str, Any]], config_cols: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=[*config_cols, *_COLUMNS])
+    out["n"] = out["n"].astype(int)
+    out["leader"] = out["leader"].astype(bool)
+    out["tied"] = out["tied"].astype("boolean")
+    out["seeds_needed"] = out["seeds_needed"].astype("Int64")
+    for col in ("test", "note"):
+        out[col] = out[col].astype(str)
+    return out
+
+
+def leader_label(row: pd.Series | dict[str, Any], config_cols: list[str]) -> str:
+    """A configuration as "key=value" pairs separated by spaces, floats as :g (lr=0.001)."""
+    parts = []
+    for col in config_cols:
+        value = row[col]
+        if isinstance(value, float | np.floating):
+            parts.append(f"{col}={float(value):g}")
+        else:
+            parts.append(f"{col}={value}")
+    return " ".join(parts)
+
+
+# --- regimes over a sweep -------------------------------------------------------------
+
+
+def stability_boundary(
+    runs: pd.DataFrame,
+    width_col: str = "hidden_dim",
+    lr_col: str = "lr",
+    regime_col: str = "regime",
+) -> pd.DataFrame:
+    """Per width, where training stops being stable as the learning rate grows.
+
+    Scanning the swept learning rates upward, the first bad one is the smallest at which any
+    seed was bad, and the last good one is the largest swept below it: the boundary lies in
+    [last good, first bad]. For divergence, bad means "diverged" (columns `stable_lr_max`,
+    `diverges_at_lr`); for oscillation, "oscillating" or "diverged" (`no_oscillation_lr_max`,
+    `oscillates_at_lr`). A side is NaN when there is none: no bad rate gives NaN as the first
+    bad and the largest swept rate as the last good; a bad smallest rate gives NaN as the last
+    good. Rates above the first bad one are not looked at, even if they are good again.
+    Runs without a regime (failed) are ignored. One row per width, sorted.
+    """
+    known = runs[runs[regime_col].notna()]
+    rows = []
+    for width, sub in known.groupby(width_col, sort=True):
+        lrs = np.sort(pd.unique(sub[lr_col].astype(float)))
+        lr = sub[lr_col].astype(float)
+        regime = sub[regime_col]
+        row: dict[str, Any] = {width_col: width}
+        for good_col, bad_col, bad in (
+            ("stable_lr_max", "diverges_at_lr", {"diverged"}),
+            ("no_oscillation_lr_max", "oscillates_at_lr", {"oscillating", "diverged"}),
+        ):
+            bad_lrs = lr[regime.isin(bad)]
+            first_bad = float(bad_lrs.min()) if len(bad_lrs) else math.nan
+            below = lrs[lrs < first_bad] if math.isfinite(first_bad) else lrs
+            row[good_col] = float(below.max()) if below.size else math.nan
+            row[bad_col] = first_bad
+        rows.append(row)
+    columns = [width_col, "stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max"]
+    return pd.DataFrame(rows, columns=[*columns, "oscillates_at_lr"])
+
+
+def regime_fractions(
+    runs: pd.DataFrame, rows: str, cols: str, regime_col: str = "regime"
+) -> pd.DataFrame:
+    """Per (rows value, cols value), e.g. (hidden_dim, lr): the fraction of runs in each regime
+    and n, the runs with a regime (a heatmap's cells). Regimes are REGIMES, then any other
+    value found, in order of appearance."""
+    known = runs[runs[regime_col].notna()]
+    regimes = [*REGIMES, *(r for r in pd.unique(known[regime_col]) if r not in REGIMES)]
+    counts = pd.crosstab([known[rows], known[cols]], known[regime_col])
+    counts = counts.reindex(columns=regimes, fill_value=0)
+    n = counts.sum(axis=1)
+    out = counts.div(n, axis=0)
+    out.insert(0, "n", n)
+    out.columns.name = None
+    return out.reset_index()

@@ -1,0 +1,718 @@
+"""fnnlab.compare: outcomes, regimes, and the statistics behind "tied with the leader".
+
+The statistical tests simulate experiments whose truth is known: pairs of configurations drawn
+from the same distribution (how often is a difference claimed?), and intervals around known
+means (how often do they cover?). Rates come from scipy's tests on 2-D arrays, one row per
+simulated experiment; a few hundred experiments also go through compare() itself to show it
+makes the same decisions. Every random draw has a fixed seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from fnnlab.compare import (
+    HIGHER_IS_BETTER,
+    MAX_SEEDS,
+    OUTCOMES,
+    REGIMES,
+    RegimeThresholds,
+    classify_regime,
+    compare,
+    holm,
+    leader_label,
+    oscillation_swing,
+    regime_fractions,
+    run_outcome,
+    stability_boundary,
+)
+
+ALPHA = 0.05
+# Any RuntimeWarning (0/0, catastrophic cancellation in scipy) fails a statistical test.
+strict = pytest.mark.filterwarnings("error")
+
+
+def runs_frame(groups: dict[str, list[float]], seeds: dict[str, list[int]] | None = None, **extra):
+    """One row per run: cfg, seed, outcome, diverged (a NaN outcome counts as diverged
+    unless `diverged` says otherwise)."""
+    rows = []
+    for cfg, values in groups.items():
+        for i, v in enumerate(values):
+            seed = seeds[cfg][i] if seeds else i
+            rows.append({"cfg": cfg, "seed": seed, "outcome": v, "diverged": math.isnan(v)})
+    frame = pd.DataFrame(rows)
+    for col, values in extra.items():
+        frame[col] = values
+    return frame
+
+
+def row_of(out: pd.DataFrame, cfg: str) -> pd.Series:
+    return out.set_index("cfg").loc[cfg]
+
+
+# --- outcome --------------------------------------------------------------------------
+
+
+def test_tail_loss_mean_of_last_tenth():
+    assert run_outcome(np.array([5.0])) == 5.0
+    assert run_outcome(np.arange(9.0)) == 8.0  # ceil(0.9) = 1 epoch
+    assert run_outcome(np.arange(10.0)) == 9.0  # 1 epoch
+    assert run_outcome(np.arange(11.0)) == 9.5  # ceil(1.1) = 2 epochs
+    assert run_outcome(np.arange(101.0)) == np.mean(np.arange(90.0, 101.0))  # 11 epochs
+    assert run_outcome(np.arange(10.0), tail_fraction=0.7) == np.mean(np.arange(3.0, 10.0))
+    assert math.isnan(run_outcome(np.array([])))
+
+
+def test_other_outcomes():
+    loss = np.array([3.0, 1.0, 2.0])
+    acc = np.array([0.5, 0.9, 0.8])
+    assert run_outcome(loss, acc, kind="final_loss") == 2.0
+    assert run_outcome(loss, acc, kind="best_loss") == 1.0
+    assert run_outcome(loss, acc, kind="final_accuracy") == 0.8
+    assert set(OUTCOMES) == {"tail_loss", "final_loss", "best_loss", "final_accuracy"}
+    assert HIGHER_IS_BETTER == {"final_accuracy"}
+    with pytest.raises(ValueError, match="kind"):
+        run_outcome(loss, kind="median_loss")
+    with pytest.raises(ValueError, match="accuracy"):
+        run_outcome(loss, kind="final_accuracy")
+
+
+# --- regime on constructed curves -----------------------------------------------------
+
+EPOCHS = np.arange(101)
+
+
+def test_diverged_is_taken_from_the_trainer():
+    smooth = 0.7 * np.exp(-EPOCHS / 30)
+    assert classify_regime(smooth, diverged=True) == "diverged"
+    assert classify_regime(np.array([0.7]), diverged=True) == "diverged"
+    assert classify_regime(np.array([]), diverged=True) == "diverged"
+
+
+def test_monotone_curves_are_stable():
+    assert classify_regime(0.2 + 0.5 * np.exp(-EPOCHS / 30), False) == "stable"
+    assert classify_regime(np.linspace(0.7, 0.69, 101), False) == "stable"  # barely moving
+    # A slow smooth rise (the tutorial's logged cross-entropy can do this) is not oscillation.
+    assert classify_regime(np.linspace(0.06, 0.066, 101), False) == "stable"
+
+
+def test_alternating_curve_oscillates():
+    alternating = np.where(EPOCHS % 2 == 0, 0.5, 2.0)
+    assert classify_regime(alternating, False) == "oscillating"
+    window = alternating[-21:]  # ceil(0.2 * 101) epochs: 10 rises and 10 falls of 1.5
+    assert oscillation_swing(alternating) == pytest.approx(10 * 1.5 / window.mean())
+    # Small but real: a 2% zig-zag around a falling trend.
+    zigzag = (0.5 - 0.001 * EPOCHS) * (1 + 0.01 * (-1.0) ** EPOCHS)
+    assert classify_regime(zigzag, False) == "oscillating"
+
+
+def test_damped_oscillation_that_dies_before_the_tail_is_stable():
+    damped = 0.3 + 0.4 * np.exp(-EPOCHS / 40) + 0.3 * np.exp(-EPOCHS / 6) * (-1.0) ** EPOCHS
+    assert classify_regime(damped[:20], False) == "oscillating"  # while it lasts
+    assert classify_regime(damped, False) == "stable"
+
+
+def test_one_bump_then_smooth_is_stable_but_a_bump_in_the_tail_is_not():
+    curve = 0.2 + 0.5 * np.exp(-EPOCHS / 30)
+    bumped = curve + 0.3 * np.exp(-(((EPOCHS - 40) / 5.0) ** 2))
+    assert classify_regime(bumped, False) == "stable"
+    late = curve + 0.3 * np.exp(-(((EPOCHS - 90) / 3.0) ** 2))
+    assert classify_regime(late, False) == "oscillating"
+
+
+def test_rounding_noise_is_not_oscillation():
+    rng = np.random.default_rng(0)
+    converged = 0.2 + 0.5 * np.exp(-EPOCHS / 10)  # flat to 1e-5 over the tail
+    wiggle = 1e-7 * np.where(EPOCHS % 2 == 0, 1.0, -1.0)
+    assert classify_regime(converged + wiggle, False) == "stable"
+    assert classify_regime(converged + 1e-7 * rng.standard_normal(101), False) == "stable"
+    # Noise relative to the level: the same 1e-7 steps on a loss of 0.001 (1e-4 relative).
+    assert classify_regime(0.001 + wiggle, False) == "stable"
+    # A long run: noise is ignored step by step, so it does not add up over 2,000 epochs.
+    long = np.full(10_001, 0.05) + 1e-7 * np.where(np.arange(10_001) % 2 == 0, 1.0, -1.0)
+    assert classify_regime(long, False) == "stable"
+
+
+def test_very_short_curves_are_stable():
+    for curve in ([0.7], [0.7, 2.0], [0.7, 2.0, 0.3]):
+        assert classify_regime(np.array(curve), False) == "stable"
+    assert classify_regime(np.array([0.7, 2.0, 0.3, 2.0]), False) == "oscillating"
+
+
+def test_thresholds_are_configuration():
+    zigzag = 0.5 * (1 + 0.002 * (-1.0) ** EPOCHS)  # 20 rises of 0.4%: swing 0.08
+    assert classify_regime(zigzag, False) == "oscillating"
+    assert classify_regime(zigzag, False, RegimeThresholds(swing=0.1)) == "stable"
+    assert classify_regime(zigzag, False, RegimeThresholds(noise=0.01)) == "stable"
+    with pytest.raises(ValueError):
+        RegimeThresholds(tail_fraction=0)
+    with pytest.raises(AttributeError):
+        RegimeThresholds().swing = 0.5  # type: ignore[misc]
+
+
+# --- regime on real curves ------------------------------------------------------------
+
+
+@functools.cache
+def real_loss(
+    hidden_dim: int, lr: float, seed: int, epochs: int = 101, backprop: str = "tutorial"
+) -> tuple[np.ndarray, bool]:
+    """A real run's loss curve and whether it diverged (the one place that trains)."""
+    torch = pytest.importorskip("torch")
+    from fnnlab.data import load_iris2
+    from fnnlab.model import ScratchFNN
+    from fnnlab.train import fit
+
+    torch.set_num_threads(1)
+    X, y = load_iris2([0, 1], True, torch.float32)
+    h = fit(ScratchFNN(2, hidden_dim, seed=seed, backprop=backprop), X, y, lr=lr, epochs=epochs)
+    return np.asarray(h.metrics["loss"]), h.diverged_at is not None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_real_jumping_loss_oscillates(seed):
+    loss, diverged = real_loss(32, 0.1, seed)
+    assert not diverged
+    assert classify_regime(loss, diverged) == "oscillating", loss[-21:]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_real_smooth_decrease_is_stable(seed):
+    loss, diverged = real_loss(8, 0.001, seed)
+    assert np.all(np.diff(loss) < 0)
+    assert classify_regime(loss, diverged) == "stable"
+
+
+def test_real_smooth_rise_of_the_logged_loss_is_stable():
+    # backprop="tutorial" descends the squared error; the logged cross-entropy creeps up.
+    loss, diverged = real_loss(2, 0.5, 0, epochs=1001)
+    assert np.all(np.diff(loss[-200:]) > 0)
+    assert classify_regime(loss, diverged) == "stable"
+
+
+# --- Holm -----------------------------------------------------------------------------
+
+
+def test_holm_textbook_example():
+    # Wikipedia's Holm-Bonferroni example: four hypotheses, alpha 0.05; sorted p-values
+    # 0.005, 0.01, 0.03, 0.04 are compared with 0.05/4, 0.05/3, 0.05/2: H4 and H1 are
+    # rejected, then 0.03 > 0.025 stops the procedure.
+    p = [0.01, 0.04, 0.03, 0.005]
+    adjusted = holm(p)
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    assert list(adjusted < 0.05) == [True, False, False, True]
+    np.testing.assert_allclose(holm([0.2, 0.9, 0.01]), [0.4, 0.9, 0.03])  # capped, monotone
+    np.testing.assert_allclose(holm([0.7]), [0.7])
+    assert holm([]).size == 0
+
+
+# --- leader and claims ----------------------------------------------------------------
+
+
+@strict
+def test_leader_prefers_configurations_without_divergence():
+    nan = math.nan
+    out = compare(
+        runs_frame(
+            {
+                "fast": [0.10, 0.11, 0.09, nan],  # best mean, but one seed diverged
+                "safe": [0.30, 0.31, 0.29, 0.30],
+                "slow": [0.60, 0.61, 0.59, 0.60],
+            }
+        ),
+        ["cfg"],
+    )
+    assert list(out.columns) == [
+        "cfg",
+        "n",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "diff_vs_leader",
+        "diff_ci_low",
+        "diff_ci_high",
+        "p_adj",
+        "leader",
+        "tied",
+        "seeds_needed",
+        "test",
+        "p",
+        "note",
+    ]
+    assert out.loc[out["leader"], "cfg"].tolist() == ["safe"]
+    fast, slow = row_of(out, "fast"), row_of(out, "slow")
+    assert fast["n"] == 3 and fast["test"] == "welch"  # its seeds differ from the leader's
+    assert not fast["tied"] and fast["note"] == "better, but some runs diverged"
+    assert not slow["tied"] and slow["note"] == "worse than the leader"
+    assert slow["test"] == "paired"
+    # Holm over the two comparisons made
+    np.testing.assert_allclose(out["p_adj"].dropna(), holm(out["p"].dropna()))
+
+
+@strict
+def test_leader_among_diverging_configurations_when_all_diverged():
+    nan = math.nan
+    out = compare(runs_frame({"a": [0.5, 0.6, nan], "b": [0.3, 0.35, nan]}), ["cfg"])
+    assert out.loc[out["leader"], "cfg"].tolist() == ["b"]
+
+
+@strict
+def test_fewer_than_two_seeds_get_no_claim():
+    nan = math.nan
+    out = compare(
+        runs_frame({"a": [0.5, 0.6, 0.55], "one": [0.1], "none": [nan, nan]}),
+        ["cfg"],
+    )
+    for cfg, n in (("one", 1), ("none", 0)):
+        r = row_of(out, cfg)
+        assert r["n"] == n and r["tied"] is pd.NA and r["test"] == ""
+        assert r["note"] == "fewer than 2 seeds: no claim"
+        assert math.isnan(r["ci_low"]) and math.isnan(r["p_adj"])
+        assert r["seeds_needed"] is pd.NA
+    assert row_of(out, "one")["diff_vs_leader"] == pytest.approx(0.1 - 0.55)
+    assert row_of(out, "a")["leader"] and row_of(out, "a")["tied"] is np.False_
+
+
+@strict
+def test_no_leader_when_no_configuration_has_two_seeds():
+    out = compare(runs_frame({"a": [0.5], "b": [0.4, math.nan]}), ["cfg"])
+    assert not out["leader"].any()
+    assert out["tied"].isna().all()
+    assert out["note"].str.contains("no leader").all()
+
+
+@strict
+def test_higher_is_better_for_accuracy():
+    groups = {"a": [0.90, 0.92, 0.91, 0.93], "b": [0.97, 0.99, 0.98, 0.98]}
+    out = compare(runs_frame(groups), ["cfg"], higher_is_better=True)
+    assert out.loc[out["leader"], "cfg"].tolist() == ["b"]
+    a = row_of(out, "a")
+    assert a["diff_vs_leader"] == pytest.approx(0.915 - 0.98) and not a["tied"]
+    assert a["note"] == "worse than the leader"
+    assert compare(runs_frame(groups), ["cfg"]).loc[lambda o: o["leader"], "cfg"].item() == "a"
+
+
+@strict
+def test_margin_ties_tiny_differences():
+    rng = np.random.default_rng(1)
+    noise = 1e-5 * rng.standard_normal((2, 5))
+    groups = {"lead": list(1.0 + noise[0]), "close": list(1.005 + noise[1])}  # 0.5% apart
+    out = compare(runs_frame(groups), ["cfg"])
+    close = row_of(out, "close")
+    assert close["p"] < 1e-6 and close["tied"]
+    assert close["note"] == "difference below the margin" and close["seeds_needed"] is pd.NA
+    out = compare(runs_frame(groups), ["cfg"], min_effect=0)
+    close = row_of(out, "close")
+    assert not close["tied"] and close["note"] == "worse than the leader"
+    out = compare(runs_frame(groups), ["cfg"], min_effect=0.01)
+    assert row_of(out, "close")["note"] == "difference below the margin"
+
+
+@strict
+def test_identical_runs_are_tied_with_p_one():
+    values = [0.31, 0.1 + 0.2, 0.29, 0.35]  # 0.1 + 0.2 != 0.3: rounding, not a difference
+    out = compare(runs_frame({"a": values, "b": list(values)}), ["cfg"], min_effect=0)
+    b = out.loc[~out["leader"]].iloc[0]
+    assert b["test"] == "paired" and b["p"] == 1.0 and b["p_adj"] == 1.0
+    assert (b["diff_ci_low"], b["diff_ci_high"]) == (0.0, 0.0)
+    assert b["tied"] and b["note"] == "identical to the leader" and b["seeds_needed"] is pd.NA
+
+
+@strict
+def test_zero_spread_cases_give_certain_answers_without_warnings():
+    # Paired, each seed 0.1 worse: a constant difference is a certain one.
+    out = compare(runs_frame({"a": [0.3, 0.4, 0.5], "b": [0.4, 0.5, 0.6]}), ["cfg"])
+    b = row_of(out, "b")
+    assert b["p"] == 0.0 and not b["tied"]
+    assert b["diff_ci_low"] == pytest.approx(0.1) and b["diff_ci_high"] == pytest.approx(0.1)
+    # Welch (different seeds), both constant: different means are certain, equal ones not.
+    seeds = {"a": [0, 1, 2], "b": [3, 4, 5]}
+    out = compare(runs_frame({"a": [0.3] * 3, "b": [0.4] * 3}, seeds), ["cfg"])
+    assert row_of(out, "b")["p"] == 0.0 and row_of(out, "b")["test"] == "welch"
+    assert row_of(out, "a")["ci_low"] == row_of(out, "a")["ci_high"] == 0.3
+    out = compare(runs_frame({"a": [0.3] * 3, "b": [0.3] * 3}, seeds), ["cfg"], min_effect=0)
+    assert row_of(out, "b")["p"] == 1.0 and row_of(out, "b")["tied"]
+    # Welch with one constant group: the limit of Welch's test as that group's spread -> 0.
+    varying = [0.35, 0.45, 0.40]
+    jitter = np.array([1e-9, -1e-9, 0.0])
+    for lead_const in (True, False):
+        groups = {"a": [0.3] * 3, "b": varying} if lead_const else {"a": varying, "b": [0.5] * 3}
+        out = compare(runs_frame(groups, seeds), ["cfg"])
+        other = out.loc[~out["leader"]].iloc[0]
+        a, b = np.array(groups["a"]), np.array(groups["b"])
+        assert out.loc[out["leader"], "cfg"].item() == "a"  # the lower mean either way
+        if lead_const:
+            ref = stats.ttest_ind(b, a + jitter, equal_var=False)
+        else:
+            ref = stats.ttest_ind(b + jitter, a, equal_var=False)
+        assert other["p"] == pytest.approx(ref.pvalue, rel=1e-6)
+        np.testing.assert_allclose(
+            [other["diff_ci_low"], other["diff_ci_high"]], ref.confidence_interval(), rtol=1e-6
+        )
+
+
+@strict
+def test_configuration_columns_and_label():
+    frame = pd.DataFrame(
+        {
+            "hidden_dim": [8] * 3 + [32] * 3,
+            "lr": [0.001] * 3 + [0.1] * 3,
+            "seed": [0, 1, 2] * 2,
+            "outcome": [0.50, 0.52, 0.51, 0.20, 0.22, 0.21],
+            "diverged": False,
+        }
+    )
+    out = compare(frame, ["hidden_dim", "lr"])
+    assert list(out.columns[:3]) == ["hidden_dim", "lr", "n"]
+    best = out.loc[out["leader"]].iloc[0]
+    assert leader_label(best, ["hidden_dim", "lr"]) == "hidden_dim=32 lr=0.1"
+    assert leader_label({"lr": 1e-4, "backprop": "exact"}, ["lr", "backprop"]) == (
+        "lr=0.0001 backprop=exact"
+    )
+    assert leader_label({"w": 32.0}, ["w"]) == "w=32"
+    one = compare(frame[frame["hidden_dim"] == 8], [])
+    assert one["leader"].tolist() == [True] and list(one.columns[:2]) == ["n", "mean"]
+
+
+# --- null experiments: how often is a difference claimed when there is none? ----------
+
+DISTS = ("normal", "lognormal", "exponential")
+DESIGNS = ("paired", "unpaired")
+NULL_REPS = 20_000  # Monte Carlo SE of a 5% rate: 0.0015
+
+
+def draw(rng: np.random.Generator, dist: str, size) -> np.ndarray:
+    if dist == "normal":
+        return rng.standard_normal(size)
+    if dist == "lognormal":
+        return rng.lognormal(0.0, 1.0, size)
+    return rng.exponential(1.0, size)
+
+
+@dataclass
+class Block:
+    """Simulated experiments with the same numbers of seeds, one per row."""
+
+    a: np.ndarray  # (k, n) outcomes of configuration A
+    b: np.ndarray  # (k, m) outcomes of configuration B
+    seeds_a: np.ndarray
+    seeds_b: np.ndarray
+    p: np.ndarray  # (k,) the vectorised test's p-values
+    ci: tuple[np.ndarray, np.ndarray]  # its interval for mean(A) - mean(B)
+
+
+@functools.cache
+def null_blocks(dist: str, design: str) -> list[Block]:
+    """NULL_REPS experiments, A and B from the same distribution, 3 to 10 seeds each.
+
+    Paired: the same seeds, each outcome = a per-seed part shared by A and B + the run's own
+    part, both drawn from `dist`. Unpaired: disjoint seeds (A 0..n-1, B 100..100+m-1) with
+    independent sizes, so both parts are independent.
+    """
+    rng = np.random.default_rng([DISTS.index(dist), DESIGNS.index(design), 2024])
+    n = rng.integers(3, 11, NULL_REPS)
+    m = n if design == "paired" else rng.integers(3, 11, NULL_REPS)
+    blocks = []
+    for (na, nb), k in sorted(Counter(zip(n.tolist(), m.tolist(), strict=True)).items()):
+        if design == "paired":
+            shared = draw(rng, dist, (k, na))
+            a, b = shared + draw(rng, dist, (k, na)), shared + draw(rng, dist, (k, na))
+            res = stats.ttest_rel(a, b, axis=1)
+            seeds_b = np.arange(na)
+        else:
+            a = draw(rng, dist, (k, na)) + draw(rng, dist, (k, na))
+            b = draw(rng, dist, (k, nb)) + draw(rng, dist, (k, nb))
+            res = stats.ttest_ind(a, b, axis=1, equal_var=False)
+            seeds_b = 100 + np.arange(nb)
+        blocks.append(Block(a, b, np.arange(na), seeds_b, res.pvalue, res.confidence_interval()))
+    return blocks
+
+
+def null_rate(dist: str, design: str) -> tuple[float, str]:
+    """Fraction of experiments where B or A would be reported "not tied" (min_effect=0, two
+    configurations: Holm changes nothing), and the rate per number of seeds."""
+    blocks = null_blocks(dist, design)
+    claims = np.concatenate([blk.p < ALPHA for blk in blocks])
+    per_n: dict[int, list[bool]] = {}
+    for blk in blocks:
+        per_n.setdefault(blk.a.shape[1], []).extend((blk.p < ALPHA).tolist())
+    detail = " ".join(f"n={k}:{np.mean(v):.3f}" for k, v in sorted(per_n.items()))
+    return float(claims.mean()), detail
+
+
+SCENARIOS = [(dist, design) for dist in DISTS for design in DESIGNS]
+# Rates with 100,000 experiments each: normal 0.050 (paired) and 0.050 (unpaired), lognormal
+# 0.028 and 0.036, exponential 0.037 and 0.046. t-tests are conservative when the differences
+# are symmetric but heavy-tailed, which is what two identical configurations give with paired
+# lognormal(sigma=1) runs: below 0.03 at every n from 3 to 10. No test of means can be exact
+# for every distribution at these sizes, and exact permutation tests cannot reach 5% with 3 to
+# 5 seeds (2^5 sign flips: smallest two-sided p = 1/16); so this is documented, not "fixed".
+CONSERVATIVE = {("lognormal", "paired")}
+
+
+@strict
+@pytest.mark.parametrize("dist, design", SCENARIOS)
+def test_null_experiments_claim_a_difference_at_most_about_alpha(dist, design):
+    rate, detail = null_rate(dist, design)
+    assert rate <= 0.07, f"{dist} {design}: {rate:.4f} not tied ({detail})"
+
+
+@strict
+@pytest.mark.parametrize(
+    "dist, design",
+    [
+        pytest.param(
+            *s,
+            marks=pytest.mark.xfail(
+                strict=True, reason="t-tests are conservative on heavy-tailed differences"
+            ),
+        )
+        if s in CONSERVATIVE
+        else s
+        for s in SCENARIOS
+    ],
+)
+def test_null_experiments_claim_a_difference_at_least_about_alpha(dist, design):
+    rate, detail = null_rate(dist, design)
+    assert rate >= 0.03, f"{dist} {design}: {rate:.4f} not tied ({detail})"
+
+
+@strict
+def test_conservative_scenarios_are_still_not_useless():
+    # What the xfails above stand for, pinned so that a change shows.
+    for s in CONSERVATIVE:
+        rate, detail = null_rate(*s)
+        assert 0.015 <= rate < 0.03, f"{s}: {rate:.4f} ({detail})"
+
+
+@strict
+def test_compare_makes_the_vectorised_decisions():
+    """34 experiments per scenario (204 in all), of all sizes, through compare() itself."""
+    checked = 0
+    for dist, design in SCENARIOS:
+        blocks = null_blocks(dist, design)
+        where = [(blk, r) for blk in blocks for r in range(blk.a.shape[0])]
+        rng = np.random.default_rng(SCENARIOS.index((dist, design)))
+        for i in np.sort(rng.choice(len(where), 34, replace=False)):
+            blk, r = where[i]
+            frame = pd.DataFrame(
+                {
+                    "cfg": ["A"] * blk.a.shape[1] + ["B"] * blk.b.shape[1],
+                    "seed": np.r_[blk.seeds_a, blk.seeds_b],
+                    "outcome": np.r_[blk.a[r], blk.b[r]],
+                    "diverged": False,
+                }
+            )
+            out = compare(frame, ["cfg"], min_effect=0).set_index("cfg")
+            lead = out.index[out["leader"]].item()
+            other = out.loc["B" if lead == "A" else "A"]
+            assert other["test"] == ("paired" if design == "paired" else "welch")
+            assert other["p"] == pytest.approx(blk.p[r], rel=1e-9)
+            assert other["tied"] == (blk.p[r] >= ALPHA)
+            # The interval is for other - leader; the vectorised one for A - B.
+            low, high = blk.ci[0][r], blk.ci[1][r]
+            if lead == "A":
+                low, high = -high, -low
+            assert other["diff_ci_low"] == pytest.approx(low, rel=1e-9)
+            assert other["diff_ci_high"] == pytest.approx(high, rel=1e-9)
+            n = blk.a.shape[1]
+            mean_ci = stats.t.interval(0.95, n - 1, blk.a[r].mean(), stats.sem(blk.a[r]))
+            np.testing.assert_allclose(out.loc["A", ["ci_low", "ci_high"]], mean_ci)
+            checked += 1
+    assert checked == 204
+
+
+# --- coverage of the intervals --------------------------------------------------------
+
+COVERAGE_REPS = 4000
+
+
+def by_sizes(rng: np.random.Generator, fn) -> tuple[float, str]:
+    """fn(n, k) -> k booleans, for 3 to 10 seeds drawn per replicate; the overall mean."""
+    n = rng.integers(3, 11, COVERAGE_REPS)
+    hits = [fn(size, int((n == size).sum())) for size in range(3, 11)]
+    detail = " ".join(
+        f"n={size}:{h.mean():.3f}" for size, h in zip(range(3, 11), hits, strict=True)
+    )
+    return float(np.concatenate(hits).mean()), detail
+
+
+@strict
+def test_interval_of_the_mean_covers():
+    rng = np.random.default_rng(11)
+
+    def covers(n, k):
+        x = 0.4 + 0.1 * rng.standard_normal((k, n))
+        low, high = stats.t.interval(0.95, n - 1, x.mean(axis=1), stats.sem(x, axis=1))
+        return (low <= 0.4) & (0.4 <= high)
+
+    rate, detail = by_sizes(rng, covers)
+    assert 0.93 <= rate <= 0.97, f"mean CI coverage {rate:.4f} ({detail})"
+
+
+@strict
+def test_interval_of_a_paired_difference_covers():
+    rng = np.random.default_rng(12)
+
+    def covers(n, k):
+        shared = 0.3 * rng.standard_normal((k, n))  # seeds matter more than configurations
+        a = 0.45 + shared + 0.05 * rng.standard_normal((k, n))
+        b = 0.40 + shared + 0.05 * rng.standard_normal((k, n))
+        low, high = stats.ttest_rel(a, b, axis=1).confidence_interval(0.95)
+        return (low <= 0.05) & (0.05 <= high)
+
+    rate, detail = by_sizes(rng, covers)
+    assert 0.93 <= rate <= 0.97, f"paired difference CI coverage {rate:.4f} ({detail})"
+
+
+@strict
+def test_interval_of_a_welch_difference_covers():
+    rng = np.random.default_rng(13)
+
+    def covers(n, k):
+        m = int(rng.integers(3, 11))  # other sizes, and three times the spread
+        a = 0.45 + 0.3 * rng.standard_normal((k, n))
+        b = 0.40 + 0.1 * rng.standard_normal((k, m))
+        low, high = stats.ttest_ind(a, b, axis=1, equal_var=False).confidence_interval(0.95)
+        return (low <= 0.05) & (0.05 <= high)
+
+    rate, detail = by_sizes(rng, covers)
+    assert 0.93 <= rate <= 0.97, f"Welch difference CI coverage {rate:.4f} ({detail})"
+
+
+# --- seeds needed ---------------------------------------------------------------------
+
+
+def exact_sample(mean: float, sd: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n values whose sample mean and SD are exactly `mean` and `sd`."""
+    z = rng.standard_normal(n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    return mean + sd * z
+
+
+@strict
+def test_seeds_needed_paired_reaches_the_power():
+    rng = np.random.default_rng(21)
+    # Observed: 4 seeds, every seed about 0.05 worse, SD of the differences 0.05 (d = 1).
+    lead = 1.0 + 0.2 * rng.standard_normal(4)
+    other = lead + exact_sample(0.05, 0.05, 4, rng)
+    out = compare(runs_frame({"lead": list(lead), "other": list(other)}), ["cfg"])
+    row = row_of(out, "other")
+    assert row["tied"] and row["test"] == "paired"
+    n = int(row["seeds_needed"])
+    assert row["note"] == f"not significant; {n} seeds for 80% power"
+    assert n == 10  # the textbook value for d = 1, two-sided 5%, 80% power
+
+    def simulated_power(size: int) -> float:
+        sim = np.random.default_rng(size)
+        shared = 0.2 * sim.standard_normal((20_000, size))
+        a = 1.0 + shared
+        b = a + 0.05 + 0.05 * sim.standard_normal((20_000, size))
+        return float(np.mean(stats.ttest_rel(b, a, axis=1).pvalue < ALPHA))
+
+    at_n, below = simulated_power(n), simulated_power(n - 1)
+    assert 0.72 <= at_n <= 0.88, at_n
+    assert below < at_n - 0.02 and below < 0.8, (below, at_n)
+
+
+@strict
+def test_seeds_needed_welch_reaches_the_power():
+    rng = np.random.default_rng(22)
+    lead = exact_sample(1.0, 0.1, 5, rng)
+    other = exact_sample(1.1, 0.15, 4, rng)
+    seeds = {"lead": [0, 1, 2, 3, 4], "other": [0, 1, 2, 3]}  # a lost seed: Welch
+    out = compare(runs_frame({"lead": list(lead), "other": list(other)}, seeds), ["cfg"])
+    row = row_of(out, "other")
+    assert row["tied"] and row["test"] == "welch"
+    n = int(row["seeds_needed"])
+    assert 5 < n < 100
+
+    def simulated_power(size: int) -> float:
+        sim = np.random.default_rng(size)
+        a = 1.0 + 0.1 * sim.standard_normal((20_000, size))
+        b = 1.1 + 0.15 * sim.standard_normal((20_000, size))
+        return float(np.mean(stats.ttest_ind(b, a, axis=1, equal_var=False).pvalue < ALPHA))
+
+    at_n, below = simulated_power(n), simulated_power(n - 1)
+    assert 0.72 <= at_n <= 0.88, at_n
+    assert below < at_n and below < 0.8, (below, at_n)
+
+
+@strict
+def test_seeds_needed_beyond_the_search():
+    # A difference of 1e-4 SD: about 8e8 seeds for 80% power.
+    rng = np.random.default_rng(23)
+    lead = exact_sample(1.0, 0.1, 5, rng)
+    other = lead + exact_sample(1e-5, 0.1, 5, rng)
+    out = compare(runs_frame({"lead": list(lead), "other": list(other)}), ["cfg"], min_effect=0)
+    row = out.loc[~out["leader"]].iloc[0]
+    assert row["tied"] and row["seeds_needed"] is pd.NA
+    assert f"more than {MAX_SEEDS}" in row["note"]
+
+
+# --- sweeps: stability boundary and regime fractions ----------------------------------
+
+
+def regime_runs() -> pd.DataFrame:
+    rows = []
+    table = {
+        # width: {lr: regimes of its seeds}
+        8: {0.01: "sss", 0.1: "sso", 1.0: "odd", 3.0: "ddd"},
+        32: {0.01: "sss", 0.1: "ooo", 1.0: "dss", 3.0: "sss"},  # stable again above: ignored
+        64: {0.01: "ddd", 0.1: "ddd"},
+        2: {0.01: "sss", 0.1: "sss"},
+    }
+    names = {"s": "stable", "o": "oscillating", "d": "diverged"}
+    for width, by_lr in table.items():
+        for lr, regimes in by_lr.items():
+            for seed, r in enumerate(regimes):
+                rows.append({"hidden_dim": width, "lr": lr, "seed": seed, "regime": names[r]})
+    rows.append({"hidden_dim": 2, "lr": 0.1, "seed": 9, "regime": None})  # failed run
+    return pd.DataFrame(rows)
+
+
+def test_stability_boundary_brackets():
+    out = stability_boundary(regime_runs()).set_index("hidden_dim")
+    assert list(out.columns) == [
+        "stable_lr_max",
+        "diverges_at_lr",
+        "no_oscillation_lr_max",
+        "oscillates_at_lr",
+    ]
+    assert list(out.index) == [2, 8, 32, 64]
+    nan = math.nan
+    expected = {
+        2: [0.1, nan, 0.1, nan],  # never bad: last good is the largest swept rate
+        8: [0.1, 1.0, 0.01, 0.1],
+        32: [0.1, 1.0, 0.01, 0.1],
+        64: [nan, 0.01, nan, 0.01],  # bad from the smallest rate
+    }
+    for width, values in expected.items():
+        np.testing.assert_array_equal(out.loc[width].to_numpy(dtype=float), values)
+
+
+def test_regime_fractions():
+    out = regime_fractions(regime_runs(), "hidden_dim", "lr")
+    assert list(out.columns) == ["hidden_dim", "lr", "n", *REGIMES]
+    cell = out.set_index(["hidden_dim", "lr"]).loc[(8, 1.0)]
+    assert cell["n"] == 3
+    assert cell["oscillating"] == pytest.approx(1 / 3) and cell["diverged"] == pytest.approx(2 / 3)
+    assert out.set_index(["hidden_dim", "lr"]).loc[(2, 0.1), "n"] == 3  # the failed run left out
+    np.testing.assert_allclose(out[list(REGIMES)].sum(axis=1), 1.0)
+
+
+def test_no_runtime_warnings_from_regimes():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(oscillation_swing(np.zeros(10)))
+        assert classify_regime(np.zeros(10), False) == "stable"
+        assert classify_regime(np.array([np.nan, 0.5, 0.4, 0.3, 0.2]), False) == "stable"
