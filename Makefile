@@ -16,7 +16,7 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/fnnlab-train experiment=reference
-	$(BIN)/fnnlab-train -m model.hidden_dim=8,32 optim.lr=0.01,0.1 seed=0,1
+	$(BIN)/fnnlab-train -m model.hidden_dim=8,16,32 optim.lr=0.01,0.1 'seed=range(5)'
 	$(BIN)/fnnlab-aggregate
 	@echo
 	@echo "Runs are in the embedded store mlruns/mlflow.db (artifacts under mlruns/artifacts)."

@@ -109,20 +109,55 @@ def test_summary_matches_client_data(swept: TmpStore, tmp_path: Path) -> None:
     gmax = max(m.value for m in swept.client.get_metric_history(rid, "grad_norm/w1"))
     assert runs.set_index("run_id").loc[rid, "max_grad_norm_w1"] == pytest.approx(gmax)
 
-    # Logged back on the parent: files, and the best configuration.
+    # The comparison: the leader has the lowest mean tail loss over its three seeds.
+    comparison = pd.read_csv(tmp_path / "comparison.csv")
+    assert list(comparison.columns[:13]) == [
+        "hidden_dim",
+        "lr",
+        "backprop",
+        "n",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "diff_vs_leader",
+        "diff_ci_low",
+        "diff_ci_high",
+        "p_adj",
+        "leader",
+        "tied",
+    ]
+    assert "seeds_needed" in comparison.columns
+    tails = {}
+    for r in swept.runs("tags.role = 'job'"):
+        key = (int(r.data.params["model.hidden_dim"]), float(r.data.params["optim.lr"]))
+        tails.setdefault(key, []).append(r.data.metrics["tail/loss"])
+    means = {k: statistics.fmean(v) for k, v in tails.items()}
+    lead = min(means, key=means.get)
+    row = comparison[comparison.leader].iloc[0]
+    assert (row.hidden_dim, row.lr) == lead and row["mean"] == pytest.approx(means[lead])
+    assert row.n == 3 and not row.tied
+
+    # Logged back on the parent: files, the leader and its ties.
     parent = swept.runs("tags.role = 'sweep'")[0]
-    best = min(expected, key=lambda k: expected[k]["mean"])
-    assert parent.data.tags["aggregate.best.hidden_dim"] == str(best[0])
-    assert float(parent.data.tags["aggregate.best.lr"]) == best[1]
-    assert parent.data.metrics["aggregate/best_loss_mean"] == pytest.approx(expected[best]["mean"])
+    assert parent.data.tags["aggregate.leader"] == f"hidden_dim={lead[0]} lr={lead[1]:g}"
+    tied = comparison[comparison.tied == True]  # noqa: E712
+    assert parent.data.tags["aggregate.tied"] == "; ".join(
+        f"hidden_dim={r.hidden_dim} lr={r.lr:g}" for r in tied.itertuples()
+    )
+    assert parent.data.metrics["aggregate/leader_mean"] == pytest.approx(means[lead])
     assert parent.data.metrics["aggregate/runs"] == 12
     logged = {f.path for f in swept.client.list_artifacts(parent.info.run_id, "aggregate")}
-    assert {"aggregate/report.md", "aggregate/summary.csv", "aggregate/curves_loss.png"} <= logged
+    assert {
+        "aggregate/report.md",
+        "aggregate/comparison.csv",
+        "aggregate/curves_loss.png",
+    } <= logged
     report = (tmp_path / "report.md").read_text()
-    assert "| hidden_dim | lr | backprop |" in report
+    assert "## The answer" in report and "- leader: hidden_dim=" in report
     assert "## Mean final loss ± 95% CI, width × learning rate" in report
-    # The terminal gets the table and the best configuration.
-    assert "loss mean" in res.stdout and f"best: hidden_dim={best[0]}" in res.stdout
+    # The terminal gets the table and the leader.
+    assert f"leader: hidden_dim={lead[0]} lr={lead[1]:g}" in res.stdout
+    assert "tied with the leader:" in res.stdout
 
 
 @pytest.mark.slow
@@ -261,12 +296,18 @@ def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
     store, _ = small
     agg = aggregate.aggregate(aggregate.select(store.uri, "allfailed"))
     assert agg.summary[["runs", "used", "failed"]].values.tolist() == [[2, 0, 2]]
-    assert agg.best == {} and agg.curves.empty
+    assert agg.leader is None and agg.curves.empty
     files = report.write_outputs(agg, tmp_path)
-    assert sorted(f.name for f in files) == ["curves.csv", "report.md", "runs.csv", "summary.csv"]
+    assert sorted(f.name for f in files) == [
+        "comparison.csv",
+        "curves.csv",
+        "report.md",
+        "runs.csv",
+        "summary.csv",
+    ]
     text = (tmp_path / "report.md").read_text()
     assert "0 finished (0 of them diverged), 2 failed or killed" in text
-    assert "no configuration has a finished, non-diverged run" in text
+    assert "no leader: no configuration has 2 or more runs" in text
 
 
 def closed_port() -> int:
@@ -317,7 +358,9 @@ def test_selection_by_parent_run_id(small) -> None:
     agg = aggregate.aggregate(aggregate.select(store.uri, store.experiment, parent_run_id=pid))
     assert len(agg.summary) == 1 and agg.summary.loss_mean[0] == 0.6
     assert math.isnan(agg.summary.loss_std[0])  # one seed: empty std, no error
-    assert agg.best["hidden_dim"] == 4
+    # One seed: no leader can be named, and the report says so.
+    assert agg.leader is None and agg.comparison.n.tolist() == [1]
+    assert "no leader" in report.leader_text(agg)
     # The tracking-server path (parallel metric histories) reads the same curves.
     ids = [r.info.run_id for r in agg.selection.runs]
     by_sql = aggregate.read_curves(store.uri, store.client, ids, method="sql")
@@ -406,4 +449,4 @@ def test_tracking_server(small, server: str, tmp_path: Path) -> None:
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert curves[curves.key == "loss"].sort_values("step")["mean"].tolist() == [0.7, 0.6]
     parent = store.client.get_run(pid)
-    assert parent.data.tags["aggregate.best.hidden_dim"] == "4"
+    assert parent.data.tags["aggregate.leader"] == ""

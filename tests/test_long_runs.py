@@ -43,16 +43,21 @@ def check_run(client: MlflowClient, run_id: str, epochs: int, every: int = 1) ->
         values = np.array([v for _, v in history])
         assert np.isfinite(values).all(), key
         curves[key] = values
-        if ran:
+        if ran and tags["diverged"] == "false":
             assert m[f"final/{key}"] == values[-1], key
-    if ran:
+    if ran and tags["diverged"] == "false":
         assert m["best/loss"] <= curves["loss"].min()
         assert 0 <= m["best/epoch"] < ran
         if every == 1:
             assert m["best/loss"] == curves["loss"].min()
             assert curves["loss"][int(m["best/epoch"])] == m["best/loss"]
+            tail = curves["loss"][-max(1, math.ceil(0.1 * ran - 1e-9)) :]
+            assert m["tail/loss"] == pytest.approx(tail.mean(), rel=1e-12)
+        assert tags["regime"] in ("stable", "oscillating")
     else:
-        assert not any(k.startswith(("final/", "best/")) for k in m)
+        # A diverged run (or one with no epoch) has no value to rank it among the others.
+        assert not any(k.startswith(("final/", "best/", "tail/")) for k in m)
+        assert tags["regime"] == ("diverged" if tags["diverged"] == "true" else "stable")
     return curves
 
 

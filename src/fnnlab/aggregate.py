@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -22,8 +22,10 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from tqdm import tqdm
 
+from fnnlab.compare import compare, regime_fractions, stability_boundary
 from fnnlab.config import ConfigValueError
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
+from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
     Store,
     check_reachable,
@@ -63,7 +65,19 @@ class Aggregate:
     summary: pd.DataFrame  # one row per configuration, over seeds
     curves: pd.DataFrame  # mean/std/n per configuration, metric and epoch
     config_cols: list[str]
-    best: dict[str, Any] = field(default_factory=dict)
+    outcome: str  # which number per run the comparison is about (fnnlab.outcome.OUTCOMES)
+    comparison: pd.DataFrame  # per configuration: mean outcome, CI, against the leader
+    stability: pd.DataFrame | None = None  # per width: learning-rate brackets (compare)
+    regimes: pd.DataFrame | None = None  # per width x lr: fraction of runs in each regime
+
+    @property
+    def leader(self) -> pd.Series | None:
+        rows = self.comparison[self.comparison["leader"]]
+        return None if rows.empty else rows.iloc[0]
+
+    @property
+    def tied(self) -> pd.DataFrame:
+        return self.comparison[self.comparison["tied"].fillna(False).astype(bool)]
 
 
 # --- selecting runs -------------------------------------------------------------------
@@ -304,6 +318,8 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
                 "status": r.info.status,
                 "diverged": t.get(Tag.DIVERGED) == "true",
                 "diverged_at": pd.to_numeric(t.get(Tag.DIVERGED_AT), errors="coerce"),
+                "regime": t.get(Tag.REGIME),
+                "tail_loss": m.get("tail/loss", math.nan),
                 "final_loss": m.get("final/loss", math.nan),
                 "best_loss": m.get("best/loss", math.nan),
                 "best_epoch": m.get("best/epoch", math.nan),
@@ -327,8 +343,27 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
         frame[col] = frame["run_id"].map(gmax[key]) if key in gmax else math.nan
     # Only finished, non-diverged runs enter the loss statistics.
     frame["used"] = (frame["status"] == FINISHED) & ~frame["diverged"]
+    _fill_from_curves(frame, curves)
     config_cols = [names[k] for k in keys if k != "seed"]
     return frame, config_cols
+
+
+def _fill_from_curves(frame: pd.DataFrame, curves: pd.DataFrame) -> None:
+    """Regime and tail loss of finished runs logged before runs recorded them, from their
+    loss curves (as logged: every epoch unless tracking.log_every thinned them)."""
+    missing = (frame["status"] == FINISHED) & (
+        frame["regime"].isna() | (frame["used"] & frame["tail_loss"].isna())
+    )
+    if not missing.any():
+        return
+    loss = curves[(curves["key"] == "loss") & curves["run_id"].isin(frame.loc[missing, "run_id"])]
+    by_run = {rid: g.sort_values("step")["value"].to_numpy() for rid, g in loss.groupby("run_id")}
+    for i in frame.index[missing]:
+        values = by_run.get(frame.at[i, "run_id"], np.array([]))
+        if pd.isna(frame.at[i, "regime"]):
+            frame.at[i, "regime"] = classify_regime(values, bool(frame.at[i, "diverged"]))
+        if frame.at[i, "used"] and math.isnan(frame.at[i, "tail_loss"]):
+            frame.at[i, "tail_loss"] = run_outcome(values, kind="tail_loss")
 
 
 def _ci95(std: float, n: int) -> float:
@@ -347,11 +382,15 @@ def summarize(frame: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
             running=frame["status"] == RUNNING,
             failed=frame["status"].isin(UNFINISHED),
             diverged=frame["diverged"] & (frame["status"] == FINISHED),
+            stable=(frame["regime"] == "stable") & (frame["status"] == FINISHED),
+            oscillating=(frame["regime"] == "oscillating") & (frame["status"] == FINISHED),
         )
         .groupby(by, dropna=False)
         .agg(
             runs=("run_id", "size"),
             used=("used", "sum"),
+            stable=("stable", "sum"),
+            oscillating=("oscillating", "sum"),
             diverged=("diverged", "sum"),
             failed=("failed", "sum"),
             running=("running", "sum"),
@@ -378,35 +417,69 @@ def mean_curves(frame: pd.DataFrame, curves: pd.DataFrame, config_cols: list[str
     return out.rename(columns={"count": "n"})
 
 
-def pick_best(summary: pd.DataFrame, config_cols: list[str]) -> dict[str, Any]:
-    """Lowest mean final loss among configurations where no run failed or diverged
-    (any configuration with a mean if there is none)."""
-    ok = summary[summary["loss_mean"].notna()]
-    clean = ok[(ok["failed"] == 0) & (ok["diverged"] == 0) & (ok["running"] == 0)]
-    pool = clean if not clean.empty else ok
-    if pool.empty:
-        return {}
-    row = pool.sort_values("loss_mean", kind="stable").iloc[0]
-    return {
-        **{c: _plain(row[c]) for c in config_cols},
-        **{k: _plain(row[k]) for k in ("used", "loss_mean", "loss_std", "loss_ci95", "acc_mean")},
-    }
+def comparisons(
+    frame: pd.DataFrame,
+    config_cols: list[str],
+    outcome: str = "tail_loss",
+    alpha: float = 0.05,
+    min_effect: float | None = None,
+) -> pd.DataFrame:
+    """Per configuration, its mean outcome over seeds and how it compares with the leader
+    (fnnlab.compare.compare): failed and running runs are left out, diverged runs have no
+    outcome and count as diverged."""
+    done = frame[frame["status"] == FINISHED]
+    runs = done.reindex(columns=[*config_cols, "seed"]).assign(
+        outcome=done[outcome].where(done["used"]),
+        diverged=done["diverged"],
+    )
+    return compare(
+        runs,
+        config_cols,
+        higher_is_better=outcome in HIGHER_IS_BETTER,
+        alpha=alpha,
+        min_effect=min_effect,
+    )
 
 
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
+def regime_tables(
+    frame: pd.DataFrame, config_cols: list[str]
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Stability boundary per width and the regime fractions of width x learning rate, when
+    both were swept (or are constant) and runs finished."""
+    done = frame[(frame["status"] == FINISHED) & frame["regime"].notna()]
+    if done.empty or not {"hidden_dim", "lr"} <= set(config_cols):
+        return None, None
+    return stability_boundary(done), regime_fractions(done, "hidden_dim", "lr")
 
 
-def aggregate(sel: Selection, method: str = "auto") -> Aggregate:
+def aggregate(
+    sel: Selection,
+    method: str = "auto",
+    outcome: str = "tail_loss",
+    alpha: float = 0.05,
+    min_effect: float | None = None,
+) -> Aggregate:
+    if outcome not in OUTCOMES:
+        raise ConfigValueError(
+            "aggregate.outcome", outcome, f"must be one of {', '.join(OUTCOMES)}"
+        )
+    if not 0 < alpha < 1:
+        raise ConfigValueError("aggregate.alpha", alpha, "must be in (0, 1)")
+    if min_effect is not None and not min_effect >= 0:
+        raise ConfigValueError("aggregate.min_effect", min_effect, "must be 0 or more, or null")
     ids = [r.info.run_id for r in sel.runs]
     curves = read_curves(sel.uri, sel.client, ids, method=method)
     frame, config_cols = runs_frame(sel, curves)
-    summary = summarize(frame, config_cols)
+    frame["outcome"] = frame[outcome].where(frame["used"])
+    stability, regimes = regime_tables(frame, config_cols)
     return Aggregate(
         selection=sel,
         runs=frame,
-        summary=summary,
+        summary=summarize(frame, config_cols),
         curves=mean_curves(frame, curves, config_cols),
         config_cols=config_cols,
-        best=pick_best(summary, config_cols),
+        outcome=outcome,
+        comparison=comparisons(frame, config_cols, outcome, alpha, min_effect),
+        stability=stability,
+        regimes=regimes,
     )

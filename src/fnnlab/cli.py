@@ -159,7 +159,7 @@ def aggregate_app(cfg: DictConfig) -> None:
         sel = aggregate.select(
             cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
         )
-        agg = aggregate.aggregate(sel)
+        agg = aggregate.aggregate(sel, outcome=a.outcome, alpha=a.alpha, min_effect=a.min_effect)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-aggregate", f"error: {exc}", 2)
@@ -174,7 +174,7 @@ def aggregate_app(cfg: DictConfig) -> None:
     where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
     print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs", flush=True)
     print(report.terminal_table(agg))
-    print(f"best: {report.best_text(agg)}")
+    print(report.leader_text(agg))
     print(f"wrote {len(files)} files to {out}" + (", logged on the parent run" if logged else ""))
 
 

@@ -61,6 +61,20 @@ class TrackingConfig:
 
 
 @dataclass
+class RegimeConfig:
+    """When a run's loss curve counts as oscillating (fnnlab.compare.classify_regime): over
+    the last tail_fraction of its epochs (at least min_tail_epochs), the smaller of its summed
+    rises and falls is at least `swing` times the mean loss there; steps under `noise` times
+    that mean are rounding. Runs under min_epochs epochs are stable."""
+
+    tail_fraction: float = 0.2
+    min_tail_epochs: int = 5
+    min_epochs: int = 4
+    swing: float = 0.01
+    noise: float = 1e-4
+
+
+@dataclass
 class LimitsConfig:
     # Refuse a run whose estimated memory need is above this many GB before it starts;
     # null: half of this machine's physical memory.
@@ -78,6 +92,7 @@ class TrainAppConfig:
     # Overlay the published tutorial losses and log the largest deviation from them.
     reference: bool = False
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
 
 
 @dataclass
@@ -105,9 +120,17 @@ class AggregateConfig:
     # Where CSVs, report and plots go; relative paths are from the project root.
     # Empty: the Hydra output folder of this invocation.
     out_dir: str | None = None
-    # Log the outputs and the best configuration onto the sweep's parent run.
+    # Log the outputs and the comparison onto the sweep's parent run.
     log_to_parent: bool = True
     plots: bool = True
+    # One number per run: tail_loss (mean loss over the last 10% of the epochs run),
+    # final_loss, best_loss or final_accuracy (higher is better).
+    outcome: str = "tail_loss"
+    # A configuration is tied with the leader when the Holm-adjusted p-value of their
+    # difference is at least alpha ...
+    alpha: float = 0.05
+    # ... or the difference is smaller than this; null: 1% of the leader's mean.
+    min_effect: float | None = None
 
 
 @dataclass
@@ -228,6 +251,15 @@ def check_values(cfg: DictConfig) -> None:
             "must be a finite number > 1",
         ),
         ("tracking.log_every", cfg.tracking.log_every >= 1, "must be at least 1"),
+        (
+            "regime.tail_fraction",
+            0 < cfg.regime.tail_fraction <= 1,
+            "must be a fraction in (0, 1]",
+        ),
+        ("regime.min_tail_epochs", cfg.regime.min_tail_epochs >= 2, "must be at least 2"),
+        ("regime.min_epochs", cfg.regime.min_epochs >= 2, "must be at least 2"),
+        ("regime.swing", cfg.regime.swing > 0, "must be a number > 0"),
+        ("regime.noise", cfg.regime.noise >= 0, "must be 0 or more"),
         (
             "limits.memory_gb",
             cfg.limits.memory_gb is None or cfg.limits.memory_gb > 0,

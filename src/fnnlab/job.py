@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import plots, reference
 from fnnlab.config import check_values, fingerprint, flatten
@@ -27,6 +27,7 @@ from fnnlab.data import load_iris2
 from fnnlab.internals import to_yaml
 from fnnlab.model import ScratchFNN
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, Tag
+from fnnlab.outcome import RegimeThresholds, classify_regime, run_outcome
 from fnnlab.tracking import (
     Store,
     end_run,
@@ -85,21 +86,29 @@ def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None
 
 
 def summarize(history: History, cfg: DictConfig) -> dict[str, float]:
-    """Summary metrics: final values, best loss, and the deviation from the published curve."""
+    """Summary metrics: final values, best and tail loss, the deviation from the published
+    curve. A diverged run has none of final/*, best/* and tail/loss: its last finite values
+    would sort it among the good runs in MLflow's tables and grouped charts."""
     losses = history.metrics["loss"]
-    summary = {f"final/{k}": v for k, v in history.final().items()}
-    summary["epochs_run"] = history.epochs_run
-    if len(losses):
+    summary: dict[str, float] = {"epochs_run": history.epochs_run}
+    if len(losses) and history.diverged_at is None:
+        summary |= {f"final/{k}": v for k, v in history.final().items()}
         best = int(np.argmin(losses))
         summary["best/loss"], summary["best/epoch"] = float(losses[best]), best
+        summary["tail/loss"] = run_outcome(losses, kind="tail_loss")
     if cfg.reference:
         summary["reference/max_abs_dev"] = reference.max_abs_deviation(losses)
     return summary
 
 
-def end_tags(history: History) -> dict[str, str]:
-    """What happened in training, as tags the MLflow UI can filter on."""
-    tags = {Tag.DIVERGED: str(history.diverged_at is not None).lower()}
+def end_tags(history: History, cfg: DictConfig) -> dict[str, str]:
+    """What happened in training, as tags the MLflow UI can filter and group on."""
+    diverged = history.diverged_at is not None
+    thresholds = RegimeThresholds(**OmegaConf.to_container(cfg.regime))
+    tags = {
+        Tag.DIVERGED: str(diverged).lower(),
+        Tag.REGIME: classify_regime(history.metrics["loss"], diverged, thresholds),
+    }
     if history.diverged_at is not None:
         tags[Tag.DIVERGED_AT] = str(history.diverged_at)
     if history.saturated_at is not None:
@@ -176,7 +185,7 @@ def run(
             params=params,
             series=history.metrics,
             summary=summary,
-            tags=end_tags(history),
+            tags=end_tags(history, cfg),
             every=cfg.tracking.log_every,
         )
         art = output_dir / "artifacts"

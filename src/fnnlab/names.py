@@ -26,6 +26,7 @@ class Tag:
     DIVERGED = "diverged"  # "true" | "false"
     DIVERGED_AT = "diverged_at"
     SATURATED_AT = "saturated_at"
+    REGIME = "regime"  # stable | oscillating | diverged (fnnlab.outcome)
     ERROR = "error"
     TRACEBACK = "error.traceback"
     HOST = "fnnlab.host"

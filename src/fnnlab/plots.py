@@ -296,3 +296,40 @@ def sweep_heatmap(
     if facet_cols:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def regime_heatmap(
+    fractions: pd.DataFrame,
+    path: Path,
+    title: str,
+    row_col: str = "hidden_dim",
+    col_col: str = "lr",
+) -> Path:
+    """A panel per training regime (stable, oscillating, diverged): over width x learning
+    rate, the fraction of a cell's seeds in that regime, with n."""
+    regimes = [c for c in ("stable", "oscillating", "diverged") if c in fractions]
+    colours = {"stable": "Greens", "oscillating": "Oranges", "diverged": "Reds"}
+    fig, axes = _panels(len(regimes), width=4.4, height=3.6)
+    for ax, regime in zip(axes, regimes, strict=True):
+        grid = fractions.pivot_table(index=row_col, columns=col_col, values=regime)
+        n = fractions.pivot_table(index=row_col, columns=col_col, values="n")
+        cells = grid.to_numpy(dtype=float)
+        ax.imshow(cells, cmap=colours[regime], vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(grid.columns)), [_fmt(v) for v in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [_fmt(v) for v in grid.index])
+        ax.set(xlabel=col_col, ylabel=row_col, title=f"fraction {regime}")
+        for (i, j), v in np.ndenumerate(cells):
+            if np.isnan(v):
+                continue
+            count = int(n.to_numpy()[i, j])
+            ax.text(
+                j,
+                i,
+                f"{v:.0%}\nn={count}",
+                ha="center",
+                va="center",
+                fontsize="small",
+                color="white" if v > 0.6 else "black",
+            )
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -10,13 +10,16 @@ import pandas as pd
 
 from fnnlab import plots, reference
 from fnnlab.aggregate import Aggregate
-from fnnlab.names import UNFINISHED
+from fnnlab.compare import leader_label
+from fnnlab.names import RUNNING, UNFINISHED
 from fnnlab.tracking import Store, log_values
 
 # Summary columns as a person reads them.
 SUMMARY_COLUMNS = {
     "runs": "runs",
     "used": "used",
+    "stable": "stable",
+    "oscillating": "oscillating",
     "diverged": "diverged",
     "failed": "failed",
     "running": "running",
@@ -33,13 +36,21 @@ SUMMARY_COLUMNS = {
 PLOTS = {
     "curves_loss.png": "Mean ± std loss per epoch",
     "heatmap_final_loss.png": "Mean final loss over width × learning rate",
+    "heatmap_regimes.png": "Training regimes over width × learning rate",
     "curves_grad_norm.png": "Mean gradient norms per epoch",
+}
+# What each outcome is, for sentences.
+OUTCOME_NAMES = {
+    "tail_loss": "tail loss (mean loss over the last 10% of epochs)",
+    "final_loss": "final loss",
+    "best_loss": "best loss",
+    "final_accuracy": "final accuracy",
 }
 
 
 def cell(v: Any) -> str:
     """NaN/None -> empty (e.g. the std of one seed); floats with 5 significant digits."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
         return f"{v:.5g}"
@@ -67,17 +78,141 @@ def summary_table(agg: Aggregate) -> pd.DataFrame:
 
 
 def terminal_table(agg: Aggregate) -> str:
-    table = summary_table(agg).drop(columns=["acc std", "acc min", "acc max"])
-    return table.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.5g}")
+    """One row per configuration: mean outcome and CI, n, verdict, regime counts."""
+    table = comparison_table(agg).drop(columns=["p_adj"])
+    fixed = constant_text(agg)
+    text = table.to_string(index=False, na_rep="")
+    return f"{fixed}\n{text}" if fixed else text
 
 
-def best_text(agg: Aggregate) -> str:
-    if not agg.best:
-        return "no configuration has a finished, non-diverged run"
-    b = agg.best
-    config = " ".join(f"{c}={cell(b[c])}" for c in agg.config_cols)
-    spread = f" ± {cell(b['loss_std'])} (std)" if cell(b["loss_std"]) else " (one run: no std)"
-    return f"{config}: mean final loss {cell(b['loss_mean'])}{spread} over {b['used']} runs"
+def _label(row: pd.Series, agg: Aggregate) -> str:
+    return leader_label(row, varying_cols(agg)) or "all runs"
+
+
+def _mean_ci(row: pd.Series) -> str:
+    if not cell(row["ci_low"]):
+        return f"{row['mean']:.4g} (n={int(row['n'])}: no interval)"
+    return f"{row['mean']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+
+
+def leader_text(agg: Aggregate) -> str:
+    """The sweep's answer in a few lines: the leader, what it is tied with, what is not."""
+    c, leader = agg.comparison, agg.leader
+    what = OUTCOME_NAMES[agg.outcome]
+    if leader is None:
+        return (
+            f"no leader: no configuration has 2 or more runs with a {agg.outcome.replace('_', ' ')}"
+            " (finished, not diverged), so nothing can be told from seed noise"
+        )
+    lines = [
+        f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} (95% CI, "
+        f"{int(leader['n'])} seeds)"
+    ]
+    tied = agg.tied
+    if tied.empty:
+        lines.append("tied with the leader: none")
+    else:
+        parts = []
+        for _, r in tied.iterrows():
+            why = "below the margin" if "margin" in str(r["note"]) else f"p_adj {r['p_adj']:.2g}"
+            need = (
+                f", ~{int(r['seeds_needed'])} seeds to separate" if cell(r["seeds_needed"]) else ""
+            )
+            parts.append(f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}, {why}{need})")
+        lines.append("tied with the leader: " + "; ".join(parts))
+    others = c[~c["leader"] & (c["tied"] == False)]  # noqa: E712 (NA: no claim)
+    if not others.empty:
+        lines.append(
+            "worse than the leader beyond seed noise: "
+            + "; ".join(
+                f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g})" for _, r in others.iterrows()
+            )
+        )
+    no_claim = c[c["tied"].isna() & ~c["leader"]]
+    if not no_claim.empty:
+        lines.append(
+            "no claim (fewer than 2 seeds with an outcome): "
+            + "; ".join(_label(r, agg) for _, r in no_claim.iterrows())
+        )
+    return "\n".join(lines)
+
+
+def verdict(row: pd.Series) -> str:
+    if row["leader"]:
+        return "leader"
+    if pd.isna(row["tied"]):
+        return "no claim"
+    return "tied" if row["tied"] else ("better" if row["diff_vs_leader"] < 0 else "worse")
+
+
+def comparison_table(agg: Aggregate) -> pd.DataFrame:
+    """What a person reads of comparison.csv: per configuration, mean ± CI, the difference
+    with the leader, the verdict, and the regime counts (the full numbers stay in the CSVs)."""
+    counts = agg.summary[[*agg.config_cols, "stable", "oscillating", "diverged"]]
+    c = (
+        agg.comparison.merge(counts, on=agg.config_cols, how="left")
+        if agg.config_cols
+        else agg.comparison.assign(**counts.iloc[0][["stable", "oscillating", "diverged"]])
+    )
+    rows = []
+    for _, r in c.iterrows():
+        diff = ""
+        if cell(r["diff_ci_low"]):
+            diff = f"{r['diff_vs_leader']:+.3g} [{r['diff_ci_low']:+.3g}, {r['diff_ci_high']:+.3g}]"
+        rows.append(
+            {
+                **{k: r[k] for k in varying_cols(agg)},
+                "n": int(r["n"]),
+                f"mean {agg.outcome} [95% CI]": _mean_ci(r) if int(r["n"]) else "",
+                "vs leader [95% CI]": diff,
+                "p_adj": r["p_adj"],
+                "verdict": verdict(r),
+                "seeds needed": int(r["seeds_needed"]) if cell(r["seeds_needed"]) else "",
+                "stable/osc./div.": "/".join(
+                    str(int(r[k])) for k in ("stable", "oscillating", "diverged")
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def varying_cols(agg: Aggregate) -> list[str]:
+    """The configuration columns that differ between configurations (the others are shown once)."""
+    s = agg.summary
+    return [c for c in agg.config_cols if s[c].nunique(dropna=False) > 1] or agg.config_cols
+
+
+def constant_text(agg: Aggregate) -> str:
+    fixed = [c for c in agg.config_cols if c not in varying_cols(agg)]
+    return " ".join(f"{c}={cell(agg.summary[c].iloc[0])}" for c in fixed)
+
+
+def stability_text(agg: Aggregate) -> pd.DataFrame | None:
+    """The stability bracket per width, as text."""
+    if agg.stability is None:
+        return None
+
+    def bracket(good: float, bad: float) -> str:
+        if not cell(bad):
+            return f"none up to lr={cell(good)}"
+        if not cell(good):
+            return f"already at lr={cell(bad)} (the smallest swept)"
+        return f"between lr={cell(good)} and lr={cell(bad)}"
+
+    st = agg.stability
+    return pd.DataFrame(
+        {
+            "hidden_dim": st["hidden_dim"],
+            "divergence sets in": [
+                bracket(g, b)
+                for g, b in zip(st["stable_lr_max"], st["diverges_at_lr"], strict=True)
+            ],
+            "oscillation sets in": [
+                bracket(g, b)
+                for g, b in zip(st["no_oscillation_lr_max"], st["oscillates_at_lr"], strict=True)
+            ],
+        }
+    )
 
 
 def reference_table(agg: Aggregate) -> pd.DataFrame | None:
@@ -147,9 +282,33 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "std and the 95% confidence interval of the mean (t distribution) "
         "are empty below two runs.",
         "",
-        "## Best configuration",
+        "## The answer",
         "",
-        best_text(agg),
+        *[f"- {line}" for line in leader_text(agg).splitlines()],
+        "",
+        f"Outcome: the {OUTCOME_NAMES[agg.outcome]} of each finished, non-diverged run "
+        "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
+        "paired t-test when both have the same seeds, Welch's otherwise, Holm-adjusted over "
+        "the comparisons. Tied: adjusted p at or above `aggregate.alpha`, or a difference "
+        "below the margin `aggregate.min_effect` (default 1% of the leader's mean). "
+        "`seeds needed`: seeds per configuration for 80% power at the observed difference.",
+        "",
+        f"Same in every configuration: {constant_text(agg) or '(nothing)'}.",
+        "",
+        markdown_table(comparison_table(agg)),
+    ]
+    stab = stability_text(agg)
+    if stab is not None:
+        lines += [
+            "",
+            "## Stability boundary per width",
+            "",
+            "Scanning the swept learning rates upward: the last one at which every seed stayed "
+            "non-diverged (non-oscillating) and the first at which one did not.",
+            "",
+            markdown_table(stab),
+        ]
+    lines += [
         "",
         "## Per configuration, over seeds (final epoch)",
         "",
@@ -216,6 +375,9 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
             agg.summary, out / "heatmap_final_loss.png", cols, f"{title} mean final loss"
         )
         written.append("heatmap_final_loss.png")
+    if agg.regimes is not None:
+        plots.regime_heatmap(agg.regimes, out / "heatmap_regimes.png", f"{title} regimes")
+        written.append("heatmap_regimes.png")
     plots.sweep_curves_plot(
         agg.curves,
         out / "curves_grad_norm.png",
@@ -233,15 +395,20 @@ def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Pa
     out.mkdir(parents=True, exist_ok=True)
     agg.runs.to_csv(out / "runs.csv", index=False)
     agg.summary.to_csv(out / "summary.csv", index=False)
+    agg.comparison.to_csv(out / "comparison.csv", index=False)
     agg.curves.to_csv(out / "curves.csv", index=False)
+    tables = ["runs.csv", "summary.csv", "comparison.csv", "curves.csv"]
+    if agg.stability is not None:
+        agg.stability.to_csv(out / "stability.csv", index=False)
+        tables.append("stability.csv")
     plot_files = write_plots(agg, out) if with_plots else []
     (out / "report.md").write_text(markdown_report(agg, plot_files))
-    return [out / n for n in ("runs.csv", "summary.csv", "curves.csv", "report.md", *plot_files)]
+    return [out / n for n in (*tables, "report.md", *plot_files)]
 
 
 def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
-    """Report, tables and plots under aggregate/ on the parent; the best configuration as
-    tags (aggregate.best.<param>) and metrics (aggregate/best_*)."""
+    """Report, tables and plots under aggregate/ on the parent; the leader and its ties as
+    tags (aggregate.leader, aggregate.tied) and the leader's mean outcome as metrics."""
     sel = agg.selection
     if sel.parent_run_id is None:
         return
@@ -255,12 +422,20 @@ def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
         "aggregate/used": int(runs["used"].sum()),
         "aggregate/failed": int(runs["status"].isin(UNFINISHED).sum()),
         "aggregate/diverged": int(runs["diverged"].sum()),
-        "aggregate/running": int((runs["status"] == "RUNNING").sum()),
+        "aggregate/running": int((runs["status"] == RUNNING).sum()),
+        "aggregate/oscillating": int((runs["regime"] == "oscillating").sum()),
     }
-    tags = {"aggregate.best": best_text(agg)}
-    if agg.best:
-        tags |= {f"aggregate.best.{c}": cell(agg.best[c]) for c in agg.config_cols}
-        for k in ("loss_mean", "loss_std", "loss_ci95", "acc_mean"):
-            if cell(agg.best[k]):
-                metrics[f"aggregate/best_{k}"] = agg.best[k]
+    leader = agg.leader
+    tags = {
+        "aggregate.leader": "" if leader is None else _label(leader, agg),
+        "aggregate.tied": "; ".join(_label(r, agg) for _, r in agg.tied.iterrows()),
+        "aggregate.outcome": agg.outcome,
+    }
+    if leader is not None:
+        metrics |= {"aggregate/leader_mean": leader["mean"], "aggregate/leader_n": leader["n"]}
+        if cell(leader["ci_low"]):
+            metrics |= {
+                "aggregate/leader_ci_low": leader["ci_low"],
+                "aggregate/leader_ci_high": leader["ci_high"],
+            }
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
