@@ -139,7 +139,8 @@ def test_run_line_points_at_a_tracking_server() -> None:
     result = JobResult(
         run_id="r1", run_name="h8-lr0.1-s0", experiment_id="3", history=history, summary={}
     )
-    assert progress.run_line(result, "http://127.0.0.1:5555/") == (
+    base = links.base_url("http://127.0.0.1:5555/", port=5123)  # a server is its own UI
+    assert progress.run_line(result, base) == (
         "h8-lr0.1-s0: loss 0.250000 accuracy 0.750 "
         "http://127.0.0.1:5555/#/experiments/3/runs/r1?workflowType=machine_learning"
     )
@@ -160,6 +161,29 @@ def test_compare_and_curves_urls() -> None:
     q = _query(links.curves_url(base, "7", ["a1"], ["grad_norm/w1", "grad_norm/w2"]))
     assert json.loads(q["plot_metric_keys"]) == ["grad_norm/w1", "grad_norm/w2"]
     assert json.loads(q["metric"]) == "grad_norm/w1" and q["x_axis"] == "step"
+
+
+def test_sweep_views_per_width_without_diverged_runs() -> None:
+    base = "http://127.0.0.1:5123"
+    runs = [
+        links.RunRef(f"r{w}{k}", f"h{w}-s{k}", str(w), diverged=(w == 64 and k == 0))
+        for w in (4, 16, 64)
+        for k in range(5)
+    ]
+    views = dict(links.sweep_views(base, "7", "p1", runs))
+    assert views["parent run"].startswith(f"{base}/#/experiments/7/runs/p1?")
+    assert views["report"].startswith(f"{base}/#/experiments/7/runs/p1/artifacts/aggregate/")
+    assert json.loads(_query(views["side by side"])["runs"]) == [r.run_id for r in runs]
+    # 14 runs left after the diverged one: more than a dozen, so one link per width.
+    assert "loss curves" not in views
+    for w in (4, 16, 64):
+        q = _query(views[f"loss curves, hidden_dim={w}"])
+        want = [r.run_id for r in runs if r.width == str(w) and not r.diverged]
+        assert json.loads(q["runs"]) == want and q["y_axis_scale"] == "linear"
+        q = _query(views[f"gradient norms, hidden_dim={w}"])
+        assert json.loads(q["runs"]) == want and q["y_axis_scale"] == "log"
+    few = dict(links.sweep_views(base, "7", "p1", runs[:6]))
+    assert json.loads(_query(few["loss curves"])["runs"]) == [r.run_id for r in runs[:6]]
 
 
 def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:

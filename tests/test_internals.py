@@ -239,7 +239,16 @@ def test_other_versions_take_the_public_paths():
 def stored(store: TmpStore) -> dict:
     """Everything a sweep stored, by run name, without ids, times and process details."""
     client = store.client
-    volatile = {Tag.PARENT, Tag.PID, Tag.HOST, Tag.SWEEP_DIR, "mlflow.runName", Tag.TRACEBACK}
+    # The parent's description links to its runs by id.
+    volatile = {
+        Tag.PARENT,
+        Tag.PID,
+        Tag.HOST,
+        Tag.SWEEP_DIR,
+        "mlflow.runName",
+        Tag.TRACEBACK,
+        Tag.NOTE,
+    }
     out = {}
     for run in store.runs():
         tags = {

@@ -159,8 +159,15 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
         assert run.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("[sweep] job ") for line in lines) == 2
-    assert lines[-1].startswith(f"[sweep] {parent.data.tags['sweep_id']} done in ")
-    assert parent.info.run_id in lines[-1]
+    (done,) = [line for line in lines if line.startswith("[sweep] ") and " done in " in line]
+    assert done.startswith(f"[sweep] {parent.data.tags['sweep_id']} done in ")
+    assert parent.info.run_id in done
+    # The sweep's answer follows, with any sweeper, ending with where to look.
+    after = lines[lines.index(done) + 1 :]
+    # One seed per configuration: nothing can be told from seed noise, and it says so.
+    assert any(line.startswith("no leader: no configuration has 2") for line in after), after
+    assert any(line.startswith("parent run:") and parent.info.run_id in line for line in after)
+    assert parent.data.tags["aggregate.leader"] == ""
     # A bad job of the sweep stops it before anything is written, with any sweeper.
     before = store.db_bytes()
     bad = run_script(

@@ -45,7 +45,7 @@ def train_app(cfg: DictConfig) -> dict:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-train", f"error: {exc}", 2)
     # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
-    from fnnlab import job, progress
+    from fnnlab import job, links, progress
     from fnnlab.names import Tag
 
     parent_run_id, sweep_tags = None, {}
@@ -75,7 +75,8 @@ def train_app(cfg: DictConfig) -> dict:
         if bar is not None:
             bar.close()
     job.freeze_heap()  # once: what the first job set up (caches, figures) lives on
-    print(progress.run_line(result, cfg.tracking.uri), flush=True)
+    base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
+    print(progress.run_line(result, base), flush=True)
     return {"run_id": result.run_id, "diverged": result.history.diverged_at is not None}
 
 
@@ -84,27 +85,42 @@ def ui_app(cfg: DictConfig) -> None:
     from fnnlab import links, ui
     from fnnlab.tracking import open_store
 
-    if cfg.ui.host not in ("127.0.0.1", "localhost"):
-        raise ConfigValueError("ui.host", cfg.ui.host, "the UI binds to 127.0.0.1 only")
+    serve = not links.is_server(cfg.tracking.uri)  # a tracking server is its own UI
+    try:
+        if cfg.ui.host not in ("127.0.0.1", "localhost"):
+            raise ConfigValueError("ui.host", cfg.ui.host, "the UI binds to 127.0.0.1 only")
+        port = cfg.ui.port or ui.free_port(cfg.ui.host)
+        if serve and not ui.port_free(cfg.ui.host, port):
+            # Its URLs would open whatever listens there, perhaps another store.
+            raise ConfigValueError(
+                "ui.port",
+                port,
+                f"something already listens on {cfg.ui.host}:{port}; "
+                "stop it, or choose another port (ui.port=0: any free one)",
+            )
+    except ConfigValueError as exc:
+        # Exit here rather than raise: Hydra would print a job-failure banner first.
+        fail("fnnlab-ui", f"error: {exc}", 2)
     store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
     # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
     sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
-    port = cfg.ui.port or ui.free_port(cfg.ui.host)
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, port)
 
     def show() -> None:
-        """The URLs to open; a sweep's three views on its runs, when there is a sweep."""
+        """The URLs to open: the experiment, and the sweep's pages when there is a sweep."""
         url = links.experiment_url(base, store.experiment_id)
         print(f"experiment {cfg.tracking.experiment}: {url}")
         if sweep is not None:
-            ids = [r.info.run_id for r in sweep.children]
-            exp = store.experiment_id
-            url = links.compare_url(base, exp, ids)
-            print(f"sweep {sweep.sweep_id} ({len(ids)} runs):")
-            grad_norms = links.curves_url(base, exp, ids, ["grad_norm/w1", "grad_norm/w2"])
-            print(f"  side by side:   {url}")
-            print(f"  loss curves:    {links.curves_url(base, exp, ids, ['loss'])}")
-            print(f"  gradient norms: {grad_norms}")
+            views = links.sweep_views(
+                base, store.experiment_id, sweep.parent.info.run_id, sweep.refs()
+            )
+            print(f"sweep {sweep.sweep_id} ({len(sweep.children)} runs):")
+            width = max(len(label) for label, _ in views) + 1
+            for label, view in views:
+                print(f"  {label + ':':<{width}} {view}")
+            if sweep.diverged():
+                print(f"  diverged, left out of the curve links: {', '.join(sweep.diverged())}")
+            print(f"  {links.GROUP_HINT}")
         elif cfg.ui.sweep is not None:
             print("no sweep in this experiment yet (fnnlab-train -m ... makes one)")
         sys.stdout.flush()
@@ -113,8 +129,7 @@ def ui_app(cfg: DictConfig) -> None:
 
             webbrowser.open(url)
 
-    if links.is_server(cfg.tracking.uri):
-        # Already a tracking server: its own UI is the one to open.
+    if not serve:
         show()
         return
     cmd = [
@@ -130,14 +145,25 @@ def ui_app(cfg: DictConfig) -> None:
         str(port),
         "--workers",
         "1",
+        "--uvicorn-opts",
+        "--no-access-log",
     ]
     # Background jobs (LLM judges) are of no use here and would add a process.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(cmd, env=env)
+    # The server's own output (start-up notices, warnings) goes to a file, so the terminal
+    # keeps the URLs; shown if the server fails.
+    server_log = Path(HydraConfig.get().runtime.output_dir) / "mlflow-server.log"
+    server_log.parent.mkdir(parents=True, exist_ok=True)
+    with server_log.open("w") as sink:
+        server = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_until_up(f"{base}/health", server)
+        try:
+            wait_until_up(f"{base}/health", server)
+        except RuntimeError as exc:
+            tail = server_log.read_text().strip().splitlines()[-5:]
+            fail("fnnlab-ui", f"error: {exc}; last lines of {server_log}:\n" + "\n".join(tail), 1)
         show()
-        print("Ctrl-C stops the UI.", flush=True)
+        print(f"Ctrl-C stops the UI (server log: {server_log}).", flush=True)
         server.wait()
     finally:
         if server.poll() is None:
@@ -152,7 +178,7 @@ def ui_app(cfg: DictConfig) -> None:
 def aggregate_app(cfg: DictConfig) -> None:
     from mlflow.exceptions import MlflowException
 
-    from fnnlab import aggregate, report
+    from fnnlab import aggregate, links, report
 
     a = cfg.aggregate
     try:
@@ -167,14 +193,12 @@ def aggregate_app(cfg: DictConfig) -> None:
         fail("fnnlab-aggregate", f"error: {aggregate.first_line(exc)}", 1)
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
     out = out if out.is_absolute() else project_root() / out
-    files = report.write_outputs(agg, out, with_plots=a.plots)
+    base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
     logged = a.log_to_parent and sel.parent_run_id is not None
-    if a.log_to_parent:
-        report.log_to_parent(agg, files)
+    files, answer = report.publish(agg, out, base, with_plots=a.plots, log=a.log_to_parent)
     where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
     print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs", flush=True)
-    print(report.terminal_table(agg))
-    print(report.leader_text(agg))
+    print(answer)
     print(f"wrote {len(files)} files to {out}" + (", logged on the parent run" if logged else ""))
 
 

@@ -82,6 +82,15 @@ class LimitsConfig:
 
 
 @dataclass
+class UiAddress:
+    """Where fnnlab-ui serves an embedded store: every command's printed links point there
+    (a tracking server is its own UI)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+
+
+@dataclass
 class TrainAppConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -93,12 +102,12 @@ class TrainAppConfig:
     reference: bool = False
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
+    ui: UiAddress = field(default_factory=UiAddress)
 
 
 @dataclass
-class UiConfig:
-    host: str = "127.0.0.1"
-    port: int = 5000  # 0: any free port
+class UiConfig(UiAddress):
+    # port 0: any free port
     sweep: str | None = "latest"  # latest | a sweep id (or prefix) | null: whose runs to compare
     open: bool = False  # open the URL in a browser
 
@@ -137,6 +146,7 @@ class AggregateConfig:
 class AggregateAppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    ui: UiAddress = field(default_factory=UiAddress)
 
 
 # Sections that decide what a run computes; the fingerprint covers exactly these.

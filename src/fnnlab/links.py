@@ -9,6 +9,7 @@ with URL-encoded JSON lists as values.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 from urllib.parse import quote
 
 # Where fnnlab-ui serves an embedded store unless ui.port says otherwise (conf/ui.yaml).
@@ -50,11 +51,69 @@ def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
     )
 
 
-def curves_url(base: str, experiment_id: str, run_ids: list[str], metrics: list[str]) -> str:
+def curves_url(
+    base: str, experiment_id: str, run_ids: list[str], metrics: list[str], log: bool = False
+) -> str:
     """MLflow's metric page: these metrics of these runs overlaid, x-axis = step = epoch."""
     return (
         f"{base}/#/metric?runs={_json(run_ids)}"
         f"&metric={_json(metrics[0])}&experiments={_json([experiment_id])}"
-        f"&plot_metric_keys={_json(metrics)}&x_axis=step&y_axis_scale=linear"
+        f"&plot_metric_keys={_json(metrics)}&x_axis=step"
+        f"&y_axis_scale={'log' if log else 'linear'}"
         f"&line_smoothness=1&show_point=false&{ML_VIEW}"
     )
+
+
+def artifact_url(base: str, experiment_id: str, run_id: str, path: str) -> str:
+    """A run's artifact, opened in MLflow's artifact viewer."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?{ML_VIEW}"
+
+
+class RunRef(NamedTuple):
+    """What the sweep's views need of one finished run."""
+
+    run_id: str
+    name: str
+    width: str  # model.hidden_dim, as logged
+    diverged: bool
+
+
+# Above this many runs, one curve link per width: MLflow's legend and colours stop telling
+# runs apart.
+CURVES_PER_LINK = 12
+# MLflow cannot group runs by parameters through a URL; the clicks, in one line.
+GROUP_HINT = (
+    "to see mean and range per configuration: in the experiment's runs table, Group by -> "
+    "Parameters -> model.hidden_dim, optim.lr (and the Chart view)"
+)
+
+
+def sweep_views(
+    base: str, experiment_id: str, parent_run_id: str, runs: list[RunRef]
+) -> list[tuple[str, str]]:
+    """(label, URL) of the pages that answer a sweep's question: its parent run and report,
+    the runs side by side, and loss and gradient-norm curves (log axis) of the runs that did
+    not diverge, one link per width when there are many runs."""
+    views = [
+        ("parent run", run_url(base, experiment_id, parent_run_id)),
+        (
+            "report",
+            artifact_url(base, experiment_id, parent_run_id, "aggregate/report.html"),
+        ),
+    ]
+    if not runs:
+        return views
+    views.append(("side by side", compare_url(base, experiment_id, [r.run_id for r in runs])))
+    kept = [r for r in runs if not r.diverged]
+    groups: dict[str, list[str]] = {"": [r.run_id for r in kept]}
+    if len(kept) > CURVES_PER_LINK:
+        groups = {}
+        for r in kept:
+            groups.setdefault(f", hidden_dim={r.width}", []).append(r.run_id)
+    grads = ["grad_norm/w1", "grad_norm/w2"]
+    for suffix, ids in groups.items():
+        views.append((f"loss curves{suffix}", curves_url(base, experiment_id, ids, ["loss"])))
+        views.append(
+            (f"gradient norms{suffix}", curves_url(base, experiment_id, ids, grads, log=True))
+        )
+    return views

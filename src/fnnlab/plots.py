@@ -11,6 +11,7 @@ layout engine, and fixed places for the title and axis labels, for the same reas
 from __future__ import annotations
 
 from functools import cache
+from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -18,18 +19,31 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
+
+from fnnlab.outcome import HIGHER_IS_BETTER
 
 if TYPE_CHECKING:  # neither torch nor pandas is needed to draw a run's figures
     import pandas as pd
 
 
-DPI = 80
+# A run's figures are RUN_FIGSIZE inches at DPI: 800 x 560 pixels.
+DPI = 100
+RUN_FIGSIZE = (8, 5.6)
 # zlib level 1: small line plots; the default level 6 costs time for a few percent of bytes.
 PNG_OPTIONS = {"compress_level": 1}
-GRAD_NORMS = ("grad_norm/w1", "grad_norm/w2")
+# Metric key -> legend entry.
+GRAD_NORMS = {"grad_norm/w1": "‖∇w1‖", "grad_norm/w2": "‖∇w2‖"}
+# A y axis is logarithmic when its finite positive values span more than this (max / min).
+LOG_RATIO = 30.0
+# ... or, for a sweep's curves, when one configuration peaks over this times the median peak.
+OUTLIER_RATIO = 3.0
+# Where a run's figure puts its legend.
+LEGEND_LOC = "best"
 
 
 # A run's curves are drawn from at most about this many points each.
@@ -71,46 +85,96 @@ class Curves(NamedTuple):
         return cls(steps, metrics, history.diverged_at)
 
 
-def draw_run(curves: Curves, art: Path, name: str, published: dict[int, float] | None) -> None:
+def draw_run(
+    curves: Curves, art: Path, name: str, published: dict[int, float] | None
+) -> tuple[Figure, Figure]:
     """The per-run figures, into the run's artifact folder."""
-    loss_plot(curves, art / "loss.png", name, published)
-    grad_norm_plot(curves, art / "grad_norm.png", name)
+    return (
+        loss_plot(curves, art / "loss.png", name, published),
+        grad_norm_plot(curves, art / "grad_norm.png", name),
+    )
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Figure:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=DPI)
-    return path
+    return fig
+
+
+def spans_decades(values: np.ndarray, ratio: float = LOG_RATIO) -> bool:
+    """Whether the finite positive values span more than `ratio` (max / min): a log axis."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return bool(v.size) and v.max() > ratio * v.min()
+
+
+class _PlainLog(LogFormatter):
+    """Log-axis tick labels as plain numbers (0.3, 2, 1e-05) rather than 3×10⁻¹; minor ticks
+    labelled as LogFormatter does (some of them when the axis spans a decade or two)."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
+def _log_labels(axis: Any) -> None:
+    """Plain tick labels on a log axis (a y axis, or a colour bar's)."""
+    axis.set_major_formatter(_PlainLog())
+    axis.set_minor_formatter(_PlainLog(labelOnlyBase=False))
+
+
+class _Panel:
+    """The reusable axes and data lines of one kind of per-run figure, and the artists
+    only the last run drawn has (published points, divergence mark)."""
+
+    def __init__(self, ax: Axes, lines: list[Line2D]) -> None:
+        self.ax, self.lines = ax, lines
+        self.extras: list = []
+
+    def set_log(self, log: bool) -> None:
+        if (self.ax.get_yscale() == "log") == log:
+            return  # switching rebuilds the axis' ticks: only when the scale changes
+        self.ax.set_yscale("log" if log else "linear")
+        if log:
+            _log_labels(self.ax.yaxis)
+        else:
+            self.ax.yaxis.set_major_locator(MaxNLocator(5))
 
 
 @cache
-def _panel(kind: str) -> tuple[Axes, list[Line2D]]:
-    """The reusable axes and data lines of one kind of figure, created once per process."""
-    fig = Figure(figsize=(5, 3.5))
+def _panel(kind: str) -> _Panel:
+    """The panel of one kind of figure, created once per process."""
+    fig = Figure(figsize=RUN_FIGSIZE)
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.91)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.93)
     ax = fig.add_subplot()
     ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
     if kind == "loss":
-        lines = ax.plot([], [], label="fnnlab", color="tab:blue")
+        lines = ax.plot([], [], label="loss (cross-entropy)", color="tab:blue")
         ax.yaxis.set_major_locator(MaxNLocator(5))
         ax.set(xlabel="epoch", ylabel="mean cross-entropy")
     else:
-        lines = [ax.plot([], [], label=name)[0] for name in GRAD_NORMS]
-        ax.set_yscale("log")
-        # Minor ticks of a log axis are dozens of extra artists to draw per run.
-        ax.yaxis.set_minor_locator(NullLocator())
+        lines = [ax.plot([], [], label=label)[0] for label in GRAD_NORMS.values()]
         ax.set(xlabel="epoch", ylabel="gradient L2 norm")
+    panel = _Panel(ax, lines)
+    if kind != "loss":
+        panel.set_log(True)
+        # Minor ticks of a log axis are dozens of extra artists to draw per run; a loss on a
+        # log axis keeps them (labelled): it spans a decade or two, with few decade ticks.
+        ax.yaxis.set_minor_locator(NullLocator())
     # The x label where matplotlib puts it below these ticks (their height never changes),
     # fixed: placing it anew measures every tick label's extent on every save. The y label
     # stays placed by matplotlib, clear of tick labels whose width varies.
-    ax.xaxis.set_label_coords(0.5, -0.1075)
-    ax.legend(loc="upper right")
-    return ax, lines
+    ax.xaxis.set_label_coords(0.5, -0.07)
+    ax.legend(loc=LEGEND_LOC)
+    return panel
 
 
-def _draw(ax: Axes, title: str, path: Path, extras: list, points: list | None = None) -> Path:
-    """Rescale to this run's data, save, then drop the run's extra artists."""
+def _draw(
+    panel: _Panel, title: str, path: Path, extras: list, points: list | None = None
+) -> Figure:
+    """Rescale to this run's data and save. This run's extra artists stay on the figure
+    (so a caller can inspect what was saved) until the next run drawn on this panel."""
+    ax = panel.ax
     ax.relim()
     if points:
         ax.update_datalim(points)
@@ -118,25 +182,25 @@ def _draw(ax: Axes, title: str, path: Path, extras: list, points: list | None = 
     # y given: a fixed title, not moved clear of top ticks (there are none; that check
     # measured as a tenth of a save).
     ax.set_title(title, y=1.0)
-    if extras:
-        # Entries differ from the panel's own: a legend for this run only.
-        ax.legend(loc="upper right")
-    try:
-        ax.figure.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
-    finally:
-        for artist in extras:
-            artist.remove()
-        if extras:
-            ax.legend(loc="upper right")
-    return path
+    if extras or panel.extras:
+        # Entries differ from the last run's: a legend for this run.
+        ax.legend(loc=LEGEND_LOC)
+    panel.extras = extras
+    ax.figure.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
+    return ax.figure
 
 
 def loss_plot(
     curves: Curves, path: Path, title: str, published: dict[int, float] | None = None
-) -> Path:
-    """Loss per epoch, with the published points overlaid when given."""
-    ax, (line,) = _panel("loss")
-    line.set_data(curves.steps, curves.metrics["loss"])
+) -> Figure:
+    """Loss per epoch, with the published points overlaid when given; log y when the loss
+    (with those points) spans more than LOG_RATIO (see spans_decades), linear otherwise."""
+    panel = _panel("loss")
+    ax, (line,) = panel.ax, panel.lines
+    for artist in panel.extras:
+        artist.remove()
+    loss = curves.metrics["loss"]
+    line.set_data(curves.steps, loss)
     extras, points = [], None
     if published:
         points = list(published.items())
@@ -147,7 +211,7 @@ def loss_plot(
                 color="tab:red",
                 marker="x",
                 zorder=3,
-                label="published",
+                label="published (tutorial)",
             )
         )
     if curves.diverged_at is not None:
@@ -156,18 +220,20 @@ def loss_plot(
                 curves.diverged_at,
                 color="tab:gray",
                 linestyle=":",
-                label=f"diverged at {curves.diverged_at}",
+                label=f"diverged at epoch {curves.diverged_at}",
             )
         )
-    return _draw(ax, title, path, extras, points)
+    values = np.concatenate([loss, list(published.values())]) if published else loss
+    panel.set_log(spans_decades(values))
+    return _draw(panel, title, path, extras, points)
 
 
-def grad_norm_plot(curves: Curves, path: Path, title: str) -> Path:
+def grad_norm_plot(curves: Curves, path: Path, title: str) -> Figure:
     """L2 norms of the applied gradients per epoch, log scale."""
-    ax, lines = _panel("grad_norm")
-    for line, name in zip(lines, GRAD_NORMS, strict=True):
-        line.set_data(curves.steps, curves.metrics[name])
-    return _draw(ax, title, path, [])
+    panel = _panel("grad_norm")
+    for line, key in zip(panel.lines, GRAD_NORMS, strict=True):
+        line.set_data(curves.steps, curves.metrics[key])
+    return _draw(panel, title, path, [])
 
 
 # --- sweep figures, from the frames of fnnlab.aggregate ----------------------------------
@@ -181,15 +247,41 @@ def _fmt(v: object) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _keys(frame: pd.DataFrame, cols: list[str]) -> list[tuple]:
+    """The distinct value tuples of `cols`, sorted ([()] without columns)."""
+    if not cols:
+        return [()]
+    return sorted(frame[cols].drop_duplicates().itertuples(index=False, name=None))
+
+
 def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list]:
     cols = min(3, n)
     rows = -(-n // cols)
-    # Wide enough for the title and legend even with one panel.
-    fig = Figure(figsize=(max(width * cols, 7.5), height * rows + 0.8), layout="constrained")
+    # Wide enough for the title and legend even with one panel; at least 800 x 560 pixels.
+    size = (max(width * cols, 8), max(height * rows + 1.0, 5.6))
+    fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
+
+
+def curves_need_log(curves: pd.DataFrame, config_cols: list[str], keys: list[str]) -> bool:
+    """The rule for sweep_curves_plot's logy="auto": a log y axis when the mean curves of
+    `keys` span more than LOG_RATIO (max / min of finite positive means), or when one
+    configuration's largest mean is over OUTLIER_RATIO times the median of the
+    configurations' largest means (one exploding learning rate would flatten the rest);
+    a linear axis otherwise."""
+    c = curves[curves["key"].isin(keys)]
+    c = c[np.isfinite(c["mean"]) & (c["mean"] > 0)]
+    if c.empty:
+        return False
+    if spans_decades(c["mean"].to_numpy()):
+        return True
+    if not config_cols:
+        return False
+    peaks = c.groupby(config_cols, dropna=False)["mean"].max()
+    return bool(peaks.max() > OUTLIER_RATIO * peaks.median())
 
 
 def sweep_curves_plot(
@@ -200,26 +292,29 @@ def sweep_curves_plot(
     ylabel: str,
     title: str,
     panel_col: str = "hidden_dim",
-    logy: bool = False,
+    logy: bool | str = "auto",
     published: dict[int, float] | None = None,
     band: bool = True,
-) -> Path:
+) -> Figure:
     """Mean (+/- std unless band=False) per configuration over epochs: a panel per width,
     a colour per other configuration (learning rate, ...), a line style per metric
-    (metrics: key -> style)."""
+    (metrics: key -> style). logy: True, False, or "auto" (see curves_need_log). On a log
+    axis the y range is the means' (a band reaching 0 would stretch it over decades)."""
     import pandas as pd
 
+    if logy == "auto":
+        logy = curves_need_log(curves, config_cols, list(metrics))
     panel_col = panel_col if panel_col in config_cols else None
     line_cols = [c for c in config_cols if c != panel_col]
     # Name lines by what differs between them (all of it if nothing does).
     line_cols = [c for c in line_cols if curves[c].nunique() > 1] or line_cols
     panel_values = sorted(curves[panel_col].dropna().unique()) if panel_col else [None]
-    line_keys = sorted(curves.groupby(line_cols, dropna=False).groups) if line_cols else [()]
-    line_keys = [k if isinstance(k, tuple) else (k,) for k in line_keys]
+    line_keys = _keys(curves, line_cols)
     colours = matplotlib.colormaps["viridis" if len(line_keys) > 10 else "tab10"]
     fig, axes = _panels(len(panel_values))
     for ax, pv in zip(axes, panel_values, strict=True):
         sub = curves if panel_col is None else curves[curves[panel_col] == pv]
+        means = []
         for i, lk in enumerate(line_keys):
             mask = pd.Series(True, index=sub.index)
             for c, v in zip(line_cols, lk, strict=True):
@@ -230,6 +325,7 @@ def sweep_curves_plot(
                 c = sub[mask & (sub["key"] == key)].sort_values("step")
                 if c.empty:
                     continue
+                means.append(c["mean"].to_numpy())
                 label = _label(lk, line_cols) if key == next(iter(metrics)) else None
                 ax.plot(c["step"], c["mean"], color=colour, linestyle=style, label=label)
                 std = c["std"].fillna(0)  # one seed: no band
@@ -237,62 +333,139 @@ def sweep_curves_plot(
                     lo, hi = c["mean"] - std, c["mean"] + std
                     ax.fill_between(c["step"], lo, hi, color=colour, alpha=0.15, linewidth=0)
         if published:
-            label = "published" if ax is axes[0] else None
+            label = "published (tutorial)" if ax is axes[0] else None
             epochs, losses = list(published), list(published.values())
             ax.scatter(epochs, losses, color="tab:red", marker="x", zorder=3, label=label)
+            means.append(np.asarray(losses, dtype=float))
         if logy:
             ax.set_yscale("log")
+            _log_labels(ax.yaxis)
+            v = np.concatenate(means) if means else np.array([])
+            v = v[np.isfinite(v) & (v > 0)]
+            if v.size:
+                ax.set_ylim(v.min() / 1.25, v.max() * 1.25)
         panel_title = f"{panel_col}={_fmt(pv)}" if panel_col else title
-        ax.set(xlabel="epoch", ylabel=ylabel, title=panel_title)
+        label = f"{ylabel} (log scale)" if logy else ylabel
+        ax.set(xlabel="epoch", ylabel=label, title=panel_title)
     handles, labels = axes[0].get_legend_handles_labels()
     if len(metrics) > 1:
         for key, style in metrics.items():
             handles.append(Line2D([], [], color="black", linestyle=style))
             labels.append(key)
-    ncols = min(3, len(labels))
-    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small")
+    ncols = min(4, len(labels))
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols)
     fig.suptitle(title)
     return _save(fig, path)
 
 
+def _cell_text(row: pd.Series | None) -> tuple[str, list[str]]:
+    """A heatmap cell's annotation and its marks (leader, tied, diverged, oscillating)."""
+    if row is None:
+        return "no outcome", []
+    n = int(row["n"]) if np.isfinite(row["n"]) else 0
+    marks = []
+    if row["leader"]:
+        marks.append("leader")
+    elif row["tied"]:
+        marks.append("tied")
+    for col, short in (("diverged", "div."), ("oscillating", "osc.")):
+        count = row.get(col, 0)
+        if np.isfinite(count) and count > 0:
+            marks.append(f"{int(count)} {short}")
+    if not n or not np.isfinite(row["mean"]):
+        lines = ["no outcome"]
+    else:
+        lines = [f"{row['mean']:.3g}"]
+        half = (row["ci_high"] - row["ci_low"]) / 2
+        if np.isfinite(half):
+            lines.append(f"±{half:.2g}")
+    lines.append(f"n={n}")
+    return "\n".join([*lines, *marks]), marks
+
+
+def _cell_mean(row: pd.Series | None) -> float:
+    """What a heatmap cell is coloured by: NaN (grey) without a positive mean outcome."""
+    if row is None or not row["n"] > 0 or not row["mean"] > 0:
+        return np.nan
+    return float(row["mean"])
+
+
 def sweep_heatmap(
-    summary: pd.DataFrame,
+    comparison: pd.DataFrame,
     path: Path,
     config_cols: list[str],
     title: str,
-    value: str = "loss_mean",
+    counts: pd.DataFrame | None = None,
+    outcome: str = "tail_loss",
     row_col: str = "hidden_dim",
     col_col: str = "lr",
-) -> Path:
-    """value over width x learning rate, a panel per combination of any other swept params.
-    Empty cells are configurations without a usable run (all failed or diverged)."""
-    facet_cols = [
-        c for c in config_cols if c not in (row_col, col_col) and summary[c].nunique() > 1
-    ]
-    facets = sorted(summary.groupby(facet_cols, dropna=False).groups) if facet_cols else [()]
-    facets = [k if isinstance(k, tuple) else (k,) for k in facets]
-    fig, axes = _panels(len(facets), width=5, height=4)
+) -> Figure:
+    """The comparison's mean outcome over width x learning rate, a panel per combination of
+    any other swept params, on a log colour scale. Each cell shows mean ± CI half-width and
+    n; the leader has a thick red border, configurations tied with it a dashed one.
+    `counts` (the summary: config columns, diverged, oscillating), when given, marks cells
+    with diverged runs (hatched, "k div.") or oscillating ones ("k osc."). Cells without an
+    outcome (every run diverged or failed, or no run) are grey."""
+    frame = comparison
+    if counts is not None:
+        extra = counts[[*config_cols, "diverged", "oscillating"]]
+        # Outer: a configuration whose runs all failed is in the summary only.
+        frame = frame.merge(extra, on=config_cols, how="outer")
+    frame = frame.assign(
+        leader=frame["leader"].fillna(False).astype(bool),
+        tied=frame["tied"].astype("boolean").fillna(False).astype(bool),
+    )
+    facet_cols = [k for k in config_cols if k not in (row_col, col_col) and frame[k].nunique() > 1]
+    facets = _keys(frame, facet_cols)
+    rows = sorted(frame[row_col].dropna().unique())
+    cols = sorted(frame[col_col].dropna().unique())
+    fig, axes = _panels(len(facets), width=1.3 * len(cols) + 2.2, height=0.95 * len(rows) + 1.2)
     # One colour scale for all panels, so that panels compare.
-    vmin, vmax = summary[value].min(), summary[value].max()
+    means = frame["mean"].to_numpy(dtype=float)
+    means = means[np.isfinite(means) & (means > 0)]
+    vmin, vmax = (means.min(), means.max()) if means.size else (1.0, 10.0)
+    if vmin == vmax:
+        vmin, vmax = vmin / 2, vmax * 2
+    norm = LogNorm(vmin, vmax)
+    # Bright is good; grey is no outcome.
+    cmap = "viridis" if outcome in HIGHER_IS_BETTER else "viridis_r"
+    cmap = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
     for ax, fk in zip(axes, facets, strict=True):
-        sub = summary
-        for c, v in zip(facet_cols, fk, strict=True):
-            sub = sub[sub[c] == v]
-        grid = sub.pivot_table(
-            index=row_col, columns=col_col, values=value, dropna=False, aggfunc="first"
-        )
-        cells = grid.to_numpy(dtype=float)
-        im = ax.imshow(cells, cmap="viridis_r", aspect="auto", vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(len(grid.columns)), [_fmt(v) for v in grid.columns])
-        ax.set_yticks(range(len(grid.index)), [_fmt(v) for v in grid.index])
+        sub = frame
+        for k, v in zip(facet_cols, fk, strict=True):
+            sub = sub[sub[k] == v]
+        by_cell = {(r[row_col], r[col_col]): r for _, r in sub.iterrows()}
+        cells = np.array([[_cell_mean(by_cell.get((rv, cv))) for cv in cols] for rv in rows])
+        im = ax.imshow(np.ma.masked_invalid(cells), cmap=cmap, norm=norm, aspect="auto")
+        ax.set_xticks(range(len(cols)), [_fmt(v) for v in cols])
+        ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows])
         panel_title = _label(fk, facet_cols) if facet_cols else title
         ax.set(xlabel=col_col, ylabel=row_col, title=panel_title)
-        for (i, j), v in np.ndenumerate(cells):
-            dark = not np.isnan(v) and v >= (vmin + vmax) / 2
-            text = "n/a" if np.isnan(v) else f"{v:.3g}"
+        for (i, rv), (j, cv) in product(enumerate(rows), enumerate(cols)):
+            text, marks = _cell_text(by_cell.get((rv, cv)))
+            v = cells[i, j]
+            r, g, b = cmap(norm(v))[:3] if np.isfinite(v) else (0.85, 0.85, 0.85)
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
             colour = "white" if dark else "black"
-            ax.text(j, i, text, ha="center", va="center", fontsize="small", color=colour)
-        fig.colorbar(im, ax=ax, label=value)
+            ax.text(j, i, text, ha="center", va="center", fontsize=8.5, color=colour)
+            box = {"xy": (j - 0.5, i - 0.5), "width": 1, "height": 1, "fill": False}
+            if "leader" in marks:
+                ax.add_patch(Rectangle(**box, edgecolor="tab:red", linewidth=4, zorder=3))
+            elif "tied" in marks:
+                ax.add_patch(
+                    Rectangle(**box, edgecolor="tab:red", linewidth=2, linestyle="--", zorder=3)
+                )
+            if any(m.endswith("div.") for m in marks):
+                ax.add_patch(Rectangle(**box, hatch="//", edgecolor="0.5", linewidth=0, alpha=0.5))
+        bar = fig.colorbar(im, ax=ax, label=f"mean {outcome} (log scale)")
+        _log_labels(bar.ax.yaxis)
+    keys = [
+        Patch(fill=False, edgecolor="tab:red", linewidth=3, label="leader"),
+        Patch(fill=False, edgecolor="tab:red", linewidth=1.5, linestyle="--", label="tied"),
+        Patch(fill=False, edgecolor="0.5", hatch="//", label="runs diverged"),
+        Patch(facecolor="0.85", edgecolor="0.5", label="no outcome"),
+    ]
+    fig.legend(handles=keys, loc="outside lower center", ncols=4)
     if facet_cols:
         fig.suptitle(title)
     return _save(fig, path)
@@ -304,17 +477,17 @@ def regime_heatmap(
     title: str,
     row_col: str = "hidden_dim",
     col_col: str = "lr",
-) -> Path:
+) -> Figure:
     """A panel per training regime (stable, oscillating, diverged): over width x learning
     rate, the fraction of a cell's seeds in that regime, with n."""
     regimes = [c for c in ("stable", "oscillating", "diverged") if c in fractions]
     colours = {"stable": "Greens", "oscillating": "Oranges", "diverged": "Reds"}
-    fig, axes = _panels(len(regimes), width=4.4, height=3.6)
+    fig, axes = _panels(len(regimes), width=4.8, height=3.8)
     for ax, regime in zip(axes, regimes, strict=True):
         grid = fractions.pivot_table(index=row_col, columns=col_col, values=regime)
         n = fractions.pivot_table(index=row_col, columns=col_col, values="n")
         cells = grid.to_numpy(dtype=float)
-        ax.imshow(cells, cmap=colours[regime], vmin=0, vmax=1, aspect="auto")
+        im = ax.imshow(cells, cmap=colours[regime], vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(grid.columns)), [_fmt(v) for v in grid.columns])
         ax.set_yticks(range(len(grid.index)), [_fmt(v) for v in grid.index])
         ax.set(xlabel=col_col, ylabel=row_col, title=f"fraction {regime}")
@@ -331,5 +504,7 @@ def regime_heatmap(
                 fontsize="small",
                 color="white" if v > 0.6 else "black",
             )
+        bar = fig.colorbar(im, ax=ax, label=f"fraction of seeds {regime}", format="{x:.0%}")
+        bar.set_ticks([0, 0.25, 0.5, 0.75, 1])
     fig.suptitle(title)
     return _save(fig, path)

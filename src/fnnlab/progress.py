@@ -97,7 +97,7 @@ class EpochBar:
             self.bar.close()
 
 
-def run_line(result: JobResult, tracking_uri: str) -> str:
+def run_line(result: JobResult, base: str) -> str:
     """The line each run ends with: name, final loss and accuracy, and its page in the UI."""
     final = result.history.final()
     at = result.history.diverged_at
@@ -105,5 +105,5 @@ def run_line(result: JobResult, tracking_uri: str) -> str:
         f"{result.run_name}: loss {final.get('loss', float('nan')):.6f} "
         f"accuracy {final.get('accuracy', float('nan')):.3f}"
         f"{f' (diverged at epoch {at})' if at is not None else ''} "
-        f"{links.run_url(links.base_url(tracking_uri), result.experiment_id, result.run_id)}"
+        f"{links.run_url(base, result.experiment_id, result.run_id)}"
     )

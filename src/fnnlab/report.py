@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fnnlab import plots, reference
+from fnnlab import links, plots, reference
 from fnnlab.aggregate import Aggregate
 from fnnlab.compare import leader_label
-from fnnlab.names import RUNNING, UNFINISHED
+from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import Store, log_values
 
 # Summary columns as a person reads them.
@@ -35,7 +37,7 @@ SUMMARY_COLUMNS = {
 }
 PLOTS = {
     "curves_loss.png": "Mean ± std loss per epoch",
-    "heatmap_final_loss.png": "Mean final loss over width × learning rate",
+    "heatmap_final_loss.png": "Mean outcome ± CI over width × learning rate",
     "heatmap_regimes.png": "Training regimes over width × learning rate",
     "curves_grad_norm.png": "Mean gradient norms per epoch",
 }
@@ -260,6 +262,176 @@ def grid_table(agg: Aggregate, rows: str = "hidden_dim", cols: str = "lr") -> pd
     return grid.reset_index()
 
 
+def comparison_grid(
+    agg: Aggregate, rows: str = "hidden_dim", cols: str = "lr"
+) -> pd.DataFrame | None:
+    """The comparison over width x learning rate, one cell per configuration: mean outcome
+    [95% CI], n, the verdict against the leader and the oscillating/diverged counts."""
+    if not {rows, cols} <= set(varying_cols(agg)):
+        return None
+    others = [c for c in varying_cols(agg) if c not in (rows, cols)]
+    counts = agg.summary[[*agg.config_cols, "oscillating", "diverged"]]
+    c = agg.comparison.merge(counts, on=agg.config_cols, how="left")
+
+    def text(r: pd.Series) -> str:
+        parts = [_mean_ci(r) if int(r["n"]) else "no outcome", f"n={int(r['n'])}"]
+        if r["leader"] or pd.notna(r["tied"]) and r["tied"]:
+            parts.append("**leader**" if r["leader"] else "tied")
+        for key, short in (("oscillating", "osc."), ("diverged", "div.")):
+            if r[key]:
+                parts.append(f"{int(r[key])} {short}")
+        return ", ".join(parts)
+
+    grid = c.assign(cell=c.apply(text, axis=1)).pivot_table(
+        index=[*others, rows], columns=cols, values="cell", aggfunc="first"
+    )
+    grid.columns = [f"{cols}={cell(v)}" for v in grid.columns]
+    return grid.reset_index().fillna("")
+
+
+def run_refs(agg: Aggregate) -> list[links.RunRef]:
+    """The sweep's finished runs, for the comparison links."""
+    done = agg.runs[agg.runs["status"] == FINISHED]
+    width = done["hidden_dim"] if "hidden_dim" in done else pd.Series("", index=done.index)
+    return [
+        links.RunRef(r, n, cell(w), bool(d))
+        for r, n, w, d in zip(
+            done["run_id"], done["run_name"], width, done["diverged"], strict=True
+        )
+    ]
+
+
+def sweep_views(agg: Aggregate, base: str) -> list[tuple[str, str]]:
+    sel = agg.selection
+    if sel.parent_run_id is None:
+        return []
+    return links.sweep_views(base, sel.experiment_id, sel.parent_run_id, run_refs(agg))
+
+
+def answer_text(agg: Aggregate, views: list[tuple[str, str]]) -> str:
+    """What the terminal shows at the end of a sweep and from fnnlab-aggregate: the table,
+    the leader and its ties, the stability boundary, and where to look next."""
+    lines = [terminal_table(agg), leader_text(agg)]
+    stab = stability_text(agg)
+    if stab is not None:
+        lines.append("stability boundary (learning rates, per width):")
+        lines += [
+            f"  hidden_dim={r['hidden_dim']}: divergence {r['divergence sets in']}; "
+            f"oscillation {r['oscillation sets in']}"
+            for _, r in stab.iterrows()
+        ]
+    diverged = [r.name for r in run_refs(agg) if r.diverged]
+    if views:
+        width = max(len(label) for label, _ in views) + 1
+        lines += [f"{label + ':':<{width}} {url}" for label, url in views]
+        if diverged:
+            lines.append(f"diverged, left out of the curve links: {', '.join(diverged)}")
+        lines.append(links.GROUP_HINT)
+    return "\n".join(lines)
+
+
+# MLflow keeps at most this many characters of a tag value, the description included.
+MAX_DESCRIPTION = 8000
+
+
+def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "") -> str:
+    """The parent run's description (MLflow renders it as Markdown on the run's Overview):
+    the answer, the width x learning-rate table, the stability boundary, the links. Within
+    MLflow's tag limit: links (which name every run) and then tables give way to a pointer
+    at the report."""
+    answer = leader_text(agg).splitlines()
+    head = ["### " + answer[0], "", *[f"- {line}" for line in answer[1:]]]
+    fixed = constant_text(agg)
+    grid = comparison_grid(agg)
+    table = grid if grid is not None else comparison_table(agg).drop(columns=["p_adj"])
+    tables = [
+        "",
+        (f"Same in every run: `{fixed}`. " if fixed else "")
+        + f"Mean {agg.outcome} [95% CI] over seeds:",
+        "",
+        markdown_table(table),
+    ]
+    stab = stability_text(agg)
+    if stab is not None:
+        tables += [
+            "",
+            "**Stability boundary** (learning rates, per width)",
+            "",
+            markdown_table(stab),
+        ]
+    shown = [(label, url) for label, url in views if label != "parent run"]
+    link_line = ["", " · ".join(f"[{label}]({url})" for label, url in shown)]
+    report = [(label, url) for label, url in shown if label == "report"]
+    short = (
+        [
+            "",
+            "More: "
+            + " · ".join(f"[{label}]({url})" for label, url in report)
+            + " (fnnlab-ui prints every link)",
+        ]
+        if report
+        else []
+    )
+    sweep = [
+        "",
+        f"Sweep over `{overrides or '(no overrides)'}`: each child run is one job; running "
+        "the same command again resumes it.",
+    ]
+    for parts in (
+        (head, tables, link_line, sweep),
+        (head, tables, short, sweep),
+        (head, short, sweep),
+    ):
+        text = "\n".join(line for part in parts for line in part) + "\n"
+        if len(text) <= MAX_DESCRIPTION:
+            return text
+    return text[: MAX_DESCRIPTION - 2] + "…\n"
+
+
+def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
+    """report.html: what report.md says, with its plots inline, for MLflow's artifact viewer
+    (which shows HTML but not a Markdown file's images)."""
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.map(cell).to_html(index=False, escape=True, border=0)
+
+    sel = agg.selection
+    title = f"{sel.experiment}: sweep {sel.sweep_id or '(selection)'}"
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>The answer</h2><ul>",
+        *[f"<li>{html.escape(line)}</li>" for line in leader_text(agg).splitlines()],
+        "</ul>",
+    ]
+    fixed = constant_text(agg)
+    if fixed:
+        parts.append(f"<p>Same in every run: <code>{html.escape(fixed)}</code></p>")
+    parts.append(table(comparison_table(agg)))
+    stab = stability_text(agg)
+    if stab is not None:
+        parts += ["<h2>Stability boundary per width</h2>", table(stab)]
+    for name in plot_files:
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        parts += [
+            f"<h2>{html.escape(PLOTS[name])}</h2>",
+            f'<img alt="{html.escape(PLOTS[name])}" src="data:image/png;base64,{data}" '
+            'style="max-width:100%">',
+        ]
+    parts.append(
+        "<p>Every number per run and per configuration: runs.csv, summary.csv, "
+        "comparison.csv, stability.csv, curves.csv beside this file.</p>"
+    )
+    style = (
+        "body{font-family:sans-serif;margin:1.5em;max-width:1100px}"
+        "table{border-collapse:collapse;font-size:13px}"
+        "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+
+
 def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
     sel, runs = agg.selection, agg.runs
     counts = runs["status"].value_counts()
@@ -372,7 +544,14 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
     written = ["curves_loss.png"]
     if {"hidden_dim", "lr"} <= set(cols):
         plots.sweep_heatmap(
-            agg.summary, out / "heatmap_final_loss.png", cols, f"{title} mean final loss"
+            # The comparison's mean outcome per configuration; the summary's diverged and
+            # oscillating counts mark cells. The file keeps its name for existing links.
+            agg.comparison,
+            out / "heatmap_final_loss.png",
+            cols,
+            f"{title} mean {agg.outcome} (± CI half-width)",
+            counts=agg.summary,
+            outcome=agg.outcome,
         )
         written.append("heatmap_final_loss.png")
     if agg.regimes is not None:
@@ -403,12 +582,19 @@ def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Pa
         tables.append("stability.csv")
     plot_files = write_plots(agg, out) if with_plots else []
     (out / "report.md").write_text(markdown_report(agg, plot_files))
-    return [out / n for n in (*tables, "report.md", *plot_files)]
+    (out / "report.html").write_text(html_report(agg, out, plot_files))
+    return [out / n for n in (*tables, "report.md", "report.html", *plot_files)]
 
 
-def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
+def _rounded(value: float) -> float:
+    """4 significant digits: what a summary metric on the Overview needs."""
+    return float(f"{value:.4g}")
+
+
+def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]]) -> None:
     """Report, tables and plots under aggregate/ on the parent; the leader and its ties as
-    tags (aggregate.leader, aggregate.tied) and the leader's mean outcome as metrics."""
+    tags (aggregate.leader, aggregate.tied), the leader's mean outcome as metrics, and the
+    answer as the run's description."""
     sel = agg.selection
     if sel.parent_run_id is None:
         return
@@ -430,6 +616,9 @@ def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
         "aggregate.leader": "" if leader is None else _label(leader, agg),
         "aggregate.tied": "; ".join(_label(r, agg) for _, r in agg.tied.iterrows()),
         "aggregate.outcome": agg.outcome,
+        Tag.NOTE: description(
+            agg, views, sel.client.get_run(sel.parent_run_id).data.tags.get(Tag.SWEEP_OVERRIDES, "")
+        ),
     }
     if leader is not None:
         metrics |= {"aggregate/leader_mean": leader["mean"], "aggregate/leader_n": leader["n"]}
@@ -438,4 +627,17 @@ def log_to_parent(agg: Aggregate, files: list[Path]) -> None:
                 "aggregate/leader_ci_low": leader["ci_low"],
                 "aggregate/leader_ci_high": leader["ci_high"],
             }
+    metrics = {k: _rounded(v) for k, v in metrics.items()}
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
+
+
+def publish(
+    agg: Aggregate, out: Path, base: str, with_plots: bool = True, log: bool = True
+) -> tuple[list[Path], str]:
+    """Files in `out`, logged with the answer onto the parent run (when `log`); returns the
+    files and the answer as text. The one path of fnnlab-aggregate and a sweep's end."""
+    files = write_outputs(agg, out, with_plots)
+    views = sweep_views(agg, base)
+    if log:
+        log_to_parent(agg, files, views)
+    return files, answer_text(agg, views)

@@ -40,7 +40,7 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import internals, progress
+from fnnlab import internals, links, progress
 from fnnlab.config import ConfigValueError, check_values, fingerprint
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
@@ -295,7 +295,9 @@ class Sweep:
     """One sweep invocation, from its check to its parent run's end, in the process that
     runs the sweep."""
 
-    def __init__(self, config: DictConfig, remote_dead_after_s: float) -> None:
+    def __init__(
+        self, config: DictConfig, remote_dead_after_s: float, summarize: bool = True
+    ) -> None:
         from hydra.core.global_hydra import GlobalHydra
         from hydra.utils import instantiate
 
@@ -316,6 +318,10 @@ class Sweep:
             raise SweepRefused(str(exc)) from exc
         self.id = sweep_id(arguments, experiment)
         self.dir = str(config.hydra.sweep.dir)
+        self.experiment = experiment
+        # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
+        self.summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
+        self.base = links.base_url(config.tracking.uri, config.ui.host, config.ui.port)
         self.jobs = len(jobs) if jobs is not None else None
         reaped, alive = reap_dead_runs(self.store, self.id, remote_dead_after_s)
         if reaped or alive:
@@ -349,9 +355,12 @@ class Sweep:
         try:
             counts = sweep_counts(self.store, self.parent)
             failed = counts["failed"] + counts["running"]
+            answer = self.answer() if self.summarize else None
             self._close(counts, FAILED if failed else FINISHED)
             state = f"parent run {self.parent} is {'FAILED' if failed else 'FINISHED'}"
             print(self.progress.summary(counts, self.id, self.parent), flush=True)
+            if answer:
+                print(answer, flush=True)
         except Exception as exc:  # the store went away: the next invocation reaps and resumes
             failed = max(self.progress.failed, 1)
             state = f"parent run {self.parent} could not be closed: {_first_line(exc)}"
@@ -361,6 +370,21 @@ class Sweep:
                 f"{failed} jobs failed or did not finish ({state}); rerun the same command "
                 f"to retry them. First error: {self.first_error or 'see the runs error tags'}"
             )
+
+    def answer(self) -> str | None:
+        """What fnnlab-aggregate says about this sweep (all its runs, also those of earlier
+        invocations), its files under <sweep dir>/aggregate and on the parent run. A summary
+        that cannot be made is one logged line, not a failed sweep."""
+        from fnnlab import aggregate, report  # pandas, scipy, matplotlib: only here
+
+        try:
+            sel = aggregate.select(self.store.uri, self.experiment, parent_run_id=self.parent)
+            agg = aggregate.aggregate(sel)
+            _, text = report.publish(agg, Path(self.dir) / "aggregate", self.base)
+        except Exception as exc:
+            log.warning("Sweep %s: no summary: %s", self.id, _first_line(exc))
+            return None
+        return text
 
     def abandon(self) -> None:
         """The sweep did not reach its end (an interrupt, an error): runs of workers torn
@@ -390,17 +414,23 @@ class SweepCallback(Callback):
     """hydra.callbacks.sweep in conf/train.yaml: what a sweep means in fnnlab, for any
     sweeper and launcher (see the module docstring)."""
 
-    def __init__(self, remote_dead_after_s: float = 86400.0) -> None:
+    def __init__(self, remote_dead_after_s: float = 86400.0, summarize: bool = True) -> None:
         # A RUNNING job recorded on another host counts as dead (KILLED, rerun) after this.
         self.remote_dead_after_s = remote_dead_after_s
+        # End with the sweep's answer (also hydra.sweeper.summarize with the fnnlab sweeper).
+        self.summarize = summarize
         self.sweep: Sweep | None = None
 
     def __getstate__(self) -> dict:
         # Launchers ship callbacks to their workers: the sweep stays with its process.
-        return {"remote_dead_after_s": self.remote_dead_after_s, "sweep": None}
+        return {
+            "remote_dead_after_s": self.remote_dead_after_s,
+            "summarize": self.summarize,
+            "sweep": None,
+        }
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.sweep = Sweep(config, self.remote_dead_after_s)
+        self.sweep = Sweep(config, self.remote_dead_after_s, self.summarize)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.sweep is not None and os.getpid() == self.sweep.pid:

@@ -7,9 +7,19 @@ from dataclasses import dataclass
 
 from mlflow.entities import Run
 
-from fnnlab.links import DEFAULT_HOST
+from fnnlab.links import DEFAULT_HOST, RunRef
 from fnnlab.names import FINISHED, Tag
 from fnnlab.tracking import Store, find_sweep_parent, search_all
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (binding it would succeed)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -27,6 +37,20 @@ class Sweep:
     @property
     def sweep_id(self) -> str:
         return self.parent.data.tags[Tag.SWEEP_ID]
+
+    def refs(self) -> list[RunRef]:
+        return [
+            RunRef(
+                r.info.run_id,
+                r.info.run_name,
+                r.data.params.get("model.hidden_dim", ""),
+                r.data.tags.get(Tag.DIVERGED) == "true",
+            )
+            for r in self.children
+        ]
+
+    def diverged(self) -> list[str]:
+        return [ref.name for ref in self.refs() if ref.diverged]
 
 
 def find_sweep(store: Store, which: str) -> Sweep | None:

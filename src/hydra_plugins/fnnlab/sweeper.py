@@ -30,6 +30,9 @@ class FnnlabSweeperConf:
     max_batch_size: int | None = 256
     # Run every job, even those whose identical config already has a FINISHED run.
     rerun: bool = False
+    # End the sweep with its answer (fnnlab.sweep.Sweep.answer): the comparison over
+    # seeds, on the terminal and on the parent run.
+    summarize: bool = True
 
 
 ConfigStore.instance().store(
@@ -38,9 +41,12 @@ ConfigStore.instance().store(
 
 
 class FnnlabSweeper(Sweeper):
-    def __init__(self, max_batch_size: int | None = 256, rerun: bool = False) -> None:
+    def __init__(
+        self, max_batch_size: int | None = 256, rerun: bool = False, summarize: bool = True
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.rerun = rerun
+        self.summarize = summarize  # read by fnnlab.sweep from the config
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None

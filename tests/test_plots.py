@@ -1,0 +1,286 @@
+"""The figures as drawn: pixel sizes, legends, axis scales and heatmap marks, from real
+matplotlib output on small synthetic inputs (no store, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import LogNorm
+from PIL import Image
+
+from fnnlab import plots, report
+from fnnlab.aggregate import Aggregate
+from fnnlab.compare import compare, regime_fractions
+
+COLS = ["hidden_dim", "lr"]
+WIDTHS = (4, 8)
+LRS = (0.01, 0.1, 1.0)
+SEEDS = range(5)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def legend_texts(legend) -> list[str]:
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def history(loss: np.ndarray, diverged_at: int | None = None) -> SimpleNamespace:
+    """What plots.Curves.of reads from a fnnlab.train.History."""
+    n = len(loss)
+    grads = {"grad_norm/w1": np.geomspace(2.0, 0.01, n), "grad_norm/w2": np.geomspace(1, 1e-3, n)}
+    return SimpleNamespace(metrics={"loss": loss, **grads}, diverged_at=diverged_at)
+
+
+def test_run_figures_are_large_with_named_curves(tmp_path: Path) -> None:
+    epochs = np.arange(101)
+    published = {0: 0.92, 20: 0.7, 40: 0.67}
+    smooth = history(0.7 * np.exp(-epochs / 30) + 0.05)  # spans 15x: linear
+    loss_fig, grad_fig = plots.draw_run(plots.Curves.of(smooth), tmp_path, "h8-lr0.1-s0", published)
+
+    for name in ("loss.png", "grad_norm.png"):
+        width, height = png_size(tmp_path / name)
+        assert width >= 800 and height >= 560
+    (loss_ax,) = loss_fig.axes
+    assert legend_texts(loss_ax.get_legend()) == ["loss (cross-entropy)", "published (tutorial)"]
+    assert loss_ax.get_yscale() == "linear"
+    assert loss_ax.get_title() == "h8-lr0.1-s0"
+    (grad_ax,) = grad_fig.axes
+    assert legend_texts(grad_ax.get_legend()) == ["‖∇w1‖", "‖∇w2‖"]
+    assert grad_ax.get_yscale() == "log"
+
+    # The same reused figure for the next run: its own scale and legend entries.
+    exploding = history(0.7 * np.exp(epochs / 8), diverged_at=100)
+    loss_fig, _ = plots.draw_run(plots.Curves.of(exploding), tmp_path, "h8-lr10-s0", None)
+    (loss_ax,) = loss_fig.axes
+    assert loss_ax.get_yscale() == "log"
+    assert legend_texts(loss_ax.get_legend()) == ["loss (cross-entropy)", "diverged at epoch 100"]
+
+    loss_fig, _ = plots.draw_run(plots.Curves.of(smooth), tmp_path, "h8-lr0.1-s1", None)
+    (loss_ax,) = loss_fig.axes
+    assert loss_ax.get_yscale() == "linear"
+    assert legend_texts(loss_ax.get_legend()) == ["loss (cross-entropy)"]
+    assert not any("fnnlab" in t for t in legend_texts(loss_ax.get_legend()))
+
+
+def test_spans_decades_ignores_non_finite_and_non_positive() -> None:
+    assert plots.spans_decades(np.array([0.01, 0.5, np.inf, np.nan, 0.0, -3.0]))
+    assert not plots.spans_decades(np.array([0.02, 0.5, np.inf, np.nan, 0.0, -3.0]))
+    assert not plots.spans_decades(np.array([np.nan]))
+
+
+def mean_curves(peak_of_lr1: float | None = None, epochs: int = 40) -> pd.DataFrame:
+    """A frame like fnnlab.aggregate.mean_curves: loss and grad norms per width, lr and epoch;
+    with peak_of_lr1, the loss at lr=1 climbs to that peak instead of falling."""
+    rows = []
+    steps = np.arange(epochs)
+    for width in WIDTHS:
+        for lr in LRS:
+            loss = 0.7 - 0.2 * lr * (1 - np.exp(-steps / 10)) + 0.01 * width / 8
+            if lr == 1.0 and peak_of_lr1 is not None:
+                loss = 0.7 + (peak_of_lr1 - 0.7) * np.sin(np.pi * steps / (epochs - 1)) ** 2
+            for key, values in (
+                ("loss", loss),
+                ("grad_norm/w1", np.geomspace(1, 1e-3 * lr, epochs)),
+                ("grad_norm/w2", np.geomspace(0.5, 1e-3 * lr, epochs)),
+            ):
+                rows += [
+                    {"hidden_dim": width, "lr": lr, "key": key, "step": s, "mean": v}
+                    for s, v in zip(steps, values, strict=True)
+                ]
+    return pd.DataFrame(rows).assign(std=lambda f: 0.05 * f["mean"], n=5)
+
+
+def visible_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+@pytest.mark.parametrize(
+    ("peak", "scale"),
+    [
+        (None, "linear"),  # every lr falls a little: spans < 30x, no outlier
+        (60.0, "log"),  # lr=1 explodes: spans > 30x
+        (5.0, "log"),  # lr=1 climbs to 7x the others' peak: spans < 30x, but an outlier
+    ],
+)
+def test_sweep_loss_curves_scale(tmp_path: Path, peak: float | None, scale: str) -> None:
+    curves = mean_curves(peak)
+    path = tmp_path / "curves_loss.png"
+    fig = plots.sweep_curves_plot(curves, path, COLS, {"loss": "-"}, "mean cross-entropy", "t")
+
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["hidden_dim=4", "hidden_dim=8"]
+    assert {ax.get_yscale() for ax in axes} == {scale}
+    if scale == "log":
+        assert all("log scale" in ax.get_ylabel() for ax in axes)
+        # The falling curves keep most of the height: the axis is bounded by the means.
+        low, high = axes[0].get_ylim()
+        assert low > 0.3 and high < 1.3 * peak
+    (legend,) = fig.legends
+    assert legend_texts(legend) == ["lr=0.01", "lr=0.1", "lr=1"]
+    colours = {tuple(line.get_color()) for line in axes[0].get_lines()}
+    assert len(colours) == len(LRS)
+    width, height = png_size(path)
+    assert width >= 800 and height >= 560
+
+
+def test_grad_norm_curves_stay_log(tmp_path: Path) -> None:
+    metrics = {"grad_norm/w1": "-", "grad_norm/w2": "--"}
+    fig = plots.sweep_curves_plot(
+        mean_curves(), tmp_path / "g.png", COLS, metrics, "gradient L2 norm", "t", logy=True
+    )
+    assert {ax.get_yscale() for ax in visible_axes(fig)} == {"log"}
+    assert legend_texts(fig.legends[0])[-2:] == list(metrics)
+
+
+def sweep_runs() -> pd.DataFrame:
+    """One row per run over width x lr x seed, like aggregate's runs frame (outcome, diverged,
+    regime): (8, 0.1) leads, (8, 1) is noisy and may tie, (4, 1) always diverges, two of
+    (8, 1)'s seeds diverge and three of (4, 0.1)'s oscillate."""
+    rng = np.random.default_rng(0)
+    base = {
+        (4, 0.01): 0.9,
+        (4, 0.1): 0.6,
+        (4, 1.0): np.nan,
+        (8, 0.01): 0.85,
+        (8, 0.1): 0.05,
+        (8, 1.0): 0.06,
+    }
+    rows = []
+    for (width, lr), mean in base.items():
+        for seed in SEEDS:
+            diverged = (width, lr) == (4, 1.0) or ((width, lr) == (8, 1.0) and seed < 2)
+            oscillating = (width, lr) == (4, 0.1) and seed < 3
+            spread = 0.03 if (width, lr) == (8, 1.0) else 0.005
+            rows.append(
+                {
+                    "hidden_dim": width,
+                    "lr": lr,
+                    "seed": seed,
+                    "outcome": np.nan if diverged else mean + spread * rng.standard_normal(),
+                    "diverged": diverged,
+                    "regime": "diverged"
+                    if diverged
+                    else ("oscillating" if oscillating else "stable"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """The summary's per-configuration counts the heatmap marks cells with."""
+    return (
+        runs.assign(oscillating=runs["regime"] == "oscillating")
+        .groupby(COLS)
+        .agg(
+            runs=("seed", "size"), diverged=("diverged", "sum"), oscillating=("oscillating", "sum")
+        )
+        .reset_index()
+    )
+
+
+def test_heatmap_marks_leader_ties_and_bad_runs(tmp_path: Path) -> None:
+    runs = sweep_runs()
+    comparison = compare(runs, COLS)
+    lead = comparison[comparison["leader"]].iloc[0]
+    assert (lead["hidden_dim"], lead["lr"]) == (8, 0.1)
+    path = tmp_path / "heatmap_final_loss.png"
+    fig = plots.sweep_heatmap(
+        comparison, path, COLS, "t: mean tail_loss", counts=counts(runs), outcome="tail_loss"
+    )
+
+    ax, bar = fig.axes
+    (im,) = ax.get_images()
+    assert isinstance(im.norm, LogNorm)
+    assert im.norm.vmin == pytest.approx(comparison["mean"].min())
+    assert "tail_loss" in bar.get_ylabel() and ax.get_title() == "t: mean tail_loss"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.01", "0.1", "1"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["4", "8"]
+    texts = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
+    }
+    half = (lead["ci_high"] - lead["ci_low"]) / 2
+    assert texts[1, 1] == f"{lead['mean']:.3g}\n±{half:.2g}\nn=5\nleader"
+    assert texts[0, 2] == "no outcome\nn=0\n5 div."
+    assert texts[0, 1].endswith("n=5\n3 osc.")
+    assert "n=3" in texts[1, 2] and texts[1, 2].endswith("2 div.")
+    assert texts[0, 0].count("\n") == 2  # mean, ± half-width, n: nothing to mark
+    tied = comparison["tied"].fillna(False).astype(bool)
+    assert sum("tied" in t for t in texts.values()) == tied.sum()
+    # Cell borders and hatches: one solid leader border, a dashed one per tie.
+    borders = [p for p in ax.patches if p.get_linewidth() > 0 and not p.get_hatch()]
+    assert sum(p.get_linestyle() == "solid" for p in borders) == 1
+    assert sum(p.get_linestyle() == "--" for p in borders) == tied.sum()
+    assert sum(bool(p.get_hatch()) for p in ax.patches) == 2  # (4, 1) and (8, 1)
+    # The no-outcome cell is masked: drawn grey.
+    assert np.ma.is_masked(im.get_array()[0, 2])
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert legend == {"leader", "tied", "runs diverged", "no outcome"}
+    width, height = png_size(path)
+    assert width >= 800 and height >= 560
+
+
+def test_heatmap_panels_per_other_swept_param(tmp_path: Path) -> None:
+    runs = pd.concat([sweep_runs().assign(backprop=b) for b in ("exact", "tutorial")])
+    cols = [*COLS, "backprop"]
+    comparison = compare(runs, cols)
+    fig = plots.sweep_heatmap(comparison, tmp_path / "h.png", cols, "t")
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == ["backprop=exact", "backprop=tutorial"]
+    # Without counts nothing is marked as diverged, but no-outcome cells stay grey.
+    texts = [t.get_text() for ax in panels for t in ax.texts]
+    assert not any("div." in t for t in texts)
+    assert sum(t.startswith("no outcome") for t in texts) == 2
+    assert sum(t.endswith("leader") for t in texts) == 1
+
+
+def test_regime_heatmap_has_colour_bars(tmp_path: Path) -> None:
+    fractions = regime_fractions(sweep_runs(), "hidden_dim", "lr")
+    path = tmp_path / "heatmap_regimes.png"
+    fig = plots.regime_heatmap(fractions, path, "t regimes")
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == [
+        "fraction stable",
+        "fraction oscillating",
+        "fraction diverged",
+    ]
+    bars = [ax for ax in fig.axes if ax.get_visible() and not ax.get_images()]
+    assert [ax.get_ylabel() for ax in bars] == [
+        "fraction of seeds stable",
+        "fraction of seeds oscillating",
+        "fraction of seeds diverged",
+    ]
+    assert "60%\nn=5" in {t.get_text() for t in panels[1].texts}
+    width, height = png_size(path)
+    assert width >= 800 and height >= 560
+
+
+def test_write_plots_draws_the_comparison(tmp_path: Path) -> None:
+    runs = sweep_runs()
+    comparison = compare(runs, COLS)
+    agg = Aggregate(
+        selection=SimpleNamespace(experiment="exp", sweep_id="s1", runs=[]),
+        runs=runs,
+        summary=counts(runs),
+        curves=mean_curves(peak_of_lr1=60.0),
+        config_cols=COLS,
+        outcome="tail_loss",
+        comparison=comparison,
+        regimes=regime_fractions(runs, "hidden_dim", "lr"),
+    )
+    written = report.write_plots(agg, tmp_path)
+    assert written == [
+        "curves_loss.png",
+        "heatmap_final_loss.png",
+        "heatmap_regimes.png",
+        "curves_grad_norm.png",
+    ]
+    for name in written:
+        width, height = png_size(tmp_path / name)
+        assert width >= 800 and height >= 560
