@@ -12,6 +12,8 @@ import pytest
 from hypothesis import settings
 from mlflow.tracking import MlflowClient
 
+from fnnlab import provenance
+
 BIN = Path(sys.executable).parent
 
 # Property-based tests: the same examples every run unless HYPOTHESIS_PROFILE=explore,
@@ -32,6 +34,8 @@ RUN_ARTIFACTS = {
     "hydra/config.yaml",
     "hydra/hydra.yaml",
     "hydra/overrides.yaml",
+    # ... and, made from a checkout with uncommitted changes, the diff against its commit.
+    *(["git_diff.patch"] if provenance.git_state()[1] else []),
 }
 
 

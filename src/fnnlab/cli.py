@@ -202,6 +202,69 @@ def aggregate_app(cfg: DictConfig) -> None:
     print(f"wrote {len(files)} files to {out}" + (", logged on the parent run" if logged else ""))
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="replay")
+def replay_app(cfg: DictConfig) -> None:
+    from mlflow.exceptions import MlflowException
+    from tqdm import tqdm
+
+    from fnnlab import replay
+    from fnnlab.tracking import find_sweep_parent, open_store
+
+    r = cfg.replay
+    # One line per run: MLflow's per-download progress bars would bury them.
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        if (r.run is None) == (r.sweep is None):
+            raise ConfigValueError(
+                "replay.run", r.run, "give one of replay.run=<run id> or replay.sweep=<id|latest>"
+            )
+        if r.sample is not None and r.sample < 1:
+            raise ConfigValueError("replay.sample", r.sample, "must be at least 1, or null")
+        store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
+        if r.run is not None:
+            runs, others = [replay.find_run(store, str(r.run))], []
+        else:
+            parent = find_sweep_parent(store, str(r.sweep), "replay.sweep")
+            if parent is None:
+                raise ConfigValueError("replay.sweep", r.sweep, "no sweep in this experiment")
+            runs, others = replay.sweep_runs(store, parent, r.sample, r.seed)
+    except ConfigValueError as exc:
+        fail("fnnlab-replay", f"error: {exc}", 2)
+    except MlflowException as exc:
+        fail("fnnlab-replay", f"error: tracking store: {str(exc).strip().splitlines()[0]}", 2)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    counts = {"identical": 0, "differs": 0, "not replayable": 0}
+    bad_input = False
+    bar = tqdm(runs, unit="run", disable=r.run is not None or not runs, file=sys.stderr)
+    for run in bar:
+        try:
+            result = replay.replay_run(store, run)
+        except replay.NotReplayable as exc:
+            counts["not replayable"] += 1
+            bad_input = True
+            bar.write(f"{run.info.run_name} ({run.info.run_id}): not replayable: {exc}")
+            continue
+        replay.record(store, result)
+        counts[result.status] += 1
+        line = result.line()
+        if r.log:
+            new_run = replay.log_replay(store, result, result.cfg, out / run.info.run_id)
+            line += f" (logged as run {new_run})"
+        bar.write(line)
+    for run in others:
+        counts["not replayable"] += 1
+        print(f"{run.info.run_name} ({run.info.run_id}): not replayable: it is {run.info.status}")
+    if r.sweep is not None:
+        print(
+            f"replayed {len(runs)} runs: {counts['identical']} identical, "
+            f"{counts['differs']} differ; {counts['not replayable']} not replayable"
+        )
+    if bad_input:
+        sys.exit(2)
+    if counts["differs"]:
+        sys.exit(1)
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -294,3 +357,7 @@ def ui() -> None:
 
 def aggregate() -> None:
     run_cli("fnnlab-aggregate", aggregate_app)
+
+
+def replay() -> None:
+    run_cli("fnnlab-replay", replay_app)

@@ -143,6 +143,21 @@ class AggregateConfig:
 
 
 @dataclass
+class ReplayConfig:
+    run: str | None = None  # a run id
+    sweep: str | None = None  # a sweep id (or prefix), or latest: its FINISHED runs
+    sample: int | None = None  # replay this many of the sweep's runs, chosen at random ...
+    seed: int = 0  # ... with this seed
+    log: bool = False  # also log each replay as a new run tagged replay.of=<run id>
+
+
+@dataclass
+class ReplayAppConfig:
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
+@dataclass
 class AggregateAppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
@@ -337,6 +352,7 @@ def register() -> None:
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="ui_schema", node=UiAppConfig)
     cs.store(name="aggregate_schema", node=AggregateAppConfig)
+    cs.store(name="replay_schema", node=ReplayAppConfig)
 
 
 register()

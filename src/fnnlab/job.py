@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import plots, reference
+from fnnlab import plots, provenance, reference
 from fnnlab.config import check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
 from fnnlab.internals import to_yaml
@@ -57,13 +57,27 @@ def run_name(cfg: DictConfig) -> str:
     return name if cfg.model.backprop == "tutorial" else f"{name}-{cfg.model.backprop}"
 
 
-def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None) -> History:
-    """Data, model and training from the config alone: no I/O, no tracking."""
-    # One intra-op thread: tensors this small gain nothing from more, and with parallel
-    # workers on shared cores the extra threads spin against each other (measured 5-30x
-    # slower fits). Row-sized ops run single-threaded either way, so the numbers match.
+def one_thread() -> None:
+    """One intra-op thread: tensors this small gain nothing from more, and with parallel
+    workers on shared cores the extra threads spin against each other (measured 5-30x
+    slower fits). Row-sized ops run single-threaded either way, so the numbers match."""
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+def data_hash(cfg: DictConfig) -> str:
+    """The hash of the exact tensors training is fed (tag env.data)."""
+    return _data_hash(tuple(cfg.data.features), bool(cfg.data.normalize), cfg.model.dtype)
+
+
+@functools.cache
+def _data_hash(features: tuple[int, ...], normalize: bool, dtype: str) -> str:
+    return provenance.data_hash(*load_iris2(list(features), normalize, getattr(torch, dtype)))
+
+
+def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None) -> History:
+    """Data, model and training from the config alone: no I/O, no tracking."""
+    one_thread()
     dtype = getattr(torch, cfg.model.dtype)
     X, y = load_iris2(list(cfg.data.features), cfg.data.normalize, dtype)
     model = ScratchFNN(
@@ -123,6 +137,9 @@ def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None
     if hydra_dir.is_dir():
         shutil.copytree(hydra_dir, art / "hydra", dirs_exist_ok=True)
     torch.save({"w1": history.w1, "w2": history.w2}, art / "weights.pt")
+    diff = provenance.diff_artifact()
+    if diff is not None:  # a dirty tree: what the commit alone does not say
+        (art / provenance.DIFF_ARTIFACT).write_bytes(diff)
     if cfg.tracking.plots:
         published = reference.published_losses() if cfg.reference else None
         plots.draw_run(plots.Curves.of(history), art, run_name(cfg), published)
@@ -168,9 +185,11 @@ def run(
     if store is None:
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
     name = run_name(cfg)
+    one_thread()  # before env.torch_threads records it
     tags = {
         Tag.ROLE: ROLE_JOB,
         Tag.FINGERPRINT: fingerprint(cfg),
+        **provenance.env_tags(data_hash(cfg)),
         **process_tags(),
         **(sweep_tags or {}),
     }

@@ -109,11 +109,23 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
     return prints
 
 
-def jobs_to_run(loader: Any, master: DictConfig, arguments: list[str], rerun: bool) -> list:
-    """The fnnlab sweeper's jobs: every job of the sweep but those whose configuration
-    already has a FINISHED run in the experiment (all of them with rerun)."""
+RESUME_MATCHES = ("code", "config")
+
+
+def jobs_to_run(
+    loader: Any, master: DictConfig, arguments: list[str], rerun: bool, match: str = "code"
+) -> list:
+    """The fnnlab sweeper's jobs: every job of the sweep but those that already have a
+    FINISHED run in the experiment with the same config and, with match="code", made by the
+    same code (provenance.code_hash); all of them with rerun."""
     from hydra.errors import HydraException
 
+    from fnnlab import provenance
+
+    if match not in RESUME_MATCHES:
+        raise ConfigValueError(
+            "hydra.sweeper.resume_match", match, f"must be one of {', '.join(RESUME_MATCHES)}"
+        )
     jobs = expand(arguments, loader)
     if jobs is None:
         raise HydraException(
@@ -123,29 +135,52 @@ def jobs_to_run(loader: Any, master: DictConfig, arguments: list[str], rerun: bo
     if rerun or not jobs:
         return jobs
     store = open_store(master.tracking.uri, master.tracking.experiment)
-    done = finished_fingerprints(store)
+    done = finished_codes(store)
     if not done:
         return jobs
+    code = provenance.code_hash()
     prints = [fingerprint(internals.load_task_config(loader, master, j)) for j in jobs]
-    todo = [job for job, fp in zip(jobs, prints, strict=True) if fp not in done]
+    todo, changed = [], 0
+    for job, fp in zip(jobs, prints, strict=True):
+        if fp in done and (match == "config" or code in done[fp]):
+            continue
+        changed += fp in done
+        todo.append(job)
     skipped = len(jobs) - len(todo)
-    if skipped:
+    if skipped or changed:
+        same = " with the same code" if match == "code" else ""
+        again = (
+            f"; running {changed} again because the code changed since "
+            "(hydra.sweeper.resume_match=config skips them)"
+            if changed
+            else ""
+        )
         log.info(
-            "Sweep: skipping %d of %d jobs that already have a FINISHED run "
-            "(hydra.sweeper.rerun=true runs them again)",
+            "Sweep: skipping %d of %d jobs that already have a FINISHED run%s%s "
+            "(hydra.sweeper.rerun=true runs every job)",
             skipped,
             len(jobs),
+            same,
+            again,
         )
     parent = find_parent(store, str(master.hydra.sweep.dir))
     if parent is not None:
-        log_values(store, parent.info.run_id, summary={"sweep/skipped": skipped})
+        log_values(
+            store,
+            parent.info.run_id,
+            summary={"sweep/skipped": skipped, "sweep/code_changed": changed},
+        )
     return todo
 
 
-def finished_fingerprints(store: Store) -> set[str]:
-    """Fingerprints of the experiment's jobs that finished: those need not run again."""
+def finished_codes(store: Store) -> dict[str, set[str]]:
+    """Per config fingerprint of the experiment's FINISHED jobs, the code hashes (tag
+    env.code) they were made with: those need not run again."""
     query = f"tags.{Tag.ROLE} = '{ROLE_JOB}' and attributes.status = '{FINISHED}'"
-    return {r.data.tags.get(Tag.FINGERPRINT) for r in search_all(store, query)}
+    out: dict[str, set[str]] = {}
+    for r in search_all(store, query):
+        out.setdefault(r.data.tags.get(Tag.FINGERPRINT), set()).add(r.data.tags.get("env.code"))
+    return out
 
 
 # --- the parent run ---------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class FnnlabSweeperConf:
     max_batch_size: int | None = 256
     # Run every job, even those whose identical config already has a FINISHED run.
     rerun: bool = False
+    # A job is skipped when a FINISHED run has its config and (code) was made by the same
+    # code (fnnlab.provenance.code_hash), or (config) whatever code made it.
+    resume_match: str = "code"
     # End the sweep with its answer (fnnlab.sweep.Sweep.answer): the comparison over
     # seeds, on the terminal and on the parent run.
     summarize: bool = True
@@ -42,10 +45,19 @@ ConfigStore.instance().store(
 
 class FnnlabSweeper(Sweeper):
     def __init__(
-        self, max_batch_size: int | None = 256, rerun: bool = False, summarize: bool = True
+        self,
+        max_batch_size: int | None = 256,
+        rerun: bool = False,
+        summarize: bool = True,
+        resume_match: str = "code",
     ) -> None:
+        if resume_match not in ("code", "config"):
+            raise ValueError(
+                f"hydra.sweeper.resume_match={resume_match}: must be one of code, config"
+            )
         self.max_batch_size = max_batch_size
         self.rerun = rerun
+        self.resume_match = resume_match
         self.summarize = summarize  # read by fnnlab.sweep from the config
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -72,7 +84,11 @@ class FnnlabSweeper(Sweeper):
 
         assert self.config is not None and self.hydra_context is not None
         todo = sweep.jobs_to_run(
-            self.hydra_context.config_loader, self.config, list(arguments), self.rerun
+            self.hydra_context.config_loader,
+            self.config,
+            list(arguments),
+            self.rerun,
+            self.resume_match,
         )
         returns = []
         size = self.max_batch_size or max(len(todo), 1)

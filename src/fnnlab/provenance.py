@@ -1,0 +1,191 @@
+"""What could change a run's numbers, recorded with the run: versions, machine, threads,
+the code (commit, a dirty tree's diff), the exact data fed to training.
+
+Every run carries these as tags `env.*` (env_tags). fnnlab-replay compares them with
+today's to say why a run that no longer reproduces differs (env_diff), and the sweeper's
+resume compares `env.code` (code_hash): a hash of what can change a run's numbers, the
+fnnlab package's source and conf/, the version of torch and the data, so that editing a
+README does not rerun a sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+from fnnlab.config import project_root
+
+# A dirty tree's diff is logged as an artifact up to this size; a longer one is cut, and says so.
+DIFF_CAP_BYTES = 1_000_000
+DIFF_ARTIFACT = "git_diff.patch"
+
+PACKAGES = {
+    "python": None,
+    "torch": "torch",
+    "numpy": "numpy",
+    "mlflow": "mlflow",
+    "hydra": "hydra-core",
+    "sklearn": "scikit-learn",
+    "fnnlab": "fnnlab",
+}
+
+
+def _version(dist: str | None) -> str:
+    if dist is None:
+        return platform.python_version()
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@cache
+def git_state(root: Path | None = None) -> tuple[str | None, bool, bytes]:
+    """(commit, dirty, diff against the commit of tracked files) of the checkout at `root`
+    (the project's by default), once per process; (None, False, b"") outside a git
+    checkout. Untracked files make a tree dirty but are not in the diff."""
+    root = root or project_root()
+    head = _git(root, "rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
+        return None, False, b""
+    # Text only: a changed image is one "Binary files differ" line, not megabytes.
+    diff = _git(root, "diff", "HEAD")
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard")
+    text = diff.stdout if diff is not None and diff.returncode == 0 else b""
+    dirty = bool(text) or bool(untracked and untracked.stdout.strip())
+    return head.stdout.decode().strip(), dirty, text
+
+
+def diff_artifact(root: Path | None = None, cap: int = DIFF_CAP_BYTES) -> bytes | None:
+    """A dirty tree's diff for the run's artifacts (None when clean), cut at `cap` bytes
+    with a last line that says so."""
+    _, dirty, diff = git_state(root)
+    if not dirty:
+        return None
+    if len(diff) <= cap:
+        return diff
+    note = f"\n# fnnlab: diff cut at {cap} of {len(diff)} bytes\n"
+    return diff[:cap] + note.encode()
+
+
+@cache
+def code_hash() -> str:
+    """A hash of what can change a run's numbers: the fnnlab package's source, conf/, and
+    the installed torch. (The data's hash is its own tag, env.data.)"""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    files = sorted(package.rglob("*.py")) + sorted(package.rglob("*.json"))
+    conf = project_root() / "conf"
+    if conf.is_dir():
+        files += sorted(conf.rglob("*.yaml"))
+    for path in files:
+        rel = path.relative_to(package.parent if path.is_relative_to(package) else project_root())
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(f"torch {_version('torch')}".encode())
+    return h.hexdigest()[:16]
+
+
+def data_hash(*tensors) -> str:
+    """A hash of the exact tensors fed to training: dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.contiguous()
+        h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@cache
+def _static_tags() -> dict[str, str]:
+    commit, dirty, diff = git_state()
+    tags = {f"env.{name}": _version(dist) for name, dist in PACKAGES.items()}
+    tags |= {
+        "env.platform": platform.platform(),
+        "env.cpu": cpu_model(),
+        "env.code": code_hash(),
+        "env.git_commit": commit or "none",
+        "env.git_dirty": str(dirty).lower(),
+    }
+    if dirty:
+        tags["env.git_diff_sha256"] = hashlib.sha256(diff).hexdigest()[:16]
+    return tags
+
+
+def env_tags(data: str) -> dict[str, str]:
+    """The tags env.* of a run trained now in this process, on data with hash `data`."""
+    import torch
+
+    return {
+        **_static_tags(),
+        "env.torch_threads": str(torch.get_num_threads()),
+        "env.torch_deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+        "env.omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "env.data": data,
+    }
+
+
+# What env_diff reports, and how it names each tag.
+_NAMES = {
+    "env.python": "python",
+    "env.torch": "torch",
+    "env.numpy": "numpy",
+    "env.mlflow": "mlflow",
+    "env.hydra": "hydra",
+    "env.sklearn": "scikit-learn",
+    "env.fnnlab": "fnnlab",
+    "env.platform": "platform",
+    "env.cpu": "cpu",
+    "env.torch_threads": "torch threads",
+    "env.torch_deterministic": "torch deterministic",
+    "env.code": "code",
+    "env.data": "data",
+    "env.git_commit": "commit",
+    "env.git_diff_sha256": "diff",
+}
+
+
+def env_diff(stored: dict[str, str], now: dict[str, str]) -> list[str]:
+    """What differs between a run's stored env.* tags and today's, e.g. 'torch 2.13.0 ->
+    2.14.0', 'commit abc1234 -> def5678', 'dirty tree (then)'."""
+    out = []
+    for key, name in _NAMES.items():
+        a, b = stored.get(key), now.get(key)
+        if a is None and key != "env.git_diff_sha256":
+            if b is not None and stored:
+                out.append(f"{name} not recorded")
+            continue
+        if a != b:
+            if key == "env.git_commit":
+                a, b = (v[:7] if v else v for v in (a, b))
+            out.append(f"{name} {a} -> {b}")
+    then, today = stored.get("env.git_dirty") == "true", now.get("env.git_dirty") == "true"
+    if then or today:
+        out.append(
+            "dirty tree " + ("then and now" if then and today else "then" if then else "now")
+        )
+    return out

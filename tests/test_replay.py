@@ -1,0 +1,217 @@
+"""fnnlab-replay on real stores: runs replay identical in every mode and dtype, diverged or
+not; an altered stored value is found at its epoch and metric; what cannot be replayed is
+bad input; provenance tags and a dirty tree's diff; resume by code identity."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TmpStore, run_in_process, run_script
+
+from fnnlab import cli, provenance
+
+pytestmark = pytest.mark.slow
+
+LINE = re.compile(r"^(?P<name>\S+) \((?P<run>[0-9a-f]{32})\): (?P<what>.+)$")
+
+
+def train(store: TmpStore, *overrides: str) -> None:
+    out = run_script("fnnlab-train", *overrides, "tracking.plots=false", *store.overrides())
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def replay(store: TmpStore, *overrides: str) -> subprocess.CompletedProcess:
+    return run_script("fnnlab-replay", *overrides, *store.overrides())
+
+
+def lines(out: subprocess.CompletedProcess) -> dict[str, str]:
+    return {m["run"]: m["what"] for line in out.stdout.splitlines() if (m := LINE.match(line))}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> TmpStore:
+    """Both modes x both dtypes, a diverged run (a sweep), and the reference run."""
+    root = tmp_path_factory.mktemp("replay")
+    store = TmpStore(root=root, uri=f"sqlite:///{root}/mlruns/mlflow.db")
+    train(
+        store,
+        "-m",
+        "model.backprop=tutorial,exact",
+        "model.dtype=float32,float64",
+        "optim.lr=0.1,1000",
+        "train.epochs=40",
+    )
+    train(store, "experiment=reference")
+    return store
+
+
+def test_runs_replay_identical_and_are_tagged(made: TmpStore) -> None:
+    out = replay(made, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    found = lines(out)
+    jobs = made.runs("tags.role = 'job' and tags.sweep_id != ''")
+    assert len(jobs) == 8 and set(found) == {r.info.run_id for r in jobs}
+    assert set(found.values()) == {"identical"}
+    assert out.stdout.strip().splitlines()[-1] == (
+        "replayed 8 runs: 8 identical, 0 differ; 0 not replayable"
+    )
+    diverged = [r for r in made.runs("tags.diverged = 'true'")]
+    assert len(diverged) == 4  # lr=1000 in every mode and dtype: its epoch is compared too
+    for run in made.runs("tags.role = 'job'"):
+        tags = run.data.tags
+        if run.info.run_id in found:
+            assert tags["replay.status"] == "identical" and tags["replay.at"]
+            assert "replay.first_diff" not in tags
+        # What could change the numbers, recorded with every run.
+        for key in ("python", "torch", "numpy", "mlflow", "hydra", "sklearn", "fnnlab"):
+            assert tags[f"env.{key}"], key
+        assert tags["env.torch"] == torch.__version__
+        assert len(tags["env.code"]) == 16 and len(tags["env.data"]) == 16
+        assert tags["env.torch_threads"] == "1" and tags["env.git_dirty"] in ("true", "false")
+    # The reference run, by its id; no new run without replay.log.
+    (ref,) = made.runs("params.reference = 'True'")
+    before = len(made.runs())
+    out = replay(made, f"replay.run={ref.info.run_id}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == f"{ref.info.run_name} ({ref.info.run_id}): identical"
+    assert len(made.runs()) == before
+    # replay.log=true: the replay is a new run pointing at the original.
+    out = replay(made, f"replay.run={ref.info.run_id}", "replay.log=true")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (logged,) = made.runs(f"tags.`replay.of` = '{ref.info.run_id}'")
+    assert logged.data.metrics["final/loss"] == ref.data.metrics["final/loss"]
+
+
+def test_an_altered_value_differs_at_its_epoch_and_metric(made: TmpStore) -> None:
+    run = made.runs("tags.role = 'job' and tags.diverged = 'false'")[0]
+    rid = run.info.run_id
+    db = sqlite3.connect(made.uri.removeprefix("sqlite:///"))
+    with db:
+        changed = db.execute(
+            "UPDATE metrics SET value = value * (1 + 1e-12) "
+            "WHERE run_uuid = ? AND key = 'grad_norm/w1' AND step = 17",
+            (rid,),
+        ).rowcount
+    db.close()
+    assert changed == 1
+    out = replay(made, f"replay.run={rid}")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    what = lines(out)[rid]
+    assert what.startswith("differs at epoch 17 grad_norm/w1, largest difference ")
+    assert "since then: " in what
+    tags = made.client.get_run(rid).data.tags
+    assert (
+        tags["replay.status"] == "differs" and tags["replay.first_diff"] == "epoch 17 grad_norm/w1"
+    )
+
+
+def test_what_cannot_be_replayed_is_bad_input(made: TmpStore) -> None:
+    run = made.runs("tags.role = 'job' and tags.diverged = 'true'")[0]
+    rid = run.info.run_id
+    config = (
+        Path(made.client.get_run(rid).info.artifact_uri.removeprefix("file://")) / "config.yaml"
+    )
+    config.unlink()
+    out = replay(made, f"replay.run={rid}")
+    assert out.returncode == 2
+    assert f"({rid}): not replayable: run {rid}: its config.yaml artifact cannot be read" in (
+        out.stdout
+    )
+    for args, words in (
+        (["replay.run=0123456789abcdef0123456789abcdef"], "replay.run=0123456789abcdef"),
+        (["replay.sweep=nothex"], "replay.sweep=nothex: not a sweep id"),
+        ([], "give one of replay.run"),
+    ):
+        bad = replay(made, *args)
+        assert bad.returncode == 2
+        (line,) = bad.stderr.strip().splitlines()
+        assert line.startswith("fnnlab-replay: error: ") and words in line, line
+    unreachable = run_script(
+        "fnnlab-replay", "replay.sweep=latest", "tracking.uri=http://127.0.0.1:9"
+    )
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.strip().splitlines()[-1].startswith("fnnlab-replay: error: ")
+
+
+def test_replay_through_the_postgres_tracking_server(tracking_server, tmp_path) -> None:
+    exp = "replay-server"
+    args = tracking_server.overrides(exp, tmp_path)
+    out = run_script("fnnlab-train", "-m", "model.hidden_dim=4,8", "train.epochs=30", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_script("fnnlab-replay", "replay.sweep=latest", *args)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert set(lines(out).values()) == {"identical"} and len(lines(out)) == 2
+    for run in tracking_server.runs(exp, "tags.role = 'job'"):
+        assert run.data.tags["replay.status"] == "identical"
+
+
+@pytest.fixture
+def dirty_repo(tmp_path: Path, monkeypatch):
+    """A git checkout with a changed tracked file, standing in for the project's tree."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (repo / "model.py").write_text("width = 8\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], check=True)
+    (repo / "model.py").write_text("width = 16\n")
+    caches = (provenance.git_state, provenance._static_tags, provenance.code_hash)
+    for c in caches:
+        c.cache_clear()
+    monkeypatch.setattr(provenance, "project_root", lambda: repo)
+    yield repo
+    for c in caches:
+        c.cache_clear()
+
+
+def test_a_run_from_a_dirty_tree_carries_its_diff(dirty_repo, store, monkeypatch) -> None:
+    commit, dirty, diff = provenance.git_state()
+    assert dirty and b"-width = 8\n+width = 16" in diff and len(commit) == 40
+    cut = provenance.diff_artifact(cap=20)
+    assert cut.startswith(diff[:20]) and f"diff cut at 20 of {len(diff)} bytes".encode() in cut
+    status = run_in_process(
+        monkeypatch, cli.train, "train.epochs=5", "tracking.plots=false", *store.overrides()
+    )
+    assert status == 0
+    (run,) = store.runs()
+    tags = run.data.tags
+    assert tags["env.git_dirty"] == "true" and tags["env.git_commit"] == commit
+    assert len(tags["env.git_diff_sha256"]) == 16
+    path = store.client.download_artifacts(
+        run.info.run_id, provenance.DIFF_ARTIFACT, str(store.root)
+    )
+    assert Path(path).read_bytes() == diff
+
+
+def test_resume_reruns_jobs_made_by_other_code(store: TmpStore) -> None:
+    sweep = ["-m", "model.hidden_dim=4,8", "seed=0,1", "train.epochs=5", "tracking.plots=false"]
+    out = run_script("fnnlab-train", *sweep, *store.overrides())
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Two runs as if made by other code: their recorded code hash is not today's.
+    jobs = store.runs("tags.role = 'job'")
+    for run in jobs[:2]:
+        store.client.set_tag(run.info.run_id, "env.code", "0" * 16)
+    by_config = run_script(
+        "fnnlab-train", *sweep, "hydra.sweeper.resume_match=config", *store.overrides()
+    )
+    assert by_config.returncode == 0, by_config.stderr[-3000:]
+    assert "skipping 4 of 4 jobs" in by_config.stdout + by_config.stderr
+    assert len(store.runs("tags.role = 'job'")) == 4
+    by_code = run_script("fnnlab-train", *sweep, *store.overrides())
+    assert by_code.returncode == 0, by_code.stderr[-3000:]
+    assert "skipping 2 of 4 jobs that already have a FINISHED run with the same code; " in (
+        by_code.stdout + by_code.stderr
+    )
+    assert "running 2 again because the code changed" in by_code.stdout + by_code.stderr
+    assert len(store.runs("tags.role = 'job'")) == 6
+    bad = run_script("fnnlab-train", *sweep, "hydra.sweeper.resume_match=fuzzy", *store.overrides())
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "fnnlab-train: error: hydra.sweeper.resume_match=fuzzy: must be one of code, config"
+    )
