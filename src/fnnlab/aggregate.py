@@ -23,7 +23,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from fnnlab.compare import compare, regime_fractions, stability_boundary
-from fnnlab.config import ConfigValueError
+from fnnlab.config import ConfigValueError, check_uri
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
@@ -89,6 +89,7 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
     since opening a missing one would create an empty database).
     """
+    check_uri(uri)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")

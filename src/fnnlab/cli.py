@@ -98,12 +98,12 @@ def ui_app(cfg: DictConfig) -> None:
                 f"something already listens on {cfg.ui.host}:{port}; "
                 "stop it, or choose another port (ui.port=0: any free one)",
             )
+        store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
+        # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
+        sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-ui", f"error: {exc}", 2)
-    store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
-    # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
-    sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, port)
 
     def show() -> None:

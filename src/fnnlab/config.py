@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -237,8 +238,28 @@ def _train_schema() -> DictConfig:
     return OmegaConf.structured(TrainAppConfig)
 
 
+def masked_uri(uri: str) -> str:
+    """The URI with its password, if any, replaced by ***."""
+    password = urlsplit(uri).password
+    # Its first occurrence is in the user part, before any path or query.
+    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a tracking URI with a password: it would be stored in every run (params,
+    config files, the sweep's overrides) and printed in logs. The error masks it."""
+    if masked_uri(uri) != uri:
+        raise ConfigValueError(
+            "tracking.uri",
+            masked_uri(uri),
+            "a password in the URI would be stored with every run; give it by PGPASSWORD or "
+            "~/.pgpass (PostgreSQL), or MLFLOW_TRACKING_PASSWORD (a tracking server)",
+        )
+
+
 def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value or unknown key."""
+    check_uri(str(cfg.tracking.uri))
     unknown = _unknown_key(cfg, _train_schema())
     if unknown is not None:
         section = unknown.rpartition(".")[0]

@@ -122,6 +122,9 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
 
 def open_store(uri: str, experiment: str) -> Store:
     """Client and experiment id, creating the database folder and experiment if needed."""
+    from fnnlab.config import check_uri
+
+    check_uri(uri)
     check_reachable(uri)
     db = sqlite_path(uri)
     if db is not None:
