@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,6 +189,48 @@ def test_sigkill_mid_sweep_then_resume_runs_each_config_once(tracking_server, tm
     for run in finished:
         assert_complete(tracking_server, run, epochs=100)
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_workers_die_with_a_killed_sweep(tracking_server, tmp_path) -> None:
+    exp = "sigkill-workers"
+    args = ["hydra.launcher.n_jobs=2", *SLOW_JOB, "seed=range(8)"]
+    proc = start_sweep(tracking_server, exp, tmp_path, *args)
+    workers: set[int] = set()
+    try:
+        wait_for(
+            proc,
+            lambda: len(job_runs(tracking_server, exp, "RUNNING")) == 2,
+            "two jobs in flight in the workers",
+        )
+        workers = {int(r.data.tags["fnnlab.pid"]) for r in job_runs(tracking_server, exp)}
+        assert proc.pid not in workers and len(workers) == 2
+        proc.kill()  # SIGKILL: the sweep cannot tell its workers anything
+        proc.wait(timeout=60)  # not communicate(): orphaned workers would hold its pipe
+        deadline = time.monotonic() + 120
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers), "workers outlived the killed sweep"
+    finally:
+        proc.kill()
+        for pid in workers:  # never leave them behind, even when the check failed
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.stdout.close()
+        proc.wait(timeout=60)
+    # The sweep stopped short: fewer than 8 runs exist, each FINISHED or left RUNNING.
+    finished = {r.info.run_id for r in job_runs(tracking_server, exp, "FINISHED")}
+    running = job_runs(tracking_server, exp, "RUNNING")
+    assert len(finished) + len(running) == len(job_runs(tracking_server, exp)) < 8
 
 
 @pytest.mark.parametrize("name", ["basic", "fnnlab_workers", "joblib"])

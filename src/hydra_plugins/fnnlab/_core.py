@@ -22,6 +22,8 @@ import hashlib
 import logging
 import os
 import pickle
+import signal
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,7 +108,7 @@ def _launch_in_workers(
     # The same joblib settings as Hydra's joblib launcher: the two share warm workers.
     parallel = Parallel(n_jobs=n, backend="loky", max_nbytes=None, mmap_mode="r")
     return parallel(
-        delayed(_run_in_worker)(key, shared, idx, list(overrides))
+        delayed(_run_in_worker)(key, shared, idx, list(overrides), os.getpid())
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx)
     )
 
@@ -115,10 +117,13 @@ def _launch_in_workers(
 _sweep: tuple | None = None
 
 
-def _run_in_worker(key: str, shared: bytes, idx: int, overrides: list[str]) -> JobReturn:
+def _run_in_worker(
+    key: str, shared: bytes, idx: int, overrides: list[str], sweep_pid: int
+) -> JobReturn:
     """One job in a worker process; the sweep's shared state is unpacked once per worker."""
     global _sweep
     if _sweep is None or _sweep[0] != key:
+        die_with(sweep_pid)
         hydra_context, config, task_function, singleton_state = pickle.loads(shared)
         setup_globals()
         Singleton.set_state(singleton_state)
@@ -126,6 +131,21 @@ def _run_in_worker(key: str, shared: bytes, idx: int, overrides: list[str]) -> J
     _, hydra_context, config, task_function = _sweep
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     return run_one(hydra_context, task_function, config, idx, overrides)
+
+
+def die_with(sweep_pid: int) -> None:
+    """End this worker when the sweep's process dies, even by SIGKILL, rather than go on
+    training and writing runs nobody waits for. On Linux the kernel sends SIGTERM when the
+    parent goes (prctl PR_SET_PDEATHSIG); a run in flight stays RUNNING, and the next
+    invocation of the sweep marks it KILLED. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != sweep_pid:  # the sweep died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_one(
