@@ -12,8 +12,6 @@ import pytest
 from hypothesis import settings
 from mlflow.tracking import MlflowClient
 
-from fnnlab import provenance
-
 BIN = Path(sys.executable).parent
 
 # Property-based tests: the same examples every run unless HYPOTHESIS_PROFILE=explore,
@@ -34,9 +32,14 @@ RUN_ARTIFACTS = {
     "hydra/config.yaml",
     "hydra/hydra.yaml",
     "hydra/overrides.yaml",
-    # ... and, made from a checkout with uncommitted changes, the diff against its commit.
-    *(["git_diff.patch"] if provenance.git_state()[1] else []),
 }
+
+
+def run_artifacts(run) -> set[str]:
+    """RUN_ARTIFACTS, and the diff against the commit for a run its tags say was made from a
+    checkout with uncommitted changes (a test run itself may change tracked files)."""
+    dirty = run.data.tags.get("env.git_dirty") == "true"
+    return RUN_ARTIFACTS | ({"git_diff.patch"} if dirty else set())
 
 
 @pytest.fixture(autouse=True)

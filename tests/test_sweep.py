@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import BIN, RUN_ARTIFACTS, run_in_process, run_script
+from conftest import BIN, run_artifacts, run_in_process, run_script
 
 from fnnlab import cli, job
 from fnnlab.train import METRICS
@@ -63,7 +63,7 @@ def test_multirun_makes_one_parent_and_complete_children(store, tmp_path):
             history = client.get_metric_history(run.info.run_id, name)
             assert sorted(m.step for m in history) == list(range(101)), name
         assert run.data.metrics["final/loss"] == run.data.metrics["loss"]
-        assert artifact_paths(client, run.info.run_id) == RUN_ARTIFACTS
+        assert artifact_paths(client, run.info.run_id) == run_artifacts(run)
         weights = torch.load(
             client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path))
         )

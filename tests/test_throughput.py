@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RUN_ARTIFACTS, run_script
+from conftest import run_artifacts, run_script
 from mlflow.exceptions import MlflowException
 
 from fnnlab.tracking import retry_locked
@@ -117,7 +117,9 @@ def test_parallel_sweep_into_sqlite_loses_nothing(launcher, store, tmp_path):
         assert steps == EPOCHS or run.data.tags["diverged"] == "true"
         for key, values in history(client, run.info.run_id).items():
             assert [s for s, _ in values] == list(range(steps)), key
-        assert artifact_files(client, run.info.run_id, tmp_path / run.info.run_id) == RUN_ARTIFACTS
+        assert artifact_files(client, run.info.run_id, tmp_path / run.info.run_id) == run_artifacts(
+            run
+        )
 
 
 def test_store_writes_retry_while_sqlite_is_locked():
