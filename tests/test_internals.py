@@ -244,6 +244,8 @@ def stored(store: TmpStore) -> dict:
         Tag.PARENT,
         Tag.PID,
         Tag.HOST,
+        Tag.LEASE_UNTIL,
+        Tag.INVOCATION,
         Tag.SWEEP_DIR,
         "mlflow.runName",
         Tag.TRACEBACK,

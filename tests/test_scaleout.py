@@ -19,6 +19,8 @@ import pytest
 from conftest import BIN, run_script
 from server_fixtures import SCRIPT, TrackingServer, free_port
 
+from fnnlab.names import Tag
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 SWEEP = ["model.hidden_dim=4,8", "seed=0,1", "train.epochs=20"]
@@ -42,6 +44,14 @@ ARTIFACTS = {"config.yaml", "weights.pt", "loss.png", "grad_norm.png", "hydra"}
 def job_runs(server: TrackingServer, experiment: str, status: str | None = None) -> list:
     query = "tags.role = 'job'" + (f" and attributes.status = '{status}'" if status else "")
     return server.runs(experiment, query)
+
+
+def in_flight(server: TrackingServer, experiment: str) -> list:
+    """Job runs that train: RUNNING and claimed (a run still deciding its claim is deleted,
+    not KILLED, when its job is interrupted; fnnlab.claims)."""
+    return [
+        r for r in job_runs(server, experiment, "RUNNING") if r.data.tags.get(Tag.CLAIMED) == "true"
+    ]
 
 
 def assert_complete(server: TrackingServer, run, epochs: int) -> None:
@@ -163,10 +173,7 @@ def test_sigkill_mid_sweep_then_resume_runs_each_config_once(tracking_server, tm
     try:
         wait_for(
             proc,
-            lambda: (
-                job_runs(tracking_server, exp, "FINISHED")
-                and job_runs(tracking_server, exp, "RUNNING")
-            ),
+            lambda: job_runs(tracking_server, exp, "FINISHED") and in_flight(tracking_server, exp),
             "a finished job and one in flight",
         )
     finally:
@@ -209,7 +216,7 @@ def test_workers_die_with_a_killed_sweep(tracking_server, tmp_path) -> None:
     try:
         wait_for(
             proc,
-            lambda: len(job_runs(tracking_server, exp, "RUNNING")) == 2,
+            lambda: len(in_flight(tracking_server, exp)) == 2,
             "two jobs in flight in the workers",
         )
         workers = {int(r.data.tags["fnnlab.pid"]) for r in job_runs(tracking_server, exp)}
@@ -242,7 +249,7 @@ def test_sigterm_ends_runs_in_flight_and_parent_killed(name, tracking_server, tm
     }.get(name, [])
     proc = start_sweep(tracking_server, exp, tmp_path, *launcher, *SLOW_JOB, "seed=0,1,2")
     try:
-        wait_for(proc, lambda: job_runs(tracking_server, exp, "RUNNING"), "a job in flight")
+        wait_for(proc, lambda: in_flight(tracking_server, exp), "a job in flight")
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:

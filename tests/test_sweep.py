@@ -217,3 +217,21 @@ def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
     assert statuses == [("0", "FINISHED"), ("1", "KILLED")]
     killed = next(r for r in children if r.info.status == "KILLED")
     assert killed.data.tags["error"] == "KeyboardInterrupt: "
+
+
+def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):
+    """The folder goes into an MLflow filter: quoted, not refused or broken."""
+    folder = store.root / "it's a sweep"
+    out = run_script(
+        "fnnlab-train",
+        "-m",
+        "model.hidden_dim=2,4",
+        "train.epochs=20",
+        *store.overrides()[:2],
+        f'hydra.sweep.dir="{folder}"',
+        "hydra.sweeper.summarize=false",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    parent = store.runs("tags.role = 'sweep'")[0]
+    children = store.runs(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}

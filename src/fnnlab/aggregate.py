@@ -33,6 +33,7 @@ from fnnlab.tracking import (
     one_run_per_config,
     search_all,
     sqlite_path,
+    sweep_runs,
 )
 
 # Database stores whose metrics table is read directly (others, e.g. MySQL where `key` is a
@@ -54,6 +55,7 @@ class Selection:
     sweep_id: str | None
     runs: list[Run]
     superseded: int = 0  # earlier attempts of a configuration replaced by a later run
+    reused: int = 0  # runs another sweep made that this sweep counts (fnnlab.claims)
 
 
 @dataclass
@@ -153,19 +155,21 @@ def select(
         sid = parent.data.tags.get(Tag.SWEEP_ID)
         where = ("aggregate.sweep", sweep)
     flt = f"tags.{Tag.ROLE} = '{ROLE_JOB}'"
-    if parent is not None:
-        flt += f" and tags.`{Tag.PARENT}` = '{parent.info.run_id}'"
     if filter_string:
         flt += f" and {filter_string}"
         where = ("aggregate.filter", filter_string)
+    store = Store(client=client, experiment_id=exp_id, uri=uri)
     try:
-        runs = search_all(Store(client=client, experiment_id=exp_id, uri=uri), flt)
+        runs = search_all(store, flt) if parent is None else sweep_runs(store, parent, flt)
     except MlflowException as exc:
         raise ConfigValueError(*where, first_line(exc)) from None
     if not runs:
         raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
     kept = one_run_per_config(runs)
     superseded = len(runs) - len(kept)
+    reused = 0
+    if parent is not None:
+        reused = sum(r.data.tags.get(Tag.PARENT) != parent.info.run_id for r in kept)
     return Selection(
         client=client,
         uri=uri,
@@ -175,6 +179,7 @@ def select(
         sweep_id=sid,
         runs=kept,
         superseded=superseded,
+        reused=reused,
     )
 
 

@@ -48,9 +48,9 @@ def train_app(cfg: DictConfig) -> dict:
     from fnnlab import job, links, progress
     from fnnlab.names import Tag
 
-    parent_run_id, sweep_tags = None, {}
+    parent_run_id, sweep_tags, claim = None, {}, None
     if in_sweep:
-        from fnnlab.sweep import find_parent
+        from fnnlab.sweep import find_parent, invocation
 
         parent = find_parent(store, str(hydra_cfg.sweep.dir))
         if parent is not None:
@@ -58,7 +58,12 @@ def train_app(cfg: DictConfig) -> dict:
             sweep_tags = {
                 Tag.SWEEP_ID: parent.data.tags[Tag.SWEEP_ID],
                 Tag.JOB_NUM: str(hydra_cfg.job.num),
+                Tag.INVOCATION: invocation(str(hydra_cfg.sweep.dir)),
             }
+            # With the fnnlab sweeper, claim the configuration, so that concurrent
+            # invocations do not both run it (fnnlab.claims); not with rerun=true.
+            if "resume_match" in hydra_cfg.sweeper and not hydra_cfg.sweeper.rerun:
+                claim = hydra_cfg.sweeper.resume_match
     # Sweeps print a line per job instead (fnnlab.progress); a single run gets an epoch bar,
     # shown only if it outlasts a couple of seconds.
     bar = None if in_sweep else progress.EpochBar(cfg.train.epochs)
@@ -70,12 +75,16 @@ def train_app(cfg: DictConfig) -> dict:
             parent_run_id=parent_run_id,
             sweep_tags=sweep_tags,
             on_epoch=bar,
+            claim=claim,
         )
     finally:
         if bar is not None:
             bar.close()
     job.freeze_heap()  # once: what the first job set up (caches, figures) lives on
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
+    if isinstance(result, job.Claimed):
+        print(progress.claimed_line(result, base), flush=True)
+        return {"run_id": result.run_id, "held": result.how != "done", "reused": True}
     print(progress.run_line(result, base), flush=True)
     return {"run_id": result.run_id, "diverged": result.history.diverged_at is not None}
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import plots, provenance, reference
+from fnnlab import claims, plots, provenance, reference
 from fnnlab.config import check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
 from fnnlab.internals import to_yaml
@@ -40,6 +40,18 @@ from fnnlab.tracking import (
 from fnnlab.train import History, fit
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Claimed:
+    """A sweep job whose configuration another invocation has: `how` is done (its run
+    FINISHED; this sweep reuses it), held (it is training it now; the sweep waits) or
+    pending (it is deciding whether to; the sweep waits too)."""
+
+    how: str
+    run_id: str
+    run_name: str
+    experiment_id: str
 
 
 @dataclass
@@ -179,8 +191,13 @@ def run(
     parent_run_id: str | None = None,
     sweep_tags: dict[str, str] | None = None,
     on_epoch: Callable[[int], object] | None = None,
-) -> JobResult:
-    """Validate, train, and record one run. Raises ConfigValueError before any run exists."""
+    claim: str | None = None,
+) -> JobResult | Claimed:
+    """Validate, train, and record one run. Raises ConfigValueError before any run exists.
+
+    With `claim` (a sweep's resume_match: code or config), the job first claims its
+    configuration (fnnlab.claims): when another invocation has it, there is no run of this
+    job, and the other's run is counted in this job's sweep."""
     check_values(cfg)
     if store is None:
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
@@ -191,12 +208,27 @@ def run(
         Tag.FINGERPRINT: fingerprint(cfg),
         **provenance.env_tags(data_hash(cfg)),
         **process_tags(),
+        **claims.lease_tags(),
         **(sweep_tags or {}),
     }
     params = flatten(cfg)
-    run_id = start_run(store, name, tags, parent_run_id)
+    if claim is None:
+        run_id = start_run(store, name, tags, parent_run_id)
+    else:
+        how, run_id, other = claims.claim(
+            store,
+            tags[Tag.FINGERPRINT],
+            tags[Tag.CODE],
+            claim,
+            lambda: start_run(store, name, tags, parent_run_id),
+        )
+        if other is not None:
+            if parent_run_id and Tag.SWEEP_ID in tags:
+                claims.use_run(store, other, parent_run_id, tags[Tag.SWEEP_ID])
+            return Claimed(how, run_id, other.info.run_name, store.experiment_id)
+    lease = claims.LeaseRenewal(store, run_id, on_epoch)
     try:
-        history = train_model(cfg, on_epoch)
+        history = train_model(cfg, lease)
         summary = summarize(history, cfg)
         log_values(
             store,
@@ -204,7 +236,7 @@ def run(
             params=params,
             series=history.metrics,
             summary=summary,
-            tags=end_tags(history, cfg),
+            tags=end_tags(history, cfg) | claims.lease_tags(),
             every=cfg.tracking.log_every,
         )
         art = output_dir / "artifacts"

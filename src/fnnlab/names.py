@@ -31,6 +31,11 @@ class Tag:
     TRACEBACK = "error.traceback"
     HOST = "fnnlab.host"
     PID = "fnnlab.pid"
+    LEASE_UNTIL = "fnnlab.lease_until"  # epoch s: a RUNNING run's holder is alive till then
+    INVOCATION = "fnnlab.invocation"  # on a sweep's job: which invocation ran it (fnnlab.sweep)
+    CLAIMED = "fnnlab.claimed"  # "true": this run has its configuration (fnnlab.claims)
+    USED_BY = "fnnlab.sweep"  # fnnlab.sweep.<sweep id> = parent run id: a run a sweep reused
+    CODE = "env.code"  # hash of the code that made a run (fnnlab.provenance)
     SWEEP_DIR = "sweep_dir"  # the latest invocation's output folder
     SWEEP_OVERRIDES = "sweep_overrides"
     PARENT = "mlflow.parentRunId"

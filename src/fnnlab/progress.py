@@ -14,7 +14,7 @@ from tqdm import tqdm
 from fnnlab import links
 
 if TYPE_CHECKING:
-    from fnnlab.job import JobResult
+    from fnnlab.job import Claimed, JobResult
 
 # A single run shows its epoch bar only once it has taken this long.
 BAR_AFTER_S = 2.0
@@ -64,9 +64,10 @@ class SweepProgress:
         """The sweep's closing line: its configurations as the store holds them."""
         elapsed = _duration(time.monotonic() - self.started)
         running = f", {counts['running']} still running" if counts["running"] else ""
+        reused = f", {counts['reused']} reused from other sweeps" if counts["reused"] else ""
         return (
             f"[sweep] {sweep_id} done in {elapsed}: {counts['finished']} finished "
-            f"({counts['diverged']} diverged), {counts['failed']} failed{running}; "
+            f"({counts['diverged']} diverged{reused}), {counts['failed']} failed{running}; "
             f"parent run {parent_run_id}"
         )
 
@@ -106,4 +107,13 @@ def run_line(result: JobResult, base: str) -> str:
         f"accuracy {final.get('accuracy', float('nan')):.3f}"
         f"{f' (diverged at epoch {at})' if at is not None else ''} "
         f"{links.run_url(base, result.experiment_id, result.run_id)}"
+    )
+
+
+def claimed_line(claimed: Claimed, base: str) -> str:
+    """The line of a sweep job whose configuration another invocation has (fnnlab.claims)."""
+    how = "finished" if claimed.how == "done" else "is training it"
+    return (
+        f"{claimed.run_name}: another invocation {how}; this sweep uses its run "
+        f"{links.run_url(base, claimed.experiment_id, claimed.run_id)}"
     )

@@ -450,6 +450,11 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         f"{sum(counts.get(s, 0) for s in UNFINISHED)} failed or killed, "
         f"{counts.get('RUNNING', 0)} still running"
         + (f"; {sel.superseded} earlier attempts superseded by reruns" if sel.superseded else "")
+        + (
+            f"; {sel.reused} of them made by other sweeps (same configuration) and reused here"
+            if sel.reused
+            else ""
+        )
         + ". Loss and accuracy statistics use finished, non-diverged runs only (`used`); "
         "std and the 95% confidence interval of the mean (t distribution) "
         "are empty below two runs.",

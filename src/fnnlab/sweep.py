@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from functools import lru_cache
@@ -40,18 +39,19 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import internals, links, progress
+from fnnlab import claims, internals, links, progress
 from fnnlab.config import ConfigValueError, check_values, fingerprint
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
     Store,
     end_run,
-    filter_value,
+    filter_literal,
     log_values,
     one_run_per_config,
     open_store,
     process_tags,
     search_all,
+    sweep_runs,
 )
 
 log = logging.getLogger(__name__)
@@ -109,23 +109,17 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
     return prints
 
 
-RESUME_MATCHES = ("code", "config")
-
-
 def jobs_to_run(
     loader: Any, master: DictConfig, arguments: list[str], rerun: bool, match: str = "code"
 ) -> list:
     """The fnnlab sweeper's jobs: every job of the sweep but those that already have a
     FINISHED run in the experiment with the same config and, with match="code", made by the
-    same code (provenance.code_hash); all of them with rerun."""
+    same code (provenance.code_hash); all of them with rerun. (The sweeper's constructor
+    refuses any other `match`.)"""
     from hydra.errors import HydraException
 
     from fnnlab import provenance
 
-    if match not in RESUME_MATCHES:
-        raise ConfigValueError(
-            "hydra.sweeper.resume_match", match, f"must be one of {', '.join(RESUME_MATCHES)}"
-        )
     jobs = expand(arguments, loader)
     if jobs is None:
         raise HydraException(
@@ -135,14 +129,16 @@ def jobs_to_run(
     if rerun or not jobs:
         return jobs
     store = open_store(master.tracking.uri, master.tracking.experiment)
-    done = finished_codes(store)
+    done = finished_runs(store)
     if not done:
         return jobs
     code = provenance.code_hash()
     prints = [fingerprint(internals.load_task_config(loader, master, j)) for j in jobs]
-    todo, changed = [], 0
+    todo, reused, changed = [], [], 0
     for job, fp in zip(jobs, prints, strict=True):
-        if fp in done and (match == "config" or code in done[fp]):
+        run = next((r for r in done.get(fp, []) if match == "config" or r[0] == code), None)
+        if run is not None:
+            reused.append(run[1])
             continue
         changed += fp in done
         todo.append(job)
@@ -165,6 +161,8 @@ def jobs_to_run(
         )
     parent = find_parent(store, str(master.hydra.sweep.dir))
     if parent is not None:
+        for run in reused:
+            claims.use_run(store, run, parent.info.run_id, parent.data.tags[Tag.SWEEP_ID])
         log_values(
             store,
             parent.info.run_id,
@@ -173,29 +171,36 @@ def jobs_to_run(
     return todo
 
 
-def finished_codes(store: Store) -> dict[str, set[str]]:
-    """Per config fingerprint of the experiment's FINISHED jobs, the code hashes (tag
-    env.code) they were made with: those need not run again."""
+def finished_runs(store: Store) -> dict[str, list[tuple[str, Run]]]:
+    """Per config fingerprint, the experiment's FINISHED jobs, latest first, with the code
+    hash (tag env.code) each was made with: those need not run again."""
     query = f"tags.{Tag.ROLE} = '{ROLE_JOB}' and attributes.status = '{FINISHED}'"
-    out: dict[str, set[str]] = {}
-    for r in search_all(store, query):
-        out.setdefault(r.data.tags.get(Tag.FINGERPRINT), set()).add(r.data.tags.get("env.code"))
+    out: dict[str, list[tuple[str, Run]]] = {}
+    for r in search_all(store, query, ["attributes.start_time DESC"]):
+        out.setdefault(r.data.tags.get(Tag.FINGERPRINT), []).append((r.data.tags.get(Tag.CODE), r))
     return out
 
 
 # --- the parent run ---------------------------------------------------------------------------
 
 
+def invocation(sweep_dir: str) -> str:
+    """One invocation of a sweep, named by its output folder (tag fnnlab.invocation on its
+    job runs)."""
+    return hashlib.sha256(sweep_dir.encode()).hexdigest()[:12]
+
+
 def _invocation_tag(sweep_dir: str) -> str:
     """The parent's tag naming one invocation's output folder: its jobs look it up by that
     folder, whichever process or machine they run on."""
-    return f"{Tag.SWEEP_DIR}.{hashlib.sha256(sweep_dir.encode()).hexdigest()[:12]}"
+    return f"{Tag.SWEEP_DIR}.{invocation(sweep_dir)}"
 
 
 def open_parent(
     store: Store, sid: str, overrides: list[str], jobs: int | None, sweep_dir: str
 ) -> str:
-    """The sweep's parent run, reopened if this sweep ran before, else created."""
+    """The sweep's parent run, reopened if this sweep ran before or runs now in another
+    invocation, else created (one, however many invocations start at once)."""
     what = " ".join(overrides) or "(no overrides)"
     count = f"{jobs} jobs" if jobs is not None else "jobs chosen by the sweeper"
     description = (
@@ -210,37 +215,46 @@ def open_parent(
         Tag.SWEEP_OVERRIDES: " ".join(overrides),
         Tag.NOTE: description,
         **process_tags(),
+        **claims.lease_tags(),
     }
-    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.{Tag.SWEEP_ID} = '{sid}'"
-    found = search_all(store, query)
-    if found:
-        run_id = found[0].info.run_id
-        store.client.update_run(run_id, status=RUNNING)
-        log_values(store, run_id, tags=tags)
-        return run_id
     swept = " ".join(o for o in overrides if "," in o or "range(" in o)
     name = f"sweep-{sid[:6]} {swept}".strip()[:250]
-    return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
+    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.{Tag.SWEEP_ID} = '{sid}'"
+    run_id, created = claims.unique_run(
+        store,
+        query,
+        lambda: store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id,
+    )
+    if not created:
+        store.client.update_run(run_id, status=RUNNING)
+        log_values(store, run_id, tags=tags)
+    return run_id
 
 
 @lru_cache(maxsize=8)
 def find_parent(store: Store, sweep_dir: str) -> Run | None:
     """The parent run of the sweep invocation writing to sweep_dir (once per process)."""
     tag = _invocation_tag(sweep_dir)
-    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = '{filter_value(sweep_dir)}'"
+    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = {filter_literal(sweep_dir)}"
     found = search_all(store, query)
     return found[0] if found else None
 
 
-def sweep_counts(store: Store, parent_run_id: str) -> Counter:
+def sweep_counts(store: Store, parent_run_id: str, expected: set[str] | None = None) -> Counter:
     """What the sweep's configurations came to, one run each (a FINISHED one if any, else
-    the latest attempt): finished, diverged, failed, running."""
+    the latest attempt): finished (reused: made by another sweep), diverged, failed,
+    running. Configurations of `expected` (fingerprints) with no run at all count as failed
+    (and missing)."""
     counts: Counter = Counter()
-    children = search_all(store, f"tags.`{Tag.PARENT}` = '{parent_run_id}'")
-    for run in one_run_per_config(children):
+    runs = one_run_per_config(sweep_runs(store, store.client.get_run(parent_run_id)))
+    if expected is not None:
+        counts["missing"] = len(expected - {r.data.tags.get(Tag.FINGERPRINT) for r in runs})
+        counts["failed"] += counts["missing"]
+    for run in runs:
         status = run.info.status
         if status == FINISHED:
             counts["finished"] += 1
+            counts["reused"] += run.data.tags.get(Tag.PARENT) != parent_run_id
             counts["diverged"] += run.data.tags.get(Tag.DIVERGED) == "true"
         elif status in UNFINISHED:
             counts["failed"] += 1
@@ -252,75 +266,92 @@ def sweep_counts(store: Store, parent_run_id: str) -> Counter:
 # --- runs whose process is gone -------------------------------------------------------------
 
 
-def _process_start(pid: int) -> float | None:
-    """When process pid started (epoch seconds), from /proc; None if it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        btime = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime")
-        )
-    except (OSError, StopIteration):
-        return None
-    # Field 22, starttime in clock ticks after boot; the fields after ')' start at field 3.
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def process_alive(pid: int, since: float) -> bool:
-    """Is the process that started a run at `since` (epoch s) still running on this host?
-
-    A pid can be reused: a process that started after the run did cannot be its owner.
-    """
-    if pid <= 0 or pid == os.getpid():
-        return False
-    if Path("/proc/self/stat").exists():
-        started = _process_start(pid)
-        return started is not None and started <= since + 2  # /proc start times are coarse
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, int]:
     """End KILLED the RUNNING jobs of this sweep whose process is gone (SIGKILL, lost host,
     launcher workers torn down with an interrupted sweep).
 
-    On this host a run is dead when its recorded pid is no longer its process. A run recorded
-    on another host cannot be checked from here: it counts as dead once it has been RUNNING
-    for remote_after seconds. Returns (runs marked KILLED, runs left RUNNING).
+    On this host a run is dead when its recorded pid is no longer its process; on another,
+    when its lease ran out (fnnlab.claims.holder_alive). Returns (runs marked KILLED, runs
+    left RUNNING).
     """
     query = (
         f"tags.{Tag.SWEEP_ID} = '{sid}' and tags.{Tag.ROLE} = '{ROLE_JOB}' "
         f"and attributes.status = '{RUNNING}'"
     )
-    host, now = socket.gethostname(), time.time()
     reaped = left = 0
     for run in search_all(store, query):
-        tags, started = run.data.tags, run.info.start_time / 1000
-        if tags.get(Tag.HOST) == host:
-            dead = not process_alive(int(tags.get(Tag.PID, "0")), started)
-            why = f"process {tags.get(Tag.PID)} on {host} is gone"
-        else:
-            dead = now - started > remote_after
-            why = f"RUNNING on {tags.get(Tag.HOST)} for more than {remote_after:.0f} s"
-        if not dead:
+        alive, why = claims.holder_alive(run, remote_after)
+        if alive:
             left += 1
             continue
-        log.warning("run %s (%s): %s; marking it KILLED", run.info.run_name, run.info.run_id, why)
-        log_values(
-            store,
-            run.info.run_id,
-            tags={Tag.ERROR: f"found RUNNING after its process ended: {why}"},
-        )
-        end_run(store, run.info.run_id, KILLED)
+        claims.mark_dead(store, run, why)
         reaped += 1
     return reaped, left
+
+
+# --- runs other invocations hold -------------------------------------------------------------
+
+# How often a sweep looks at the runs other invocations train: from this, slowing to the max.
+WAIT_POLL_S, WAIT_POLL_MAX_S = 0.5, 5.0
+
+
+def held_jobs(jobs: list[list[str]], results: list[JobReturn]) -> list[tuple[list[str], str]]:
+    """The jobs whose configuration another invocation was training when they ran, with the
+    holder's run id (train_app returns held=True for them)."""
+    held = []
+    for job, result in zip(jobs, results, strict=True):
+        value = result.return_value if internals.job_error(result) is None else None
+        if isinstance(value, dict) and value.get("held"):
+            held.append((job, value["run_id"]))
+    return held
+
+
+def wait_for_holders(
+    store: Store, held: list[tuple[list[str], str]], remote_after: float
+) -> list[list[str]]:
+    """Wait until every holder's run has ended (a dead holder's is marked KILLED); return the
+    jobs whose holder did not finish, for this invocation to run after all."""
+    said, again, poll = False, [], WAIT_POLL_S
+    pending = list(held)
+    while pending:
+        waiting = []
+        for job, run_id in pending:
+            run = store.client.get_run(run_id)
+            if run.info.lifecycle_stage == "deleted":  # it stepped back too: claim again
+                again.append(job)
+            elif run.info.status == RUNNING:
+                alive, why = claims.holder_alive(run, remote_after)
+                if alive:
+                    waiting.append((job, run_id))
+                else:
+                    claims.mark_dead(store, run, why)
+                    again.append(job)
+            elif run.info.status != FINISHED:
+                again.append(job)
+        pending = waiting
+        if pending:
+            if not said:
+                log.info("Sweep: waiting for %d runs other invocations are training", len(pending))
+                said = True
+            time.sleep(poll)
+            poll = min(poll * 1.5, WAIT_POLL_MAX_S)
+    return again
+
+
+def wait_for_others(store: Store, parent_run_id: str, sweep_dir: str, remote_after: float) -> None:
+    """Wait until no run of the sweep is RUNNING in another live invocation (same sweep on
+    another machine, an overlapping sweep holding a configuration of this one). This
+    invocation's own jobs have all returned: a run of theirs still RUNNING (its end could
+    not be written) is marked KILLED."""
+    mine, others = invocation(sweep_dir), []
+    for run in sweep_runs(store, store.client.get_run(parent_run_id)):
+        if run.info.status != RUNNING:
+            continue
+        if run.data.tags.get(Tag.INVOCATION) == mine:
+            claims.mark_dead(store, run, "its job returned without ending it")
+        else:
+            others.append(([], run.info.run_id))
+    wait_for_holders(store, others, remote_after)
 
 
 # --- one invocation ---------------------------------------------------------------------------
@@ -346,8 +377,14 @@ class Sweep:
                 instantiate(config.hydra[plugin])
             jobs = expand(arguments, loader)
             check_values(internals.without_hydra(config))
-            if jobs is not None:
-                check_jobs(loader, config, jobs)
+            # Every configuration the sweep must end with a run of (None: the sweeper's).
+            self.prints = None if jobs is None else set(check_jobs(loader, config, jobs))
+            try:  # jobs find their parent by this folder, through a filter
+                filter_literal(str(config.hydra.sweep.dir))
+            except ValueError as exc:
+                raise ConfigValueError(
+                    "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
+                ) from None
             self.store = open_store(config.tracking.uri, experiment)
         except Exception as exc:
             raise SweepRefused(str(exc)) from exc
@@ -358,6 +395,7 @@ class Sweep:
         self.summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
         self.base = links.base_url(config.tracking.uri, config.ui.host, config.ui.port)
         self.jobs = len(jobs) if jobs is not None else None
+        self.remote_after = remote_dead_after_s
         reaped, alive = reap_dead_runs(self.store, self.id, remote_dead_after_s)
         if reaped or alive:
             log.info(
@@ -388,7 +426,8 @@ class Sweep:
         when a configuration has no finished run, or the store failed at the end."""
         atexit.unregister(self.abandon)
         try:
-            counts = sweep_counts(self.store, self.parent)
+            wait_for_others(self.store, self.parent, self.dir, self.remote_after)
+            counts = sweep_counts(self.store, self.parent, self.prints)
             failed = counts["failed"] + counts["running"]
             answer = self.answer() if self.summarize else None
             self._close(counts, FAILED if failed else FINISHED)
@@ -450,7 +489,8 @@ class SweepCallback(Callback):
     sweeper and launcher (see the module docstring)."""
 
     def __init__(self, remote_dead_after_s: float = 86400.0, summarize: bool = True) -> None:
-        # A RUNNING job recorded on another host counts as dead (KILLED, rerun) after this.
+        # A RUNNING job recorded on another host without a lease (fnnlab.claims) counts as
+        # dead (KILLED, rerun) after this.
         self.remote_dead_after_s = remote_dead_after_s
         # End with the sweep's answer (also hydra.sweeper.summarize with the fnnlab sweeper).
         self.summarize = summarize

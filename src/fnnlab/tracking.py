@@ -175,11 +175,13 @@ def process_tags() -> dict[str, str]:
     return tags
 
 
-def filter_value(value: str) -> str:
-    """A value for a quoted string in an MLflow filter, which has no escape for quotes."""
-    if "'" in value:
-        raise ValueError(f"{value!r}: a quote cannot go into an MLflow filter string")
-    return value
+def filter_literal(value: str) -> str:
+    """A string value quoted for an MLflow filter, which has no escape character: in single
+    quotes, or in double quotes when it holds a single quote (MLflow takes both). A value with
+    both quotes, or a backslash (the filter parser's escape), cannot be written: ValueError."""
+    if "\\" in value or ("'" in value and '"' in value):
+        raise ValueError("has a backslash or both kinds of quote, which no MLflow filter can match")
+    return f'"{value}"' if "'" in value else f"'{value}'"
 
 
 def search_all(store: Store, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
@@ -233,6 +235,22 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
         matches = f"matches {len(ids)}: {', '.join(sorted(ids))}" if ids else "matches none"
         raise ConfigValueError(key, which, f"{matches} of this experiment's sweeps")
     return found[0]
+
+
+def used_by_tag(sid: str) -> str:
+    """The tag a run gets when a sweep other than its parent's counts it (fnnlab.claims)."""
+    return f"{Tag.USED_BY}.{sid}"
+
+
+def sweep_runs(store: Store, parent: Run, where: str = "") -> list[Run]:
+    """Every job run of a sweep that also matches `where` (a filter): its parent's children
+    and the runs of other sweeps it reused (tag fnnlab.sweep.<sweep id>)."""
+    sid = parent.data.tags.get(Tag.SWEEP_ID, "")
+    also = f" and {where}" if where else ""
+    own = search_all(store, f"tags.`{Tag.PARENT}` = '{parent.info.run_id}'{also}")
+    ids = {r.info.run_id for r in own}
+    reused = search_all(store, f"tags.`{used_by_tag(sid)}` = '{parent.info.run_id}'{also}")
+    return own + [r for r in reused if r.info.run_id not in ids]
 
 
 def start_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str | None) -> str:

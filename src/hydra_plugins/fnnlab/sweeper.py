@@ -81,6 +81,7 @@ class FnnlabSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from fnnlab import sweep
+        from fnnlab.tracking import open_store
 
         assert self.config is not None and self.hydra_context is not None
         todo = sweep.jobs_to_run(
@@ -90,12 +91,35 @@ class FnnlabSweeper(Sweeper):
             self.rerun,
             self.resume_match,
         )
-        returns = []
+        returns, held = [], []
         size = self.max_batch_size or max(len(todo), 1)
         for start in range(0, len(todo), size):
-            results = self.launcher.launch(todo[start : start + size], initial_job_idx=start)
+            batch = todo[start : start + size]
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            held += sweep.held_jobs(batch, results)
             # Keep what a caller of a sweep uses, not each job's configs.
             for r in results:
                 r.cfg = r.hydra_cfg = None
             returns.append(results)
+        # Jobs another invocation was training: wait for it, and run those it did not finish.
+        done = len(todo)
+        while held:
+            store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
+            again = sweep.wait_for_holders(store, held, self.remote_after())
+            if not again:
+                break
+            results = self.launcher.launch(again, initial_job_idx=done)
+            done += len(again)
+            held = sweep.held_jobs(again, results)
+            for r in results:
+                r.cfg = r.hydra_cfg = None
+            returns.append(results)
         return returns
+
+    def remote_after(self) -> float:
+        """hydra.callbacks.sweep.remote_dead_after_s (fnnlab.claims.holder_alive)."""
+        from omegaconf import OmegaConf
+
+        return float(
+            OmegaConf.select(self.config, "hydra.callbacks.sweep.remote_dead_after_s") or 86400
+        )

@@ -1,0 +1,398 @@
+"""Several invocations on one store (fnnlab.claims): the same sweep started two or four times
+at once, overlapping sweeps, and claims whose holder died, on SQLite and on the tracking
+server. Each ends with exactly one FINISHED run per configuration and a complete summary per
+sweep, whatever the order the processes happen to run in."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import compose_train, run_script
+from mlflow.entities import ViewType
+
+from fnnlab import provenance
+from fnnlab.claims import LEASE_S
+from fnnlab.config import fingerprint
+from fnnlab.names import Tag
+
+BIN = Path(sys.executable).parent
+# Long enough that invocations started together overlap in practice; the assertions hold
+# whether they do or not.
+EPOCHS = "train.epochs=400"
+
+
+def start(overrides: list[str], sweep: list[str], out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [str(BIN / "fnnlab-train"), "-m", *sweep, EPOCHS, *overrides],
+        stdout=out.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def run_together(overrides: list[str], sweeps: list[list[str]], root: Path) -> list[str]:
+    """Start every sweep at once; wait for all; their outputs (each must exit 0)."""
+    logs = [root / f"sweep{i}.log" for i in range(len(sweeps))]
+    procs = [start(overrides, s, log) for s, log in zip(sweeps, logs, strict=True)]
+    codes = [p.wait(timeout=600) for p in procs]
+    outs = [log.read_text() for log in logs]
+    for code, out in zip(codes, outs, strict=True):
+        assert code == 0, out[-3000:]
+    return outs
+
+
+def one_finished_per_config(runs: list, configs: int) -> None:
+    jobs = [r for r in runs if r.data.tags.get(Tag.ROLE) == "job"]
+    finished = Counter(r.data.tags[Tag.FINGERPRINT] for r in jobs if r.info.status == "FINISHED")
+    assert len(finished) == configs
+    assert set(finished.values()) == {1}, finished
+    assert {r.info.status for r in jobs} == {"FINISHED"}
+
+
+def closing_line(out: str) -> str:
+    return next(line for line in out.splitlines() if re.match(r"\[sweep\] \w+ done in", line))
+
+
+def trained_here(out: str) -> int:
+    """Jobs an invocation trained itself (its run lines) rather than left to another."""
+    return len(re.findall(r"^h\d+-lr\S+: loss ", out, re.M))
+
+
+def initialised(store) -> None:
+    """A store whose schema exists (first use at once is another test's subject)."""
+    from fnnlab.tracking import open_store
+
+    open_store(store.uri, store.experiment)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4])
+def test_identical_sweeps_started_together_share_the_work(store, n):
+    initialised(store)
+    sweep = ["model.hidden_dim=2,4", "optim.lr=0.01,0.1", "seed=range(3)"]
+    outs = run_together(store.overrides(), [sweep] * n, store.root)
+    runs = store.runs()
+    one_finished_per_config(runs, 12)
+    parents = [r for r in runs if r.data.tags.get(Tag.ROLE) == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    for out in outs:
+        assert "12 finished" in closing_line(out), out[-2000:]
+        assert parents[0].info.run_id in closing_line(out)
+    # Every configuration was trained once, by one invocation or another.
+    assert sum(trained_here(out) for out in outs) == 12
+
+
+@pytest.mark.slow
+def test_overlapping_sweeps_each_count_all_their_configurations(store):
+    initialised(store)
+    a = ["model.hidden_dim=2,4", "seed=range(3)"]
+    b = ["model.hidden_dim=4,8", "seed=range(3)"]
+    outs = run_together(store.overrides(), [a, b], store.root)
+    one_finished_per_config(store.runs(), 9)
+    for out in outs:
+        assert "6 finished" in closing_line(out), out[-2000:]
+    # Each sweep's answer covers its six configurations; the reused ones say so.
+    parents = store.runs(f"tags.{Tag.ROLE} = 'sweep'")
+    assert len(parents) == 2
+    from fnnlab.aggregate import select
+
+    reused = 0
+    for parent in parents:
+        sel = select(store.uri, store.experiment, parent_run_id=parent.info.run_id)
+        widths = Counter(r.data.params["model.hidden_dim"] for r in sel.runs)
+        assert sum(widths.values()) == 6 and len(widths) == 2
+        reused += sel.reused
+    # hidden_dim=4 was trained by one sweep and reused by the other.
+    assert reused == 3
+
+
+def test_a_later_sweep_reuses_and_links_finished_runs(store):
+    from fnnlab.aggregate import select
+
+    first = run_script("fnnlab-train", "-m", "model.hidden_dim=2,4", *store.overrides())
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_script("fnnlab-train", "-m", "model.hidden_dim=2,4,8", *store.overrides())
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "3 finished (0 diverged, 2 reused from other sweeps)" in second.stdout
+    one_finished_per_config(store.runs(), 3)
+    parent = next(
+        p
+        for p in store.runs(f"tags.{Tag.ROLE} = 'sweep'")
+        if "2,4,8" in p.data.tags[Tag.SWEEP_OVERRIDES]
+    )
+    sel = select(store.uri, store.experiment, parent_run_id=parent.info.run_id)
+    assert len(sel.runs) == 3 and sel.reused == 2
+    texts = [p.read_text() for p in store.root.glob("multirun/*/aggregate/report.md")]
+    assert any("2 of them made by other sweeps" in t for t in texts)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def holder_run(store, overrides: list[str], host: str, pid: int, lease: float | None) -> str:
+    """A RUNNING run of the configuration `overrides` make, as if another process had
+    claimed it and stopped answering."""
+    from fnnlab.tracking import open_store
+
+    cfg = compose_train([*store.overrides()[:2], *overrides])
+    s = open_store(store.uri, store.experiment)
+    tags = {
+        Tag.ROLE: "job",
+        Tag.FINGERPRINT: fingerprint(cfg),
+        Tag.CODE: provenance.code_hash(),
+        Tag.HOST: host,
+        Tag.PID: str(pid),
+    }
+    if lease is not None:
+        tags[Tag.LEASE_UNTIL] = f"{lease:.0f}"
+    return s.client.create_run(s.experiment_id, run_name="holder", tags=tags).info.run_id
+
+
+@pytest.mark.parametrize(
+    "host, lease",
+    [
+        ("this", LEASE_S),  # its process is gone, whatever its lease says
+        ("elsewhere", -1.0),  # its lease ran out
+        ("elsewhere", 15.0),  # its lease runs out while the sweep waits for it
+    ],
+)
+def test_a_claim_whose_holder_died_is_taken_over(store, host, lease):
+    job = ["model.hidden_dim=2", EPOCHS]
+    hostname = socket.gethostname() if host == "this" else "another-machine"
+    until = None if lease is None else time.time() + lease
+    held = holder_run(store, job, hostname, dead_pid(), until)
+    out = run_script("fnnlab-train", "-m", *job, "seed=0,1", *store.overrides())
+    assert out.returncode == 0, out.stderr[-2000:]
+    one_finished_per_config(
+        store.runs(f"tags.{Tag.ROLE} = 'job' and attributes.status != 'KILLED'"), 2
+    )
+    holder = store.client.get_run(held)
+    assert holder.info.status == "KILLED"
+    assert "found RUNNING after its process ended" in holder.data.tags[Tag.ERROR]
+    assert "2 finished" in out.stdout
+
+
+def test_a_live_holder_elsewhere_is_waited_for_until_its_lease_lapses(store):
+    """Another machine's run with a lease is not retrained while the lease lasts."""
+    job = ["model.hidden_dim=2", EPOCHS]
+    held = holder_run(store, job, "another-machine", 1, time.time() + LEASE_S * 10)
+    # hydra.sweeper.rerun is not set: the job sees the holder, and the sweep waits; a
+    # KeyboardInterrupt-free way to end the wait is to finish the holder's run.
+    proc = subprocess.Popen(
+        [str(BIN / "fnnlab-train"), "-m", *job, *store.overrides()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # A watchdog, so that a changed message fails the test rather than waits out the lease.
+    watchdog = threading.Timer(180, proc.kill)
+    watchdog.start()
+    try:
+        line = ""
+        for line in proc.stdout:
+            if "another invocation is training it" in line:
+                break
+        assert "another invocation is training it" in line
+        store.client.set_terminated(held, "FINISHED")
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 0, out[-2000:]
+    jobs = store.runs(f"tags.{Tag.ROLE} = 'job'")
+    assert [r.info.run_id for r in jobs] == [held]
+    assert "1 finished (0 diverged" in out
+
+
+def test_contested_jobs_leave_only_deleted_runs(store):
+    """A job that steps back deletes its run: nothing of it is in the active view."""
+    initialised(store)
+    sweep = ["model.hidden_dim=2", "seed=range(4)"]
+    run_together(store.overrides(), [sweep, sweep], store.root)
+    active = store.runs(f"tags.{Tag.ROLE} = 'job'")
+    one_finished_per_config(active, 4)
+    exp = store.client.get_experiment_by_name(store.experiment)
+    deleted = store.client.search_runs(
+        [exp.experiment_id], "", run_view_type=ViewType.DELETED_ONLY, max_results=1000
+    )
+    # Jobs that yielded, and parents that lost the race to be the sweep's one parent.
+    assert {r.data.tags.get(Tag.ROLE) for r in deleted} <= {"job", "sweep"}
+    assert all(r.data.tags.get(Tag.CLAIMED) is None for r in deleted)
+
+
+# --- the claim, step by step, on a real store ---------------------------------------------------
+
+
+@pytest.fixture
+def opened(store):
+    from fnnlab.tracking import open_store
+
+    return open_store(store.uri, store.experiment)
+
+
+def fake_run(s, *, status="RUNNING", claimed=False, pid=None, code="c", host=None, lease=True):
+    """A run of configuration 'fp' as another process would have left it."""
+    tags = {
+        Tag.ROLE: "job",
+        Tag.FINGERPRINT: "fp",
+        Tag.CODE: code,
+        Tag.HOST: host or socket.gethostname(),
+        Tag.PID: str(os.getppid() if pid is None else pid),  # the parent process: alive
+    }
+    if lease:
+        tags[Tag.LEASE_UNTIL] = f"{time.time() + LEASE_S:.0f}"
+    if claimed:
+        tags[Tag.CLAIMED] = "true"
+    run_id = s.client.create_run(s.experiment_id, tags=tags).info.run_id
+    if status != "RUNNING":
+        s.client.set_terminated(run_id, status)
+    return run_id
+
+
+def claim_fp(s, match="code"):
+    from fnnlab import claims
+
+    made = []
+
+    def create():
+        made.append(fake_run(s, pid=os.getpid()))
+        return made[-1]
+
+    how, run_id, _ = claims.claim(s, "fp", "c", match, create)
+    return how, run_id, made
+
+
+def lifecycle(s, run_id):
+    return s.client.get_run(run_id).info.lifecycle_stage
+
+
+def test_a_claim_alone_is_marked_claimed(opened):
+    how, run_id, made = claim_fp(opened)
+    assert how == "mine" and made == [run_id]
+    assert opened.client.get_run(run_id).data.tags[Tag.CLAIMED] == "true"
+
+
+def test_a_claimed_live_holder_keeps_it_and_the_job_leaves_nothing(opened):
+    holder = fake_run(opened, claimed=True)
+    how, run_id, made = claim_fp(opened)
+    assert (how, run_id) == ("held", holder)
+    assert [lifecycle(opened, m) for m in made] == ["deleted"]
+
+
+def test_a_finished_run_by_the_same_code_is_reused_and_other_code_is_not(opened):
+    fake_run(opened, status="FINISHED", code="other")
+    how, _, made = claim_fp(opened, match="code")
+    assert how == "mine"
+    opened.client.set_terminated(made[0], "FINISHED")
+    how, run_id, _ = claim_fp(opened, match="code")
+    assert (how, run_id) == ("done", made[0])
+
+
+def test_a_running_run_of_other_code_holds_nothing_with_match_code(opened):
+    fake_run(opened, claimed=True, code="other")
+    assert claim_fp(opened, match="code")[0] == "mine"
+    assert claim_fp(opened, match="config")[0] == "held"
+
+
+def test_an_undecided_run_is_waited_out_then_reported(opened):
+    """Another job deciding forever (it never marks its run claimed): the claim gives up
+    after its tries and reports it, leaving nothing of its own."""
+    pending = fake_run(opened)
+    how, run_id, made = claim_fp(opened)
+    assert (how, run_id) == ("pending", pending)
+    assert {lifecycle(opened, m) for m in made} == {"deleted"}
+
+
+@pytest.mark.parametrize("error, stage", [(KeyboardInterrupt, "KILLED"), (OSError, "deleted")])
+def test_a_claim_cut_short_leaves_an_interrupted_run_killed_and_nothing_else(
+    opened, monkeypatch, error, stage
+):
+    """An interrupt while deciding is recorded like an interrupted job (its claim may have
+    landed); a failing store leaves the job's run out of view."""
+    from fnnlab import claims
+
+    def fail(*args, **kwargs):
+        raise error("cut short")
+
+    monkeypatch.setattr(claims, "_look", fail)
+    with pytest.raises(error):
+        claim_fp(opened)
+    (made,) = opened.client.search_runs(
+        [opened.experiment_id], run_view_type=ViewType.ALL, filter_string="tags.fingerprint = 'fp'"
+    )
+    if stage == "KILLED":
+        assert made.info.status == "KILLED" and made.info.lifecycle_stage == "active"
+        assert made.data.tags[Tag.ERROR] == "KeyboardInterrupt: while claiming"
+    else:
+        assert made.info.lifecycle_stage == "deleted"
+
+
+def test_dead_holders_and_runs_without_lease_are_passed_over(opened):
+    dead = fake_run(opened, claimed=True, pid=dead_pid())
+    elsewhere = fake_run(opened, claimed=True, host="another-machine", lease=False)
+    assert claim_fp(opened)[0] == "mine"
+    assert opened.client.get_run(dead).info.status == "KILLED"
+    assert opened.client.get_run(elsewhere).info.status == "RUNNING"  # not ours to judge
+
+
+def test_the_parent_is_the_claimed_one_and_a_dead_decider_is_no_parent(opened):
+    from fnnlab import claims
+
+    query = f"tags.{Tag.ROLE} = 'sweep' and tags.{Tag.SWEEP_ID} = 'abc'"
+
+    def parent(**tags):
+        tags = {Tag.ROLE: "sweep", Tag.SWEEP_ID: "abc", Tag.HOST: socket.gethostname(), **tags}
+        return opened.client.create_run(opened.experiment_id, tags=tags).info.run_id
+
+    # Its maker died before deciding: passed over (and marked KILLED), not looped on.
+    crashed = parent(**{Tag.PID: str(dead_pid()), Tag.LEASE_UNTIL: "0"})
+    made = []
+
+    def create():
+        made.append(parent(**{Tag.PID: "1", Tag.LEASE_UNTIL: "0"}))
+        return made[-1]
+
+    run_id, created = claims.unique_run(opened, query, create)
+    assert created and run_id == made[0]
+    assert opened.client.get_run(crashed).info.status == "KILLED"
+    # The next invocation finds that one.
+    assert claims.unique_run(opened, query, lambda: pytest.fail("created")) == (run_id, False)
+
+
+def test_a_holder_that_went_is_run_again_by_the_waiting_sweep(opened):
+    from fnnlab.sweep import wait_for_holders
+
+    gone = fake_run(opened, claimed=True)
+    opened.client.delete_run(gone)
+    died = fake_run(opened, claimed=True, pid=dead_pid())
+    finished = fake_run(opened, claimed=True, status="FINISHED")
+    held = [(["a=1"], gone), (["a=2"], died), (["a=3"], finished)]
+    assert wait_for_holders(opened, held, 86400.0) == [["a=1"], ["a=2"]]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_identical_sweeps_on_the_server_with_workers(tracking_server, tmp_path):
+    experiment = "concurrent-workers"
+    overrides = [*tracking_server.overrides(experiment, tmp_path), "hydra.launcher.n_jobs=2"]
+    sweep = ["model.hidden_dim=2,4", "seed=range(4)"]
+    outs = run_together(overrides, [sweep, sweep], tmp_path)
+    runs = tracking_server.runs(experiment)
+    one_finished_per_config(runs, 8)
+    assert len([r for r in runs if r.data.tags.get(Tag.ROLE) == "sweep"]) == 1
+    for out in outs:
+        assert "8 finished" in closing_line(out), out[-2000:]
