@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fnnlab import internals
+from fnnlab import internals, storeguard
 from fnnlab.names import FINISHED, ROLE_SWEEP, Tag
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,12 @@ def open_store(uri: str, experiment: str) -> Store:
     check_uri(uri)
     check_reachable(uri)
     db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
+    with storeguard.first_use(uri, db):
+        # The client opens MLflow's store, which creates or upgrades the schema: in the lock.
+        client = MlflowClient(tracking_uri=uri)
+        sql = internals.sql_store(client)
+        if db is not None:
+            internals.durable_sqlite(sql)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         try:
@@ -142,9 +145,6 @@ def open_store(uri: str, experiment: str) -> Store:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
-    sql = internals.sql_store(client)
-    if db is not None:
-        internals.durable_sqlite(sql)
     return Store(client=client, experiment_id=exp_id, uri=uri, sql=sql)
 
 
