@@ -1,20 +1,33 @@
-"""Stores used by several processes at once: one healthy store.
+"""Stores used by several processes at once, or failing: one healthy store, or one line.
 
-Real stores: concurrent first uses of a fresh SQLite file and PostgreSQL database.
+Real stores throughout: concurrent first uses of a fresh SQLite file and PostgreSQL
+database; stores that cannot be used (corrupt, unreadable, read-only), refused before
+anything runs; a store that turns read-only under a running sweep, broken by a callback
+after a set job (tests/faulty_store.py), not at a time.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from conftest import BIN, TmpStore, run_script
+from faulty_store import command_env, set_read_only, store_files
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
 
+from fnnlab import storeguard
 from fnnlab.tracking import open_store
 
+TESTS = Path(__file__).resolve().parent
+ROOT = os.geteuid() == 0
 # Small jobs: what is under test is the store.
 QUICK = ["train.epochs=5", "tracking.plots=false", "hydra.sweeper.summarize=false"]
 
@@ -101,3 +114,171 @@ def test_concurrent_first_uses_of_a_fresh_postgresql_database(tracking_server, t
         store = open_store(uri, "first-use")
         runs = store.client.search_runs([store.experiment_id], "tags.role = 'job'")
         assert len(runs) == made and {r.info.status for r in runs} == {"FINISHED"}
+
+
+# --- stores that cannot be used --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A store folder holding one run, its database closed cleanly (no log beside it)."""
+    root = tmp_path_factory.mktemp("template")
+    store = TmpStore(root=root, uri=f"sqlite:///{root}/mlruns/mlflow.db")
+    out = run_script("fnnlab-train", *QUICK, *store.overrides())
+    assert out.returncode == 0, out.stderr
+    db = root / "mlruns" / "mlflow.db"
+    with sqlite3.connect(db) as conn:  # the last connection to close removes the log
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert not db.with_name("mlflow.db-wal").exists()
+    return root / "mlruns"
+
+
+# Root reads and writes any file: as root the command runs without that power (capabilities
+# DAC_OVERRIDE and DAC_READ_SEARCH), so that file modes stop it as they stop anyone else.
+AS_ANYONE = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if ROOT and shutil.which("setpriv")
+    else []
+)
+FAULTS = {
+    "corrupt": None,
+    "unreadable": ("mlflow.db", 0o000),
+    "read-only file": ("mlflow.db", 0o444),
+    "read-only folder": (".", 0o555),
+    "read-only folder, no database": (".", 0o555),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ROOT and not AS_ANYONE, reason="as root without setpriv: modes stop nothing")
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_unusable_store_is_one_line_exit_2_and_left_as_it_was(template, store, fault, sweep):
+    mlruns = store.root / "mlruns"
+    shutil.copytree(template, mlruns)
+    db = mlruns / "mlflow.db"
+    if fault == "corrupt":
+        db.write_bytes(os.urandom(64 * 1024))
+    elif fault.endswith("no database"):
+        db.unlink()
+    before = db.read_bytes() if db.exists() else None
+    if FAULTS[fault]:
+        name, mode = FAULTS[fault]
+        (mlruns / name).chmod(mode)
+    args = ["-m", "seed=0,1"] if sweep else []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [*AS_ANYONE, str(BIN / "fnnlab-train"), *args, *QUICK, *store.overrides()],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+    finally:
+        mlruns.chmod(0o755)
+        if db.exists():
+            db.chmod(0o644)
+    took = time.perf_counter() - started
+    print(f"{fault} ({'sweep' if sweep else 'run'}): exit {proc.returncode} in {took:.1f} s")
+    print(proc.stderr.strip())
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"fnnlab-train: error: tracking.uri={store.uri}: "), lines[0]
+    assert not proc.stdout.strip(), proc.stdout[-3000:]
+    assert took < 10
+    # The database as it was (SQLite may leave an empty log beside a read-only file).
+    assert (db.read_bytes() if db.exists() else None) == before
+    wal = mlruns / "mlflow.db-wal"
+    assert not wal.exists() or not wal.read_bytes()
+
+
+# --- what tells a store fault from another error -------------------------------------------
+
+
+def test_store_faults_are_told_from_other_errors(tmp_path):
+    # Real errors: MLflow's store on an SQLite file turned read-only, a server not there.
+    if ROOT:
+        db = tmp_path / "mlflow.db"
+        store = open_store(f"sqlite:///{db}", "t")
+        store.client.create_run(store.experiment_id)  # the log exists, a connection is open
+        set_read_only(store_files(db), True)
+        try:
+            with pytest.raises(MlflowException) as read_only:
+                store.client.create_run(store.experiment_id)
+        finally:
+            set_read_only(store_files(db), False)
+        assert storeguard.is_store_fault(read_only.value)
+    with pytest.raises(MlflowException) as gone:
+        MlflowClient("http://127.0.0.1:9").search_experiments()
+    assert storeguard.is_store_fault(gone.value)
+    # Not faults: a training error, a value the store refused, a constraint (a bug).
+    assert not storeguard.is_store_fault(RuntimeError("loss is nan"))
+    assert not storeguard.is_store_fault(MlflowException("bad", INVALID_PARAMETER_VALUE))
+    with pytest.raises(MlflowException) as duplicate:
+        try:
+            raise sqlalchemy.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE"))
+        except sqlalchemy.exc.IntegrityError as exc:
+            raise MlflowException("duplicate") from exc
+    assert not storeguard.is_store_fault(duplicate.value)
+
+
+# --- a store that fails under a sweep --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not ROOT,
+    reason="needs root: only the immutable attribute (chattr +i) makes a file read-only for "
+    "a connection already open on it; chmod does not",
+)
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra.launcher.n_jobs=2"]], ids=["in-process", "workers"]
+)
+def test_store_turning_read_only_mid_sweep_stops_it_then_the_rerun_completes(launcher, store):
+    db = store.root / "mlruns" / "mlflow.db"
+    open_store(store.uri, store.experiment)  # the schema exists: the sweep's stderr is its own
+    sweep = ["-m", "seed=range(10)", *QUICK, *launcher, *store.overrides()]
+    broken = store.root / "broken-at"
+    breaker = [
+        "+hydra.callbacks.fault._target_=faulty_store.ReadOnlyAfter",
+        f"+hydra.callbacks.fault.db={db}",
+        "+hydra.callbacks.fault.jobs=2",  # in each process that runs jobs
+        f"+hydra.callbacks.fault.mark={broken}",
+    ]
+    try:
+        out = run_script("fnnlab-train", *sweep, *breaker, env=command_env(), timeout=300)
+        ended = time.time()
+    finally:
+        set_read_only(store_files(db), False)
+    took = ended - float(broken.read_text())
+    print(f"read-only mid-sweep ({' '.join(launcher) or 'in process'}): ended {took:.1f} s after")
+    print(out.stderr.strip())
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith(f"fnnlab-train: error: tracking.uri={store.uri}: the store failed")
+    assert "Traceback" not in out.stdout
+    assert took < 10
+    finished = {r.info.run_id for r in job_runs(store, "FINISHED")}
+    assert 1 <= len(finished) <= 4  # two per process, then nothing more was written
+    left = [r.info.run_id for r in job_runs(store, "RUNNING")]
+    (parent,) = store.runs("tags.role = 'sweep'")
+    assert parent.info.status == "RUNNING"  # left for the next invocation, as after a kill
+
+    out = run_script("fnnlab-train", *sweep)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if left:
+        assert f"marked {len(left)} RUNNING runs of dead processes KILLED" in out.stdout
+    for run_id in left:
+        assert store.client.get_run(run_id).info.status == "KILLED"
+    done = job_runs(store, "FINISHED")
+    assert len({r.data.tags["fingerprint"] for r in done}) == len(done) == 10
+    assert finished <= {r.info.run_id for r in done}  # kept, not run again
+    assert not store.runs("attributes.status = 'RUNNING'")
+    (parent,) = store.runs("tags.role = 'sweep'")
+    assert parent.info.status == "FINISHED"

@@ -96,7 +96,7 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
     check_reachable(uri)
     try:
-        # A schema another process is creating is waited for.
+        # A corrupt or unreadable file is refused at once; a schema being created waits.
         with storeguard.first_use(uri, db, write=False):
             client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
