@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import time
@@ -195,6 +196,29 @@ def test_unusable_store_is_one_line_exit_2_and_left_as_it_was(template, store, f
     assert (db.read_bytes() if db.exists() else None) == before
     wal = mlruns / "mlflow.db-wal"
     assert not wal.exists() or not wal.read_bytes()
+
+
+@pytest.mark.slow
+def test_database_that_does_not_answer_is_one_line_exit_2(store):
+    # A PostgreSQL URI where nothing listens: MLflow would retry its engine for about 100 s.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"postgresql+psycopg2://fnnlab@127.0.0.1:{port}/nothing"
+    started = time.perf_counter()
+    proc = run_script("fnnlab-train", *QUICK, *store.overrides(), f"tracking.uri={uri}")
+    took = time.perf_counter() - started
+    print(f"no database server: exit {proc.returncode} in {took:.1f} s: {proc.stderr.strip()}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fnnlab-train: error: tracking.uri={uri}: ")
+    assert "cannot connect" in lines[0]
+    assert took < 10
+    # A driver SQLAlchemy cannot load (plain postgresql:// wants psycopg): one line too.
+    bare = uri.replace("+psycopg2", "+nosuchdriver")
+    proc = run_script("fnnlab-train", *QUICK, *store.overrides(), f"tracking.uri={bare}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
 
 
 # --- what tells a store fault from another error -------------------------------------------

@@ -95,11 +95,15 @@ def _file_lock(uri: str, db: Path, write: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def _advisory_lock(uri: str) -> Iterator[None]:
     # Closing the connection ends the lock too, should the process die holding it.
-    driver = sqlalchemy.engine.make_url(uri).drivername
-    # libpq's setting (psycopg2, the default, or psycopg); other drivers wait as they do.
-    libpq = driver == "postgresql" or "psycopg" in driver
-    args = {"connect_timeout": CONNECT_TIMEOUT_S} if libpq else {}
-    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool, connect_args=args)
+    try:
+        driver = sqlalchemy.engine.make_url(uri).drivername
+        # libpq's setting (psycopg2, psycopg: the default); other drivers wait as they do.
+        libpq = driver == "postgresql" or "psycopg" in driver
+        args = {"connect_timeout": CONNECT_TIMEOUT_S} if libpq else {}
+        pool = sqlalchemy.pool.NullPool
+        engine = sqlalchemy.create_engine(uri, poolclass=pool, connect_args=args)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # a bad URI, no driver
+        raise _refuse(uri, first_line(exc)) from None
     try:
         try:
             conn = engine.connect()
