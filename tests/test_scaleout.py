@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, run_script
+from faulty_store import command_env
 from server_fixtures import SCRIPT, TrackingServer, free_port
 
 from fnnlab.names import Tag
@@ -274,31 +275,46 @@ def test_sigterm_ends_runs_in_flight_and_parent_killed(name, tracking_server, tm
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
 
 
-def test_server_stopped_mid_sweep_then_restarted_and_resumed(tracking_server, tmp_path) -> None:
-    # Six jobs of about a second: several are still to run when the server goes down.
-    exp, sweep = "server-restart", [*SLOW_JOB, "seed=0,1,2", "optim.lr=0.001,0.002"]
-    proc = start_sweep(tracking_server, exp, tmp_path, *sweep)
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra.launcher.n_jobs=2"]], ids=["in-process", "workers"]
+)
+def test_server_stopped_mid_sweep_stops_it_then_restarted_and_resumed(
+    launcher, tracking_server, tmp_path
+) -> None:
+    exp = f"server-stop-{'workers' if launcher else 'local'}"
+    # Enough jobs that each worker, counting its own, has three left when the server goes.
+    sweep = ["seed=range(16)", "train.epochs=20", *launcher]
+    stopped = tmp_path / "stopped-at"
+    # Down after the second job that ends in a process (tests/faulty_store.py): no race.
+    stopper = [
+        "+hydra.callbacks.fault._target_=faulty_store.StopServerAfter",
+        f"+hydra.callbacks.fault.dir={tracking_server.dir}",
+        f"+hydra.callbacks.fault.pg_port={tracking_server.pg_port}",
+        f"+hydra.callbacks.fault.port={tracking_server.port}",
+        "+hydra.callbacks.fault.jobs=2",
+        f"+hydra.callbacks.fault.mark={stopped}",
+    ]
+    command = ["fnnlab-train", "-m", *tracking_server.overrides(exp, tmp_path), *sweep]
     try:
-        wait_for(proc, lambda: job_runs(tracking_server, exp, "FINISHED"), "a finished job")
-        tracking_server.stop()
-        output, _ = proc.communicate(timeout=300)
+        out = run_script(*command, *stopper, env=command_env(), timeout=600)
+        ended = time.time()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         tracking_server.start()  # always back up for the tests after this one
-    assert proc.returncode == 1, output[-3000:]
-    last = output.strip().splitlines()[-1]
-    print(f"sweep under a stopped server ended with: {last}")
-    assert last.startswith("fnnlab-train: ") and "jobs failed" in last and "First error" in last
-    assert tracking_server.url in last  # the error names the server that went away
+    took = ended - float(stopped.read_text())
+    last = out.stderr.strip().splitlines()[-1]
+    print(f"sweep under a stopped server ended {took:.1f} s after the stop with: {last}")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert last.startswith(f"fnnlab-train: error: tracking.uri={tracking_server.url}: the store")
+    assert "Traceback" not in out.stderr + out.stdout
+    assert took < 60  # a few jobs' worth of retries, not the rest of the sweep's
+    assert not job_runs(tracking_server, exp, "FINISHED")[4:]  # two per process at most
 
-    out = run_script("fnnlab-train", "-m", *tracking_server.overrides(exp, tmp_path), *sweep)
+    out = run_script(*command)
     assert out.returncode == 0, out.stderr[-3000:]
     finished = job_runs(tracking_server, exp, "FINISHED")
-    assert len({r.data.tags["fingerprint"] for r in finished}) == len(finished) == 6
+    assert len({r.data.tags["fingerprint"] for r in finished}) == len(finished) == 16
     for run in finished:
-        assert_complete(tracking_server, run, epochs=100)
+        assert_complete(tracking_server, run, epochs=20)
     assert not tracking_server.runs(exp, "attributes.status = 'RUNNING'")
     (parent,) = tracking_server.runs(exp, "tags.role = 'sweep'")
     assert parent.info.status == "FINISHED"

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from tqdm import tqdm
 
+from fnnlab import storeguard
 from fnnlab.compare import compare, regime_fractions, stability_boundary
 from fnnlab.config import ConfigValueError, check_uri
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
@@ -97,8 +98,12 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
     check_reachable(uri)
     try:
-        client = MlflowClient(tracking_uri=uri)
+        # A corrupt or unreadable file is refused at once; a schema being created waits.
+        with storeguard.first_use(uri, db, write=False):
+            client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
+    except ConfigValueError:
+        raise
     except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
         raise ConfigValueError(
             "tracking.uri", uri, f"{type(exc).__name__}: {first_line(exc)}"

@@ -36,7 +36,9 @@ def train_app(cfg: DictConfig) -> dict:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         check_values(cfg)
-        from fnnlab.job import open_store_once
+        # The store before fnnlab.job (torch: seconds to import): one that cannot be used
+        # is refused at once.
+        from fnnlab.tracking import open_store_once
 
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
     except ConfigValueError as exc:
@@ -327,6 +329,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
     from mlflow.exceptions import MlflowException
 
+    from fnnlab import storeguard
     from fnnlab.sweep import SweepFailed, SweepRefused
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
@@ -349,6 +352,10 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         fail(prog, f"error: {_one_line(exc)}", 2)
     except SweepFailed as exc:
         fail(prog, str(exc), 1)
+    except storeguard.StoreFailed as exc:
+        # Before the sweep's clean-up at exit, which then leaves the store alone.
+        storeguard.FAULTS.stopped = True
+        fail(prog, f"error: {exc}", 1)
     except MlflowException as exc:
         # E.g. the tracking server went away mid-run: one line, not a page of retries.
         fail(prog, f"error: tracking store: {str(exc).strip().splitlines()[0]}", 1)

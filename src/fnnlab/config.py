@@ -217,6 +217,11 @@ class ConfigValueError(ValueError):
         super().__init__(f"{key}={value}: {why}")
         self.key = key
         self.value = value
+        self.why = why
+
+    def __reduce__(self) -> tuple:
+        # Picklable, so that a job in a worker process can fail with it.
+        return (type(self), (self.key, self.value, self.why))
 
 
 def _unknown_key(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> str | None:

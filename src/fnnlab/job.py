@@ -32,7 +32,7 @@ from fnnlab.tracking import (
     Store,
     end_run,
     log_values,
-    open_store,
+    open_store_once,
     process_tags,
     start_run,
     upload_artifacts,
@@ -162,7 +162,9 @@ def _end_with_error(
 ) -> None:
     """End a run FAILED, or KILLED when interrupted, with the error and its traceback."""
     status = KILLED if isinstance(exc, KeyboardInterrupt | SystemExit) else FAILED
-    log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, exc)
+    # One line: a database error's text goes on with its SQL and parameters (the tag has it).
+    first = (str(exc).strip().splitlines() or [""])[0]
+    log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, first)
     try:
         error = f"{type(exc).__name__}: {exc}"
         # Params too, so a run that failed early still says what it was (re-logging
@@ -175,12 +177,6 @@ def _end_with_error(
         )
     finally:
         end_run(store, run_id, status)
-
-
-@functools.lru_cache(maxsize=4)
-def open_store_once(uri: str, experiment: str) -> Store:
-    """A store opened once per process: a sweep's jobs share it (3 ms a job otherwise)."""
-    return open_store(uri, experiment)
 
 
 def run(

@@ -36,10 +36,11 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import claims, internals, links, progress
+from fnnlab import claims, internals, links, progress, storeguard
 from fnnlab.config import ConfigValueError, check_values, fingerprint
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
@@ -408,6 +409,7 @@ class Sweep:
         self.progress = progress.SweepProgress(self.jobs)
         self.first_error: str | None = None
         self.pid = os.getpid()
+        storeguard.FAULTS.reset()
         atexit.register(self.abandon)
         log.info("Sweep %s: parent run %s", self.id, self.parent)
 
@@ -462,8 +464,9 @@ class Sweep:
 
     def abandon(self) -> None:
         """The sweep did not reach its end (an interrupt, an error): runs of workers torn
-        down with it end KILLED, and so does the parent."""
-        if os.getpid() != self.pid:
+        down with it end KILLED, and so does the parent. Not after the sweep stopped because
+        the store failed: the next invocation does it, once the store works."""
+        if os.getpid() != self.pid or storeguard.FAULTS.stopped:
             return
         try:
             reap_dead_runs(self.store, self.id, float("inf"))
@@ -488,12 +491,20 @@ class SweepCallback(Callback):
     """hydra.callbacks.sweep in conf/train.yaml: what a sweep means in fnnlab, for any
     sweeper and launcher (see the module docstring)."""
 
-    def __init__(self, remote_dead_after_s: float = 86400.0, summarize: bool = True) -> None:
+    def __init__(
+        self, remote_dead_after_s: float = 86400.0, summarize: bool = True, store_failures: int = 3
+    ) -> None:
+        if store_failures < 1:
+            raise ValueError(
+                f"hydra.callbacks.sweep.store_failures={store_failures}: must be at least 1"
+            )
         # A RUNNING job recorded on another host without a lease (fnnlab.claims) counts as
         # dead (KILLED, rerun) after this.
         self.remote_dead_after_s = remote_dead_after_s
         # End with the sweep's answer (also hydra.sweeper.summarize with the fnnlab sweeper).
         self.summarize = summarize
+        # Stop the sweep when the store failed this many jobs in a row (in one process).
+        self.store_failures = store_failures
         self.sweep: Sweep | None = None
 
     def __getstate__(self) -> dict:
@@ -501,6 +512,7 @@ class SweepCallback(Callback):
         return {
             "remote_dead_after_s": self.remote_dead_after_s,
             "summarize": self.summarize,
+            "store_failures": self.store_failures,
             "sweep": None,
         }
 
@@ -514,6 +526,10 @@ class SweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.sweep is not None:
             self.sweep.job_ended(job_return)
+        if config.hydra.mode == RunMode.MULTIRUN:
+            # In the sweep's process or a worker: raises StoreFailed to stop the sweep.
+            error = internals.job_error(job_return)
+            storeguard.FAULTS.job_ended(error, self.store_failures, str(config.tracking.uri))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep, self.sweep = self.sweep, None

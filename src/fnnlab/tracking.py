@@ -17,16 +17,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fnnlab import internals
+from fnnlab import internals, storeguard
+from fnnlab.config import masked_uri
 from fnnlab.names import FINISHED, ROLE_SWEEP, Tag
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,23 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+
+class _Drop(logging.Filter):
+    """Drops a logger's records that start with `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.text)
+
+
+# Store errors are raised and reported once (one line, see fnnlab.storeguard), not logged on
+# the way: MLflow logs each database error with its traceback (a page per failed job of a
+# sweep on a broken store), and the HTTP client each retry of a request to a gone server.
+logging.getLogger("mlflow.store.db.utils").addFilter(_Drop("SQLAlchemy database error"))
+logging.getLogger("urllib3.connectionpool").addFilter(_Drop("Retrying"))
 
 # How long a write waits out SQLite lock contention (parallel workers) before it fails.
 LOCK_RETRY_SECONDS = 120.0
@@ -104,9 +123,8 @@ def artifact_location(uri: str) -> str | None:
 
 
 def check_reachable(uri: str, timeout: float = 5) -> None:
-    """Raise a one-line ConfigValueError at once when a tracking server does not answer."""
-    from fnnlab.config import ConfigValueError
-
+    """Raise a one-line StoreUnusable (a ConfigValueError) at once when a tracking server does
+    not answer."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -117,19 +135,24 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         why = f"no MLflow tracking server answers ({reason}); start one with `make server`"
-        raise ConfigValueError("tracking.uri", uri, why) from None
+        raise storeguard.StoreUnusable("tracking.uri", uri, why) from None
 
 
 def open_store(uri: str, experiment: str) -> Store:
-    """Client and experiment id, creating the database folder and experiment if needed."""
+    """Client and experiment id, creating the database folder and experiment if needed.
+
+    A store that cannot be used is a one-line StoreUnusable (a ConfigValueError) at once."""
     from fnnlab.config import check_uri
 
     check_uri(uri)
     check_reachable(uri)
     db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
+    with storeguard.first_use(uri, db):
+        # The client opens MLflow's store, which creates or upgrades the schema: in the lock.
+        client = _client(uri)
+        sql = internals.sql_store(client)
+        if db is not None:
+            internals.durable_sqlite(sql)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         try:
@@ -142,10 +165,23 @@ def open_store(uri: str, experiment: str) -> Store:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
-    sql = internals.sql_store(client)
-    if db is not None:
-        internals.durable_sqlite(sql)
     return Store(client=client, experiment_id=exp_id, uri=uri, sql=sql)
+
+
+@lru_cache(maxsize=4)
+def open_store_once(uri: str, experiment: str) -> Store:
+    """A store opened once per process: a sweep's jobs share it (3 ms a job otherwise)."""
+    return open_store(uri, experiment)
+
+
+def _client(uri: str) -> MlflowClient:
+    """MlflowClient(uri); a store MLflow cannot open is a one-line StoreUnusable (a schema
+    from another MLflow version, a database URI it cannot use)."""
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
+        why = storeguard.first_line(exc)
+        raise storeguard.StoreUnusable("tracking.uri", masked_uri(uri), why) from exc
 
 
 @cache
