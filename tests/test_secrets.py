@@ -180,6 +180,7 @@ def test_a_password_in_a_config_file_is_refused(command, args, uri, store: TmpSt
         "its password then goes into PGPASSWORD or MLFLOW_TRACKING_PASSWORD), or set those "
         "variables yourself"
     ]
+    assert not (store.root / "o").exists() and not (store.root / "m").exists()
 
 
 # --- against real servers ------------------------------------------------------------------

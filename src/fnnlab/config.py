@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab.names import BACKPROP_MODES
@@ -259,6 +260,29 @@ def check_uri(uri: str) -> None:
             "the command line (tracking.uri=..., its password then goes into PGPASSWORD or "
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
+
+
+class RefusePassword(Callback):
+    """hydra.callbacks.password in conf/*.yaml: check_uri() before Hydra writes the config
+    into the output folder (.hydra/, multirun.yaml), which the commands' own checks come
+    after."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            check_uri(str(config.tracking.uri))
+        except ConfigValueError as exc:
+            from fnnlab.sweep import SweepRefused
+
+            # Hydra turns an Exception from a callback into a warning; run_cli reports this
+            # one's cause in one line.
+            raise SweepRefused(str(exc)) from exc
 
 
 # A tracking.uri override, as Hydra takes it: plain, + or ++, the value quoted or not.
