@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fnnlab.config import ConfigValueError, check_values, project_root
+from fnnlab.config import ConfigValueError, check_values, password_to_env, project_root
 
 CONF_DIR = str(project_root() / "conf")
 log = logging.getLogger("fnnlab")
@@ -339,6 +339,9 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         try:
+            # Before Hydra reads the command line: a password it never sees cannot reach its
+            # files, the runs' params and tags or any printed line (the jobs inherit it).
+            sys.argv[1:] = password_to_env(sys.argv[1:], os.environ)
             app()
         except SweepRefused as refused:
             # Why the sweep could not start (a bad job config, the store): reported as if

@@ -12,14 +12,17 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab.names import BACKPROP_MODES
@@ -251,15 +254,96 @@ def masked_uri(uri: str) -> str:
 
 
 def check_uri(uri: str) -> None:
-    """Refuse a tracking URI with a password: it would be stored in every run (params,
-    config files, the sweep's overrides) and printed in logs. The error masks it."""
+    """Refuse a tracking URI with a password that password_to_env() did not take out (it came
+    from a config file or an interpolation): it would be stored in every run (params, config
+    files) and printed in logs. The error masks it."""
     if masked_uri(uri) != uri:
         raise ConfigValueError(
             "tracking.uri",
             masked_uri(uri),
-            "a password in the URI would be stored with every run; give it by PGPASSWORD or "
-            "~/.pgpass (PostgreSQL), or MLFLOW_TRACKING_PASSWORD (a tracking server)",
+            "a password from a config file would be stored with every run; give the URI on "
+            "the command line (tracking.uri=..., its password then goes into PGPASSWORD or "
+            "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
+
+
+class RefusePassword(Callback):
+    """hydra.callbacks.password in conf/*.yaml: check_uri() before Hydra writes the config
+    into the output folder (.hydra/, multirun.yaml), which the commands' own checks come
+    after."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            check_uri(str(config.tracking.uri))
+        except ConfigValueError as exc:
+            from fnnlab.sweep import SweepRefused
+
+            # Hydra turns an Exception from a callback into a warning; run_cli reports this
+            # one's cause in one line.
+            raise SweepRefused(str(exc)) from exc
+
+
+# A tracking.uri override, as Hydra takes it: plain, + or ++, the value quoted or not.
+_URI_OVERRIDE = re.compile(r"""(\+{0,2}tracking\.uri=)(['"]?)(.*)\2""", re.DOTALL)
+
+
+def password_to_env(args: list[str], environ: MutableMapping[str, str]) -> list[str]:
+    """The command line with the password of each tracking.uri= override moved into the
+    environment variables the client libraries read publicly: PGPASSWORD (libpq) for
+    PostgreSQL, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow's basic auth)
+    for a tracking server. Done before Hydra parses the command line, so no config, Hydra
+    file, param, tag or printed line ever holds the password; the jobs, in this process or
+    in workers it starts, still connect with it."""
+    out = []
+    for arg in args:
+        m = _URI_OVERRIDE.fullmatch(arg)
+        if m is not None:
+            arg = f"{m[1]}{m[2]}{_move_password(m[3], environ)}{m[2]}"
+        out.append(arg)
+    return out
+
+
+def _move_password(uri: str, environ: MutableMapping[str, str]) -> str:
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    scheme = parts.scheme.split("+")[0].lower()
+    # The URI holds them percent-encoded; the drivers would decode them.
+    if scheme in ("postgresql", "postgres"):
+        moved = {"PGPASSWORD": unquote(parts.password)}
+        netloc = f"{user}@{hostport}"  # libpq takes the user name from the URI
+    elif scheme in ("http", "https"):
+        moved = {
+            "MLFLOW_TRACKING_USERNAME": unquote(user),
+            "MLFLOW_TRACKING_PASSWORD": unquote(parts.password),
+        }
+        netloc = hostport  # MLflow sends both from the environment, none from the URI
+    else:
+        raise ConfigValueError(
+            "tracking.uri",
+            masked_uri(uri),
+            "a password in the URI would be stored with every run, and only a PostgreSQL or "
+            "http(s) URI has it moved into the environment; give it the way your driver reads it",
+        )
+    for name, value in moved.items():
+        # Two passwords for one store: which one the jobs would use is not obvious.
+        if environ.get(name, value) != value:
+            raise ConfigValueError(
+                "tracking.uri",
+                masked_uri(uri),
+                f"{name} is set to another value; give the password in one place only",
+            )
+    environ.update(moved)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_values(cfg: DictConfig) -> None:

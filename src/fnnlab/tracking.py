@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
@@ -127,8 +127,11 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
     not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    # urllib would take a user@ part for the host name; the health check needs no login.
+    parts = urlsplit(uri)
+    url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
             return
     except urllib.error.HTTPError:
         return  # it answered; auth or routing problems surface with the first real call
