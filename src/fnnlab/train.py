@@ -26,9 +26,12 @@ DIVERGE_FACTOR = 100.0
 # array: memory stays at 48 bytes per member and epoch however long the run.
 _CHUNK = 4096
 # Members are trained in groups whose hidden activations (members x rows x hidden_dim
-# values) take at most about this many bytes: a larger group no longer saves per-op work
-# and its tensors fall out of the CPU's caches (measured: see benchmarks/population_fit.py).
-_GROUP_BYTES = 1 << 21
+# values) take at most this many bytes: past that a larger group saves no per-op work,
+# and its tensors fall out of the CPU's caches. Measured (benchmarks/population_fit.py
+# --groups, float32, us per member-epoch): width 128, 420 alone, 90 in groups of 16
+# (0.8 MB), 127 in one of 32; width 512, 600 alone, 283 in groups of 4 (0.8 MB), 520 in
+# groups of 8; width 1024, 830 alone, 625 in groups of 2 (0.8 MB), 1060 in one of 32.
+_GROUP_BYTES = 1 << 20
 
 
 @dataclass
@@ -96,7 +99,7 @@ def fit_population(
     """
     if len(lrs) != model.size:
         raise ValueError(f"{len(lrs)} learning rates for {model.size} members")
-    rates = torch.tensor(list(lrs), dtype=model.w1.dtype)
+    rates = torch.tensor(list(lrs), dtype=model.w1.dtype).reshape(-1, 1, 1)
     per_member = X.shape[0] * model.w1.shape[-1] * model.w1.element_size()
     group = max(1, _GROUP_BYTES // per_member)
     histories: list[History] = []
@@ -117,50 +120,51 @@ def _fit_group(
     diverge_factor: float,
 ) -> list[History]:
     size = model.size
+    # The bookkeeping is numpy's: on arrays of one value per member its ops take about a
+    # microsecond where torch's take several, and there are a dozen of them every epoch.
     # Every epoch's metrics for every member, one (members x METRICS) row per epoch, also
     # for members that have stopped (their rows past their end are dropped at the end).
     chunks: list[np.ndarray] = []
-    table = torch.empty(_CHUNK, size, len(METRICS), dtype=torch.float64)
+    table = np.empty((min(epochs, _CHUNK), size, len(METRICS)))
     filled = 0
-    active = torch.ones(size, dtype=torch.bool)
-    all_active = True
-    diverged_at = torch.full((size,), -1)  # -1: not (yet)
-    saturated_at = torch.full((size,), -1)
-    bound = torch.full((size,), math.inf, dtype=torch.float64)
+    active = np.ones(size, dtype=bool)
+    diverged_at = np.full(size, -1)  # -1: not (yet)
+    saturated_at = np.full(size, -1)
+    bound = np.full(size, math.inf)
+    labels = y.numpy()
     norm = functools.partial(torch.linalg.vector_norm, dim=(-2, -1))
     for epoch in range(epochs):
         y2, s4, y4 = model.forward(X)
-        loss = mean_bce(y4, y)
         grads = model.backward(X, y, y2, y4)
-        accuracy = ((y4 >= 0.5).to(y.dtype) == y).to(torch.float64).mean(dim=(-2, -1))
         row = table[filled]
-        metrics = [loss, accuracy, norm(grads.w1), norm(grads.w2), norm(model.w1), norm(model.w2)]
-        torch.stack(metrics, dim=1, out=row)
-        saturated = active & ~torch.isfinite(row[:, 0])
+        loss = row[:, 0]
+        loss[:] = mean_bce(y4, y).numpy()
+        row[:, 1] = ((y4.numpy() >= 0.5).astype(labels.dtype) == labels).mean(axis=(1, 2))
+        for i, weights in enumerate((grads.w1, grads.w2, model.w1, model.w2), start=2):
+            row[:, i] = norm(weights).numpy()
+        saturated = active & ~np.isfinite(loss)
         if saturated.any():
-            row[:, 0] = torch.where(saturated, bce_with_logits(s4, y).to(torch.float64), row[:, 0])
-            first = saturated & torch.isfinite(row[:, 0]) & (saturated_at < 0)
-            saturated_at[first] = epoch
+            loss[saturated] = bce_with_logits(s4, y).numpy()[saturated]
+            saturated_at[saturated & np.isfinite(loss) & (saturated_at < 0)] = epoch
         if epoch == 0:
-            bound = diverge_factor * row[:, 0].clamp(min=math.log(2))
-        stopped = active & ((row[:, 0] > bound) | ~torch.isfinite(row).all(dim=1))
+            bound = diverge_factor * np.maximum(loss, math.log(2))
+        stopped = active & ((loss > bound) | ~np.isfinite(row).all(axis=1))
         if stopped.any():
             diverged_at[stopped] = epoch
             active &= ~stopped
-            all_active = False
             if not active.any():
                 break
         filled += 1
-        if filled == _CHUNK:
-            chunks.append(table.numpy())
-            table = torch.empty_like(table)
+        if filled == len(table):
+            chunks.append(table)
+            table = np.empty((min(epochs - epoch - 1, _CHUNK), size, len(METRICS)))
             filled = 0
         # Stopped members keep their weights (and go on computing, unused, with them).
-        model.step(grads, lrs, None if all_active else active)
+        model.step(grads, lrs, None if active.all() else torch.from_numpy(active))
         if on_epoch is not None:
-            on_epoch(size if all_active else int(active.sum()))
-    chunks.append(table[:filled].numpy())
-    rows = np.concatenate(chunks)
+            on_epoch(int(active.sum()))
+    chunks.append(table[:filled])
+    rows = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     histories = []
     for b in range(size):
         diverged, saturated = int(diverged_at[b]), int(saturated_at[b])
