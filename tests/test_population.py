@@ -167,7 +167,7 @@ def check_populations(width, backprop, dtype, epochs, sizes) -> dict:
 @pytest.mark.parametrize("width", [1, 8, 32, 128])
 def test_a_run_does_not_depend_on_its_population(width, backprop, dtype):
     """Populations of 2-64 members in random order, 64 in the groups fit_population makes
-    (one up to width 32 in float32, else of 10 to 40 members: 64 in one group at every
+    (one up to width 32 in float32, else of 8 to 33 members: 64 in one group at every
     width is in the test of one epoch above)."""
     alone = check_populations(width, backprop, dtype, EPOCHS, (20, 2, 3, 7, 64))
     # What the populations held: members that ran to the end, and from width 8 on,

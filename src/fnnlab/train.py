@@ -26,12 +26,13 @@ DIVERGE_FACTOR = 100.0
 # array: memory stays at 48 bytes per member and epoch however long the run.
 _CHUNK = 4096
 # Members are trained in groups whose hidden activations (members x rows x hidden_dim
-# values) take at most this many bytes: past that a larger group saves no per-op work,
-# and its tensors fall out of the CPU's caches. Measured (benchmarks/population_fit.py
-# --groups, float32, us per member-epoch): width 128, 420 alone, 90 in groups of 16
-# (0.8 MB), 127 in one of 32; width 512, 600 alone, 283 in groups of 4 (0.8 MB), 520 in
-# groups of 8; width 1024, 830 alone, 625 in groups of 2 (0.8 MB), 1060 in one of 32.
-_GROUP_BYTES = 1 << 20
+# values) take at most this many bytes (float32: 16 members at width 128, 4 at 512, 2 at
+# 1024): past that a larger group saves no per-op work, and its tensors fall out of the
+# CPU's caches. Measured (benchmarks/population_fit.py --groups, float32, 1 thread, us
+# per member-epoch, best of 3, three runs): width 128, 420-500 alone, 90-101 in groups of
+# 16, 127-131 in one of 32; width 512, 600-640 alone, 283-377 in groups of 4, 384-640 in
+# groups of 8; width 1024, 830-1260 alone, 625-800 in groups of 2, 1060-1270 in one of 32.
+_GROUP_BYTES = 832 * 1024
 
 
 @dataclass
