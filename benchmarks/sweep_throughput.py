@@ -13,7 +13,10 @@ Runs the same 60-run sweep (hidden_dim 8, 32, 128 x lr 0.001, 0.01, 0.1, 1.0 x 5
   baseline       with --baseline COMMIT, the default way at that earlier commit of fnnlab,
                  from a git worktree and a venv with this one's packages (same machine, run)
 
-then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds).
+then the long sweep (hidden_dim 8, 16, 32 x lr 0.001, 0.003, 0.01, 0.03 x 5 seeds, 2,000
+epochs, plots on: 12,000 metric values a run) the default way, and at the --baseline commit,
+then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds) and, with --huge 10000,
+on a 10,000-run one, against the 1,000-run sweep.
 
 Every sweep is its own process, run as users run it (the fnnlab-train entry point, or
 the naive script, with the same command-line overrides). Process start is excluded:
@@ -149,12 +152,21 @@ def store_check(db: Path, runs: int, experiment: str) -> set[str]:
     return pids
 
 
-def grid(seeds: int, hidden: tuple[int, ...] = HIDDEN) -> list[str]:
+LONG_HIDDEN = (8, 16, 32)
+LONG_LRS = (0.001, 0.003, 0.01, 0.03)
+LONG_EPOCHS = 2000
+
+
+def grid(seeds: int, hidden: tuple[int, ...] = HIDDEN, lrs: tuple[float, ...] = LRS) -> list[str]:
     return [
         f"model.hidden_dim={','.join(map(str, hidden))}",
-        f"optim.lr={','.join(map(str, LRS))}",
+        f"optim.lr={','.join(map(str, lrs))}",
         f"seed=range({seeds})",
     ]
+
+
+def long_grid(seeds: int) -> list[str]:
+    return [*grid(seeds, LONG_HIDDEN, LONG_LRS), f"train.epochs={LONG_EPOCHS}"]
 
 
 def repeated(
@@ -287,6 +299,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds per config (60 runs at 5)")
     parser.add_argument("--big", type=int, default=1000, help="runs of the large sweep (0: skip)")
+    parser.add_argument(
+        "--huge", type=int, default=0, help="runs of a still larger sweep (10000; 0: skip)"
+    )
+    parser.add_argument("--long", type=int, default=1, help="the long sweep too (0: skip)")
     parser.add_argument("--workers", type=int, default=2, help="joblib workers")
     parser.add_argument(
         "--repeat", type=int, default=3, help="sweeps per way of the 60-run table (best is shown)"
@@ -310,14 +326,27 @@ def main() -> None:
         for name, way in ways:
             print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)
             results.append(repeated(name, way, grid(opts.seeds), n, work, opts))
-        if opts.baseline:
-            name = f"fnnlab at {opts.baseline[:7]} (the version before)"
-            print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)
-            python = baseline_python(opts.baseline, work)
-            try:
+        python = baseline_python(opts.baseline, work) if opts.baseline else None
+        long_results = []
+        try:
+            if python:
+                name = f"fnnlab at {opts.baseline[:7]} (the version before)"
+                print(f"{name}: {n} runs ...", file=sys.stderr, flush=True)
                 at = work / "baseline"
                 results.append(repeated(name, "fnnlab", grid(opts.seeds), n, at, opts, python))
-            finally:
+            if opts.long:
+                long_n = len(LONG_HIDDEN) * len(LONG_LRS) * opts.seeds
+                long_ways = [("fnnlab (default launcher)", sys.executable)]
+                if python:
+                    long_ways.append((f"fnnlab at {opts.baseline[:7]}", python))
+                for i, (name, py) in enumerate(long_ways):
+                    print(f"long sweep, {name}: {long_n} runs ...", file=sys.stderr, flush=True)
+                    at = work / f"long-{i}"
+                    long_results.append(
+                        repeated(name, "fnnlab", long_grid(opts.seeds), long_n, at, opts, py)
+                    )
+        finally:
+            if python:
                 remove_worktree(python)
         big = None
         if opts.big:
@@ -330,6 +359,17 @@ def main() -> None:
                 grid(opts.big // 20, hidden),
                 20 * (opts.big // 20),
                 work,
+                opts.workers,
+            )
+        huge = None
+        if opts.huge:
+            print(f"fnnlab: {opts.huge} runs ...", file=sys.stderr, flush=True)
+            huge = sweep_way(
+                "fnnlab",
+                "fnnlab",
+                grid(opts.huge // 20, (8, 16, 32, 64, 128)),
+                20 * (opts.huge // 20),
+                work / "huge",
                 opts.workers,
             )
 
@@ -355,6 +395,12 @@ def main() -> None:
         f"runs/s and ms/run: the best of {opts.repeat} sweeps per way; x naive: throughput "
         "relative to naive; x floor: time per run relative to training alone."
     )
+    if opts.baseline:
+        before = results[-1]
+        print(
+            f"fnnlab (default launcher): {before.ms_per_run / fn.ms_per_run:.2f}x the runs/s "
+            f"of {before.name}"
+        )
     if big is not None:
         print(
             f"fnnlab {big.runs}-run sweep: {big.ms_per_run:.1f} ms/run "
@@ -362,6 +408,32 @@ def main() -> None:
             f"peak memory {big.peak_mb:.0f} MB ({big.peak_mb / fn.peak_mb:.2f}x the "
             f"{n}-run sweep's {fn.peak_mb:.0f} MB)"
         )
+    if huge is not None and big is not None:
+        print(
+            f"fnnlab {huge.runs}-run sweep: {huge.ms_per_run:.1f} ms/run "
+            f"({huge.ms_per_run / big.ms_per_run:.2f}x the {big.runs}-run sweep), "
+            f"peak memory {huge.peak_mb:.0f} MB ({huge.peak_mb / big.peak_mb:.2f}x the "
+            f"{big.runs}-run sweep's {big.peak_mb:.0f} MB)"
+        )
+    if long_results:
+        print()
+        print(
+            f"Long sweep of {long_results[0].runs} runs ({len(LONG_HIDDEN)} widths x "
+            f"{len(LONG_LRS)} rates x {opts.seeds} seeds, {LONG_EPOCHS} epochs, plots on), "
+            "SQLite store"
+        )
+        print()
+        print(f"| {'way':<42} | {'runs/s':>7} | {'ms/run':>7} | {'x before':>8} | each repeat |")
+        print(f"|{'-' * 44}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 13}|")
+        for r in long_results:
+            spread = ", ".join(f"{ms:.0f}" for ms in r.all_ms)
+            ratio = r.runs_per_s / long_results[-1].runs_per_s
+            print(
+                f"| {r.name:<42} | {r.runs_per_s:7.2f} | {r.ms_per_run:7.1f} | {ratio:8.2f} "
+                f"| {spread} |"
+            )
+        print()
+        print("x before: throughput relative to the last row (the version before, if given).")
 
 
 if __name__ == "__main__":

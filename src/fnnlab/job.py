@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fnnlab import claims, plots, provenance, reference
+from fnnlab import claims, plots, population, provenance, reference
 from fnnlab.config import check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
 from fnnlab.internals import to_yaml
-from fnnlab.model import ScratchFNN
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, Tag
 from fnnlab.outcome import RegimeThresholds, classify_regime, run_outcome
 from fnnlab.tracking import (
@@ -37,7 +36,7 @@ from fnnlab.tracking import (
     start_run,
     upload_artifacts,
 )
-from fnnlab.train import History, fit
+from fnnlab.train import History
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +87,14 @@ def _data_hash(features: tuple[int, ...], normalize: bool, dtype: str) -> str:
 
 
 def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None) -> History:
-    """Data, model and training from the config alone: no I/O, no tracking."""
+    """Data, model and training from the config alone: no I/O, no tracking. A job the
+    launcher trained with others of its shape takes its History from them (fnnlab.population:
+    the same numbers); any other trains as a population of one."""
     one_thread()
-    dtype = getattr(torch, cfg.model.dtype)
-    X, y = load_iris2(list(cfg.data.features), cfg.data.normalize, dtype)
-    model = ScratchFNN(
-        X.shape[1],
-        cfg.model.hidden_dim,
-        seed=cfg.seed,
-        backprop=cfg.model.backprop,
-        discard_draws=cfg.model.init_discard_draws,
-        dtype=dtype,
-    )
-    return fit(
-        model,
-        X,
-        y,
-        lr=cfg.optim.lr,
-        epochs=cfg.train.epochs,
-        on_epoch=on_epoch,
-        diverge_factor=cfg.train.diverge_factor,
-    )
+    history = population.take(cfg)
+    if history is None:
+        (history,) = population.fit_configs([cfg], on_epoch)
+    return history
 
 
 def summarize(history: History, cfg: DictConfig) -> dict[str, float]:

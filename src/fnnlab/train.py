@@ -1,13 +1,16 @@
-"""fit(): full-batch gradient descent with no I/O inside the loop.
+"""fit() and fit_population(): full-batch gradient descent with no I/O inside the loop.
 
-It takes plain values and returns a History, so it is testable against autograd,
+They take plain values and return Histories, so they are testable against autograd,
 fast, and usable from any launcher; tracking happens afterwards, from the History.
+fit_population trains a population of networks of one shape together (see
+fnnlab.model); each member's History is exactly the one fit would give it alone.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +22,17 @@ from fnnlab.names import METRICS
 # A run diverges when its loss passes this many times the larger of its starting loss and
 # ln 2 (the loss of predicting 0.5 everywhere), or a weight or gradient stops being finite.
 DIVERGE_FACTOR = 100.0
-# Epoch rows are gathered as Python floats this many at a time, then packed into an array:
-# memory stays at 48 bytes an epoch however long the run.
+# Epoch rows are written into a table of this many epochs at a time, then kept as a numpy
+# array: memory stays at 48 bytes per member and epoch however long the run.
 _CHUNK = 4096
+# Members are trained in groups whose hidden activations (members x rows x hidden_dim
+# values) take at most this many bytes (float32: 16 members at width 128, 4 at 512, 2 at
+# 1024): past that a larger group saves no per-op work, and its tensors fall out of the
+# CPU's caches. Measured (benchmarks/population_fit.py --groups, float32, 1 thread, us
+# per member-epoch, best of 3, three runs): width 128, 420-500 alone, 90-101 in groups of
+# 16, 127-131 in one of 32; width 512, 600-640 alone, 283-377 in groups of 4, 384-640 in
+# groups of 8; width 1024, 830-1260 alone, 625-800 in groups of 2, 1060-1270 in one of 32.
+_GROUP_BYTES = 832 * 1024
 
 
 @dataclass
@@ -55,7 +66,7 @@ def fit(
     on_epoch: Callable[[int], object] | None = None,
     diverge_factor: float = DIVERGE_FACTOR,
 ) -> History:
-    """Train in place for `epochs` full-batch steps.
+    """Train one network (a population of one) in place for `epochs` full-batch steps.
 
     Training stops at the first epoch whose loss is not finite or exceeds
     diverge_factor * max(loss at epoch 0, ln 2), or whose weight or gradient norms are
@@ -65,42 +76,107 @@ def fit(
     first such epoch is recorded. on_epoch(1), if given, is called after each epoch (a
     progress bar's update); sweeps pass None and pay nothing.
     """
+    if model.size != 1:
+        raise ValueError(f"fit trains one network, got {model.size}: use fit_population")
+    (history,) = fit_population(model, X, y, [lr], epochs, on_epoch, diverge_factor)
+    return history
+
+
+def fit_population(
+    model: ScratchFNN,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    lrs: Sequence[float],
+    epochs: int,
+    on_epoch: Callable[[int], object] | None = None,
+    diverge_factor: float = DIVERGE_FACTOR,
+) -> list[History]:
+    """Train every member of `model` in place, member b with learning rate lrs[b], and
+    return one History per member: exactly (bit for bit) the one fit gives it alone.
+
+    Each member stops on its own, as fit describes, while the others go on; training
+    ends when every member has stopped or run `epochs` epochs. on_epoch(k), if given, is
+    called after each epoch with k the number of members it trained.
+    """
+    if len(lrs) != model.size:
+        raise ValueError(f"{len(lrs)} learning rates for {model.size} members")
+    rates = torch.tensor(list(lrs), dtype=model.w1.dtype).reshape(-1, 1, 1)
+    per_member = X.shape[0] * model.w1.shape[-1] * model.w1.element_size()
+    group = max(1, _GROUP_BYTES // per_member)
+    histories: list[History] = []
+    for start in range(0, model.size, group):
+        stop = min(start + group, model.size)
+        part = model.members(start, stop)
+        histories += _fit_group(part, X, y, rates[start:stop], epochs, on_epoch, diverge_factor)
+    return histories
+
+
+def _fit_group(
+    model: ScratchFNN,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    lrs: torch.Tensor,
+    epochs: int,
+    on_epoch: Callable[[int], object] | None,
+    diverge_factor: float,
+) -> list[History]:
+    size = model.size
+    # The bookkeeping is numpy's: on arrays of one value per member its ops take about a
+    # microsecond where torch's take several, and there are a dozen of them every epoch.
+    # Every epoch's metrics for every member, one (members x METRICS) row per epoch, also
+    # for members that have stopped (their rows past their end are dropped at the end).
     chunks: list[np.ndarray] = []
-    rows: list[list[float]] = []
-    diverged_at = saturated_at = None
-    bound = math.inf
-    norm = torch.linalg.vector_norm
+    table = np.empty((min(epochs, _CHUNK), size, len(METRICS)))
+    filled = 0
+    active = np.ones(size, dtype=bool)
+    diverged_at = np.full(size, -1)  # -1: not (yet)
+    saturated_at = np.full(size, -1)
+    bound = np.full(size, math.inf)
+    labels = y.numpy()
+    norm = functools.partial(torch.linalg.vector_norm, dim=(-2, -1))
     for epoch in range(epochs):
-        y2, y4 = model.forward(X)
-        loss = mean_bce(y4, y)
+        y2, s4, y4 = model.forward(X)
         grads = model.backward(X, y, y2, y4)
-        accuracy = ((y4 >= 0.5).to(y.dtype) == y).to(torch.float64).mean()
-        row = torch.stack(
-            [loss, accuracy, norm(grads.w1), norm(grads.w2), norm(model.w1), norm(model.w2)]
-        ).tolist()
-        if not math.isfinite(row[0]):
-            row[0] = bce_with_logits(y2 @ model.w2, y).item()
-            if saturated_at is None and math.isfinite(row[0]):
-                saturated_at = epoch
+        row = table[filled]
+        loss = row[:, 0]
+        loss[:] = mean_bce(y4, y).numpy()
+        row[:, 1] = ((y4.numpy() >= 0.5).astype(labels.dtype) == labels).mean(axis=(1, 2))
+        for i, weights in enumerate((grads.w1, grads.w2, model.w1, model.w2), start=2):
+            row[:, i] = norm(weights).numpy()
+        saturated = active & ~np.isfinite(loss)
+        if saturated.any():
+            loss[saturated] = bce_with_logits(s4, y).numpy()[saturated]
+            saturated_at[saturated & np.isfinite(loss) & (saturated_at < 0)] = epoch
         if epoch == 0:
-            bound = diverge_factor * max(row[0], math.log(2))
-        if row[0] > bound or not all(map(math.isfinite, row)):
-            diverged_at = epoch
-            break
-        rows.append(row)
-        if len(rows) == _CHUNK:
-            chunks.append(np.array(rows))
-            rows = []
-        model.step(grads, lr)
+            bound = diverge_factor * np.maximum(loss, math.log(2))
+        stopped = active & ((loss > bound) | ~np.isfinite(row).all(axis=1))
+        if stopped.any():
+            diverged_at[stopped] = epoch
+            active &= ~stopped
+            if not active.any():
+                break
+        filled += 1
+        if filled == len(table):
+            chunks.append(table)
+            table = np.empty((min(epochs - epoch - 1, _CHUNK), size, len(METRICS)))
+            filled = 0
+        # Stopped members keep their weights (and go on computing, unused, with them).
+        model.step(grads, lrs, None if active.all() else torch.from_numpy(active))
         if on_epoch is not None:
-            on_epoch(1)
-    if rows or not chunks:
-        chunks.append(np.array(rows, dtype=np.float64).reshape(-1, len(METRICS)))
-    table = np.concatenate(chunks)
-    return History(
-        metrics={name: table[:, i].copy() for i, name in enumerate(METRICS)},
-        diverged_at=diverged_at,
-        saturated_at=saturated_at,
-        w1=model.w1.clone(),
-        w2=model.w2.clone(),
-    )
+            on_epoch(int(active.sum()))
+    chunks.append(table[:filled])
+    rows = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    histories = []
+    for b in range(size):
+        diverged, saturated = int(diverged_at[b]), int(saturated_at[b])
+        end = diverged if diverged >= 0 else epochs
+        histories.append(
+            History(
+                metrics={name: rows[:end, b, i].copy() for i, name in enumerate(METRICS)},
+                diverged_at=diverged if diverged >= 0 else None,
+                saturated_at=saturated if saturated >= 0 else None,
+                w1=model.w1[b].clone(),
+                w2=model.w2[b].clone(),
+            )
+        )
+    return histories

@@ -7,10 +7,13 @@ worker processes on the machine's cores.
   the same YAML through libyaml; its JobReturn carries the job's task config and Hydra
   config, as Hydra's does (tests/test_launcher.py checks it against Hydra's run_job, and
   tests/test_hydra_launcher_suites.py runs Hydra's launcher test suites).
+- Jobs of one shape (all but seed and learning rate alike) are trained together, as one
+  population (fnnlab.population), and then each is run as its own Hydra job that tracks its
+  member's History as its own run: the numbers are bit for bit those of training alone.
 - In workers: Hydra's joblib launcher ships the Hydra context, the master config and
   Hydra's global state with every job and restores them (rescanning every plugin) before
   each; measured, that cost a worker more CPU than the job itself. Here a worker unpacks
-  them once per sweep and then gets only each job's overrides.
+  them once per sweep and then gets only the overrides of each batch of jobs.
 
 The module name starts with "_" so that Hydra's plugin scan, which joblib workers repeat for
 every job, does not execute it again.
@@ -44,8 +47,10 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from fnnlab import population
 from fnnlab.internals import to_yaml, without_hydra
 from fnnlab.job import freeze_heap
+from fnnlab.population import MEMBER_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +86,53 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     # What this process holds now lives until it exits; frozen, the garbage collector skips
     # it, at exit too (a sweep whose jobs ran in workers spent 1.3 s collecting at exit).
     freeze_heap()
+    jobs = list(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
+    size = launcher.max_members
     if n > 1:
-        return _launch_in_workers(n, context, config, task, job_overrides, initial_job_idx)
-    runs = []
-    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        runs.append(run_one(context, task, config, idx, overrides))
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    return runs
+        done = _launch_in_workers(n, context, config, task, batches(jobs, size))
+    else:
+        done = [
+            ret for batch in batches(jobs, size) for ret in run_batch(context, task, config, batch)
+        ]
+    # Hydra's contract: the returns in the order of job_overrides.
+    order = {idx: i for i, (idx, _) in enumerate(jobs)}
+    return [ret for _, ret in sorted(done, key=lambda pair: order[pair[0]])]
+
+
+def batches(jobs: list[tuple[int, list[str]]], size: int) -> list[list[tuple[int, list[str]]]]:
+    """The jobs in batches that may train together: the same overrides but for the seed and
+    the learning rate (a batch's configs are then grouped by their composed shape), at most
+    `size` each, in order of first appearance."""
+    by_rest: dict[tuple[str, ...], list[list[tuple[int, list[str]]]]] = {}
+    out = []
+    for job in jobs:
+        rest = tuple(o for o in job[1] if o.lstrip("+~").split("=", 1)[0] not in MEMBER_KEYS)
+        chunks = by_rest.setdefault(rest, [])
+        if not chunks or len(chunks[-1]) == size:
+            chunks.append([])
+            out.append(chunks[-1])
+        chunks[-1].append(job)
+    return out
+
+
+def run_batch(
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    master: DictConfig,
+    batch: list[tuple[int, list[str]]],
+) -> list[tuple[int, JobReturn]]:
+    """A batch's jobs, those of one shape trained together (fnnlab.population), each then
+    run as its own Hydra job: (job index, its JobReturn) in the order they ran."""
+    configs = [compose(hydra_context, master, idx, overrides) for idx, overrides in batch]
+    done = []
+    for group in population.groups(configs):
+        if len(group) > 1:
+            log.info(f"Training jobs {', '.join(f'#{batch[i][0]}' for i in group)} together")
+        with population.trained_together([configs[i] for i in group]):
+            for i in group:
+                done.append((batch[i][0], run_job(hydra_context, task_function, configs[i])))
+                configure_log(master.hydra.hydra_logging, master.hydra.verbose)
+    return done
 
 
 def _launch_in_workers(
@@ -95,9 +140,8 @@ def _launch_in_workers(
     context: HydraContext,
     config: DictConfig,
     task: TaskFunction,
-    job_overrides: Sequence[Sequence[str]],
-    initial_job_idx: int,
-) -> list:
+    batches: list[list[tuple[int, list[str]]]],
+) -> list[tuple[int, JobReturn]]:
     from joblib import Parallel, delayed
     from joblib.externals import cloudpickle
 
@@ -107,10 +151,8 @@ def _launch_in_workers(
     key = hashlib.sha256(shared).hexdigest()
     # The same joblib settings as Hydra's joblib launcher: the two share warm workers.
     parallel = Parallel(n_jobs=n, backend="loky", max_nbytes=None, mmap_mode="r")
-    return parallel(
-        delayed(_run_in_worker)(key, shared, idx, list(overrides), os.getpid())
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx)
-    )
+    done = parallel(delayed(_run_in_worker)(key, shared, batch, os.getpid()) for batch in batches)
+    return [pair for batch_done in done for pair in batch_done]
 
 
 # In a worker: the sweep it last ran a job of, as (key, hydra_context, config, task_function).
@@ -118,9 +160,10 @@ _sweep: tuple | None = None
 
 
 def _run_in_worker(
-    key: str, shared: bytes, idx: int, overrides: list[str], sweep_pid: int
-) -> JobReturn:
-    """One job in a worker process; the sweep's shared state is unpacked once per worker."""
+    key: str, shared: bytes, batch: list[tuple[int, list[str]]], sweep_pid: int
+) -> list[tuple[int, JobReturn]]:
+    """A batch of jobs in a worker process; the sweep's shared state is unpacked once per
+    worker."""
     global _sweep
     if _sweep is None or _sweep[0] != key:
         die_with(sweep_pid)
@@ -130,7 +173,7 @@ def _run_in_worker(
         _sweep = (key, hydra_context, config, task_function)
     _, hydra_context, config, task_function = _sweep
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    return run_one(hydra_context, task_function, config, idx, overrides)
+    return run_batch(hydra_context, task_function, config, batch)
 
 
 def die_with(sweep_pid: int) -> None:
@@ -148,19 +191,15 @@ def die_with(sweep_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_one(
-    hydra_context: HydraContext,
-    task_function: TaskFunction,
-    master: DictConfig,
-    idx: int,
-    overrides: Sequence[str],
-) -> JobReturn:
-    """Job number idx of the sweep: its config composed from its overrides, then run."""
+def compose(
+    hydra_context: HydraContext, master: DictConfig, idx: int, overrides: Sequence[str]
+) -> DictConfig:
+    """The config of job number idx of the sweep, composed from its overrides."""
     sweep_config = hydra_context.config_loader.load_sweep_config(master, list(overrides))
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = idx
         sweep_config.hydra.job.num = idx
-    return run_job(hydra_context, task_function, sweep_config)
+    return sweep_config
 
 
 def run_job(

@@ -22,6 +22,9 @@ class FnnlabLauncherConf:
     # Jobs at once: 1 runs them one after another in this process, more in that many worker
     # processes; null chooses from the machine's cores and the number of jobs (_core.workers).
     n_jobs: int | None = None
+    # Jobs of one shape (all but seed and learning rate alike) trained together, at most this
+    # many at once (fnnlab.population); 1 trains every job alone, in its own job.
+    max_members: int = 64
 
 
 ConfigStore.instance().store(
@@ -30,14 +33,20 @@ ConfigStore.instance().store(
 
 
 class FnnlabLauncher(Launcher):
-    def __init__(self, n_jobs: int | None = None) -> None:
+    def __init__(self, n_jobs: int | None = None, max_members: int = 64) -> None:
         if n_jobs is not None and n_jobs < 1:
             raise ValueError(
                 f"hydra.launcher.n_jobs={n_jobs}: must be at least 1 (the number of jobs run "
                 "at once: 1 runs them one after another in this process, more in that many "
                 "worker processes), or null to choose from the cores"
             )
+        if max_members < 1:
+            raise ValueError(
+                f"hydra.launcher.max_members={max_members}: must be at least 1 (jobs of one "
+                "shape trained together at most; 1 trains each job alone)"
+            )
         self.n_jobs = n_jobs
+        self.max_members = max_members
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -65,4 +74,4 @@ class FnnlabLauncher(Launcher):
         return _core.launch(self, job_overrides, initial_job_idx)
 
     def __repr__(self) -> Any:
-        return f"FnnlabLauncher(n_jobs={self.n_jobs})"
+        return f"FnnlabLauncher(n_jobs={self.n_jobs}, max_members={self.max_members})"

@@ -1,0 +1,108 @@
+"""A launch's jobs trained together: jobs of one shape (everything that decides a run but
+its seed and learning rate) are one population for fnnlab.train.fit_population.
+
+The launcher wraps a group's jobs in `trained_together(configs)`; each job then takes its
+member's History (`take`) instead of training, and tracks it as its own run. A member's
+History is bit for bit the one it gets alone (fnnlab.model), so where a job was trained
+does not change what it records, and a job outside a group (any other launcher, a single
+run) trains as a population of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from omegaconf import DictConfig
+
+from fnnlab.config import TRAINING_KEYS, ConfigValueError, check_values, fingerprint, flatten
+from fnnlab.data import load_iris2
+from fnnlab.model import ScratchFNN
+from fnnlab.train import History, fit_population
+
+log = logging.getLogger(__name__)
+
+# What members differ in; everything else in TRAINING_KEYS makes the shape.
+MEMBER_KEYS = ("seed", "optim.lr")
+
+_trained: ContextVar[dict[str, History] | None] = ContextVar("fnnlab_trained", default=None)
+
+
+def shape(cfg: DictConfig) -> str:
+    """What jobs must share to train together (a JSON text, comparable and hashable)."""
+    values = flatten(cfg, TRAINING_KEYS)
+    return json.dumps({k: v for k, v in values.items() if k not in MEMBER_KEYS}, sort_keys=True)
+
+
+def groups(configs: Sequence[DictConfig]) -> list[list[int]]:
+    """Indices of `configs` in groups of one shape, in order of first appearance. A config
+    that fails its checks is a group of its own: its job fails as it would anyway."""
+    by_shape: dict[str, list[int]] = {}
+    out: list[list[int]] = []
+    for i, cfg in enumerate(configs):
+        try:
+            check_values(cfg)
+        except ConfigValueError:
+            out.append([i])
+            continue
+        key = shape(cfg)
+        if key not in by_shape:
+            by_shape[key] = []
+            out.append(by_shape[key])
+        by_shape[key].append(i)
+    return out
+
+
+def fit_configs(
+    configs: Sequence[DictConfig], on_epoch: Callable[[int], object] | None = None
+) -> list[History]:
+    """Train the jobs of `configs` (one shape) as one population: one History each."""
+    first = configs[0]
+    dtype = getattr(torch, first.model.dtype)
+    X, y = load_iris2(list(first.data.features), first.data.normalize, dtype)
+    model = ScratchFNN(
+        X.shape[1],
+        first.model.hidden_dim,
+        seed=[int(cfg.seed) for cfg in configs],
+        backprop=first.model.backprop,
+        discard_draws=first.model.init_discard_draws,
+        dtype=dtype,
+    )
+    return fit_population(
+        model,
+        X,
+        y,
+        [float(cfg.optim.lr) for cfg in configs],
+        first.train.epochs,
+        on_epoch=on_epoch,
+        diverge_factor=first.train.diverge_factor,
+    )
+
+
+@contextmanager
+def trained_together(configs: Sequence[DictConfig]) -> Iterator[None]:
+    """Train `configs` (one shape) together; their jobs within take their Histories."""
+    histories: list[History] = []
+    if len(configs) > 1:
+        try:
+            histories = fit_configs(configs)
+        except Exception as exc:  # each job then trains alone, and fails as its own run
+            log.warning(
+                "%d jobs could not train together (%s); each trains alone", len(configs), exc
+            )
+    trained = {fingerprint(cfg): h for cfg, h in zip(configs, histories, strict=False)}
+    token = _trained.set(trained)
+    try:
+        yield
+    finally:
+        _trained.reset(token)
+
+
+def take(cfg: DictConfig) -> History | None:
+    """This job's History if its group trained it (once: the next take trains anew)."""
+    trained = _trained.get()
+    return None if trained is None else trained.pop(fingerprint(cfg), None)
