@@ -9,6 +9,7 @@ import re
 
 import pytest
 from conftest import compose_train, run_in_process, run_script
+from omegaconf import OmegaConf
 
 from fnnlab import cli, job, population
 
@@ -37,7 +38,8 @@ def test_groups_are_jobs_of_one_shape_in_order():
             ["optim.lr=-1"],  # fails its checks: alone
         )
     ]
-    assert population.groups(configs) == [[0, 1, 4], [2, 5], [3], [6]]
+    configs.append(OmegaConf.create({"db": {"driver": "mysql"}}))  # another Hydra app's
+    assert population.groups(configs) == [[0, 1, 4], [2, 5], [3], [6], [7]]
 
 
 def test_a_member_trained_together_has_the_history_it_has_alone():

@@ -36,9 +36,17 @@ LAUNCHERS = {
     ],
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
 }
-# Jobs slow enough (about a second) that a test can catch one in flight; few metrics.
-# At this width seeds 0-2 train; from seed 3 on the first loss is already infinite.
-SLOW_JOB = ["model.hidden_dim=2000", "train.epochs=100"]
+# Jobs slow enough (about a second) that a test can catch one in flight; few metrics. Each
+# of its own width: jobs of one shape would train together before any of them tracks its
+# run (fnnlab.population), and these tests need training in flight. Widths 2000-2007 at seed
+# 0 all train (do not diverge).
+SLOW_JOB = ["train.epochs=100"]
+
+
+def slow_widths(n: int) -> str:
+    return f"model.hidden_dim={','.join(str(2000 + i) for i in range(n))}"
+
+
 ARTIFACTS = {"config.yaml", "weights.pt", "loss.png", "grad_norm.png", "hydra"}
 
 
@@ -169,7 +177,7 @@ def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300)
 
 
 def test_sigkill_mid_sweep_then_resume_runs_each_config_once(tracking_server, tmp_path) -> None:
-    exp, sweep = "sigkill", [*SLOW_JOB, "seed=0,1,2"]
+    exp, sweep = "sigkill", [*SLOW_JOB, slow_widths(3)]
     proc = start_sweep(tracking_server, exp, tmp_path, *sweep)
     try:
         wait_for(
@@ -211,7 +219,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 def test_workers_die_with_a_killed_sweep(tracking_server, tmp_path) -> None:
     exp = "sigkill-workers"
-    args = ["hydra.launcher.n_jobs=2", *SLOW_JOB, "seed=range(8)"]
+    args = ["hydra.launcher.n_jobs=2", *SLOW_JOB, slow_widths(8)]
     proc = start_sweep(tracking_server, exp, tmp_path, *args)
     workers: set[int] = set()
     try:
@@ -248,7 +256,7 @@ def test_sigterm_ends_runs_in_flight_and_parent_killed(name, tracking_server, tm
         "fnnlab_workers": ["hydra.launcher.n_jobs=2"],
         "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     }.get(name, [])
-    proc = start_sweep(tracking_server, exp, tmp_path, *launcher, *SLOW_JOB, "seed=0,1,2")
+    proc = start_sweep(tracking_server, exp, tmp_path, *launcher, *SLOW_JOB, slow_widths(3))
     try:
         wait_for(proc, lambda: in_flight(tracking_server, exp), "a job in flight")
         proc.send_signal(signal.SIGTERM)

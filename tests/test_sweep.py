@@ -184,7 +184,8 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
 def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
     """SIGTERM mid-sweep (in-process launcher): the finished runs stay complete, the run in
     flight and the parent end KILLED, the command exits 130."""
-    slow = ["model.hidden_dim=2000", "train.epochs=300", "seed=0,1,2", "tracking.plots=false"]
+    # Three widths: jobs of one shape would train together before tracking (fnnlab.population).
+    slow = ["model.hidden_dim=2000,2001,2002", "train.epochs=300", "tracking.plots=false"]
     proc = subprocess.Popen(
         [str(BIN / "fnnlab-train"), "-m", *slow, *store.overrides()],
         stdout=subprocess.PIPE,
@@ -199,7 +200,11 @@ def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
                 break
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            statuses = sorted(r.info.status for r in store.runs("tags.role = 'job'"))
+            # RUNNING and claimed: training (a run still claiming ends "while claiming").
+            statuses = sorted(
+                r.info.status + ("" if r.data.tags.get("fnnlab.claimed") else " unclaimed")
+                for r in store.runs("tags.role = 'job'")
+            )
             if statuses == ["FINISHED", "RUNNING"]:
                 break
             time.sleep(0.2)

@@ -40,13 +40,12 @@ def shape(cfg: DictConfig) -> str:
 
 def groups(configs: Sequence[DictConfig]) -> list[list[int]]:
     """Indices of `configs` in groups of one shape, in order of first appearance. A config
-    that fails its checks is a group of its own: its job fails as it would anyway."""
+    that fails its checks is a group of its own: its job fails as it would anyway; so is one
+    of another app (the launcher runs any Hydra app)."""
     by_shape: dict[str, list[int]] = {}
     out: list[list[int]] = []
     for i, cfg in enumerate(configs):
-        try:
-            check_values(cfg)
-        except ConfigValueError:
+        if not _trainable(cfg):
             out.append([i])
             continue
         key = shape(cfg)
@@ -55,6 +54,16 @@ def groups(configs: Sequence[DictConfig]) -> list[list[int]]:
             out.append(by_shape[key])
         by_shape[key].append(i)
     return out
+
+
+def _trainable(cfg: DictConfig) -> bool:
+    if not all(key in cfg for key in TRAINING_KEYS):
+        return False
+    try:
+        check_values(cfg)
+    except ConfigValueError:
+        return False
+    return True
 
 
 def fit_configs(
