@@ -23,11 +23,13 @@ run: setup
 	@echo "Browse them with: $(BIN)/fnnlab-ui"
 	@echo "The sweep's summary (CSV, report.md, plots) is also on its parent run, under aggregate/."
 
+# Two test processes (pytest-xdist), one per core of the CI machine; a test file stays in
+# one process, so its module fixtures (a sweep per launcher, a store) are made once.
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

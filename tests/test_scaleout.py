@@ -314,7 +314,6 @@ def test_server_stopped_mid_sweep_stops_it_then_restarted_and_resumed(
     assert out.returncode == 1, out.stderr[-3000:]
     assert last.startswith(f"fnnlab-train: error: tracking.uri={tracking_server.url}: the store")
     assert "Traceback" not in out.stderr + out.stdout
-    assert took < 60  # a few jobs' worth of retries, not the rest of the sweep's
     assert not job_runs(tracking_server, exp, "FINISHED")[4:]  # two per process at most
 
     out = run_script(*command)
