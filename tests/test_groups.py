@@ -12,6 +12,7 @@ from conftest import compose_train, run_in_process, run_script
 from omegaconf import OmegaConf
 
 from fnnlab import cli, job, population
+from hydra_plugins.fnnlab import _core
 
 # 60 jobs: both modes and dtypes, learning rates that converge, oscillate and diverge.
 SWEEP = [
@@ -55,6 +56,32 @@ def test_a_member_trained_together_has_the_history_it_has_alone():
         assert population.take(configs[1]) is not None
         assert population.take(configs[1]) is None  # taken once: a second job trains anew
     assert population.take(configs[0]) is None  # outside the group
+
+
+def test_batches_split_jobs_of_the_same_other_overrides_evenly():
+    jobs = [
+        (i, [f"model.hidden_dim={w}", f"seed={s}", f"optim.lr={lr}"])
+        for i, (w, s, lr) in enumerate(
+            (w, s, lr) for w in (8, 16) for s in range(5) for lr in (1, 2)
+        )
+    ]
+    jobs.append((20, ["model.hidden_dim=8", "+seed=9"]))  # seed added, still a member key
+    sizes = [[len(b) for b in _core.batches(jobs, size)] for size in (64, 10, 4, 1)]
+    assert sizes == [[11, 10], [6, 5, 10], [4, 4, 3, 4, 3, 3], [1] * 21]
+    for size in (64, 4):
+        batched = _core.batches(jobs, size)
+        assert sorted(j for b in batched for j in b) == jobs
+        for batch in batched:  # in the order of the launch within a batch
+            assert [i for i, _ in batch] == sorted(i for i, _ in batch)
+            assert len({o[0] for _, o in batch}) == 1  # one width
+
+
+@pytest.mark.parametrize(
+    "max_members, jobs, n, size",
+    [(64, 60, 1, 64), (64, 60, 2, 15), (64, 1000, 2, 64), (8, 60, 2, 8), (64, 3, 2, 1)],
+)
+def test_batch_size_gives_each_worker_about_two_batches(max_members, jobs, n, size):
+    assert _core.batch_size(max_members, jobs, n) == size
 
 
 def together(out: str) -> list[list[int]]:

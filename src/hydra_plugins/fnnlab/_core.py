@@ -87,7 +87,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     # it, at exit too (a sweep whose jobs ran in workers spent 1.3 s collecting at exit).
     freeze_heap()
     jobs = list(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
-    size = launcher.max_members
+    size = batch_size(launcher.max_members, len(jobs), n)
     if n > 1:
         done = _launch_in_workers(n, context, config, task, batches(jobs, size))
     else:
@@ -99,19 +99,32 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     return [ret for _, ret in sorted(done, key=lambda pair: order[pair[0]])]
 
 
+def batch_size(max_members: int, jobs: int, n: int) -> int:
+    """Jobs per batch: at most max_members; with n workers, small enough that there are
+    about two batches per worker, so that workers, which take whole batches, end together."""
+    if n == 1:
+        return max_members
+    return max(1, min(max_members, -(-jobs // (2 * n))))
+
+
 def batches(jobs: list[tuple[int, list[str]]], size: int) -> list[list[tuple[int, list[str]]]]:
     """The jobs in batches that may train together: the same overrides but for the seed and
-    the learning rate (a batch's configs are then grouped by their composed shape), at most
-    `size` each, in order of first appearance."""
-    by_rest: dict[tuple[str, ...], list[list[tuple[int, list[str]]]]] = {}
-    out = []
+    the learning rate (a batch's configs are then grouped by their composed shape). Jobs of
+    the same other overrides are split into as few batches of at most `size` as can be, of
+    sizes differing by one at most, in order of first appearance."""
+    by_rest: dict[tuple[str, ...], list[tuple[int, list[str]]]] = {}
     for job in jobs:
         rest = tuple(o for o in job[1] if o.lstrip("+~").split("=", 1)[0] not in MEMBER_KEYS)
-        chunks = by_rest.setdefault(rest, [])
-        if not chunks or len(chunks[-1]) == size:
-            chunks.append([])
-            out.append(chunks[-1])
-        chunks[-1].append(job)
+        by_rest.setdefault(rest, []).append(job)
+    out = []
+    for same in by_rest.values():
+        count = -(-len(same) // size)
+        base, extra = divmod(len(same), count)
+        start = 0
+        for i in range(count):
+            end = start + base + (i < extra)
+            out.append(same[start:end])
+            start = end
     return out
 
 
