@@ -4,8 +4,6 @@ and every input that must end in one line and a non-zero exit."""
 from __future__ import annotations
 
 import math
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -16,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import TmpStore, run_script
 from scipy import stats
+from server_fixtures import stop_group
 
 from fnnlab import aggregate, report
 from fnnlab.cli import wait_until_up
@@ -427,12 +426,7 @@ def server(small):
         wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=120)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -21,6 +20,7 @@ from urllib.parse import unquote
 
 import pytest
 from conftest import BIN, TmpStore, run_script
+from server_fixtures import stop_group
 
 from fnnlab.config import project_root
 
@@ -81,26 +81,8 @@ class UiProcess:
         raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
 
     def stop(self) -> None:
-        """The whole group (fnnlab-ui, mlflow server, uvicorn): TERM, then KILL if needed."""
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The group may outlive its leader for a moment; make sure nothing of it is left.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        """The whole group (fnnlab-ui, mlflow server, uvicorn)."""
+        stop_group(self.proc)
 
 
 def port_open(url: str) -> bool:
