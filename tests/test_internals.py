@@ -1,6 +1,7 @@
 """fnnlab.internals, the one place that uses private parts of Hydra, OmegaConf and MLflow:
-its bulk log_batch leaves MLflow's SQL store exactly as MLflow's own log_batch does (the
-same rows in every table, the same errors, on SQLite and on PostgreSQL); a sweep with its
+its bulk log_batches (every batch of a run in one transaction) leaves MLflow's SQL store
+exactly as MLflow's own log_batch, called once per batch, does (the same rows in every
+table, the same errors, on SQLite and on PostgreSQL); a sweep with its
 fast paths switched off stores the same runs; and no other module reaches into a
 dependency's private names."""
 
@@ -58,6 +59,8 @@ SEQUENCES = {
     "stored row again": [(SERIES, [], []), (SERIES[:2] + [Metric("loss", 4.0, NOW, 9)], [], [])],
     "params only": [([], PARAMS, []), ([], PARAMS, [])],
     "a tag twice": [(ODD, [], [RunTag("a", "1"), RunTag("a", "2")]), ([], [], [RunTag("a", "3")])],
+    # A tag set again after the batch that renames the run: the later value stays.
+    "a tag after a rename": [(SERIES, PARAMS, TAGS), ([], [], [RunTag("diverged", "true")])],
 }
 
 TABLES = {
@@ -107,11 +110,11 @@ def logged(uri: str, how: str, batches) -> dict[str, list[tuple]]:
     store = open_store(uri, "t")
     assert store.sql is not None
     run_id = store.client.create_run(store.experiment_id, run_name="r").info.run_id
-    for metrics, params, tags in batches:
-        if how == "mlflow":
+    if how == "mlflow":
+        for metrics, params, tags in batches:
             store.sql.log_batch(run_id, metrics, params, tags)
-        else:
-            internals.log_batch(store.client, store.sql, run_id, metrics, params, tags)
+    else:
+        internals.log_batches(store.client, store.sql, run_id, lambda: batches)
     return table_rows(uri, run_id)
 
 
@@ -129,13 +132,13 @@ def errors(uri: str, how: str, setup, batch) -> tuple[str, dict]:
     store = open_store(uri, "t")
     run_id = store.client.create_run(store.experiment_id, run_name="r").info.run_id
     setup(store, run_id)
-    write = (
-        store.sql.log_batch
-        if how == "mlflow"
-        else (lambda *a: internals.log_batch(store.client, store.sql, *a))
-    )
     with pytest.raises(MlflowException) as info:
-        write(run_id, *batch)
+        if how == "mlflow":
+            store.sql.log_batch(run_id, *batch)
+        else:
+            # After a good batch, which is not stored either: one transaction.
+            good = (SERIES[:1], [], [RunTag("a", "1")])
+            internals.log_batches(store.client, store.sql, run_id, lambda: [good, batch])
     message = str(info.value).replace(run_id, "<run>")
     return (info.value.error_code, message), table_rows(uri, run_id)
 
@@ -163,7 +166,7 @@ def test_same_errors_as_mlflows_log_batch_and_nothing_written(uri_for, case):
     theirs = errors(uri_for("mlflow"), "mlflow", setup, batch)
     ours = errors(uri_for("fnnlab"), "fnnlab", setup, batch)
     assert ours == theirs
-    assert not ours[1]["metrics"]  # no metric row of the rejected batch was written
+    assert not ours[1]["metrics"]  # no metric row of the call was written
 
 
 # --- private names stay in fnnlab.internals ------------------------------------------------

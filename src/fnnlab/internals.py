@@ -11,9 +11,10 @@ of a sweep's time (measured, README "Speed"):
   (OmegaConf's node content, config.__dict__["_content"]; 2 ms instead of 12 ms a job);
 - YAML: OmegaConf's string quoting on libyaml's emitter (omegaconf._utils' dumper; 0.8 ms
   instead of 3.9 ms for a job's config);
-- bulk SQL: a run's metric batch into MLflow's SQL store as one INSERT per table in one
-  transaction, through MLflow's own session, models, validation and latest-value update
-  (SqlAlchemyStore's private methods, the client's store; 37 -> 12 ms a run).
+- bulk SQL: a run's values, in MLflow's batches of at most 1,000, into MLflow's SQL store as
+  bulk INSERTs, all in one transaction, through MLflow's own session, models, validation and
+  latest-value update (SqlAlchemyStore's private methods, the client's store; README
+  "Speed" has what it saves).
 
 It also holds the two other private names fnnlab needs: the SQLAlchemy engine of the
 store a client opened (to make the embedded store durable, see durable_sqlite) and the
@@ -32,8 +33,9 @@ import copy
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.core.config_loader import ConfigLoader
@@ -41,10 +43,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Param, RunTag
+
+    Batch = tuple[list[Metric], list[Param], list[RunTag]]
 
 log = logging.getLogger(__name__)
 
@@ -327,18 +332,8 @@ def job_error(job_return: Any) -> BaseException | None:
 
 # --- MLflow: the SQL store ------------------------------------------------------------------
 
-if FAST:
-    import sqlalchemy  # noqa: E402
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
-    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag  # noqa: E402
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME  # noqa: E402
-    from mlflow.utils.validation import (  # noqa: E402
-        _validate_batch_log_data,
-        _validate_batch_log_limits,
-        _validate_param_keys_unique,
-        _validate_run_id,
-    )
+# MLflow is imported where it is used, not with this module: the fnnlab launcher imports this
+# module for any Hydra app, and MLflow takes seconds to import.
 
 
 def sql_store(client: Any) -> Any:
@@ -346,6 +341,8 @@ def sql_store(client: Any) -> Any:
     writes; None for a tracking server, or on the public path."""
     if not FAST:
         return None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     store = client._tracking_client.store
     return store if isinstance(store, SqlAlchemyStore) else None
 
@@ -359,6 +356,7 @@ def durable_sqlite(store: Any) -> None:
     whole file on an OS crash). Measured in README "Speed"."""
     if store is None or store.engine.dialect.name != "sqlite":
         return
+    import sqlalchemy
 
     def normal_sync(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.execute("PRAGMA synchronous = NORMAL")
@@ -370,88 +368,105 @@ def durable_sqlite(store: Any) -> None:
         conn.exec_driver_sql("PRAGMA journal_mode = WAL")
 
 
-def log_batch(
-    client: Any,
-    store: Any,
-    run_id: str,
-    metrics: list[Metric],
-    params: list[Param],
-    tags: list[RunTag],
+def log_batches(
+    client: Any, store: Any, run_id: str, batches: Callable[[], Iterable[Batch]]
 ) -> None:
-    """client.log_batch(run_id, metrics, params, tags); into MLflow's SQL store (store, from
-    sql_store) with bulk inserts.
+    """client.log_batch(run_id, metrics, params, tags) for each batch that batches() yields,
+    in order; into MLflow's SQL store (store, from sql_store) with bulk inserts, all batches
+    in one transaction. batches is called again to redo the writes another way (below), so
+    it must give the same batches each time.
 
-    MLflow's SqlAlchemyStore.log_batch builds one ORM object per metric value and flushes
-    them through SQLAlchemy's unit of work, in three transactions. This writes the same
-    rows into the same tables through MLflow's own session, models and checks:
-    - every metric, param and tag goes through MLflow's validation and batch limits;
+    MLflow's SqlAlchemyStore.log_batch builds one ORM object per metric value, flushes them
+    through SQLAlchemy's unit of work and commits three transactions per batch of at most
+    1,000 values. This writes the same rows into the same tables through MLflow's own
+    session, models and checks:
+    - every batch goes through MLflow's validation and batch limits, as it would alone;
     - values are sanitised as MLflow does (NaN as 0 with is_nan, +-inf as the largest float);
     - a param may be logged again only with the same value (MLflow's error otherwise);
-    - the latest-value rows are updated by MLflow's own code;
-    - a tag is inserted or overwritten as MLflow's _set_tags does; a batch that sets the
-      run name goes through _set_tags itself, which also renames the run;
+    - the latest-value rows are updated by MLflow's own code, once, with each key's latest;
+    - a tag is inserted or overwritten as MLflow's _set_tags does (a later value of a key
+      wins); a run-name tag also renames the run, through _set_tags itself, after the commit;
+    - an error rolls back every batch: nothing of the call is stored;
     - a metric row already stored (the same value logged twice) fails the transaction,
-      which is rolled back, and the batch goes through MLflow's own log_batch, which
+      which is rolled back, and every batch goes through MLflow's own log_batch, which
       skips such rows.
-    tests/test_internals.py compares every table, row by row, with MLflow's own log_batch,
-    on SQLite and on PostgreSQL.
+    Only run metrics: metrics of a logged model (model_id) are not taken.
+    tests/test_internals.py compares every table, row by row, with MLflow's own log_batch
+    called once per batch, on SQLite and on PostgreSQL.
     """
     if store is None:
-        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        for metrics, params, tags in batches():
+            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
         return
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+    from mlflow.utils.validation import (
+        _validate_batch_log_data,
+        _validate_batch_log_limits,
+        _validate_param_keys_unique,
+        _validate_run_id,
+    )
+
     _validate_run_id(run_id)
-    metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
-    _validate_batch_log_limits(metrics, params, tags)
-    _validate_param_keys_unique(params)
-    if any(m.model_id is not None for m in metrics):
-        # Logged-model metrics have their own table and rules: MLflow's path.
-        store.log_batch(run_id, metrics, params, tags)
-        return
-    rows, latest = _metric_rows(store, run_id, metrics)
-    # Setting the run name also renames the run: MLflow's own _set_tags, afterwards.
-    renames = any(tag.key == MLFLOW_RUN_NAME for tag in tags)
+    rename = None
     try:
         with store.ManagedSessionMaker(read_only=False) as session:
             run = store._get_run(run_uuid=run_id, session=session)
             store._check_run_is_active(run)
-            param_rows = _new_params(run, run_id, params)
-            if param_rows:
-                session.execute(sqlalchemy.insert(SqlParam.__table__), param_rows)
-            if rows:
-                session.execute(sqlalchemy.insert(SqlMetric.__table__), rows)
-                store._update_latest_metrics_if_necessary(latest, session)
-            if tags and not renames:
-                # What MLflow's _set_tags does for a tag other than the run name: insert
-                # it or overwrite its value (a later tag of the same key wins).
+            stored = {p.key: p.value for p in run.params}
+            latest: dict[str, dict[str, Any]] = {}
+            for metrics, params, tags in batches():
+                metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
+                _validate_batch_log_limits(metrics, params, tags)
+                _validate_param_keys_unique(params)
+                if any(m.model_id is not None for m in metrics):
+                    raise ValueError("log_batches takes run metrics only, not a model's")
+                param_rows = _new_params(stored, run_id, params)
+                if param_rows:
+                    session.execute(sqlalchemy.insert(SqlParam.__table__), param_rows)
+                rows = _metric_rows(store, run_id, metrics, latest)
+                if rows:
+                    session.execute(sqlalchemy.insert(SqlMetric.__table__), rows)
                 for tag in tags:
+                    # What MLflow's _set_tags does: insert the tag or overwrite its value.
                     session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
+                    if tag.key == MLFLOW_RUN_NAME:
+                        rename = tag
+            if latest:
+                latest_rows = [SqlMetric(**row) for row in latest.values()]
+                store._update_latest_metrics_if_necessary(latest_rows, session)
     except MlflowException as exc:
         # MLflow's session turns the database's errors into MlflowException. A key already
         # stored (the same metric value logged twice, a param written by another process
-        # meanwhile) rolled back the whole transaction: MLflow's own path logs the rest and
-        # skips or reports those rows.
+        # meanwhile) rolled back the whole transaction: MLflow's own path logs every batch
+        # and skips or reports those rows.
         if not isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
             raise
-        store.log_batch(run_id, metrics, params, tags)
+        for metrics, params, tags in batches():
+            store.log_batch(run_id, metrics, params, tags)
         return
-    if tags and renames:
-        store._set_tags(run_id, tags)
+    if rename is not None:
+        # Setting the run name also renames the run: MLflow's own _set_tags, with the last one.
+        store._set_tags(run_id, [rename])
 
 
-def _metric_rows(store: Any, run_id: str, metrics: list[Metric]) -> tuple[list[dict], list]:
-    """The metrics table's rows, without repeats, and per key the latest of them.
+def _metric_rows(
+    store: Any, run_id: str, metrics: list[Metric], latest: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The metrics table's rows; latest keeps, per key, the row with the largest (step,
+    timestamp, value) so far.
 
     MLflow's latest-value update keeps, per key, the value with the largest (step,
-    timestamp, value); given only each key's largest here, it ends with the same row.
+    timestamp, value); given only each key's largest, it ends with the same row. A value
+    repeated within the call is not dropped here: its second row fails the insert, and
+    MLflow's own path, which skips it, takes over.
     """
-    rows: list[dict[str, Any]] = []
-    latest: dict[str, dict[str, Any]] = {}
-    seen: set[Metric] = set()
+    rows = []
+    sanitize = store.sanitize_metric_value
     for metric in metrics:
-        if metric in seen:
-            continue
-        seen.add(metric)
-        is_nan, value = store.sanitize_metric_value(metric.value)
+        is_nan, value = sanitize(metric.value)
         row = {
             "run_uuid": run_id,
             "key": metric.key,
@@ -462,15 +477,21 @@ def _metric_rows(store: Any, run_id: str, metrics: list[Metric]) -> tuple[list[d
         }
         rows.append(row)
         best = latest.get(metric.key)
-        order = (row["step"], row["timestamp"], row["value"])
-        if best is None or order > (best["step"], best["timestamp"], best["value"]):
+        if best is None or (row["step"], row["timestamp"], value) > (
+            best["step"],
+            best["timestamp"],
+            best["value"],
+        ):
             latest[metric.key] = row
-    return rows, [SqlMetric(**row) for row in latest.values()]
+    return rows
 
 
-def _new_params(run: Any, run_id: str, params: list[Param]) -> list[dict[str, str]]:
-    """The params not yet stored; MLflow's error for one stored with another value."""
-    stored = {p.key: p.value for p in run.params}
+def _new_params(stored: dict[str, str], run_id: str, params: list[Param]) -> list[dict[str, str]]:
+    """The params not yet stored, added to stored; MLflow's error for one stored with another
+    value."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
     changed = [
         {"key": p.key, "old_value": stored[p.key], "new_value": p.value}
         for p in params
@@ -482,6 +503,8 @@ def _new_params(run: Any, run_id: str, params: list[Param]) -> list[dict[str, st
             f" logged='{changed}' for run ID='{run_id}'.",
             INVALID_PARAMETER_VALUE,
         )
-    return [
+    new = [
         {"run_uuid": run_id, "key": p.key, "value": p.value} for p in params if p.key not in stored
     ]
+    stored.update((row["key"], row["value"]) for row in new)
+    return new

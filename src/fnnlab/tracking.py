@@ -97,7 +97,7 @@ class Store:
     experiment_id: str
     uri: str
     # The client's own store when it is MLflow's SQL store (SQLite file or database URI):
-    # batches go to it in bulk (fnnlab.internals.log_batch). None for a tracking server.
+    # batches go to it in bulk (fnnlab.internals.log_batches). None for a tracking server.
     sql: Any = None
 
 
@@ -339,7 +339,8 @@ def log_values(
     every: int = 1,
 ) -> None:
     """Params, per-step series (step = index; every `every`-th step and the last) and
-    summary metrics in as few calls as MLflow's limits allow."""
+    summary metrics in as few calls as MLflow's limits allow, in one transaction into a
+    SQL store."""
     now = int(time.time() * 1000)
 
     def metrics() -> Iterator[Metric]:
@@ -355,8 +356,12 @@ def log_values(
 
     param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
     tag_list = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
-    for m, p, t in _batches(metrics(), param_list, tag_list):
-        retry_locked(internals.log_batch, store.client, store.sql, run_id, m, p, t)
+
+    def batches() -> Iterator[tuple[list[Metric], list[Param], list[RunTag]]]:
+        return _batches(metrics(), param_list, tag_list)
+
+    # One transaction for all of them into a SQL store; a retry writes them all again.
+    retry_locked(internals.log_batches, store.client, store.sql, run_id, batches)
 
 
 def end_run(store: Store, run_id: str, status: str) -> None:
