@@ -47,7 +47,7 @@ def train_app(cfg: DictConfig) -> dict:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-train", f"error: {exc}", 2)
     # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
-    from fnnlab import job, links, progress
+    from fnnlab import heap, job, links, progress
     from fnnlab.names import Tag
 
     parent_run_id, sweep_tags, claim = None, {}, None
@@ -82,7 +82,7 @@ def train_app(cfg: DictConfig) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    job.freeze_heap()  # once: what the first job set up (caches, figures) lives on
+    heap.freeze_heap()  # once: what the first job set up (caches, figures) lives on
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
     if isinstance(result, job.Claimed):
         print(progress.claimed_line(result, base), flush=True)

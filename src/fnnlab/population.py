@@ -15,14 +15,14 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig
 
 from fnnlab.config import TRAINING_KEYS, ConfigValueError, check_values, fingerprint, flatten
-from fnnlab.data import load_iris2
-from fnnlab.model import ScratchFNN
-from fnnlab.train import History, fit_population
+
+if TYPE_CHECKING:
+    from fnnlab.train import History
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ def fit_configs(
     configs: Sequence[DictConfig], on_epoch: Callable[[int], object] | None = None
 ) -> list[History]:
     """Train the jobs of `configs` (one shape) as one population: one History each."""
+    # Imported here, not with the module: the fnnlab launcher imports this module for any
+    # Hydra app, and torch takes seconds to import.
+    import torch
+
+    from fnnlab.data import load_iris2
+    from fnnlab.model import ScratchFNN
+    from fnnlab.train import fit_population
+
     first = configs[0]
     dtype = getattr(torch, first.model.dtype)
     X, y = load_iris2(list(first.data.features), first.data.normalize, dtype)

@@ -48,8 +48,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fnnlab import population
+from fnnlab.heap import freeze_heap
 from fnnlab.internals import to_yaml, without_hydra
-from fnnlab.job import freeze_heap
 from fnnlab.population import MEMBER_KEYS
 
 log = logging.getLogger(__name__)
