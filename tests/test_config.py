@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import BIN, TmpStore, compose_train, run_script
+from conftest import BIN, TmpStore, compose_train, run_in_process, run_script
 
-from fnnlab import model
+from fnnlab import cli, model
 from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
 
 BAD = [
@@ -49,19 +49,41 @@ def store_with_a_run(tmp_path_factory):
     return store
 
 
-@pytest.mark.parametrize(("args", "named"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_fails_with_one_line_and_writes_nothing(store_with_a_run, args, named):
-    store = store_with_a_run
-    before = store.db_bytes()
-    proc = run_script("fnnlab-train", *args, *store.overrides())
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+def check_refused(store: TmpStore, before: bytes | None, status: int, stderr: str, named: str):
+    """One line naming the key and the value, a non-zero exit, the store byte for byte."""
+    assert status != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("fnnlab-train: error: ")
     key, value = named.split("=")
     assert key in lines[0] and value in lines[0], lines[0]
     assert store.db_bytes() == before
     assert len(store.runs()) == 1
+
+
+@pytest.mark.parametrize(("args", "named"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_fails_with_one_line_and_writes_nothing(
+    store_with_a_run, args, named, monkeypatch, capsys
+):
+    # In this process: the same entry point as the console script, without a process start
+    # per case (seconds each); a few cases go through the console script below.
+    store = store_with_a_run
+    before = store.db_bytes()
+    status = run_in_process(monkeypatch, cli.train, *args, *store.overrides())
+    check_refused(store, before, status, capsys.readouterr().err, named)
+
+
+SCRIPT_CASES = [BAD[0], BAD[3], BAD[-1]]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), SCRIPT_CASES, ids=[" ".join(a) for a, _ in SCRIPT_CASES]
+)
+def test_bad_input_to_the_console_script(store_with_a_run, args, named):
+    store = store_with_a_run
+    before = store.db_bytes()
+    proc = run_script("fnnlab-train", *args, *store.overrides())
+    check_refused(store, before, proc.returncode, proc.stderr, named)
 
 
 def test_defaults_follow_the_contract():

@@ -23,10 +23,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import BIN, TmpStore, run_script
+from conftest import BIN, TmpStore, run_in_process, run_script
 from mlflow.tracking import MlflowClient
 from server_fixtures import TrackingServer, free_port, stop_group
 
+from fnnlab import cli
 from fnnlab.config import ConfigValueError, masked_uri, password_to_env
 
 SECRET = "s3cr3t-pw"
@@ -137,15 +138,20 @@ def tracking_option(folder: Path, uri: str) -> list[str]:
     return [f"hydra.searchpath=[file://{folder}]", "tracking=mine"]
 
 
-@pytest.mark.parametrize(
-    "where, uri", [("command-line", URIS[1]), ("config-file", URIS[0]), ("config-file", URIS[1])]
-)
-@pytest.mark.parametrize("command, args", COMMANDS)
-def test_a_password_is_shown_by_no_command(command, args, where, uri, store: TmpStore) -> None:
-    """On the command line a password is accepted and gone from the URI every later line
-    shows: the unreachable server is reported under its password-free address (and the
-    health check does not take the user part for a host name). In a config file it is
-    refused before anything is written."""
+WHERE = [("command-line", URIS[1]), ("config-file", URIS[0]), ("config-file", URIS[1])]
+ENTRY = {
+    "fnnlab-train": cli.train,
+    "fnnlab-aggregate": cli.aggregate,
+    "fnnlab-ui": cli.ui,
+    "fnnlab-replay": cli.replay,
+}
+
+
+def refusal(where: str, uri: str, folder: Path) -> tuple[list[str], str]:
+    """The overrides that give uri, and the one line a command then prints: on the command
+    line a password is accepted and gone from the URI every later line shows (the
+    unreachable server is reported under its password-free address, and the health check
+    does not take the user part for a host name); in a config file it is refused."""
     if where == "command-line":
         given, shown = [f"tracking.uri={uri}"], "http://127.0.0.1:9"
         error = (
@@ -153,12 +159,44 @@ def test_a_password_is_shown_by_no_command(command, args, where, uri, store: Tmp
             "with `make server`"
         )
     else:
-        given, shown = tracking_option(store.root / "conf", uri), masked_uri(uri)
+        given, shown = tracking_option(folder / "conf", uri), masked_uri(uri)
         error = (
             "a password from a config file would be stored with every run; give the URI on "
             "the command line (tracking.uri=..., its password then goes into PGPASSWORD or "
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself"
         )
+    return given, f"tracking.uri={shown}: {error}"
+
+
+@pytest.mark.parametrize("where, uri", WHERE)
+@pytest.mark.parametrize("command, args", COMMANDS)
+def test_a_password_is_shown_by_no_command(
+    command, args, where, uri, store: TmpStore, monkeypatch, capsys
+) -> None:
+    """In this process, through each console script's entry point (a process start per case
+    costs seconds; the next test runs two cases as processes). A password from a config file
+    is refused before anything is written."""
+    for name in CREDENTIAL_VARS:  # as clean_env(); what the command sets is undone after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    given, line = refusal(where, uri, store.root)
+    folders = [f"hydra.run.dir={store.root}/o", f"hydra.sweep.dir={store.root}/m"]
+    status = run_in_process(monkeypatch, ENTRY[command], *args, *given, *folders)
+    out = capsys.readouterr()
+    assert status == 2, out.out + out.err
+    assert SECRET not in out.out + out.err
+    assert out.err.strip().splitlines() == [f"{command}: error: {line}"]
+    if where == "config-file":  # refused before Hydra makes the job's folder
+        assert not (store.root / "o").exists() and not (store.root / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "command, args, where, uri",
+    [(*COMMANDS[0], *WHERE[0]), (*COMMANDS[4], *WHERE[1])],
+    ids=["train-command-line", "replay-config-file"],
+)
+def test_a_password_is_shown_by_no_console_script(command, args, where, uri, store) -> None:
+    given, line = refusal(where, uri, store.root)
     out = run_script(
         command,
         *args,
@@ -169,9 +207,7 @@ def test_a_password_is_shown_by_no_command(command, args, where, uri, store: Tmp
     )
     assert out.returncode == 2, out.stdout + out.stderr
     assert SECRET not in out.stdout + out.stderr
-    assert out.stderr.strip().splitlines() == [f"{command}: error: tracking.uri={shown}: {error}"]
-    if where == "config-file":  # refused before Hydra makes the job's folder
-        assert not (store.root / "o").exists() and not (store.root / "m").exists()
+    assert out.stderr.strip().splitlines() == [f"{command}: error: {line}"]
 
 
 # --- against real servers ------------------------------------------------------------------
