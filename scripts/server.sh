@@ -13,7 +13,10 @@
 #
 # Settings (environment): FNNLAB_PG_PASSWORD (else generated once into the folder),
 # FNNLAB_PG_PORT (5433), FNNLAB_SERVER_PORT (5000), FNNLAB_SERVER_WORKERS (2),
+# FNNLAB_SERVER_START_TIMEOUT (300: seconds to wait for PostgreSQL, then for MLflow),
 # PG_BIN (folder of initdb/pg_ctl), MLFLOW (the mlflow executable, default the venv's).
+# MLflow's job execution (its GenAI jobs; fnnlab has none) is off unless
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true: it starts a pool of extra processes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,6 +25,7 @@ PG_PORT="${FNNLAB_PG_PORT:-5433}"
 HOST="${FNNLAB_SERVER_HOST:-127.0.0.1}"
 PORT="${FNNLAB_SERVER_PORT:-5000}"
 WORKERS="${FNNLAB_SERVER_WORKERS:-2}"
+START_TIMEOUT="${FNNLAB_SERVER_START_TIMEOUT:-300}"
 MLFLOW="${MLFLOW:-$ROOT/.venv/bin/mlflow}"
 PG_USER=fnnlab
 PG_DB=mlflow
@@ -80,7 +84,7 @@ start_pg() {
     if ! pg_running; then
         touch "$DIR/postgres.log"
         [[ $EUID -eq 0 ]] && chown postgres: "$DIR/postgres.log"
-        as_pg "$PG_BIN/pg_ctl" -D "$DIR/pgdata" -l "$DIR/postgres.log" -w -t 60 \
+        as_pg "$PG_BIN/pg_ctl" -D "$DIR/pgdata" -l "$DIR/postgres.log" -w -t "$START_TIMEOUT" \
             -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=''" start >/dev/null ||
             die "PostgreSQL did not start, see $DIR/postgres.log"
     fi
@@ -101,25 +105,30 @@ start_mlflow() {
     mkdir -p "$DIR/artifacts"
     # Own session, so stop can end the server and all its workers as one process group.
     # The password goes by environment (libpq reads PGPASSWORD), not on the command line.
-    PGPASSWORD="$pw" setsid "$MLFLOW" server \
+    PGPASSWORD="$pw" MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
+        setsid "$MLFLOW" server \
         --backend-store-uri "postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB" \
         --artifacts-destination "$DIR/artifacts" --serve-artifacts \
         --host "$HOST" --port "$PORT" --workers "$WORKERS" "${auth[@]}" \
         >"$DIR/mlflow.log" 2>&1 < /dev/null &
     echo $! > "$DIR/mlflow.pid"
-    # The first start migrates the schema: allow a minute.
-    local i
-    for i in $(seq 1 240); do
+    # The first start migrates the schema, and a busy machine slows the workers' imports:
+    # wait while the server lives, up to the bound.
+    local deadline=$((SECONDS + START_TIMEOUT))
+    while ((SECONDS < deadline)); do
         if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
             echo "MLflow tracking server at http://$HOST:$PORT (PostgreSQL on 127.0.0.1:$PG_PORT, data in $DIR)"
             return 0
         fi
-        [[ -n "$(mlflow_pid)" ]] || die "mlflow server exited, see $DIR/mlflow.log"
+        [[ -n "$(mlflow_pid)" ]] || die "mlflow server exited, see $DIR/mlflow.log$(log_tail)"
         sleep 0.25
     done
     stop_mlflow
-    die "mlflow server did not answer within 60 s, see $DIR/mlflow.log"
+    die "mlflow server did not answer within $START_TIMEOUT s, see $DIR/mlflow.log$(log_tail)"
 }
+
+# The end of MLflow's log, for an error message that is read where the log is not (CI).
+log_tail() { printf '; its last lines:\n'; tail -n 15 "$DIR/mlflow.log" 2>/dev/null || true; }
 
 stop_mlflow() {
     local pid i

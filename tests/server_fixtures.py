@@ -8,6 +8,7 @@ the start itself fails.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,9 +53,20 @@ def stop_group(proc: subprocess.Popen, term_wait: float = 20) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port of 127.0.0.1 below the kernel's ephemeral range: a server that is stopped
+    and started again mid-test must find its port still free, and outgoing connections
+    (Ray's, the store clients') take their ports from that range."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port of 127.0.0.1 between 10000 and {low}")
 
 
 @dataclass
@@ -81,8 +93,9 @@ class TrackingServer:
             "MLFLOW": str(Path(sys.executable).parent / "mlflow"),
         }
         env.pop("FNNLAB_SERVER_HOST", None)
+        # The script bounds each wait (FNNLAB_SERVER_START_TIMEOUT); this one only guards a hang.
         out = subprocess.run(
-            ["bash", str(SCRIPT), action], env=env, capture_output=True, text=True, timeout=300
+            ["bash", str(SCRIPT), action], env=env, capture_output=True, text=True, timeout=1200
         )
         if out.returncode != 0:
             raise RuntimeError(f"server.sh {action} failed: {out.stderr.strip()}")
