@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -117,6 +118,9 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
 
     monkeypatch.setattr(sys, "argv", [entry.__name__, *args])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    # The entry point sets it if unset; restored at the test's end.
+    telemetry = os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", telemetry)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         entry()
@@ -126,3 +130,6 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
     finally:
         signal.signal(signal.SIGTERM, sigterm)
         os.environ.pop("HYDRA_FULL_ERROR", None)
+        # The entry point hides the heap from the collector as if the process ended;
+        # this process goes on.
+        gc.unfreeze()

@@ -327,9 +327,15 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
 
 def run_cli(prog: str, app: Callable[[], object]) -> None:
     """Run a Hydra app, turning config errors into one line and exit status 2."""
+    # Before MLflow's import, which starts its usage telemetry: without network it then
+    # removes an environment variable from a background thread, and a job's first request
+    # to a tracking server, reading the environment for proxies at that moment, failed
+    # (KeyError '_MLFLOW_TELEMETRY_SESSION_ID'). Off here and in every process a launcher
+    # starts from here, unless the user chose.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
 
-    from fnnlab import storeguard
+    from fnnlab import heap, storeguard
     from fnnlab.sweep import SweepFailed, SweepRefused
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
@@ -364,6 +370,8 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         fail(prog, f"error: tracking store: {str(exc).strip().splitlines()[0]}", 1)
     except KeyboardInterrupt:
         fail(prog, "interrupted", 130)
+    finally:
+        heap.freeze_for_exit()
 
 
 def train() -> None:
