@@ -95,8 +95,27 @@ class TmpStore:
         return db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
+@pytest.fixture(scope="session")
+def schema_only_db(tmp_path_factory) -> Path:
+    """An embedded store's database with MLflow's schema and nothing else, made once per
+    test process by MLflow itself: its migrations take seconds for every new database. A
+    store's first use is the subject of tests of its own (tests/test_store_faults.py)."""
+    db = tmp_path_factory.mktemp("schema") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> TmpStore:
+def store(tmp_path: Path, schema_only_db: Path) -> TmpStore:
+    """An embedded store of its own, its schema already made."""
+    import sqlite3
+
+    (tmp_path / "mlruns").mkdir()
+    with (
+        sqlite3.connect(schema_only_db) as src,
+        sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as dst,
+    ):
+        src.backup(dst)  # a consistent copy, whatever MLflow's connections left in the log
     return TmpStore(root=tmp_path, uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
 
 

@@ -28,7 +28,7 @@ SWEEP = ["model.hidden_dim=4,8", "seed=0,1", "train.epochs=20"]
 LAUNCHERS = {
     "basic": [],
     "fnnlab_workers": ["hydra.launcher.n_jobs=2"],
-    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "ray": [
         "hydra/launcher=ray",
         "+hydra.launcher.ray.init.num_cpus=2",
