@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,25 +132,40 @@ def run_script(
     )
 
 
+@contextlib.contextmanager
+def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Around a command (fnnlab.cli.run_cli) called in this process, which goes on after it:
+    puts back what the command set up for a process that ends with it. SIGTERM's handler
+    and HYDRA_FULL_ERROR at once, MLFLOW_DISABLE_TELEMETRY at the test's end (its jobs may
+    still read it), and the heap it froze for an exit that does not come."""
+    import signal
+
+    telemetry = os.environ.get("MLFLOW_DISABLE_TELEMETRY")
+    if telemetry is None:
+        monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", telemetry)
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+        gc.unfreeze()
+
+
 def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
     """Call a console-script entry point in this process (so a test can inject a fault
     into one job with monkeypatch); returns its exit status."""
-    import signal
-
     monkeypatch.setattr(sys, "argv", [entry.__name__, *args])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    # The entry point sets it if unset; restored at the test's end.
-    telemetry = os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", telemetry)
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        entry()
-        return 0
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-        os.environ.pop("HYDRA_FULL_ERROR", None)
-        # The entry point hides the heap from the collector as if the process ended;
-        # this process goes on.
-        gc.unfreeze()
+    with as_a_command(monkeypatch):
+        try:
+            entry()
+            return 0
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1

@@ -70,7 +70,7 @@ def trained_here(out: str) -> int:
 
 
 def initialised(store) -> None:
-    """A store whose schema exists (first use at once is another test's subject)."""
+    """A store whose experiment exists (first use at once is another test's subject)."""
     from fnnlab.tracking import open_store
 
     open_store(store.uri, store.experiment)

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import BIN, TmpStore, compose_train, run_in_process, run_script
+from conftest import BIN, TmpStore, as_a_command, compose_train, run_in_process, run_script
 
 from fnnlab import cli, model
 from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
@@ -150,42 +150,27 @@ def test_mlflow_telemetry_is_off_unless_the_user_chose(preset, expected, monkeyp
     """MLflow's telemetry, started at its import, raced a job's first request to a server
     (fnnlab.cli.run_cli); the entry points turn it off before MLflow is imported, and the
     processes they start inherit that. A user's own setting stays."""
-    import signal
-
     if preset is None:
         monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     else:
         monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", preset)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # run_cli sets it; restored after
     seen = []
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
+    with as_a_command(monkeypatch):
         cli.run_cli("fnnlab-test", lambda: seen.append(os.environ["MLFLOW_DISABLE_TELEMETRY"]))
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-        os.environ.pop("MLFLOW_DISABLE_TELEMETRY", None)  # monkeypatch puts back what was
-        gc.unfreeze()  # run_cli froze the heap for an exit that does not come here
     assert seen == [expected]
 
 
 def test_a_command_ends_with_its_heap_hidden_from_the_collector(monkeypatch) -> None:
     """The interpreter's clean-up would otherwise collect over every object the command
     made (fnnlab.heap.freeze_for_exit): also after an error."""
-    import signal
-
     gc.unfreeze()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    telemetry = os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", telemetry)  # run_cli may set it
 
     def app() -> None:
         raise KeyboardInterrupt
 
-    try:
-        with pytest.raises(SystemExit):
+    with as_a_command(monkeypatch), pytest.raises(SystemExit):
+        try:
             cli.run_cli("fnnlab-test", app)
-        assert gc.get_freeze_count() > 0
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-        gc.unfreeze()
+        finally:
+            frozen = gc.get_freeze_count()
+    assert frozen > 0
