@@ -193,14 +193,17 @@ def test_a_run_at_width_1024_does_not_depend_on_its_population(monkeypatch):
 
 
 def test_saturating_members_after_hundreds_of_epochs():
-    """h8, lr 1: seeds 4 and 5 saturate (around epochs 830 and 660) and go on; the others
-    do not. Each is the same with the others as alone."""
+    """h8, lr 1: some seeds saturate after hundreds of epochs and go on, the others do not.
+    Each is the same with the others as alone. Which seeds saturate depends on the CPU
+    (its vector kernels differ in the last bits, and lr 1 is chaotic): 4 and 5 on an AMD
+    EPYC (around epochs 830 and 660), 4 and 11 on an Intel Xeon (671 and 798)."""
     X, y = load_iris2()
-    seeds = [5, 0, 4, 1]
-    together = fit_population(ScratchFNN(2, 8, seed=seeds), X, y, [1.0] * 4, 900)
+    seeds = [5, 0, 4, 1, 11]
+    together = fit_population(ScratchFNN(2, 8, seed=seeds), X, y, [1.0] * len(seeds), 900)
     for seed, history in zip(seeds, together, strict=True):
         assert_same_history(history, fit(ScratchFNN(2, 8, seed=seed), X, y, 1.0, 900), str(seed))
-    assert [h.saturated_at is not None for h in together] == [True, False, True, False]
+    saturated = [h.saturated_at is not None for h in together]
+    assert any(saturated) and not all(saturated), saturated
     assert all(h.diverged_at is None and h.epochs_run == 900 for h in together)
 
 
