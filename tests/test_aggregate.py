@@ -375,6 +375,45 @@ def test_selection_by_parent_run_id(small) -> None:
     )
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
+def database_uri(request, tmp_path, monkeypatch) -> str:
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a database URI
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/mlflow.db"
+    return request.getfixturevalue("tracking_server").database_uri("fnnlab_read_curves")
+
+
+def test_curves_read_from_the_database_are_mlflows_histories(database_uri) -> None:
+    """The database path (rows straight from the driver's cursor) against MLflow's own
+    get_metric_history: NaN, infinities, a step logged twice, runs and keys left out; both
+    in (run_id, key, step) order, whatever order the database or the threads gave."""
+    from mlflow.entities import Metric
+
+    store = open_store(database_uri, "curves")
+    ids = [store.client.create_run(store.experiment_id).info.run_id for _ in range(3)]
+    values = [0.5, math.nan, math.inf, -math.inf, 1e-300, 2.0]
+    for i, run_id in enumerate(ids):
+        metrics = [
+            Metric(key, v * (i + 1), 1000 + step, step)
+            for key in ("loss", "accuracy", "other")
+            for step, v in enumerate(values)
+        ]
+        metrics.append(Metric("loss", 7.0 + i, 2000, 2))  # step 2 again, later: it counts
+        store.client.log_batch(run_id, metrics=metrics)
+    wanted, keys = ids[:2], ("loss", "accuracy")
+    by_sql = aggregate.read_curves(database_uri, store.client, wanted, keys, method="sql")
+    by_client = aggregate.read_curves(database_uri, store.client, wanted, keys, method="client")
+    pd.testing.assert_frame_equal(by_sql, by_client)
+    rows = list(zip(by_sql.run_id.astype(str), by_sql.key.astype(str), by_sql.step, strict=True))
+    assert rows == sorted(rows)
+    assert len(by_sql) == 2 * 2 * len(values) and set(by_sql.run_id) == set(wanted)
+    # The second run's loss: values x 2, step 2 logged again as 8, -inf stored as MLflow
+    # stores it (the most negative float).
+    loss = by_sql[(by_sql.run_id == ids[1]) & (by_sql.key == "loss")].value.tolist()
+    assert math.isnan(loss[1])
+    assert loss[:1] + loss[2:] == [1.0, 8.0, -sys.float_info.max, 2e-300, 4.0]
+
+
 def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
     store, _ = small
     res = run_aggregate(store, tmp_path / "out", "aggregate.filter=\"params.seed = '99'\"")

@@ -223,6 +223,11 @@ def filter_literal(value: str) -> str:
     return f'"{value}"' if "'" in value else f"'{value}'"
 
 
+# Runs per search page: MLflow's SQL store holds a page's rows and objects at once (a page
+# of 10,000 runs took about 0.9 GB).
+SEARCH_PAGE = 1000
+
+
 def search_all(store: Store, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
     """Every active run of the store's experiment that matches, over all pages."""
     runs, token = [], None
@@ -231,7 +236,7 @@ def search_all(store: Store, filter_string: str, order_by: list[str] | None = No
             [store.experiment_id],
             filter_string,
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=10000,
+            max_results=SEARCH_PAGE,
             order_by=order_by,
             page_token=token,
         )
