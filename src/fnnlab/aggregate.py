@@ -208,7 +208,7 @@ def read_curves(
         "key": pd.CategoricalDtype(sorted(set(keys))),
     }
     frame = (
-        _curves_sql(uri, run_ids, keys, types)
+        _curves_sql(uri, run_ids, types)
         if method == "sql"
         else _curves_client(client, run_ids, keys)
     )
@@ -233,11 +233,11 @@ FETCH_ROWS = 100_000
 def _curves_sql(
     uri: str,
     run_ids: list[str],
-    keys: tuple[str, ...],
     types: dict[str, pd.CategoricalDtype],
     chunk: int = 500,
 ) -> pd.DataFrame:
-    """One query per 500 runs on MLflow's metrics table, through the store's own URI.
+    """One query per 500 runs on MLflow's metrics table, through the store's own URI: the
+    runs' values of the keys in types["key"].
 
     Rows come straight from the DB-API cursor: SQLAlchemy's per-row processing would
     double the time for the 606,000 values of a 1,000-run sweep.
@@ -247,7 +247,7 @@ def _curves_sql(
     engine = sa.create_engine(uri)
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
     if mark is None:  # a driver with named parameters: let pandas and SQLAlchemy bind them
-        return _curves_sql_named(engine, run_ids, keys, chunk)
+        return _curves_sql_named(engine, run_ids, tuple(types["key"].categories), chunk)
     parts = []
     conn = engine.raw_connection()
     try:
