@@ -142,16 +142,16 @@ def main() -> None:
             CPU["read_curves"],
         )
     )
-    frame, t_frame = timed(aggregate.runs_frame, sel, curves)
-    frame, cols = frame
-    summary, t_sum = timed(aggregate.summarize, frame, cols)
-    mean, t_mean = timed(aggregate.mean_curves, frame, curves, cols)
-    c_tables = CPU["runs_frame"] + CPU["summarize"] + CPU["mean_curves"]
-    rows.append(("runs frame + summary + mean curves", t_frame + t_sum + t_mean, c_tables))
-    total = t_select + t_curves + t_frame + t_sum + t_mean
-    c_total = CPU["select"] + CPU["read_curves"] + c_tables
+    del curves
+    # The aggregation proper: the curves again, a batch of runs at a time, reduced to the
+    # runs frame, the summary, the mean curves and the comparison.
+    agg, t_agg = timed(aggregate.aggregate, sel)
+    rows.append(
+        ("read curves in batches + runs frame + summary + mean curves", t_agg, CPU["aggregate"])
+    )
+    total = t_select + t_agg
+    c_total = CPU["select"] + CPU["aggregate"]
     rows.append(("= aggregation (store -> tables)", total, c_total))
-    agg = aggregate.Aggregate(sel, frame, summary, mean, cols, aggregate.pick_best(summary, cols))
     with tempfile.TemporaryDirectory() as tmp:
         _, t_out = timed(report.write_outputs, agg, Path(tmp))
     rows.append(("CSV + report + 3 plots", t_out, CPU["write_outputs"]))
@@ -182,7 +182,7 @@ def main() -> None:
             )
         )
 
-    print(f"\n{len(sel.runs)} runs, {len(summary)} configurations, store {db}")
+    print(f"\n{len(sel.runs)} runs, {len(agg.summary)} configurations, store {db}")
     width = max(len(r[0]) for r in rows)
     print(
         f"load average before: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min), {os.cpu_count()} cores"

@@ -10,15 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import TmpStore, run_script
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlflow.entities import Metric, Param, Run, RunData, RunTag
 from scipy import stats
 from server_fixtures import stop_group
 
 from fnnlab import aggregate, report
 from fnnlab.cli import wait_until_up
 from fnnlab.config import ConfigValueError
+from fnnlab.names import Tag
 from fnnlab.tracking import log_values, one_run_per_config, open_store
 
 SWEEP = ["model.hidden_dim=4,8", "optim.lr=0.01,0.1", "seed=0,1,2", "train.epochs=20"]
@@ -158,6 +163,69 @@ def test_summary_matches_client_data(swept: TmpStore, tmp_path: Path) -> None:
     # The terminal gets the table and the leader.
     assert f"leader: hidden_dim={lead[0]} lr={lead[1]:g}" in res.stdout
     assert "tied with the leader:" in res.stdout
+
+
+def without_recorded_outcomes(run: Run) -> Run:
+    """The run as a version that recorded neither its regime nor its tail loss stored it."""
+    m = [Metric(k, v, 0, 0) for k, v in run.data.metrics.items() if k != "tail/loss"]
+    p = [Param(k, v) for k, v in run.data.params.items()]
+    t = [RunTag(k, v) for k, v in run.data.tags.items() if k != Tag.REGIME]
+    return Run(run.info, RunData(metrics=m, params=p, tags=t))
+
+
+def test_batches_of_runs_give_the_tables_of_one_batch(swept: TmpStore, monkeypatch) -> None:
+    """A sweep's curves are reduced a batch of runs at a time: one run per batch gives the
+    tables of all runs in one batch (means and stds to rounding: their sums run in another
+    order), and the regimes and tail losses filled in from the curves of runs that did not
+    record them are those the runs recorded."""
+    sel = aggregate.select(swept.uri, swept.experiment)
+    whole = aggregate.aggregate(sel)
+    assert len(aggregate.run_batches(sel.runs)) == 1
+    sel.runs = [without_recorded_outcomes(r) for r in sel.runs]
+    monkeypatch.setattr(aggregate, "BATCH_VALUES", 1)
+    assert len(aggregate.run_batches(sel.runs)) == len(sel.runs) == 12
+    batched = aggregate.aggregate(sel)
+
+    # Filled in one by one, the regimes are Python strings, not pandas' string column.
+    assert batched.runs.pop("regime").tolist() == whole.runs.pop("regime").tolist()
+    pd.testing.assert_frame_equal(batched.runs, whole.runs)
+    assert batched.runs["max_grad_norm_w1"].notna().all()
+    pd.testing.assert_frame_equal(batched.summary, whole.summary)
+    pd.testing.assert_frame_equal(batched.comparison, whole.comparison)
+    pd.testing.assert_frame_equal(batched.regimes, whole.regimes)
+    a, b = batched.curves, whole.curves
+    assert len(a) == len(b) == 4 * 6 * 20 and (a["n"] == 3).all()
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, atol=1e-15)
+
+
+@given(
+    data=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.floats(-1e3, 1e3, allow_nan=False) | st.just(math.nan),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    cuts=st.lists(st.integers(0, 40), max_size=4),
+)
+@settings(max_examples=200, deadline=None)
+def test_merged_moments_are_the_moments_of_all_values(data, cuts) -> None:
+    """Count, mean and variance of values split into parts, merged part by part, against
+    pandas over all of them: NaN left out, groups missing from a part, single values."""
+    values = pd.DataFrame(data, columns=["group", "value"])
+    moments = None
+    bounds = [0, *sorted({c for c in cuts if 0 < c < len(values)}), len(values)]
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        part = values.iloc[start:stop]
+        grouped = part.groupby("group")["value"].agg(["count", "mean", "var"])
+        moments = aggregate.merge_moments(moments, grouped.rename(columns={"count": "n"}))
+    direct = values.groupby("group")["value"].agg(["count", "mean", "var"])
+    moments = moments.sort_index()
+    assert moments["n"].tolist() == direct["count"].tolist()
+    assert moments["n"].dtype == np.int64
+    for col in ("mean", "var"):
+        np.testing.assert_allclose(moments[col], direct[col], rtol=1e-9, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ Everything is read from the tracking store (never from Hydra's output folders), 
 sweep run on other machines aggregates the same way. Per-epoch curves are read in
 bulk: one query on the metrics table for a database store, parallel metric-history
 calls for a tracking server. Asking for each run's history one call at a time would
-take minutes for a 1,000-run sweep.
+take minutes for a 1,000-run sweep. They are read and reduced a batch of runs at a time,
+so that the curves of a sweep take the same memory whatever its number of runs.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from scipy import stats
@@ -28,11 +29,13 @@ from fnnlab.config import ConfigValueError, check_uri
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
+    SlimRun,
     Store,
     check_reachable,
     find_sweep_parent,
     one_run_per_config,
     search_all,
+    slim,
     sqlite_path,
     sweep_runs,
 )
@@ -42,6 +45,11 @@ from fnnlab.tracking import (
 SQL_SCHEMES = ("sqlite", "postgresql")
 # Contract keys that always describe a configuration, even when not swept.
 CONTRACT = ("model.hidden_dim", "optim.lr", "model.backprop")
+
+
+# The tags of a job run that aggregation reads. The others (env.*, leases, ...) are left in
+# the store: they were most of the memory a selection of many runs held.
+READ_TAGS = (Tag.FINGERPRINT, Tag.PARENT, Tag.DIVERGED, Tag.DIVERGED_AT, Tag.REGIME, Tag.ERROR)
 
 
 @dataclass
@@ -54,7 +62,7 @@ class Selection:
     experiment_id: str
     parent_run_id: str | None
     sweep_id: str | None
-    runs: list[Run]
+    runs: list[SlimRun]
     superseded: int = 0  # earlier attempts of a configuration replaced by a later run
     reused: int = 0  # runs another sweep made that this sweep counts (fnnlab.claims)
 
@@ -164,8 +172,13 @@ def select(
         flt += f" and {filter_string}"
         where = ("aggregate.filter", filter_string)
     store = Store(client=client, experiment_id=exp_id, uri=uri)
+    keep = partial(slim, tags=READ_TAGS)
     try:
-        runs = search_all(store, flt) if parent is None else sweep_runs(store, parent, flt)
+        runs = (
+            search_all(store, flt, keep=keep)
+            if parent is None
+            else sweep_runs(store, parent, flt, keep=keep)
+        )
     except MlflowException as exc:
         raise ConfigValueError(*where, first_line(exc)) from None
     if not runs:
@@ -228,6 +241,9 @@ def read_curves(
 
 # Rows fetched at a time: the driver's row tuples take about 320 bytes each (SQLite).
 FETCH_ROWS = 100_000
+# Curve values aggregated at a time (aggregate): a batch of runs' frames peak at about 200
+# bytes a value.
+BATCH_VALUES = 300_000
 
 
 def _curves_sql(
@@ -345,8 +361,10 @@ def _numeric(col: pd.Series) -> pd.Series:
     return converted if converted.notna().sum() == col.notna().sum() else col
 
 
-def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run, and the columns that identify a configuration (swept params but seed)."""
+def runs_frame(sel: Selection) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run, and the columns that identify a configuration (swept params but seed).
+    What comes from the curves (largest gradient norms; the regime and tail loss of runs
+    logged before runs recorded them) is added by from_curves."""
     params = pd.DataFrame([r.data.params for r in sel.runs])
     # Params that vary across the selection, plus the contract keys; tracking.* is not training.
     varying = [c for c in params.columns if params[c].nunique() > 1]
@@ -387,25 +405,35 @@ def runs_frame(sel: Selection, curves: pd.DataFrame) -> tuple[pd.DataFrame, list
     frame = pd.DataFrame(rows)
     for key in keys:
         frame[names[key]] = _numeric(frame[names[key]])
-    # Largest gradient norms over training come from the curves.
-    gmax = curves[curves["key"].isin(["grad_norm/w1", "grad_norm/w2"])]
-    gmax = gmax.pivot_table(
-        index="run_id", columns="key", values="value", aggfunc="max", observed=True
-    )
-    for key, col in (("grad_norm/w1", "max_grad_norm_w1"), ("grad_norm/w2", "max_grad_norm_w2")):
-        frame[col] = frame["run_id"].map(gmax[key]) if key in gmax else math.nan
+    for col in GRAD_MAX.values():
+        frame[col] = math.nan
     # Only finished, non-diverged runs enter the loss statistics.
     frame["used"] = (frame["status"] == FINISHED) & ~frame["diverged"]
-    _fill_from_curves(frame, curves)
     config_cols = [names[k] for k in keys if k != "seed"]
     return frame, config_cols
 
 
-def _fill_from_curves(frame: pd.DataFrame, curves: pd.DataFrame) -> None:
-    """Regime and tail loss of finished runs logged before runs recorded them, from their
-    loss curves (as logged: every epoch unless tracking.log_every thinned them)."""
-    missing = (frame["status"] == FINISHED) & (
-        frame["regime"].isna() | (frame["used"] & frame["tail_loss"].isna())
+# Per-epoch metric -> the runs frame's column of its largest value over training.
+GRAD_MAX = {"grad_norm/w1": "max_grad_norm_w1", "grad_norm/w2": "max_grad_norm_w2"}
+
+
+def from_curves(frame: pd.DataFrame, curves: pd.DataFrame) -> None:
+    """What the runs of `curves` (all of their values, any subset of the frame's runs)
+    tell the runs frame: largest gradient norms over training, and the regime and tail loss
+    of finished runs logged before runs recorded them, from their loss curves (as logged:
+    every epoch unless tracking.log_every thinned them)."""
+    rows = frame["run_id"].isin(curves["run_id"].cat.categories)
+    gmax = curves[curves["key"].isin(list(GRAD_MAX))]
+    gmax = gmax.pivot_table(
+        index="run_id", columns="key", values="value", aggfunc="max", observed=True
+    )
+    for key, col in GRAD_MAX.items():
+        if key in gmax:
+            frame.loc[rows, col] = frame.loc[rows, "run_id"].map(gmax[key])
+    missing = (
+        rows
+        & (frame["status"] == FINISHED)
+        & (frame["regime"].isna() | (frame["used"] & frame["tail_loss"].isna()))
     )
     if not missing.any():
         return
@@ -464,16 +492,81 @@ def summarize(frame: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def mean_curves(frame: pd.DataFrame, curves: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
-    """Mean, std and count per configuration, metric and epoch, over the used runs."""
+def curve_moments(
+    frame: pd.DataFrame, curves: pd.DataFrame, config_cols: list[str]
+) -> pd.DataFrame:
+    """Count, mean and variance per configuration, metric and epoch, over the used runs
+    among those of `curves` (NaN values left out, as pandas does)."""
     used = frame.loc[frame["used"], ["run_id", *config_cols]]
-    # Joined on the curves' categories, not on 6 million strings.
+    used = used[used["run_id"].isin(curves["run_id"].cat.categories)]
+    # Joined on the curves' categories, not on millions of strings.
     used = used.astype({"run_id": curves["run_id"].dtype})
     merged = curves.merge(used, on="run_id")
     by = [*config_cols, "key", "step"]
     grouped = merged.groupby(by, dropna=False, observed=True)["value"]
-    out = grouped.agg(["mean", "std", "count"]).reset_index()
-    return out.astype({"key": str}).rename(columns={"count": "n"})
+    return grouped.agg(["count", "mean", "var"]).rename(columns={"count": "n"})
+
+
+def merge_moments(a: pd.DataFrame | None, b: pd.DataFrame) -> pd.DataFrame:
+    """The moments of two disjoint sets of runs as one (Chan, Golub and LeVeque's pairwise
+    update of the sum of squared deviations)."""
+    if a is None:
+        return b
+    a, b = a.align(b, join="outer")
+    na, nb = a["n"].fillna(0), b["n"].fillna(0)
+    n = na + nb
+    delta = b["mean"] - a["mean"]
+    # Sums of squared deviations; a single value has none (pandas' var is NaN there).
+    ssa = (a["var"] * (na - 1)).where(na > 1, 0.0)
+    ssb = (b["var"] * (nb - 1)).where(nb > 1, 0.0)
+    ss = ssa + ssb + delta**2 * na * nb / n.where(n > 0)
+    merged = pd.DataFrame(
+        {
+            "n": n,
+            "mean": a["mean"] + delta * nb / n.where(n > 0),
+            "var": (ss / (n - 1)).where(n > 1),
+        }
+    )
+    # Where one side has no values the other's moments stand as they are.
+    out = a.where(nb == 0, b.where(na == 0, merged))
+    return out.assign(n=n.astype(np.int64))
+
+
+def finish_moments(moments: pd.DataFrame | None, config_cols: list[str]) -> pd.DataFrame:
+    """Mean, std and count per configuration, metric and epoch, in that order."""
+    if moments is None or moments.empty:
+        cols = {c: pd.Series(dtype=object) for c in config_cols}
+        cols |= {"key": pd.Series(dtype=str), "step": pd.Series(dtype="int64")}
+        cols |= {c: pd.Series(dtype=float) for c in ("mean", "std")}
+        return pd.DataFrame(cols | {"n": pd.Series(dtype="int64")})
+    out = moments.sort_index().reset_index()
+    out["std"] = np.sqrt(out.pop("var"))
+    out["n"] = out.pop("n")
+    return out.astype({"key": str})
+
+
+def mean_curves(frame: pd.DataFrame, curves: pd.DataFrame, config_cols: list[str]) -> pd.DataFrame:
+    """Mean, std and count per configuration, metric and epoch, over the used runs."""
+    return finish_moments(curve_moments(frame, curves, config_cols), config_cols)
+
+
+def run_batches(runs: list[SlimRun], keys: tuple[str, ...] = METRICS) -> list[list[str]]:
+    """The runs' ids in batches of at most about BATCH_VALUES logged values each, a run whole
+    in one batch (a run's values: its epochs, from epochs_run or train.epochs, times the
+    keys; tracking.log_every makes it fewer)."""
+    batches, size = [[]], 0
+    for run in runs:
+        epochs = run.data.metrics.get("epochs_run") or run.data.params.get("train.epochs")
+        try:
+            values = len(keys) * max(1, int(float(epochs)))
+        except (TypeError, ValueError, OverflowError):  # no params yet (failed, running)
+            values = len(keys)
+        if batches[-1] and size + values > BATCH_VALUES:
+            batches.append([])
+            size = 0
+        batches[-1].append(run.info.run_id)
+        size += values
+    return [b for b in batches if b]
 
 
 def comparisons(
@@ -526,16 +619,22 @@ def aggregate(
         raise ConfigValueError("aggregate.alpha", alpha, "must be in (0, 1)")
     if min_effect is not None and not min_effect >= 0:
         raise ConfigValueError("aggregate.min_effect", min_effect, "must be 0 or more, or null")
-    ids = [r.info.run_id for r in sel.runs]
-    curves = read_curves(sel.uri, sel.client, ids, method=method)
-    frame, config_cols = runs_frame(sel, curves)
+    frame, config_cols = runs_frame(sel)
+    # A batch of runs' curves at a time, reduced to what the tables keep: memory stays
+    # that of one batch whatever the number of runs.
+    moments = None
+    for ids in run_batches(sel.runs):
+        curves = read_curves(sel.uri, sel.client, ids, method=method)
+        from_curves(frame, curves)
+        moments = merge_moments(moments, curve_moments(frame, curves, config_cols))
+        del curves
     frame["outcome"] = frame[outcome].where(frame["used"])
     stability, regimes = regime_tables(frame, config_cols)
     return Aggregate(
         selection=sel,
         runs=frame,
         summary=summarize(frame, config_cols),
-        curves=mean_curves(frame, curves, config_cols),
+        curves=finish_moments(moments, config_cols),
         config_cols=config_cols,
         outcome=outcome,
         comparison=comparisons(frame, config_cols, outcome, alpha, min_effect),

@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections import Counter
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from fnnlab.tracking import (
     open_store,
     process_tags,
     search_all,
+    slim,
     sweep_runs,
 )
 
@@ -247,7 +248,9 @@ def sweep_counts(store: Store, parent_run_id: str, expected: set[str] | None = N
     running. Configurations of `expected` (fingerprints) with no run at all count as failed
     (and missing)."""
     counts: Counter = Counter()
-    runs = one_run_per_config(sweep_runs(store, store.client.get_run(parent_run_id)))
+    parent = store.client.get_run(parent_run_id)
+    keep = partial(slim, tags=(Tag.FINGERPRINT, Tag.PARENT, Tag.DIVERGED), data=False)
+    runs = one_run_per_config(sweep_runs(store, parent, keep=keep))
     if expected is not None:
         counts["missing"] = len(expected - {r.data.tags.get(Tag.FINGERPRINT) for r in runs})
         counts["failed"] += counts["missing"]
@@ -345,7 +348,8 @@ def wait_for_others(store: Store, parent_run_id: str, sweep_dir: str, remote_aft
     invocation's own jobs have all returned: a run of theirs still RUNNING (its end could
     not be written) is marked KILLED."""
     mine, others = invocation(sweep_dir), []
-    for run in sweep_runs(store, store.client.get_run(parent_run_id)):
+    running = f"attributes.status = '{RUNNING}'"
+    for run in sweep_runs(store, store.client.get_run(parent_run_id), running):
         if run.info.status != RUNNING:
             continue
         if run.data.tags.get(Tag.INVOCATION) == mine:
