@@ -97,7 +97,7 @@ def draw_run(
 
 def _save(fig: Figure, path: Path) -> Figure:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
     return fig
 
 

@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from functools import lru_cache, partial
@@ -412,6 +413,11 @@ class Sweep:
         self.parent = open_parent(self.store, self.id, arguments, self.jobs, self.dir)
         self.progress = progress.SweepProgress(self.jobs)
         self.first_error: str | None = None
+        # The answer's modules (pandas, SciPy) load while the jobs run, when this process
+        # mostly waits for its workers, not at the end (README: Speed).
+        self.prefetch = threading.Thread(target=_import_answer, name="fnnlab-prefetch", daemon=True)
+        if self.summarize:
+            self.prefetch.start()
         self.pid = os.getpid()
         storeguard.FAULTS.reset()
         atexit.register(self.abandon)
@@ -455,6 +461,8 @@ class Sweep:
         """What fnnlab-aggregate says about this sweep (all its runs, also those of earlier
         invocations), its files under <sweep dir>/aggregate and on the parent run. A summary
         that cannot be made is one logged line, not a failed sweep."""
+        if self.prefetch.is_alive():
+            self.prefetch.join()
         from fnnlab import aggregate, report  # pandas, scipy, matplotlib: only here
 
         try:
@@ -484,6 +492,10 @@ class Sweep:
             metrics["sweep/jobs"] = self.jobs
         log_values(self.store, self.parent, summary=metrics)
         end_run(self.store, self.parent, status)
+
+
+def _import_answer() -> None:
+    from fnnlab import aggregate, report  # noqa: F401
 
 
 def _first_line(exc: BaseException) -> str:
