@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 
 import pytest
 from conftest import TmpStore, run_script
@@ -97,6 +99,33 @@ def test_summarize_false_logs_no_answer(store: TmpStore) -> None:
     for parent in parents:
         assert not artifact_paths(store.client, parent.info.run_id)
         assert not any(k.startswith("aggregate") for k in parent.data.tags)
+
+
+# Forks at once: a child that inherited an import lock held by the prefetch thread would hang
+# importing the modules (the alarm ends it); one that forked after the thread's end has them.
+FORK_WHILE_PREFETCHING = """
+import os, signal, sys
+from fnnlab import sweep
+sweep.prefetch_answer()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    complete = hasattr(sys.modules.get("fnnlab.report"), "publish")
+    from fnnlab import aggregate, report
+    os._exit(0 if complete else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_while_the_answer_imports_waits_for_the_import() -> None:
+    """The answer's modules are imported in a thread while the jobs run; a launcher that
+    forks its workers then (say joblib's multiprocessing backend) gets children that have
+    them whole, not children that wait for an import lock no thread of theirs holds."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_PREFETCHING], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_ui_refuses_a_port_something_else_listens_on(store: TmpStore) -> None:

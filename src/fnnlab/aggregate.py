@@ -507,29 +507,38 @@ def curve_moments(
     return grouped.agg(["count", "mean", "var"]).rename(columns={"count": "n"})
 
 
-def merge_moments(a: pd.DataFrame | None, b: pd.DataFrame) -> pd.DataFrame:
-    """The moments of two disjoint sets of runs as one (Chan, Golub and LeVeque's pairwise
-    update of the sum of squared deviations)."""
-    if a is None:
-        return b
-    a, b = a.align(b, join="outer")
-    na, nb = a["n"].fillna(0), b["n"].fillna(0)
-    n = na + nb
-    delta = b["mean"] - a["mean"]
-    # Sums of squared deviations; a single value has none (pandas' var is NaN there).
-    ssa = (a["var"] * (na - 1)).where(na > 1, 0.0)
-    ssb = (b["var"] * (nb - 1)).where(nb > 1, 0.0)
-    ss = ssa + ssb + delta**2 * na * nb / n.where(n > 0)
-    merged = pd.DataFrame(
-        {
-            "n": n,
-            "mean": a["mean"] + delta * nb / n.where(n > 0),
-            "var": (ss / (n - 1)).where(n > 1),
-        }
+def combine_moments(parts: list[pd.DataFrame]) -> pd.DataFrame | None:
+    """The moments of disjoint sets of runs (one frame of count, mean and variance per set)
+    as one. Only configurations, metrics and epochs in more than one set are combined: the
+    count, the count-weighted mean and the sum of squared deviations (each set's own plus
+    its count times its mean's squared distance from the overall mean), so that many
+    configurations cost one pass, not one copy of all of them per set. One set stands as it
+    is, to the last bit."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    every = pd.concat(parts)
+    parts.clear()  # the concatenation holds them now
+    shared = every.index.duplicated(keep=False)
+    if not shared.any():
+        return every
+    sets = every[shared]
+    levels = list(range(sets.index.nlevels))
+
+    def per_entry(values: pd.Series) -> pd.Series:
+        # skipna=False: a NaN term (inf - inf) makes the whole NaN, as it does in one set.
+        return values.groupby(level=levels, dropna=False, observed=True).sum(skipna=False)
+
+    n = sets["n"]
+    total = per_entry(n)
+    has = n > 0  # a set whose values there were all NaN has no mean
+    mean = per_entry((sets["mean"] * n).where(has, 0.0)) / total.where(total > 0)
+    own = (sets["var"] * (n - 1)).where(n > 1, 0.0)
+    spread = (n * (sets["mean"] - mean.reindex(sets.index)) ** 2).where(has, 0.0)
+    squares = per_entry(own + spread)
+    combined = pd.DataFrame(
+        {"n": total, "mean": mean, "var": (squares / (total - 1)).where(total > 1)}
     )
-    # Where one side has no values the other's moments stand as they are.
-    out = a.where(nb == 0, b.where(na == 0, merged))
-    return out.assign(n=n.astype(np.int64))
+    return pd.concat([every[~shared], combined])
 
 
 def finish_moments(moments: pd.DataFrame | None, config_cols: list[str]) -> pd.DataFrame:
@@ -620,13 +629,14 @@ def aggregate(
     if min_effect is not None and not min_effect >= 0:
         raise ConfigValueError("aggregate.min_effect", min_effect, "must be 0 or more, or null")
     frame, config_cols = runs_frame(sel)
-    # A batch of runs' curves at a time, reduced to what the tables keep: memory stays
-    # that of one batch whatever the number of runs.
-    moments = None
+    # A batch of runs' curves at a time, reduced to what the tables keep (per run, and the
+    # moments per configuration, metric and epoch): memory grows with the configurations
+    # and epochs, not with the seeds.
+    moments = []
     for ids in run_batches(sel.runs):
         curves = read_curves(sel.uri, sel.client, ids, method=method)
         from_curves(frame, curves)
-        moments = merge_moments(moments, curve_moments(frame, curves, config_cols))
+        moments.append(curve_moments(frame, curves, config_cols))
         del curves
     frame["outcome"] = frame[outcome].where(frame["used"])
     stability, regimes = regime_tables(frame, config_cols)
@@ -634,7 +644,7 @@ def aggregate(
         selection=sel,
         runs=frame,
         summary=summarize(frame, config_cols),
-        curves=finish_moments(moments, config_cols),
+        curves=finish_moments(combine_moments(moments), config_cols),
         config_cols=config_cols,
         outcome=outcome,
         comparison=comparisons(frame, config_cols, outcome, alpha, min_effect),

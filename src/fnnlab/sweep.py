@@ -413,11 +413,8 @@ class Sweep:
         self.parent = open_parent(self.store, self.id, arguments, self.jobs, self.dir)
         self.progress = progress.SweepProgress(self.jobs)
         self.first_error: str | None = None
-        # The answer's modules (pandas, SciPy) load while the jobs run, when this process
-        # mostly waits for its workers, not at the end (README: Speed).
-        self.prefetch = threading.Thread(target=_import_answer, name="fnnlab-prefetch", daemon=True)
         if self.summarize:
-            self.prefetch.start()
+            prefetch_answer()
         self.pid = os.getpid()
         storeguard.FAULTS.reset()
         atexit.register(self.abandon)
@@ -461,8 +458,8 @@ class Sweep:
         """What fnnlab-aggregate says about this sweep (all its runs, also those of earlier
         invocations), its files under <sweep dir>/aggregate and on the parent run. A summary
         that cannot be made is one logged line, not a failed sweep."""
-        if self.prefetch.is_alive():
-            self.prefetch.join()
+        if _prefetch is not None:
+            _prefetch.join()
         from fnnlab import aggregate, report  # pandas, scipy, matplotlib: only here
 
         try:
@@ -494,8 +491,25 @@ class Sweep:
         end_run(self.store, self.parent, status)
 
 
+_prefetch: threading.Thread | None = None
+
+
+def prefetch_answer() -> None:
+    """Import the answer's modules (pandas, SciPy) in a thread, once per process, while the
+    jobs run: the sweep's process mostly waits for its workers then (README: Speed). A fork
+    waits for the thread, so that no child starts with an import lock held."""
+    global _prefetch
+    if _prefetch is None:
+        _prefetch = threading.Thread(target=_import_answer, name="fnnlab-prefetch", daemon=True)
+        os.register_at_fork(before=_prefetch.join)
+        _prefetch.start()
+
+
 def _import_answer() -> None:
-    from fnnlab import aggregate, report  # noqa: F401
+    try:
+        from fnnlab import aggregate, report  # noqa: F401
+    except Exception:  # noqa: S110 - the answer imports them again and reports the error
+        pass
 
 
 def _first_line(exc: BaseException) -> str:

@@ -266,8 +266,8 @@ def search_all(
     store: Store,
     filter_string: str,
     order_by: list[str] | None = None,
-    keep: Callable[[Run], Any] | None = None,
-) -> list[Run]:
+    keep: Callable[[Run], SlimRun] | None = None,
+) -> list[Run] | list[SlimRun]:
     """Every active run of the store's experiment that matches, over all pages; with `keep`,
     what it makes of each run, page by page (a page of whole runs at a time held)."""
     runs, token = [], None
@@ -327,8 +327,8 @@ def used_by_tag(sid: str) -> str:
 
 
 def sweep_runs(
-    store: Store, parent: Run, where: str = "", keep: Callable[[Run], Any] | None = None
-) -> list[Run]:
+    store: Store, parent: Run, where: str = "", keep: Callable[[Run], SlimRun] | None = None
+) -> list[Run] | list[SlimRun]:
     """Every job run of a sweep that also matches `where` (a filter): its parent's children
     and the runs of other sweeps it reused (tag fnnlab.sweep.<sweep id>); `keep` as for
     search_all."""
