@@ -211,7 +211,7 @@ def test_batches_of_runs_give_the_tables_of_one_batch(swept: TmpStore, monkeypat
     cuts=st.lists(st.integers(0, 40), max_size=4),
 )
 @settings(max_examples=200, deadline=None)
-def test_merged_moments_are_the_moments_of_all_values(data, cuts) -> None:
+def test_combined_moments_are_the_moments_of_all_values(data, cuts) -> None:
     """Count, mean and variance of values split into parts, combined, against pandas over
     all of them: NaN left out, infinities, groups missing from a part, single values."""
     values = pd.DataFrame(data, columns=["group", "value"])

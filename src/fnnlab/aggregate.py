@@ -513,11 +513,12 @@ def combine_moments(parts: list[pd.DataFrame]) -> pd.DataFrame | None:
     count, the count-weighted mean and the sum of squared deviations (each set's own plus
     its count times its mean's squared distance from the overall mean), so that many
     configurations cost one pass, not one copy of all of them per set. One set stands as it
-    is, to the last bit."""
+    is, to the last bit. Empties `parts` (the concatenation holds their rows), so that the
+    sets are not held twice."""
     if len(parts) <= 1:
         return parts[0] if parts else None
     every = pd.concat(parts)
-    parts.clear()  # the concatenation holds them now
+    parts.clear()
     shared = every.index.duplicated(keep=False)
     if not shared.any():
         return every
