@@ -118,14 +118,38 @@ def logged(uri: str, how: str, batches) -> dict[str, list[tuple]]:
     return table_rows(uri, run_id)
 
 
+@pytest.mark.parametrize("ahead", [1, internals.AHEAD_BATCHES])
 @pytest.mark.parametrize("sequence", SEQUENCES)
-def test_same_rows_as_mlflows_log_batch(uri_for, sequence):
+def test_same_rows_as_mlflows_log_batch(uri_for, sequence, ahead, monkeypatch):
+    # With ahead=1, the batches after the first are checked within the transaction.
+    monkeypatch.setattr(internals, "AHEAD_BATCHES", ahead)
     mlflow_rows = logged(uri_for("mlflow"), "mlflow", SEQUENCES[sequence])
     ours = logged(uri_for("fnnlab"), "fnnlab", SEQUENCES[sequence])
     assert ours == mlflow_rows
     assert ours["metrics"] or ours["params"]  # the comparison compared something
     renamed = any(t.key == "mlflow.runName" for _, _, tags in SEQUENCES[sequence] for t in tags)
     assert ours["runs"] == [("renamed" if renamed else "r", "RUNNING", "active")]
+
+
+def test_batches_are_checked_before_the_store_is_locked(tmp_path):
+    """SQLite lets one writer in at a time: a run's batches are validated and made into rows
+    before its write transaction begins, so another process can write meanwhile."""
+    db = tmp_path / "mlflow.db"
+    store = open_store(f"sqlite:///{db}", "t")
+    run_id, other = (store.client.create_run(store.experiment_id).info.run_id for _ in "ab")
+
+    def batches():
+        yield SERIES, PARAMS, []
+        # Another connection's write, which fails at once if the database is locked.
+        with sqlite3.connect(db, timeout=0) as conn:
+            conn.execute("UPDATE runs SET name = 'written' WHERE run_uuid = ?", (other,))
+        yield [Metric("loss", 5.0, NOW, 100)], [Param("seed", "3")], TAGS
+
+    internals.log_batches(store.client, store.sql, run_id, batches)
+    assert store.client.get_run(other).info.run_name == "written"
+    run = store.client.get_run(run_id)
+    assert run.info.run_name == "renamed" and run.data.params["seed"] == "3"
+    assert len(store.client.get_metric_history(run_id, "loss")) == 5
 
 
 def errors(uri: str, how: str, setup, batch) -> tuple[str, dict]:
