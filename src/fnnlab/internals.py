@@ -390,7 +390,8 @@ def log_batches(
     - the latest-value rows are updated by MLflow's own code, once, with each key's latest;
     - a tag is inserted or overwritten as MLflow's _set_tags does (a later value of a key
       wins); a run-name tag also renames the run, through _set_tags itself, after the commit;
-    - an error rolls back every batch: nothing of the call is stored;
+    - an error rolls back every batch: nothing of the call is stored; it is the first error
+      MLflow's log_batch, called once per batch, would raise;
     - a metric row already stored (the same value logged twice) fails the transaction,
       which is rolled back, and every batch goes through MLflow's own log_batch, which
       skips such rows.
@@ -415,17 +416,30 @@ def log_batches(
     # Checked and made into rows before the transaction: SQLite lets one writer in at a time,
     # from its first insert to its commit, so work done in there keeps other workers' writes
     # waiting (two workers writing long runs took as long as one writing both).
-    ahead = list(itertools.islice(checked, AHEAD_BATCHES))
+    ahead: list[Any] = []
+    try:
+        ahead.extend(itertools.islice(checked, AHEAD_BATCHES))
+    except Exception as exc:
+        if not ahead:  # the first batch's: raised before the run is read, as by log_batch
+            raise
+        # A later batch's: raised where MLflow's log_batch would be, after the batches before
+        # it (their errors, a param changed, come first).
+        ahead.append(exc)
     rename = None
     try:
         with store.ManagedSessionMaker(read_only=False) as session:
             run = store._get_run(run_uuid=run_id, session=session)
             store._check_run_is_active(run)
             stored = {p.key: p.value for p in run.params}
-            for rows, params, tags in itertools.chain(ahead, checked):
+            for batch in itertools.chain(ahead, checked):
+                if isinstance(batch, Exception):
+                    raise batch
+                rows, params, tags = batch
                 param_rows = _new_params(stored, run_id, params)
                 if param_rows:
                     session.execute(sqlalchemy.insert(SqlParam.__table__), param_rows)
+                if isinstance(rows, Exception):  # as log_batch: after the batch's params
+                    raise rows
                 if rows and driver:
                     session.connection().exec_driver_sql(driver[0], rows)
                 elif rows:
@@ -445,6 +459,8 @@ def log_batches(
         # and skips or reports those rows.
         if not isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
             raise
+        ahead.clear()
+        checked.close()
         for metrics, params, tags in batches():
             store.log_batch(run_id, metrics, params, tags)
         return
@@ -460,19 +476,37 @@ METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
 AHEAD_BATCHES = 100
 
 
-def _driver_insert(dialect: Any) -> tuple[str, Callable[[dict[str, Any]], tuple]] | None:
-    """On SQLite, the metrics table's INSERT as the driver takes it, and what makes a row
-    into its parameters: SQLAlchemy's per-row parameter handling took as long as SQLite's
-    inserts, all of it within the write lock. None elsewhere: psycopg2's executemany runs
-    one statement a row (its documentation says so), where SQLAlchemy batches them."""
+DriverInsert = tuple[str, Callable[[list[dict[str, Any]]], list[tuple]]]
+
+
+def _driver_insert(dialect: Any) -> DriverInsert | None:
+    """On SQLite, the metrics table's INSERT as the driver takes it, and what makes rows into
+    its parameters (with the columns' own bind conversions, as SQLAlchemy applies them: a
+    numpy float32 value would otherwise be stored as bytes). SQLAlchemy's per-row parameter
+    handling took as long as SQLite's inserts, all of it within the write lock; this does
+    the conversions column by column, before the transaction. None elsewhere: psycopg2's
+    executemany runs one statement a row (its documentation says so), where SQLAlchemy
+    batches them."""
     if dialect.name != "sqlite":
         return None
     import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlMetric
 
-    insert = sqlalchemy.insert(SqlMetric.__table__)
-    compiled = insert.compile(dialect=dialect, column_keys=list(METRIC_COLUMNS))
-    return str(compiled), operator.itemgetter(*compiled.positiontup)
+    table = SqlMetric.__table__
+    compiled = sqlalchemy.insert(table).compile(dialect=dialect, column_keys=list(METRIC_COLUMNS))
+    columns = [
+        (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+        for name in compiled.positiontup
+    ]
+
+    def parameters(rows: list[dict[str, Any]]) -> list[tuple]:
+        values = []
+        for name, convert in columns:
+            column = map(operator.itemgetter(name), rows)
+            values.append(list(map(convert, column) if convert else column))
+        return list(zip(*values, strict=True))
+
+    return str(compiled), parameters
 
 
 def _checked_batches(
@@ -480,11 +514,13 @@ def _checked_batches(
     run_id: str,
     batches: Iterable[Batch],
     latest: dict[str, dict[str, Any]],
-    driver: tuple[str, Callable[[dict[str, Any]], tuple]] | None,
-) -> Iterator[tuple[list[Any], list[Param], list[RunTag]]]:
+    driver: DriverInsert | None,
+) -> Iterator[tuple[list[Any] | Exception, list[Param], list[RunTag]]]:
     """Each batch through MLflow's validation and batch limits, as log_batch does before it
     writes, its metrics made into the metrics table's rows (the driver's parameters with a
-    driver insert): (rows, params, tags)."""
+    driver insert): (rows, params, tags). A batch whose values cannot be made into rows
+    (log_batch's error within its transaction) comes with the exception for rows, and is
+    the last."""
     from mlflow.utils.validation import (
         _validate_batch_log_data,
         _validate_batch_log_limits,
@@ -497,8 +533,13 @@ def _checked_batches(
         _validate_param_keys_unique(params)
         if any(m.model_id is not None for m in metrics):
             raise ValueError("log_batches takes run metrics only, not a model's")
-        rows = _metric_rows(store, run_id, metrics, latest)
-        yield (list(map(driver[1], rows)) if driver else rows), params, tags
+        try:
+            rows = _metric_rows(store, run_id, metrics, latest)
+            rows = driver[1](rows) if driver else rows
+        except Exception as exc:
+            yield exc, params, tags
+            return
+        yield rows, params, tags
 
 
 def _metric_rows(
