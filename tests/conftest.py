@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
@@ -22,6 +24,17 @@ BIN = Path(sys.executable).parent
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("explore", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def log_uniform_int(low: int, high: int) -> st.SearchStrategy[int]:
+    """Integers from low to high, as many small ones (widths 1-8) as large ones."""
+    return st.floats(math.log(low), math.log(high)).map(
+        lambda x: max(low, min(high, round(math.exp(x))))
+    )
+
+
+# Learning rates from 1e-5 to 1e3, log-uniform, with three significant digits.
+LEARNING_RATES = st.floats(-5, 3).map(lambda e: float(f"{10**e:.3g}"))
 # The PostgreSQL + MLflow server fixture (tracking_server) for tests marked `server`.
 pytest_plugins = ["server_fixtures"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TmpStore, compose_train, run_script
+from conftest import LEARNING_RATES, TmpStore, compose_train, log_uniform_int, run_script
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mlflow.entities import Metric, Param, RunTag
@@ -235,17 +235,11 @@ def test_cli_run_of_2000_epochs_finishes(store: TmpStore):
 # --- the configuration space ---------------------------------------------------------------
 
 
-def log_uniform_int(low: int, high: int):
-    return st.floats(math.log(low), math.log(high)).map(
-        lambda x: max(low, min(high, round(math.exp(x))))
-    )
-
-
 RUNS = st.fixed_dictionaries(
     {
         "model.hidden_dim": log_uniform_int(1, 1024),
         "train.epochs": log_uniform_int(1, 5000),
-        "optim.lr": st.floats(-5, 3).map(lambda e: float(f"{10**e:.3g}")),
+        "optim.lr": LEARNING_RATES,
         "model.backprop": st.sampled_from(["tutorial", "exact"]),
         "model.dtype": st.sampled_from(["float32", "float64"]),
         "seed": st.integers(0, 2**32 - 1),
@@ -298,7 +292,7 @@ def test_any_configuration_runs_to_a_complete_run_on_the_server(values, tracking
 @given(
     widths=st.lists(log_uniform_int(1, 1024), min_size=2, max_size=2, unique=True),
     epochs=st.lists(log_uniform_int(1, 3000), min_size=2, max_size=2, unique=True),
-    lr=st.floats(-5, 3).map(lambda e: float(f"{10**e:.3g}")),
+    lr=LEARNING_RATES,
     backprop=st.sampled_from(["tutorial", "exact"]),
     dtype=st.sampled_from(["float32", "float64"]),
 )

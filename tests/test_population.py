@@ -8,6 +8,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import LEARNING_RATES, log_uniform_int
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from fnnlab import train
 from fnnlab.data import load_iris2
@@ -263,3 +266,41 @@ def test_fit_is_for_one_network_and_rates_are_one_per_member():
         fit(ScratchFNN(2, 8, seed=[0, 1]), X, y, 0.1, 5)
     with pytest.raises(ValueError, match="3 learning rates for 2 members"):
         fit_population(ScratchFNN(2, 8, seed=[0, 1]), X, y, [0.1, 0.1, 0.1], 5)
+
+
+# --- any configuration ------------------------------------------------------------------------
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    width=log_uniform_int(1, 1024),
+    epochs=log_uniform_int(1, 3000),
+    members=st.lists(
+        st.tuples(st.integers(0, 2**32 - 1), LEARNING_RATES), min_size=2, max_size=8, unique=True
+    ),
+    backprop=st.sampled_from(["tutorial", "exact"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    chunk=st.sampled_from([train._CHUNK, 1, 5]),
+    group=st.sampled_from([train._GROUP_BYTES, 1, 3 * 100 * 8]),
+)
+@example(1024, 600, [(0, 1000.0), (1, 1e-5), (2, 0.1)], "exact", torch.float64, 5, 1)
+@example(1, 3000, [(s, 10.0 ** (s - 5)) for s in range(9)], "tutorial", torch.float32, 1, 2400)
+def test_any_population_gives_each_member_its_run_alone(
+    width, epochs, members, backprop, dtype, chunk, group
+):
+    """Any width, epochs, learning rates (1e-5 to 1e3, so members that diverge at once, late
+    or never), seeds, mode and dtype: each member of a population, also one split in
+    groups of one or a few members or packed a few epochs at a time, gets exactly what it
+    gets alone."""
+    X, y = load_iris2(dtype=dtype)
+    alone = [
+        fit(ScratchFNN(2, width, seed=s, backprop=backprop, dtype=dtype), X, y, lr, epochs)
+        for s, lr in members
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "_CHUNK", chunk)
+        patch.setattr(train, "_GROUP_BYTES", group)
+        together = train_together(members, width, backprop, dtype, epochs)
+    for position, (member, got, want) in enumerate(zip(members, together, alone, strict=True)):
+        assert_same_history(got, want, f"{member} at {position}")
+        assert got.epochs_run == (epochs if want.diverged_at is None else want.diverged_at)
