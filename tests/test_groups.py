@@ -6,12 +6,14 @@ flight KILLED, and a rerun completes the sweep."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import compose_train, run_in_process, run_script
 from omegaconf import OmegaConf
 
-from fnnlab import cli, job, population
+from fnnlab import cli, config, job, population
 from hydra_plugins.fnnlab import _core
 
 # 60 jobs: both modes and dtypes, learning rates that converge, oscillate and diverge.
@@ -40,7 +42,65 @@ def test_groups_are_jobs_of_one_shape_in_order():
         )
     ]
     configs.append(OmegaConf.create({"db": {"driver": "mysql"}}))  # another Hydra app's
-    assert population.groups(configs) == [[0, 1, 4], [2, 5], [3], [6], [7]]
+    # Another app's, with fnnlab's training sections but not its tracking section.
+    other = {"model": {"width": 8}, "optim": {"lr": 0.1}, "data": {}, "train": {}, "seed": 0}
+    configs.append(OmegaConf.create(other))
+    # One that reads only in its job (HydraConfig), and one whose store address is not a URL.
+    configs.append(compose_train(["seed=${hydra:job.num}"]))
+    configs.append(compose_train(["tracking.uri='http://[::1'"]))
+    assert population.groups(configs) == [[0, 1, 4], [2, 5], [3], [6], [7], [8], [9], [10]]
+
+
+def test_a_group_is_as_many_members_as_fit_in_the_memory_limit():
+    """limits.memory_gb is checked per run; a group holds each member's history, so it is
+    at most as many members as fit within it."""
+    long = ["train.epochs=1000000", "limits.memory_gb=1"]
+    configs = [compose_train([f"seed={s}", *long]) for s in range(5)]
+    assert config.members_within_memory(configs[0]) == 2
+    assert population.groups(configs) == [[0, 1], [2, 3], [4]]
+    configs = [compose_train([f"seed={s}", "limits.memory_gb=1"]) for s in range(5)]
+    assert population.groups(configs) == [[0, 1, 2, 3, 4]]
+    # One that passes the check but has no room for a second member trains alone.
+    alone = ["train.epochs=2000000", "limits.memory_gb=1"]
+    configs = [compose_train([f"seed={s}", *alone]) for s in range(2)]
+    assert population.groups(configs) == [[0], [1]]
+
+
+# Another Hydra app whose config has fnnlab's training sections (not its tracking one).
+APP = """
+import hydra
+from hydra.core.config_store import ConfigStore
+
+node = {"model": {"width": 8}, "optim": {"lr": 0.1}, "data": {}, "train": {}, "seed": 0}
+ConfigStore.instance().store(name="cfg", node=node)
+
+@hydra.main(version_base="1.3", config_path=None, config_name="cfg")
+def main(cfg):
+    print("job", cfg.seed, cfg.optim.lr, flush=True)
+
+main()
+"""
+
+
+@pytest.mark.slow
+def test_jobs_the_launcher_cannot_group_run_as_with_hydras_launcher(store, monkeypatch, tmp_path):
+    """Jobs run alone, as with Hydra's basic launcher: another app's, and fnnlab-train's
+    with a seed that reads the job's number (${hydra:job.num} resolves only in the job)."""
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    command = [sys.executable, str(app), "-m", "hydra/launcher=fnnlab", "seed=0,1"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["job 0 0.1", "job 1 0.1"]
+
+    args = ["-m", "seed=${hydra:job.num}", "optim.lr=0.1,0.2", "train.epochs=20"]
+    args += ["~hydra.callbacks.sweep", "tracking.plots=false", *store.overrides()]
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    runs = store.runs("tags.role = 'job'")
+    assert sorted((r.data.params["seed"], r.info.status) for r in runs) == [
+        ("0", "FINISHED"),
+        ("1", "FINISHED"),
+    ]
 
 
 def test_a_member_trained_together_has_the_history_it_has_alone():

@@ -213,6 +213,16 @@ def _check_memory(cfg: DictConfig) -> None:
         )
 
 
+def members_within_memory(cfg: DictConfig) -> int:
+    """How many jobs of cfg's shape may train as one population (fnnlab.population) within
+    the memory limit, which _check_memory applies to one run: a group holds every member's
+    history until it has trained, and its hidden activations a chunk of members at a time,
+    about one wide member's. At least one: a run that passes _check_memory."""
+    need = memory_need(cfg)
+    room = memory_limit(cfg)[0] - _PROCESS_BYTES - need["model.hidden_dim"]
+    return max(1, int(room // need["train.epochs"]))
+
+
 class ConfigValueError(ValueError):
     """A value of the right type that cannot be used; names the key and the value."""
 

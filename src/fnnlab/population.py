@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from fnnlab.config import TRAINING_KEYS, ConfigValueError, check_values, fingerprint, flatten
+from fnnlab.config import (
+    TRAINING_KEYS,
+    check_values,
+    fingerprint,
+    flatten,
+    members_within_memory,
+)
 
 if TYPE_CHECKING:
     from fnnlab.train import History
@@ -39,31 +45,35 @@ def shape(cfg: DictConfig) -> str:
 
 
 def groups(configs: Sequence[DictConfig]) -> list[list[int]]:
-    """Indices of `configs` in groups of one shape, in order of first appearance. A config
-    that fails its checks is a group of its own: its job fails as it would anyway; so is one
-    of another app (the launcher runs any Hydra app)."""
+    """Indices of `configs` in groups of one shape, in order of first appearance, each of
+    at most as many members as fit in the memory limit (members_within_memory). A config
+    whose shape cannot be known here is a group of its own (see _shape_here)."""
     by_shape: dict[str, list[int]] = {}
     out: list[list[int]] = []
     for i, cfg in enumerate(configs):
-        if not _trainable(cfg):
+        key = _shape_here(cfg)
+        if key is None:
             out.append([i])
             continue
-        key = shape(cfg)
-        if key not in by_shape:
+        if key not in by_shape or len(by_shape[key]) >= members_within_memory(cfg):
             by_shape[key] = []
             out.append(by_shape[key])
         by_shape[key].append(i)
     return out
 
 
-def _trainable(cfg: DictConfig) -> bool:
+def _shape_here(cfg: DictConfig) -> str | None:
+    """cfg's shape, or None for a job that trains alone, in its own job: one of another app
+    (the launcher runs any Hydra app), one that fails its checks, or one that cannot be
+    read outside its job (${hydra:job.num} resolves only there). Whatever the error, the
+    job then meets it where it would with any launcher, and fails, or not, as its own run."""
     if not all(key in cfg for key in TRAINING_KEYS):
-        return False
+        return None
     try:
         check_values(cfg)
-    except ConfigValueError:
-        return False
-    return True
+        return shape(cfg)
+    except Exception:
+        return None
 
 
 def fit_configs(
