@@ -1,5 +1,6 @@
-"""Hydra callbacks that break the store under a running sweep at a set point, for the fault
-tests: after the k-th job that ends in a process (a worker counts its own), not at a time.
+"""Hydra callbacks that break the store under a running sweep, or kill a worker, at a set
+point, for the fault tests: after the k-th job that ends in a process (a worker counts its
+own), not at a time.
 
 A command gets one with, e.g.,
   +hydra.callbacks.fault._target_=faulty_store.ReadOnlyAfter
@@ -10,6 +11,7 @@ and this folder on PYTHONPATH.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -90,3 +92,20 @@ class StopServerAfter(Callback):
             folder, pg_port, port = self.server
             TrackingServer(dir=Path(folder), pg_port=pg_port, port=port).stop()
             mark(self.mark)
+
+
+class KillWorkerAfter(Callback):
+    """SIGKILL the worker process in which `jobs` jobs have ended (as the kernel's OOM
+    killer would), in the first worker to get there: the one that creates the file `once`."""
+
+    def __init__(self, jobs: int, once: str) -> None:
+        self.jobs = jobs
+        self.once = once
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        if _count() == self.jobs:
+            try:
+                os.close(os.open(self.once, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 from conftest import BIN, run_artifacts, run_in_process, run_script
+from faulty_store import command_env
 
 from fnnlab import cli, job
 from fnnlab.train import METRICS
@@ -222,6 +224,69 @@ def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
     assert statuses == [("0", "FINISHED"), ("1", "KILLED")]
     killed = next(r for r in children if r.info.status == "KILLED")
     assert killed.data.tags["error"] == "KeyboardInterrupt: "
+
+
+# fnnlab-train with the sweep's answer interrupted, as by Ctrl-C while the answer is made.
+INTERRUPTED_ANSWER = """
+from fnnlab import cli, sweep
+
+def interrupted(self):
+    raise KeyboardInterrupt
+
+sweep.Sweep.answer = interrupted
+cli.train()
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupt_during_the_answer_ends_the_parent_killed(store):
+    """After the jobs, until the parent is closed: the jobs' runs stay FINISHED, the parent
+    ends KILLED (not RUNNING with its process gone), and a rerun closes it FINISHED."""
+    args = ["-m", "seed=0,1", "train.epochs=20", "tracking.plots=false", *store.overrides()]
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_ANSWER, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    rerun = run_script("fnnlab-train", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(store):
+    """One of two workers SIGKILLed after its first job (as by the OOM killer): the command
+    says so in one line and exits 1, no run stays RUNNING, and a rerun finishes the sweep."""
+    args = ["-m", "seed=range(4)", "optim.lr=0.1,1", "train.epochs=20", "tracking.plots=false"]
+    args += ["hydra.launcher.n_jobs=2", *store.overrides()]
+    kill = ["+hydra.callbacks.fault._target_=faulty_store.KillWorkerAfter"]
+    kill += ["+hydra.callbacks.fault.jobs=1", f"+hydra.callbacks.fault.once={store.root}/killed"]
+    out = run_script("fnnlab-train", *args, *kill, env=command_env())
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert (
+        "fnnlab-train: error: a worker process ended in the middle of its jobs (exit code "
+        "{SIGKILL(-9)}); the sweep stopped. Rerun the same command to run the jobs that did "
+        "not finish"
+    ) in out.stderr.splitlines()
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert "RUNNING" not in {c.info.status for c in children}
+    rerun = run_script("fnnlab-train", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted((c.data.params["seed"], c.data.params["optim.lr"]) for c in finished) == sorted(
+        (str(s), lr) for s in range(4) for lr in ("0.1", "1.0")
+    )
 
 
 def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):

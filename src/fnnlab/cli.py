@@ -337,6 +337,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
 
     from fnnlab import heap, storeguard
     from fnnlab.sweep import SweepFailed, SweepRefused
+    from hydra_plugins.fnnlab._core import WorkerDied
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
     # Let exceptions reach us instead of Hydra's multi-line report.
@@ -361,6 +362,8 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         fail(prog, f"error: {_one_line(exc)}", 2)
     except SweepFailed as exc:
         fail(prog, str(exc), 1)
+    except WorkerDied as exc:
+        fail(prog, f"error: {exc}", 1)
     except storeguard.StoreFailed as exc:
         # Before the sweep's clean-up at exit, which then leaves the store alone.
         storeguard.FAULTS.stopped = True

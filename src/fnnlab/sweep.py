@@ -432,19 +432,21 @@ class Sweep:
 
     def end(self) -> None:
         """Close the parent FINISHED or FAILED from what the store holds; raise SweepFailed
-        when a configuration has no finished run, or the store failed at the end."""
-        atexit.unregister(self.abandon)
+        when a configuration has no finished run, or the store failed at the end. Until the
+        parent is closed, an interrupt (during the answer, say) leaves it to abandon, at exit."""
         try:
             wait_for_others(self.store, self.parent, self.dir, self.remote_after)
             counts = sweep_counts(self.store, self.parent, self.prints)
             failed = counts["failed"] + counts["running"]
             answer = self.answer() if self.summarize else None
             self._close(counts, FAILED if failed else FINISHED)
+            atexit.unregister(self.abandon)
             state = f"parent run {self.parent} is {'FAILED' if failed else 'FINISHED'}"
             print(self.progress.summary(counts, self.id, self.parent), flush=True)
             if answer:
                 print(answer, flush=True)
         except Exception as exc:  # the store went away: the next invocation reaps and resumes
+            atexit.unregister(self.abandon)
             failed = max(self.progress.failed, 1)
             state = f"parent run {self.parent} could not be closed: {_first_line(exc)}"
             self.first_error = self.first_error or _first_line(exc)

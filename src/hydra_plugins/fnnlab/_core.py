@@ -25,10 +25,12 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +166,29 @@ def _launch_in_workers(
     key = hashlib.sha256(shared).hexdigest()
     # The same joblib settings as Hydra's joblib launcher: the two share warm workers.
     parallel = Parallel(n_jobs=n, backend="loky", max_nbytes=None, mmap_mode="r")
-    done = parallel(delayed(_run_in_worker)(key, shared, batch, os.getpid()) for batch in batches)
+    try:
+        done = parallel(
+            delayed(_run_in_worker)(key, shared, batch, os.getpid()) for batch in batches
+        )
+    except BrokenProcessPool as exc:  # loky's TerminatedWorkerError is one
+        raise WorkerDied(exc) from exc
     return [pair for batch_done in done for pair in batch_done]
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended in the middle of its jobs (killed, out of memory, crashed),
+    and joblib stopped the others: one line that says so, not loky's traceback. Runs left
+    RUNNING are marked KILLED by the sweep's clean-up, or by the next invocation."""
+
+    def __init__(self, cause: BaseException) -> None:
+        from fnnlab.storeguard import first_line
+
+        codes = re.search(r"exit codes of the workers are (\{.*?\})", str(cause))
+        how = f"exit code {codes[1]}" if codes else first_line(cause)
+        super().__init__(
+            f"a worker process ended in the middle of its jobs ({how}); the sweep stopped. "
+            "Rerun the same command to run the jobs that did not finish"
+        )
 
 
 # In a worker: the sweep it last ran a job of, as (key, hydra_context, config, task_function).
