@@ -289,6 +289,30 @@ def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(stor
     )
 
 
+@pytest.mark.slow
+def test_a_failed_job_in_a_worker_is_named_at_the_sweeps_end(store):
+    """A job that fails in a worker process (its .hydra folder holds a dangling link, so
+    copying it fails) is named by the sweep's last line, from its run's error tag."""
+    (store.root / "out" / "3" / ".hydra").mkdir(parents=True)
+    (store.root / "out" / "3" / ".hydra" / "dangling").symlink_to(store.root / "nowhere")
+    out = run_script(
+        "fnnlab-train",
+        "-m",
+        "seed=range(4)",
+        "train.epochs=20",
+        "tracking.plots=false",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.summarize=false",
+        *store.overrides()[:2],
+        f"hydra.sweep.dir={store.root / 'out'}",
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert "1 jobs failed or did not finish" in last
+    dangling = store.root / "out" / "3" / ".hydra" / "dangling"
+    assert f"First error: Error: [('{dangling}'," in last, last
+
+
 def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):
     """The folder goes into an MLflow filter: quoted, not refused or broken."""
     folder = store.root / "it's a sweep"

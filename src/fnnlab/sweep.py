@@ -416,6 +416,7 @@ class Sweep:
         if self.summarize:
             prefetch_answer()
         self.pid = os.getpid()
+        self.started_ms = int(time.time() * 1000)
         storeguard.FAULTS.reset()
         atexit.register(self.abandon)
         log.info("Sweep %s: parent run %s", self.id, self.parent)
@@ -451,10 +452,27 @@ class Sweep:
             state = f"parent run {self.parent} could not be closed: {_first_line(exc)}"
             self.first_error = self.first_error or _first_line(exc)
         if failed:
+            first = self.first_error or self._first_run_error() or "see the runs error tags"
             raise SweepFailed(
                 f"{failed} jobs failed or did not finish ({state}); rerun the same command "
-                f"to retry them. First error: {self.first_error or 'see the runs error tags'}"
+                f"to retry them. First error: {first}"
             )
+
+    def _first_run_error(self) -> str | None:
+        """The error of this invocation's first FAILED run, from its tag: a job that ran in
+        a worker process ended there, and its error was not seen here."""
+        try:
+            parent = self.store.client.get_run(self.parent)
+            keep = partial(slim, tags=(Tag.ERROR,), data=False)
+            failed = sweep_runs(self.store, parent, f"attributes.status = '{FAILED}'", keep)
+        except Exception:  # the store failed: the message says where to look instead
+            return None
+        errors = [
+            (r.info.start_time, r.data.tags[Tag.ERROR])
+            for r in failed
+            if r.info.start_time >= self.started_ms and r.data.tags.get(Tag.ERROR)
+        ]
+        return min(errors)[1].splitlines()[0][:300] if errors else None
 
     def answer(self) -> str | None:
         """What fnnlab-aggregate says about this sweep (all its runs, also those of earlier
