@@ -60,6 +60,9 @@ def test_a_group_is_as_many_members_as_fit_in_the_memory_limit():
     assert population.groups(configs) == [[0, 1], [2, 3], [4]]
     configs = [compose_train([f"seed={s}", "limits.memory_gb=1"]) for s in range(5)]
     assert population.groups(configs) == [[0, 1, 2, 3, 4]]
+    endless = ["train.epochs=1000000", "limits.memory_gb=inf"]  # inf: no limit
+    configs = [compose_train([f"seed={s}", *endless]) for s in range(5)]
+    assert population.groups(configs) == [[0, 1, 2, 3, 4]]
     # One that passes the check but has no room for a second member trains alone.
     alone = ["train.epochs=2000000", "limits.memory_gb=1"]
     configs = [compose_train([f"seed={s}", *alone]) for s in range(2)]

@@ -263,7 +263,9 @@ def test_an_interrupt_during_the_answer_ends_the_parent_killed(store):
 @pytest.mark.slow
 def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(store):
     """One of two workers SIGKILLed after its first job (as by the OOM killer): the command
-    says so in one line and exits 1, no run stays RUNNING, and a rerun finishes the sweep."""
+    says so in one line and exits 1, no run stays RUNNING, and a rerun finishes the sweep.
+    (Whether the other worker has a run in flight then depends on timing; a run left
+    RUNNING by a dead process is marked KILLED: tests/test_scaleout.py.)"""
     args = ["-m", "seed=range(4)", "optim.lr=0.1,1", "train.epochs=20", "tracking.plots=false"]
     args += ["hydra.launcher.n_jobs=2", *store.overrides()]
     kill = ["+hydra.callbacks.fault._target_=faulty_store.KillWorkerAfter"]
@@ -287,6 +289,39 @@ def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(stor
     assert sorted((c.data.params["seed"], c.data.params["optim.lr"]) for c in finished) == sorted(
         (str(s), lr) for s in range(4) for lr in ("0.1", "1.0")
     )
+
+
+# A Hydra app whose job fails with an exception that cannot be unpickled in the sweep's
+# process (its __init__ takes two arguments): loky reports a broken pool, no worker died.
+UNPICKLABLE_ERROR = """
+import hydra
+from hydra.core.config_store import ConfigStore
+
+class TwoArgsError(Exception):
+    def __init__(self, code, why):
+        super().__init__(f"{code}: {why}")
+
+ConfigStore.instance().store(name="cfg", node={"x": 0})
+
+@hydra.main(version_base="1.3", config_path=None, config_name="cfg")
+def main(cfg):
+    if cfg.x == 1:
+        raise TwoArgsError(7, "the job's own error")
+
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_broken_pool_that_is_no_workers_death_is_not_called_one(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(UNPICKLABLE_ERROR)
+    command = [sys.executable, str(app), "-m", "hydra/launcher=fnnlab"]
+    command += ["hydra.launcher.n_jobs=2", "x=0,1"]
+    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "A result has failed to un-serialize" in out.stderr
+    assert "a worker process ended" not in out.stderr
 
 
 @pytest.mark.slow

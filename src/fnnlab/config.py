@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 import uuid
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -220,7 +221,8 @@ def members_within_memory(cfg: DictConfig) -> int:
     about one wide member's. At least one: a run that passes _check_memory."""
     need = memory_need(cfg)
     room = memory_limit(cfg)[0] - _PROCESS_BYTES - need["model.hidden_dim"]
-    return max(1, int(room // need["train.epochs"]))
+    # min: limits.memory_gb=inf is no limit.
+    return max(1, int(min(room / need["train.epochs"], sys.maxsize)))
 
 
 class ConfigValueError(ValueError):

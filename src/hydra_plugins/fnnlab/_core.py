@@ -30,7 +30,6 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +158,7 @@ def _launch_in_workers(
 ) -> list[tuple[int, JobReturn]]:
     from joblib import Parallel, delayed
     from joblib.externals import cloudpickle
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     # cloudpickle: the task function is the function under @hydra.main, which plain pickle
     # cannot find by name.
@@ -170,7 +170,7 @@ def _launch_in_workers(
         done = parallel(
             delayed(_run_in_worker)(key, shared, batch, os.getpid()) for batch in batches
         )
-    except BrokenProcessPool as exc:  # loky's TerminatedWorkerError is one
+    except TerminatedWorkerError as exc:  # not its other BrokenProcessPool errors
         raise WorkerDied(exc) from exc
     return [pair for batch_done in done for pair in batch_done]
 
