@@ -75,6 +75,45 @@ def compose_train(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
+# Another Hydra app (not fnnlab's) whose config has fnnlab's training sections but not its
+# tracking one. Its job prints its seed and learning rate; with seed == fail it raises an
+# exception the sweep's process cannot unpickle (its __init__ takes two arguments).
+OTHER_APP_CONFIG = {
+    "model": {"width": 8},
+    "optim": {"lr": 0.1},
+    "data": {},
+    "train": {},
+    "seed": 0,
+    "fail": -1,
+}
+OTHER_APP = f"""
+import hydra
+from hydra.core.config_store import ConfigStore
+
+class TwoArgsError(Exception):
+    def __init__(self, code, why):
+        super().__init__(f"{{code}}: {{why}}")
+
+ConfigStore.instance().store(name="cfg", node={OTHER_APP_CONFIG!r})
+
+@hydra.main(version_base="1.3", config_path=None, config_name="cfg")
+def main(cfg):
+    if cfg.seed == cfg.fail:
+        raise TwoArgsError(7, "the job's own error")
+    print("job", cfg.seed, cfg.optim.lr, flush=True)
+
+main()
+"""
+
+
+def run_other_app(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """OTHER_APP as a multirun with the fnnlab launcher, in `folder`."""
+    app = folder / "other_app.py"
+    app.write_text(OTHER_APP)
+    command = [sys.executable, str(app), "-m", "hydra/launcher=fnnlab", *overrides]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+
+
 @dataclass
 class TmpStore:
     """An embedded MLflow store in a temporary folder, and overrides that point at it."""

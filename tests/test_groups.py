@@ -6,11 +6,9 @@ flight KILLED, and a rerun completes the sweep."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
-from conftest import compose_train, run_in_process, run_script
+from conftest import OTHER_APP_CONFIG, compose_train, run_in_process, run_other_app, run_script
 from omegaconf import OmegaConf
 
 from fnnlab import cli, config, job, population
@@ -43,8 +41,7 @@ def test_groups_are_jobs_of_one_shape_in_order():
     ]
     configs.append(OmegaConf.create({"db": {"driver": "mysql"}}))  # another Hydra app's
     # Another app's, with fnnlab's training sections but not its tracking section.
-    other = {"model": {"width": 8}, "optim": {"lr": 0.1}, "data": {}, "train": {}, "seed": 0}
-    configs.append(OmegaConf.create(other))
+    configs.append(OmegaConf.create(OTHER_APP_CONFIG))
     # One that reads only in its job (HydraConfig), and one whose store address is not a URL.
     configs.append(compose_train(["seed=${hydra:job.num}"]))
     configs.append(compose_train(["tracking.uri='http://[::1'"]))
@@ -69,30 +66,11 @@ def test_a_group_is_as_many_members_as_fit_in_the_memory_limit():
     assert population.groups(configs) == [[0], [1]]
 
 
-# Another Hydra app whose config has fnnlab's training sections (not its tracking one).
-APP = """
-import hydra
-from hydra.core.config_store import ConfigStore
-
-node = {"model": {"width": 8}, "optim": {"lr": 0.1}, "data": {}, "train": {}, "seed": 0}
-ConfigStore.instance().store(name="cfg", node=node)
-
-@hydra.main(version_base="1.3", config_path=None, config_name="cfg")
-def main(cfg):
-    print("job", cfg.seed, cfg.optim.lr, flush=True)
-
-main()
-"""
-
-
 @pytest.mark.slow
 def test_jobs_the_launcher_cannot_group_run_as_with_hydras_launcher(store, monkeypatch, tmp_path):
     """Jobs run alone, as with Hydra's basic launcher: another app's, and fnnlab-train's
     with a seed that reads the job's number (${hydra:job.num} resolves only in the job)."""
-    app = tmp_path / "app.py"
-    app.write_text(APP)
-    command = [sys.executable, str(app), "-m", "hydra/launcher=fnnlab", "seed=0,1"]
-    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = run_other_app(tmp_path, "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-2:] == ["job 0 0.1", "job 1 0.1"]
 

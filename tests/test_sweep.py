@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import BIN, run_artifacts, run_in_process, run_script
+from conftest import BIN, run_artifacts, run_in_process, run_other_app, run_script
 from faulty_store import command_env
 
 from fnnlab import cli, job
@@ -291,34 +291,11 @@ def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(stor
     )
 
 
-# A Hydra app whose job fails with an exception that cannot be unpickled in the sweep's
-# process (its __init__ takes two arguments): loky reports a broken pool, no worker died.
-UNPICKLABLE_ERROR = """
-import hydra
-from hydra.core.config_store import ConfigStore
-
-class TwoArgsError(Exception):
-    def __init__(self, code, why):
-        super().__init__(f"{code}: {why}")
-
-ConfigStore.instance().store(name="cfg", node={"x": 0})
-
-@hydra.main(version_base="1.3", config_path=None, config_name="cfg")
-def main(cfg):
-    if cfg.x == 1:
-        raise TwoArgsError(7, "the job's own error")
-
-main()
-"""
-
-
 @pytest.mark.slow
 def test_a_broken_pool_that_is_no_workers_death_is_not_called_one(tmp_path):
-    app = tmp_path / "app.py"
-    app.write_text(UNPICKLABLE_ERROR)
-    command = [sys.executable, str(app), "-m", "hydra/launcher=fnnlab"]
-    command += ["hydra.launcher.n_jobs=2", "x=0,1"]
-    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    """A job's error that cannot be unpickled in the sweep's process also breaks loky's
+    pool, with no worker dead."""
+    out = run_other_app(tmp_path, "hydra.launcher.n_jobs=2", "seed=0,1", "fail=1")
     assert out.returncode == 1
     assert "A result has failed to un-serialize" in out.stderr
     assert "a worker process ended" not in out.stderr
