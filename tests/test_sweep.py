@@ -13,7 +13,7 @@ import torch
 from conftest import BIN, run_artifacts, run_in_process, run_other_app, run_script
 from faulty_store import command_env
 
-from fnnlab import cli, job
+from fnnlab import cli, job, sweep
 from fnnlab.train import METRICS
 
 
@@ -180,6 +180,33 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
         "fnnlab-train: error: model.hidden_dim=0: must be at least 1"
     ]
     assert store.db_bytes() == before
+
+
+def test_a_failed_job_under_the_basic_sweeper_ends_the_parent_failed(store, monkeypatch):
+    """Hydra's basic sweeper raises the first failed job's error when its batch ends, so the
+    sweep never reaches its end: the parent ends FAILED all the same, not KILLED as after an
+    interrupt, and nothing is left for the exit."""
+    real_train = job.train_model
+
+    def fail_one(cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise RuntimeError("injected fault")
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(job, "train_model", fail_one)
+    args = ["-m", "hydra/sweeper=basic", "seed=0,1,2", "hydra.launcher.n_jobs=1"]
+    args += ["train.epochs=20", "tracking.plots=false", *store.overrides()]
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_in_process(monkeypatch, cli.train, *args)
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert parents[0].data.metrics["sweep/failed"] == 1
+    assert sorted((c.data.params["seed"], c.info.status) for c in children) == [
+        ("0", "FINISHED"),
+        ("1", "FAILED"),
+        ("2", "FINISHED"),
+    ]
+    assert sweep._open == []
 
 
 @pytest.mark.slow

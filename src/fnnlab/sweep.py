@@ -14,7 +14,9 @@ invocation's life in the process that runs the sweep:
 - on_multirun_end: the parent ends FINISHED, or FAILED when a configuration has no
   finished run (the command then exits 1), with counts read from the store, so jobs that
   ran in other processes or machines count;
-- anything else (Ctrl-C, SIGTERM, an error) ends the parent KILLED on the way out.
+- an error before that (Hydra's basic sweeper raises a failed job's error) ends the parent
+  FAILED, as fnnlab.cli.run_cli sees it (fail_open_sweeps);
+- anything else (Ctrl-C, SIGTERM, a worker's death) ends the parent KILLED on the way out.
 
 The sweep id is a hash of the command's overrides, so running the same sweep again finds
 the same parent run, and the fnnlab sweeper can skip the jobs that already finished.
@@ -419,6 +421,7 @@ class Sweep:
         self.started_ms = int(time.time() * 1000)
         storeguard.FAULTS.reset()
         atexit.register(self.abandon)
+        _open.append(self)
         log.info("Sweep %s: parent run %s", self.id, self.parent)
 
     def job_ended(self, job_return: JobReturn) -> None:
@@ -441,13 +444,13 @@ class Sweep:
             failed = counts["failed"] + counts["running"]
             answer = self.answer() if self.summarize else None
             self._close(counts, FAILED if failed else FINISHED)
-            atexit.unregister(self.abandon)
+            self._closed()
             state = f"parent run {self.parent} is {'FAILED' if failed else 'FINISHED'}"
             print(self.progress.summary(counts, self.id, self.parent), flush=True)
             if answer:
                 print(answer, flush=True)
         except Exception as exc:  # the store went away: the next invocation reaps and resumes
-            atexit.unregister(self.abandon)
+            self._closed()
             failed = max(self.progress.failed, 1)
             state = f"parent run {self.parent} could not be closed: {_first_line(exc)}"
             self.first_error = self.first_error or _first_line(exc)
@@ -491,17 +494,23 @@ class Sweep:
             return None
         return text
 
-    def abandon(self) -> None:
+    def abandon(self, status: str = KILLED) -> None:
         """The sweep did not reach its end (an interrupt, an error): runs of workers torn
-        down with it end KILLED, and so does the parent. Not after the sweep stopped because
-        the store failed: the next invocation does it, once the store works."""
+        down with it end KILLED, and the parent ends `status`. Not after the sweep stopped
+        because the store failed: the next invocation does it, once the store works."""
         if os.getpid() != self.pid or storeguard.FAULTS.stopped:
             return
         try:
             reap_dead_runs(self.store, self.id, float("inf"))
-            self._close(sweep_counts(self.store, self.parent), KILLED)
+            self._close(sweep_counts(self.store, self.parent), status)
         except Exception as exc:  # the store went away: the next invocation reaps
             log.error("could not end parent run %s: %s", self.parent, str(exc).splitlines()[0])
+
+    def _closed(self) -> None:
+        """The parent is closed (or left to the next invocation): nothing to do at exit."""
+        atexit.unregister(self.abandon)
+        if self in _open:
+            _open.remove(self)
 
     def _close(self, counts: Counter, status: str) -> None:
         metrics = {f"sweep/{k}": v for k, v in counts.items()}
@@ -509,6 +518,21 @@ class Sweep:
             metrics["sweep/jobs"] = self.jobs
         log_values(self.store, self.parent, summary=metrics)
         end_run(self.store, self.parent, status)
+
+
+# This process's sweeps whose parent is still open: abandon closes it at exit, or
+# fail_open_sweeps before that.
+_open: list[Sweep] = []
+
+
+def fail_open_sweeps() -> None:
+    """An error, not an interrupt, ends the command before the sweep's end (Hydra's basic
+    sweeper raises the first failed job's error when its batch ends): the parent ends FAILED
+    now, as a sweep with a failed job does, not KILLED at exit."""
+    while _open:
+        sweep = _open.pop()
+        atexit.unregister(sweep.abandon)
+        sweep.abandon(FAILED)
 
 
 _prefetch: threading.Thread | None = None
