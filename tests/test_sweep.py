@@ -185,7 +185,7 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
 def test_a_failed_job_under_the_basic_sweeper_ends_the_parent_failed(store, monkeypatch):
     """Hydra's basic sweeper raises the first failed job's error when its batch ends, so the
     sweep never reaches its end: the parent ends FAILED all the same, not KILLED as after an
-    interrupt, and nothing is left for the exit."""
+    interrupt, counts the job that never ran, and nothing is left for the exit."""
     real_train = job.train_model
 
     def fail_one(cfg, *args, **kwargs):
@@ -194,17 +194,21 @@ def test_a_failed_job_under_the_basic_sweeper_ends_the_parent_failed(store, monk
         return real_train(cfg, *args, **kwargs)
 
     monkeypatch.setattr(job, "train_model", fail_one)
-    args = ["-m", "hydra/sweeper=basic", "seed=0,1,2", "hydra.launcher.n_jobs=1"]
-    args += ["train.epochs=20", "tracking.plots=false", *store.overrides()]
+    args = ["-m", "hydra/sweeper=basic", "hydra.sweeper.max_batch_size=1", "seed=0,1,2"]
+    args += ["hydra.launcher.n_jobs=1", "train.epochs=20", "tracking.plots=false"]
     with pytest.raises(RuntimeError, match="injected fault"):
-        run_in_process(monkeypatch, cli.train, *args)
+        run_in_process(monkeypatch, cli.train, *args, *store.overrides())
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["FAILED"]
-    assert parents[0].data.metrics["sweep/failed"] == 1
+    metrics = parents[0].data.metrics
+    assert (metrics["sweep/finished"], metrics["sweep/failed"], metrics["sweep/missing"]) == (
+        1,
+        2,
+        1,
+    )
     assert sorted((c.data.params["seed"], c.info.status) for c in children) == [
         ("0", "FINISHED"),
         ("1", "FAILED"),
-        ("2", "FINISHED"),
     ]
     assert sweep._open == []
 
@@ -316,6 +320,22 @@ def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(stor
     assert sorted((c.data.params["seed"], c.data.params["optim.lr"]) for c in finished) == sorted(
         (str(s), lr) for s in range(4) for lr in ("0.1", "1.0")
     )
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_under_hydras_joblib_launcher_ends_the_parent_killed(store):
+    """loky's error reaches the command as it is (a traceback, exit status 1), and the
+    parent ends KILLED, as after an interrupt: no job failed."""
+    args = ["-m", "seed=range(4)", "train.epochs=20", "tracking.plots=false"]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *store.overrides()]
+    kill = ["+hydra.callbacks.fault._target_=faulty_store.KillWorkerAfter"]
+    kill += ["+hydra.callbacks.fault.jobs=1", f"+hydra.callbacks.fault.once={store.root}/killed"]
+    out = run_script("fnnlab-train", *args, *kill, env=command_env())
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "TerminatedWorkerError" in out.stderr
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert "RUNNING" not in {c.info.status for c in children}
 
 
 @pytest.mark.slow

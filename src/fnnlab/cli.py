@@ -336,7 +336,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     from mlflow.exceptions import MlflowException
 
     from fnnlab import heap, storeguard
-    from fnnlab.sweep import SweepFailed, SweepRefused, fail_open_sweeps
+    from fnnlab.sweep import SweepFailed, SweepRefused, close_after_error
     from hydra_plugins.fnnlab._core import WorkerDied
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
@@ -354,12 +354,8 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
             # Why the sweep could not start (a bad job config, the store): reported as if
             # raised directly.
             raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
-        except (WorkerDied, storeguard.StoreFailed):
-            # A worker's death ends the parent KILLED at exit, as an interrupt does; a failed
-            # store leaves it to the next invocation.
-            raise
         except Exception:
-            fail_open_sweeps()
+            close_after_error()
             raise
     except ConfigValueError as exc:
         fail(prog, f"error: {exc}", 2)

@@ -14,9 +14,10 @@ invocation's life in the process that runs the sweep:
 - on_multirun_end: the parent ends FINISHED, or FAILED when a configuration has no
   finished run (the command then exits 1), with counts read from the store, so jobs that
   ran in other processes or machines count;
-- an error before that (Hydra's basic sweeper raises a failed job's error) ends the parent
-  FAILED, as fnnlab.cli.run_cli sees it (fail_open_sweeps);
-- anything else (Ctrl-C, SIGTERM, a worker's death) ends the parent KILLED on the way out.
+- an error before that ends the parent FAILED when a job of this invocation failed (Hydra's
+  basic sweeper raises a failed job's error: fnnlab.cli.run_cli calls close_after_error),
+  KILLED otherwise;
+- anything else (Ctrl-C, SIGTERM) ends the parent KILLED on the way out.
 
 The sweep id is a hash of the command's overrides, so running the same sweep again finds
 the same parent run, and the fnnlab sweeper can skip the jobs that already finished.
@@ -494,15 +495,19 @@ class Sweep:
             return None
         return text
 
-    def abandon(self, status: str = KILLED) -> None:
+    def abandon(self, after_error: bool = False) -> None:
         """The sweep did not reach its end (an interrupt, an error): runs of workers torn
-        down with it end KILLED, and the parent ends `status`. Not after the sweep stopped
-        because the store failed: the next invocation does it, once the store works."""
+        down with it end KILLED, and so does the parent, or FAILED after an error when a
+        job of this invocation failed. Not after the sweep stopped because the store failed:
+        the next invocation does it, once the store works."""
         if os.getpid() != self.pid or storeguard.FAULTS.stopped:
             return
         try:
             reap_dead_runs(self.store, self.id, float("inf"))
-            self._close(sweep_counts(self.store, self.parent), status)
+            failed = after_error and (self.first_error or self._first_run_error())
+            self._close(
+                sweep_counts(self.store, self.parent, self.prints), FAILED if failed else KILLED
+            )
         except Exception as exc:  # the store went away: the next invocation reaps
             log.error("could not end parent run %s: %s", self.parent, str(exc).splitlines()[0])
 
@@ -521,18 +526,18 @@ class Sweep:
 
 
 # This process's sweeps whose parent is still open: abandon closes it at exit, or
-# fail_open_sweeps before that.
+# close_after_error before that.
 _open: list[Sweep] = []
 
 
-def fail_open_sweeps() -> None:
-    """An error, not an interrupt, ends the command before the sweep's end (Hydra's basic
-    sweeper raises the first failed job's error when its batch ends): the parent ends FAILED
-    now, as a sweep with a failed job does, not KILLED at exit."""
+def close_after_error() -> None:
+    """An error, not an interrupt, ends the command before the sweep's end. Hydra's basic
+    sweeper raises the first failed job's error when its batch ends: the parent then ends
+    FAILED now, as a sweep with a failed job does, not KILLED at exit."""
     while _open:
         sweep = _open.pop()
         atexit.unregister(sweep.abandon)
-        sweep.abandon(FAILED)
+        sweep.abandon(after_error=True)
 
 
 _prefetch: threading.Thread | None = None
