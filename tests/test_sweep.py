@@ -13,7 +13,7 @@ import torch
 from conftest import BIN, run_artifacts, run_in_process, run_other_app, run_script
 from faulty_store import command_env
 
-from fnnlab import cli, job, sweep
+from fnnlab import cli, job, sweep, tracking
 from fnnlab.train import METRICS
 
 
@@ -255,6 +255,73 @@ def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
     assert statuses == [("0", "FINISHED"), ("1", "KILLED")]
     killed = next(r for r in children if r.info.status == "KILLED")
     assert killed.data.tags["error"] == "KeyboardInterrupt: "
+
+
+def test_an_interrupt_inside_the_database_driver_ends_the_run_killed_at_once(store, monkeypatch):
+    """Ctrl-C landing in the driver's call that writes a run's values: SQLAlchemy drops that
+    connection, which SQLite keeps open, with its write lock, while the interrupt's
+    traceback holds its cursor. The run still ends KILLED, and the interrupt goes on (exit
+    130): not the store's "database is locked" in its place, the sweep going on."""
+    from sqlalchemy.engine.default import DefaultDialect
+
+    real = DefaultDialect.do_executemany
+    interrupts = [KeyboardInterrupt]
+
+    def interrupted(self, cursor, statement, *args, **kwargs):
+        real(self, cursor, statement, *args, **kwargs)
+        if interrupts and statement.startswith("INSERT INTO metrics"):
+            raise interrupts.pop()
+
+    monkeypatch.setattr(DefaultDialect, "do_executemany", interrupted)
+    # Without the fix, each write waits out SQLite's busy timeout once, then fails.
+    monkeypatch.setattr(tracking, "LOCK_RETRY_SECONDS", 0.0)
+    args = ["-m", "seed=0,1", "hydra.launcher.n_jobs=1", "train.epochs=20", "tracking.plots=false"]
+    assert run_in_process(monkeypatch, cli.train, *args, *store.overrides()) == 130
+    assert not interrupts
+    (run,) = store.runs("tags.role = 'job'")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "KeyboardInterrupt: "
+    assert "do_executemany" in run.data.tags["error.traceback"]
+    # (The parent ends KILLED at the process's exit: the next test.)
+
+
+# fnnlab-train with Ctrl-C landing in the driver's call that writes the parent's counts at
+# the sweep's end; a write that meets a lock fails at once.
+INTERRUPTED_PARENT_WRITE = """
+from sqlalchemy.engine.default import DefaultDialect
+from fnnlab import cli, tracking
+
+real = DefaultDialect.do_executemany
+interrupts = [KeyboardInterrupt]
+
+def interrupted(self, cursor, statement, parameters, *args):
+    real(self, cursor, statement, parameters, *args)
+    counts = statement.startswith("INSERT INTO metrics") and "sweep/" in str(parameters[0])
+    if interrupts and counts:
+        raise interrupts.pop()
+
+DefaultDialect.do_executemany = interrupted
+tracking.LOCK_RETRY_SECONDS = 0.0
+cli.train()
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupt_inside_the_database_driver_at_the_sweeps_end_ends_it_killed(store):
+    """The same in the sweep's own write: its clean-up at exit still ends the parent KILLED."""
+    args = ["-m", "seed=0,1", "train.epochs=20", "tracking.plots=false", *store.overrides()]
+    args += ["hydra.sweeper.summarize=false"]
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_PARENT_WRITE, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "could not end parent run" not in proc.stderr
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
 
 
 # fnnlab-train with the sweep's answer interrupted, as by Ctrl-C while the answer is made.

@@ -335,7 +335,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.exceptions import MlflowException
 
-    from fnnlab import heap, storeguard
+    from fnnlab import heap, storeguard, tracking
     from fnnlab.sweep import SweepFailed, SweepRefused, close_after_error
     from hydra_plugins.fnnlab._core import WorkerDied
 
@@ -374,7 +374,8 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     except MlflowException as exc:
         # E.g. the tracking server went away mid-run: one line, not a page of retries.
         fail(prog, f"error: tracking store: {str(exc).strip().splitlines()[0]}", 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        tracking.release_interrupted(exc)  # before the sweep's clean-up at exit writes
         fail(prog, "interrupted", 130)
     finally:
         heap.freeze_for_exit()

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -90,6 +91,16 @@ def retry_locked(write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             log.warning("store locked, retrying in %.2f s: %s", delay, str(exc).splitlines()[0])
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def release_interrupted(exc: BaseException) -> None:
+    """After an interrupt, before this process writes its runs' ends: one that came inside a
+    database call leaves that call's SQLite connection open, in its transaction and with
+    the write lock, for as long as a cursor of it lives (SQLAlchemy drops the connection,
+    SQLite closes it only once its statements are gone), and the interrupt's traceback
+    holds one. Those writes would wait on this process itself, then fail. The traceback
+    keeps its lines, not its frames' variables."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 @dataclass(frozen=True)
