@@ -341,6 +341,31 @@ def test_a_claim_cut_short_leaves_an_interrupted_run_killed_and_nothing_else(
         assert made.info.lifecycle_stage == "deleted"
 
 
+def test_an_interrupt_while_claiming_goes_on_when_the_store_cannot_record_it(
+    opened, monkeypatch, caplog
+):
+    """The interrupt, not the store's error, ends the claim (and so the sweep); what could
+    not be written is one logged line."""
+    from mlflow.exceptions import MlflowException
+
+    from fnnlab import claims, tracking
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def locked(*args, **kwargs):
+        raise MlflowException("database is locked")
+
+    monkeypatch.setattr(claims, "_look", interrupted)
+    for module in (claims, tracking):
+        monkeypatch.setattr(module, "log_values", locked)
+    with pytest.raises(KeyboardInterrupt):
+        claim_fp(opened)
+    assert "its interrupt could not be recorded: database is locked" in caplog.text
+    (made,) = opened.client.search_runs([opened.experiment_id], "tags.fingerprint = 'fp'")
+    assert made.info.status == "KILLED"
+
+
 def test_dead_holders_and_runs_without_lease_are_passed_over(opened):
     dead = fake_run(opened, claimed=True, pid=dead_pid())
     elsewhere = fake_run(opened, claimed=True, host="another-machine", lease=False)

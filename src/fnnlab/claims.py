@@ -39,7 +39,15 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from fnnlab.names import FINISHED, KILLED, RUNNING, Tag
-from fnnlab.tracking import Store, end_run, log_values, retry_locked, search_all, used_by_tag
+from fnnlab.tracking import (
+    Store,
+    end_after_error,
+    end_run,
+    log_values,
+    retry_locked,
+    search_all,
+    used_by_tag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +207,9 @@ def _claim(
                 return "mine", mine, None
         except (KeyboardInterrupt, SystemExit) as exc:
             # Recorded like any interrupted job (its claim may have landed already).
-            log_values(store, mine, tags={Tag.ERROR: f"{type(exc).__name__}: while claiming"})
-            end_run(store, mine, KILLED)
+            end_after_error(
+                store, mine, exc, tags={Tag.ERROR: f"{type(exc).__name__}: while claiming"}
+            )
             raise
         except BaseException:
             retry_locked(store.client.delete_run, mine)  # the store failed: out of view

@@ -28,11 +28,11 @@ from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, Tag
 from fnnlab.outcome import RegimeThresholds, classify_regime, run_outcome
 from fnnlab.tracking import (
     Store,
+    end_after_error,
     end_run,
     log_values,
     open_store_once,
     process_tags,
-    release_interrupted,
     start_run,
     upload_artifacts,
 )
@@ -146,30 +146,16 @@ def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None
 def _end_with_error(
     store: Store, run_id: str, name: str, params: dict[str, object], exc: BaseException
 ) -> None:
-    """End a run FAILED, or KILLED when interrupted, with the error and its traceback. An
-    interrupt goes on as it came: a store that cannot record its end is one logged line
-    (the next invocation of a sweep marks the run KILLED), not an error in its place."""
-    interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
-    status = KILLED if interrupted else FAILED
+    """End a run FAILED, or KILLED when interrupted, with the error and its traceback."""
+    status = KILLED if isinstance(exc, KeyboardInterrupt | SystemExit) else FAILED
     # One line: a database error's text goes on with its SQL and parameters (the tag has it).
     first = (str(exc).strip().splitlines() or [""])[0]
     log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, first)
+    error = f"{type(exc).__name__}: {exc}"
     trace = traceback.format_exc()[-4000:]
-    if interrupted:
-        release_interrupted(exc)
-    try:
-        try:
-            # Params too, so a run that failed early still says what it was (re-logging
-            # a param with the same value is allowed when the failure came after them).
-            error = f"{type(exc).__name__}: {exc}"
-            log_values(store, run_id, params=params, tags={Tag.ERROR: error, Tag.TRACEBACK: trace})
-        finally:
-            end_run(store, run_id, status)
-    except Exception as failed:
-        if not interrupted:
-            raise
-        why = (str(failed).strip().splitlines() or [type(failed).__name__])[0]
-        log.error("run %s (%s): its interrupt could not be recorded: %s", name, run_id, why)
+    # Params too, so a run that failed early still says what it was (re-logging a param
+    # with the same value is allowed when the failure came after them).
+    end_after_error(store, run_id, exc, params, {Tag.ERROR: error, Tag.TRACEBACK: trace})
 
 
 def run(

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from fnnlab import internals, storeguard
 from fnnlab.config import masked_uri
-from fnnlab.names import FINISHED, ROLE_SWEEP, Tag
+from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_SWEEP, Tag
 
 log = logging.getLogger(__name__)
 
@@ -427,3 +427,28 @@ def log_values(
 
 def end_run(store: Store, run_id: str, status: str) -> None:
     retry_locked(store.client.set_terminated, run_id, status=status)
+
+
+def end_after_error(
+    store: Store,
+    run_id: str,
+    exc: BaseException,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """End a run FAILED after `exc`, or KILLED after an interrupt, with `params` and `tags`.
+    An interrupt goes on as it came: a store that cannot record its end is one logged line
+    (the next invocation of a sweep marks the run KILLED), not an error in its place."""
+    interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+    if interrupted:
+        release_interrupted(exc)
+    try:
+        try:
+            log_values(store, run_id, params=params, tags=tags)
+        finally:
+            end_run(store, run_id, KILLED if interrupted else FAILED)
+    except Exception as failed:
+        if not interrupted:
+            raise
+        why = (str(failed).strip().splitlines() or [type(failed).__name__])[0]
+        log.error("run %s: its interrupt could not be recorded: %s", run_id, why)
