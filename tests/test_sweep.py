@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -311,12 +310,7 @@ def test_an_interrupt_inside_the_database_driver_at_the_sweeps_end_ends_it_kille
     """The same in the sweep's own write: its clean-up at exit still ends the parent KILLED."""
     args = ["-m", "seed=0,1", "train.epochs=20", "tracking.plots=false", *store.overrides()]
     args += ["hydra.sweeper.summarize=false"]
-    proc = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_PARENT_WRITE, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script("python", "-c", INTERRUPTED_PARENT_WRITE, *args)
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "could not end parent run" not in proc.stderr
     parents, children = split_runs(store)
@@ -341,12 +335,7 @@ def test_an_interrupt_during_the_answer_ends_the_parent_killed(store):
     """After the jobs, until the parent is closed: the jobs' runs stay FINISHED, the parent
     ends KILLED (not RUNNING with its process gone), and a rerun closes it FINISHED."""
     args = ["-m", "seed=0,1", "train.epochs=20", "tracking.plots=false", *store.overrides()]
-    proc = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_ANSWER, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script("python", "-c", INTERRUPTED_ANSWER, *args)
     assert proc.returncode == 130, proc.stderr[-3000:]
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["KILLED"]
