@@ -189,8 +189,11 @@ def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Around a command (fnnlab.cli.run_cli) called in this process, which goes on after it:
     puts back what the command set up for a process that ends with it. SIGTERM's handler
     and HYDRA_FULL_ERROR at once, MLFLOW_DISABLE_TELEMETRY at the test's end (its jobs may
-    still read it), and the heap it froze for an exit that does not come."""
+    still read it), and the heap it froze for an exit that does not come. A sweep it left
+    open (after an interrupt) is ended as its exit ends it."""
     import signal
+
+    from fnnlab import sweep
 
     telemetry = os.environ.get("MLFLOW_DISABLE_TELEMETRY")
     if telemetry is None:
@@ -208,6 +211,9 @@ def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
         gc.unfreeze()
+        for left_open in list(sweep._open):
+            left_open.abandon()
+            left_open.mark_closed()
 
 
 def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:

@@ -281,7 +281,8 @@ def test_an_interrupt_inside_the_database_driver_ends_the_run_killed_at_once(sto
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == "KeyboardInterrupt: "
     assert "do_executemany" in run.data.tags["error.traceback"]
-    # (The parent ends KILLED at the process's exit: the next test.)
+    (parent,) = store.runs("tags.role = 'sweep'")
+    assert parent.info.status == "KILLED"  # by what the process's exit does (as_a_command)
 
 
 # fnnlab-train with Ctrl-C landing in the driver's call that writes the parent's counts at
@@ -316,6 +317,45 @@ def test_an_interrupt_inside_the_database_driver_at_the_sweeps_end_ends_it_kille
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["KILLED"]
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+
+
+# fnnlab-train under the basic sweeper with a failing job, and Ctrl-C landing in the
+# parent's close after that error.
+INTERRUPTED_CLOSE_AFTER_ERROR = """
+from fnnlab import cli, job, sweep
+
+real_train, real_counts = job.train_model, sweep.sweep_counts
+interrupts = [KeyboardInterrupt]
+
+def fail_one(cfg, *args, **kwargs):
+    if cfg.seed == 1:
+        raise RuntimeError("injected fault")
+    return real_train(cfg, *args, **kwargs)
+
+def interrupted(*args, **kwargs):
+    if interrupts:
+        raise interrupts.pop()
+    return real_counts(*args, **kwargs)
+
+job.train_model, sweep.sweep_counts = fail_one, interrupted
+cli.train()
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupt_while_closing_after_an_error_leaves_the_parent_to_the_exit(store):
+    """Ctrl-C during the writes that close the parent after a job's error (a slow store,
+    say): the command exits interrupted and its exit still ends the parent KILLED."""
+    args = ["-m", "hydra/sweeper=basic", "seed=0,1", "hydra.launcher.n_jobs=1"]
+    args += ["train.epochs=20", "tracking.plots=false", *store.overrides()]
+    proc = run_script("python", "-c", INTERRUPTED_CLOSE_AFTER_ERROR, *args)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert sorted((c.data.params["seed"], c.info.status) for c in children) == [
+        ("0", "FINISHED"),
+        ("1", "FAILED"),
+    ]
 
 
 # fnnlab-train with the sweep's answer interrupted, as by Ctrl-C while the answer is made.

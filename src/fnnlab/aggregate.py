@@ -26,6 +26,7 @@ from tqdm import tqdm
 from fnnlab import storeguard
 from fnnlab.compare import compare, regime_fractions, stability_boundary
 from fnnlab.config import ConfigValueError, check_uri
+from fnnlab.errortext import first_line, reason
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
@@ -113,17 +114,10 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     except ConfigValueError:
         raise
     except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
-        raise ConfigValueError(
-            "tracking.uri", uri, f"{type(exc).__name__}: {first_line(exc)}"
-        ) from None
+        raise ConfigValueError("tracking.uri", uri, first_line(exc)) from None
     if exp is None:
         raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
     return client, exp.experiment_id
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_id(key: str, value: str) -> str:
@@ -180,7 +174,7 @@ def select(
             else sweep_runs(store, parent, flt, keep=keep)
         )
     except MlflowException as exc:
-        raise ConfigValueError(*where, first_line(exc)) from None
+        raise ConfigValueError(*where, reason(exc)) from None
     if not runs:
         raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
     kept = one_run_per_config(runs)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from fnnlab.config import ConfigValueError, check_values, password_to_env, project_root
+from fnnlab.errortext import reason
 
 CONF_DIR = str(project_root() / "conf")
 log = logging.getLogger("fnnlab")
@@ -201,7 +202,7 @@ def aggregate_app(cfg: DictConfig) -> None:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-aggregate", f"error: {exc}", 2)
     except MlflowException as exc:
-        fail("fnnlab-aggregate", f"error: {aggregate.first_line(exc)}", 1)
+        fail("fnnlab-aggregate", f"error: {reason(exc)}", 1)
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
     out = out if out.is_absolute() else project_root() / out
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
@@ -242,7 +243,7 @@ def replay_app(cfg: DictConfig) -> None:
     except ConfigValueError as exc:
         fail("fnnlab-replay", f"error: {exc}", 2)
     except MlflowException as exc:
-        fail("fnnlab-replay", f"error: tracking store: {str(exc).strip().splitlines()[0]}", 2)
+        fail("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
     out = Path(HydraConfig.get().runtime.output_dir)
     counts = {"identical": 0, "differs": 0, "not replayable": 0}
     bad_input = False
@@ -314,9 +315,9 @@ def _one_line(exc: BaseException) -> str:
         isinstance(exc, InstantiationException) and exc.__cause__ is not None
     ):
         cause = exc.__cause__
-    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    why = reason(cause)
     where = _key_value(exc)
-    return f"{where}: {reason}" if where and where not in reason else reason
+    return f"{where}: {why}" if where and where not in why else why
 
 
 def fail(prog: str, message: str, status: int) -> NoReturn:
@@ -373,7 +374,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         fail(prog, f"error: {exc}", 1)
     except MlflowException as exc:
         # E.g. the tracking server went away mid-run: one line, not a page of retries.
-        fail(prog, f"error: tracking store: {str(exc).strip().splitlines()[0]}", 1)
+        fail(prog, f"error: tracking store: {reason(exc)}", 1)
     except KeyboardInterrupt as exc:
         tracking.release_interrupted(exc)  # before the sweep's clean-up at exit writes
         fail(prog, "interrupted", 130)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fnnlab import claims, plots, population, provenance, reference
 from fnnlab.config import check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
+from fnnlab.errortext import first_line
 from fnnlab.internals import to_yaml
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, Tag
 from fnnlab.outcome import RegimeThresholds, classify_regime, run_outcome
@@ -148,9 +149,8 @@ def _end_with_error(
 ) -> None:
     """End a run FAILED, or KILLED when interrupted, with the error and its traceback."""
     status = KILLED if isinstance(exc, KeyboardInterrupt | SystemExit) else FAILED
-    # One line: a database error's text goes on with its SQL and parameters (the tag has it).
-    first = (str(exc).strip().splitlines() or [""])[0]
-    log.error("run %s (%s) ended %s: %s: %s", name, run_id, status, type(exc).__name__, first)
+    # One line in the log; the tag has all of it.
+    log.error("run %s (%s) ended %s: %s", name, run_id, status, first_line(exc))
     error = f"{type(exc).__name__}: {exc}"
     trace = traceback.format_exc()[-4000:]
     # Params too, so a run that failed early still says what it was (re-logging a param

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from fnnlab import provenance
 from fnnlab.aggregate import read_curves
 from fnnlab.config import ConfigValueError, TrainAppConfig, check_values
+from fnnlab.errortext import reason
 from fnnlab.job import data_hash, train_model
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
 from fnnlab.tracking import Store, log_values, logged_steps, search_all
@@ -79,7 +80,7 @@ def rebuild_config(store: Store, run: Run) -> DictConfig:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainAppConfig), stored)
         check_values(cfg)
     except Exception as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = reason(exc)
         raise NotReplayable(f"run {rid}: its config cannot be rebuilt today ({why})") from None
     return cfg
 

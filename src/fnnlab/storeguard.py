@@ -29,6 +29,7 @@ import requests
 import sqlalchemy
 
 from fnnlab.config import ConfigValueError, masked_uri
+from fnnlab.errortext import first_line
 
 PERMISSIONS = "check the permissions of the file and its folder"
 # How long the write probe waits for another process's write to end: a store that busy is
@@ -242,8 +243,3 @@ def _root(exc: BaseException) -> BaseException:
         seen.add(id(below))
         exc = below
     return exc
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", exc)).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import claims, internals, links, progress, storeguard
 from fnnlab.config import ConfigValueError, check_values, fingerprint
+from fnnlab.errortext import first_line
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
     Store,
@@ -430,7 +431,7 @@ class Sweep:
             return
         error = internals.job_error(job_return)
         if error is not None and self.first_error is None:
-            self.first_error = _first_line(error)
+            self.first_error = first_line(error)
         value = job_return.return_value if error is None else None
         diverged = isinstance(value, dict) and bool(value.get("diverged"))
         self.progress.job_ended(error is None, diverged)
@@ -445,16 +446,16 @@ class Sweep:
             failed = counts["failed"] + counts["running"]
             answer = self.answer() if self.summarize else None
             self._close(counts, FAILED if failed else FINISHED)
-            self._closed()
+            self.mark_closed()
             state = f"parent run {self.parent} is {'FAILED' if failed else 'FINISHED'}"
             print(self.progress.summary(counts, self.id, self.parent), flush=True)
             if answer:
                 print(answer, flush=True)
         except Exception as exc:  # the store went away: the next invocation reaps and resumes
-            self._closed()
+            self.mark_closed()
             failed = max(self.progress.failed, 1)
-            state = f"parent run {self.parent} could not be closed: {_first_line(exc)}"
-            self.first_error = self.first_error or _first_line(exc)
+            state = f"parent run {self.parent} could not be closed: {first_line(exc)}"
+            self.first_error = self.first_error or first_line(exc)
         if failed:
             first = self.first_error or self._first_run_error() or "see the runs error tags"
             raise SweepFailed(
@@ -491,7 +492,7 @@ class Sweep:
             agg = aggregate.aggregate(sel)
             _, text = report.publish(agg, Path(self.dir) / "aggregate", self.base)
         except Exception as exc:
-            log.warning("Sweep %s: no summary: %s", self.id, _first_line(exc))
+            log.warning("Sweep %s: no summary: %s", self.id, first_line(exc))
             return None
         return text
 
@@ -509,9 +510,9 @@ class Sweep:
                 sweep_counts(self.store, self.parent, self.prints), FAILED if failed else KILLED
             )
         except Exception as exc:  # the store went away: the next invocation reaps
-            log.error("could not end parent run %s: %s", self.parent, str(exc).splitlines()[0])
+            log.error("could not end parent run %s: %s", self.parent, first_line(exc))
 
-    def _closed(self) -> None:
+    def mark_closed(self) -> None:
         """The parent is closed (or left to the next invocation): nothing to do at exit."""
         atexit.unregister(self.abandon)
         if self in _open:
@@ -533,11 +534,11 @@ _open: list[Sweep] = []
 def close_after_error() -> None:
     """An error, not an interrupt, ends the command before the sweep's end. Hydra's basic
     sweeper raises the first failed job's error when its batch ends: the parent then ends
-    FAILED now, as a sweep with a failed job does, not KILLED at exit."""
-    while _open:
-        sweep = _open.pop()
-        atexit.unregister(sweep.abandon)
+    now, FAILED as a sweep with a failed job does (KILLED when no job failed: a dead
+    worker, say). A Ctrl-C during these writes leaves the sweep to abandon, at exit."""
+    for sweep in list(_open):
         sweep.abandon(after_error=True)
+        sweep.mark_closed()
 
 
 _prefetch: threading.Thread | None = None
@@ -559,11 +560,6 @@ def _import_answer() -> None:
         from fnnlab import aggregate, report  # noqa: F401
     except Exception:  # noqa: S110 - the answer imports them again and reports the error
         pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 class SweepCallback(Callback):

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from fnnlab import internals, storeguard
 from fnnlab.config import masked_uri
+from fnnlab.errortext import first_line, reason
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_SWEEP, Tag
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def retry_locked(write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         except MlflowException as exc:
             if not _locked(exc) or time.monotonic() > deadline:
                 raise
-            log.warning("store locked, retrying in %.2f s: %s", delay, str(exc).splitlines()[0])
+            log.warning("store locked, retrying in %.2f s: %s", delay, reason(exc))
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -148,8 +149,8 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
     except urllib.error.HTTPError:
         return  # it answered; auth or routing problems surface with the first real call
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        why = f"no MLflow tracking server answers ({reason}); start one with `make server`"
+        cause = getattr(exc, "reason", None) or exc
+        why = f"no MLflow tracking server answers ({cause}); start one with `make server`"
         raise storeguard.StoreUnusable("tracking.uri", uri, why) from None
 
 
@@ -195,7 +196,7 @@ def _client(uri: str) -> MlflowClient:
     try:
         return MlflowClient(tracking_uri=uri)
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
-        why = storeguard.first_line(exc)
+        why = first_line(exc)
         raise storeguard.StoreUnusable("tracking.uri", masked_uri(uri), why) from exc
 
 
@@ -450,5 +451,5 @@ def end_after_error(
     except Exception as failed:
         if not interrupted:
             raise
-        why = (str(failed).strip().splitlines() or [type(failed).__name__])[0]
-        log.error("run %s: its interrupt could not be recorded: %s", run_id, why)
+        why = reason(failed)
+        log.error("run %s: its interrupt could not be recorded in full: %s", run_id, why)
