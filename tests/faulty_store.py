@@ -109,3 +109,26 @@ class KillWorkerAfter(Callback):
             except FileExistsError:
                 return
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FailFiguresOf(Callback):
+    """Make the jobs whose run name starts with `prefix` fail after their run exists, in
+    drawing its figures, in whichever process they run."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from fnnlab import plots
+
+        real, prefix = plots.draw_run, self.prefix
+        if getattr(real, "injected", False):
+            return
+
+        def failing(curves: Any, art: Any, name: str, published: Any) -> Any:
+            if name.startswith(prefix):
+                raise RuntimeError(f"injected fault in {name}")
+            return real(curves, art, name, published)
+
+        failing.injected = True  # type: ignore[attr-defined]
+        plots.draw_run = failing

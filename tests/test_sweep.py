@@ -13,6 +13,7 @@ from conftest import BIN, run_artifacts, run_in_process, run_other_app, run_scri
 from faulty_store import command_env
 
 from fnnlab import cli, job, sweep, tracking
+from fnnlab.names import Tag
 from fnnlab.train import METRICS
 
 
@@ -210,6 +211,25 @@ def test_a_failed_job_under_the_basic_sweeper_ends_the_parent_failed(store, monk
         ("1", "FAILED"),
     ]
     assert sweep._open == []
+
+
+@pytest.mark.slow
+def test_a_job_failed_in_a_worker_under_the_basic_sweeper_ends_the_parent_failed(store):
+    """The job's error was not seen in the sweep's process: the parent ends FAILED from the
+    failed run's error tag."""
+    args = ["-m", "hydra/sweeper=basic", "model.hidden_dim=4,8", "hydra.launcher.n_jobs=2"]
+    args += ["train.epochs=20", *store.overrides()]
+    fault = ["+hydra.callbacks.fault._target_=faulty_store.FailFiguresOf"]
+    fault += ["+hydra.callbacks.fault.prefix=h8-"]
+    out = run_script("fnnlab-train", *args, *fault, env=command_env())
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "RuntimeError: injected fault in h8-" in out.stderr
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    statuses = sorted((c.data.params["model.hidden_dim"], c.info.status) for c in children)
+    assert statuses == [("4", "FINISHED"), ("8", "FAILED")]
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert failed.data.tags[Tag.PID] != parents[0].data.tags[Tag.PID]  # it ran in a worker
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from fnnlab.config import check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
 from fnnlab.errortext import first_line
 from fnnlab.internals import to_yaml
-from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, Tag
+from fnnlab.names import FINISHED, ROLE_JOB, Tag
 from fnnlab.outcome import RegimeThresholds, classify_regime, run_outcome
 from fnnlab.tracking import (
     Store,
@@ -35,6 +35,7 @@ from fnnlab.tracking import (
     open_store_once,
     process_tags,
     start_run,
+    status_after,
     upload_artifacts,
 )
 from fnnlab.train import History
@@ -148,9 +149,8 @@ def _end_with_error(
     store: Store, run_id: str, name: str, params: dict[str, object], exc: BaseException
 ) -> None:
     """End a run FAILED, or KILLED when interrupted, with the error and its traceback."""
-    status = KILLED if isinstance(exc, KeyboardInterrupt | SystemExit) else FAILED
     # One line in the log; the tag has all of it.
-    log.error("run %s (%s) ended %s: %s", name, run_id, status, first_line(exc))
+    log.error("run %s (%s) ended %s: %s", name, run_id, status_after(exc), first_line(exc))
     error = f"{type(exc).__name__}: {exc}"
     trace = traceback.format_exc()[-4000:]
     # Params too, so a run that failed early still says what it was (re-logging a param

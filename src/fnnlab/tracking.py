@@ -430,6 +430,11 @@ def end_run(store: Store, run_id: str, status: str) -> None:
     retry_locked(store.client.set_terminated, run_id, status=status)
 
 
+def status_after(exc: BaseException) -> str:
+    """KILLED after an interrupt (Ctrl-C, SIGTERM's exit), FAILED after any other error."""
+    return KILLED if isinstance(exc, KeyboardInterrupt | SystemExit) else FAILED
+
+
 def end_after_error(
     store: Store,
     run_id: str,
@@ -440,14 +445,15 @@ def end_after_error(
     """End a run FAILED after `exc`, or KILLED after an interrupt, with `params` and `tags`.
     An interrupt goes on as it came: a store that cannot record its end is one logged line
     (the next invocation of a sweep marks the run KILLED), not an error in its place."""
-    interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+    status = status_after(exc)
+    interrupted = status == KILLED
     if interrupted:
         release_interrupted(exc)
     try:
         try:
             log_values(store, run_id, params=params, tags=tags)
         finally:
-            end_run(store, run_id, KILLED if interrupted else FAILED)
+            end_run(store, run_id, status)
     except Exception as failed:
         if not interrupted:
             raise
