@@ -211,9 +211,7 @@ def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
         gc.unfreeze()
-        for left_open in list(sweep._open):
-            left_open.abandon()
-            left_open.mark_closed()
+        sweep.close_open(after_error=False)
 
 
 def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:

@@ -337,7 +337,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     from mlflow.exceptions import MlflowException
 
     from fnnlab import heap, storeguard, tracking
-    from fnnlab.sweep import SweepFailed, SweepRefused, close_after_error
+    from fnnlab.sweep import SweepFailed, SweepRefused, close_open
     from hydra_plugins.fnnlab._core import WorkerDied
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
@@ -356,7 +356,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
             # raised directly.
             raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
         except Exception:
-            close_after_error()
+            close_open(after_error=True)
             raise
     except ConfigValueError as exc:
         fail(prog, f"error: {exc}", 2)

@@ -15,7 +15,7 @@ invocation's life in the process that runs the sweep:
   finished run (the command then exits 1), with counts read from the store, so jobs that
   ran in other processes or machines count;
 - an error before that ends the parent FAILED when a job of this invocation failed (Hydra's
-  basic sweeper raises a failed job's error: fnnlab.cli.run_cli calls close_after_error),
+  basic sweeper raises a failed job's error: fnnlab.cli.run_cli calls close_open),
   KILLED otherwise;
 - anything else (Ctrl-C, SIGTERM) ends the parent KILLED on the way out.
 
@@ -527,17 +527,18 @@ class Sweep:
 
 
 # This process's sweeps whose parent is still open: abandon closes it at exit, or
-# close_after_error before that.
+# close_open before that.
 _open: list[Sweep] = []
 
 
-def close_after_error() -> None:
-    """An error, not an interrupt, ends the command before the sweep's end. Hydra's basic
-    sweeper raises the first failed job's error when its batch ends: the parent then ends
-    now, FAILED as a sweep with a failed job does (KILLED when no job failed: a dead
-    worker, say). A Ctrl-C during these writes leaves the sweep to abandon, at exit."""
+def close_open(after_error: bool) -> None:
+    """Close the parents of this process's open sweeps now, as abandon does at exit. After
+    an error, not an interrupt, that ends the command before the sweep's end (Hydra's basic
+    sweeper raises the first failed job's error when its batch ends): FAILED as a sweep
+    with a failed job ends (KILLED when no job failed: a dead worker, say). A Ctrl-C during
+    these writes leaves the sweep to abandon, at exit."""
     for sweep in list(_open):
-        sweep.abandon(after_error=True)
+        sweep.abandon(after_error=after_error)
         sweep.mark_closed()
 
 
