@@ -213,6 +213,36 @@ def test_a_failed_job_under_the_basic_sweeper_ends_the_parent_failed(store, monk
     assert sweep._open == []
 
 
+def test_the_error_line_comes_before_the_parent_is_closed(store, monkeypatch, capsys):
+    """Closing the parent after a job's error writes to the store, which may be slow to
+    answer (a hung tracking server): the command's one line is printed before that, and the
+    parent still ends FAILED."""
+    from mlflow.exceptions import MlflowException
+
+    real_train, real_close = job.train_model, sweep.close_open
+    printed_before_closing = []
+
+    def fail_one(cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise MlflowException("injected store fault")
+        return real_train(cfg, *args, **kwargs)
+
+    def close_open(after_error):
+        printed_before_closing.append(capsys.readouterr().err)
+        real_close(after_error)
+
+    monkeypatch.setattr(job, "train_model", fail_one)
+    monkeypatch.setattr(sweep, "close_open", close_open)
+    args = ["-m", "hydra/sweeper=basic", "seed=0,1", "hydra.launcher.n_jobs=1"]
+    args += ["train.epochs=20", "tracking.plots=false", *store.overrides()]
+    assert run_in_process(monkeypatch, cli.train, *args) == 1
+    line = "fnnlab-train: error: tracking store: injected store fault\n"
+    assert printed_before_closing[0].endswith(line)
+    assert line not in capsys.readouterr().err  # printed once
+    parents, _ = split_runs(store)
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+
 @pytest.mark.slow
 def test_a_job_failed_in_a_worker_under_the_basic_sweeper_ends_the_parent_failed(store):
     """The job's error was not seen in the sweep's process: the parent ends FAILED from the

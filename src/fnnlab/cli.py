@@ -334,11 +334,8 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     # (KeyError '_MLFLOW_TELEMETRY_SESSION_ID'). Off here and in every process a launcher
     # starts from here, unless the user chose.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.exceptions import MlflowException
-
     from fnnlab import heap, storeguard, tracking
     from fnnlab.sweep import SweepFailed, SweepRefused, close_open
-    from hydra_plugins.fnnlab._core import WorkerDied
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
     # Let exceptions reach us instead of Hydra's multi-line report.
@@ -355,31 +352,54 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
             # Why the sweep could not start (a bad job config, the store): reported as if
             # raised directly.
             raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
-        except Exception:
+        except Exception as exc:
+            # The line before the sweep is closed: that writes to the store, which can be
+            # slow to answer (a hung server). A Ctrl-C during it is handled below.
+            status = report(prog, exc, user_wants_trace)
             close_open(after_error=True)
-            raise
-    except ConfigValueError as exc:
-        fail(prog, f"error: {exc}", 2)
-    except (HydraException, OmegaConfBaseException) as exc:
-        if user_wants_trace:
-            raise
-        fail(prog, f"error: {_one_line(exc)}", 2)
-    except SweepFailed as exc:
+            if status is None:
+                raise
+            sys.exit(status)
+    except SweepFailed as exc:  # its parent is closed
         fail(prog, str(exc), 1)
-    except WorkerDied as exc:
-        fail(prog, f"error: {exc}", 1)
     except storeguard.StoreFailed as exc:
         # Before the sweep's clean-up at exit, which then leaves the store alone.
         storeguard.FAULTS.stopped = True
         fail(prog, f"error: {exc}", 1)
-    except MlflowException as exc:
-        # E.g. the tracking server went away mid-run: one line, not a page of retries.
-        fail(prog, f"error: tracking store: {reason(exc)}", 1)
     except KeyboardInterrupt as exc:
         tracking.release_interrupted(exc)  # before the sweep's clean-up at exit writes
         fail(prog, "interrupted", 130)
+    except Exception as exc:  # why a sweep was refused
+        status = report(prog, exc, user_wants_trace)
+        if status is None:
+            raise
+        sys.exit(status)
     finally:
         heap.freeze_for_exit()
+
+
+def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
+    """Print the one line that ends a command on this error and return its exit status
+    (2: a config or Hydra error); None for an error raised with its traceback."""
+    from mlflow.exceptions import MlflowException
+
+    from hydra_plugins.fnnlab._core import WorkerDied
+
+    if isinstance(exc, ConfigValueError):
+        message, status = f"error: {exc}", 2
+    elif isinstance(exc, (HydraException, OmegaConfBaseException)):
+        if user_wants_trace:
+            return None
+        message, status = f"error: {_one_line(exc)}", 2
+    elif isinstance(exc, WorkerDied):
+        message, status = f"error: {exc}", 1
+    elif isinstance(exc, MlflowException):
+        # E.g. the tracking server went away mid-run: one line, not a page of retries.
+        message, status = f"error: tracking store: {reason(exc)}", 1
+    else:
+        return None
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def train() -> None:
