@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TmpStore, run_in_process, run_script
+from mlflow.entities import Metric
 
 from fnnlab import cli, provenance
 
@@ -140,6 +141,103 @@ def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsy
     )
     assert unreachable.returncode == 2
     assert unreachable.stderr.strip().splitlines()[-1].startswith("fnnlab-replay: error: ")
+
+
+def artifact(run, name: str) -> Path:
+    return Path(run.info.artifact_uri.removeprefix("file://")) / name
+
+
+def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
+    """Beyond the curves: the summary metrics, the tags of how training went, the params
+    against config.yaml, a value stored twice, the weights' dtype, files that cannot be
+    read. A sweep's reused runs are replayed too; an earlier difference's tag goes once a run
+    replays identical; a run that cannot be checked makes the exit status 2."""
+    train(store, "-m", "seed=range(3)", "optim.lr=0.1,1000", "train.epochs=30")
+    train(store, "-m", "seed=range(5)", "optim.lr=0.1,1000", "train.epochs=30")  # 6 reused
+    runs = {r.info.run_name: r for r in store.runs("tags.role = 'job'")}
+    ids = {name: run.info.run_id for name, run in runs.items()}
+    assert len(runs) == 10
+    client = store.client
+    client.set_tag(ids["h32-lr0.1-s0"], "replay.first_diff", "epoch 3 loss")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert lines(out) == {rid: "identical" for rid in ids.values()}
+    assert "replay.first_diff" not in client.get_run(ids["h32-lr0.1-s0"]).data.tags
+
+    # lr 0.1 runs train 30 epochs; lr 1000 runs diverge at epoch 1.
+    client.log_metric(ids["h32-lr0.1-s0"], "final/loss", 0.1)
+    regime = runs["h32-lr0.1-s1"].data.tags["regime"]
+    client.set_tag(ids["h32-lr0.1-s1"], "regime", "stable" if regime != "stable" else "oscillating")
+    client.set_tag(ids["h32-lr0.1-s2"], "diverged_at", "7")
+    artifact(runs["h32-lr0.1-s3"], "weights.pt").write_text("not a pickle")
+    client.log_batch(ids["h32-lr0.1-s4"], [Metric("loss", 9.9, 0, 4)])  # an earlier time
+    weights = artifact(runs["h32-lr1000-s0"], "weights.pt")
+    torch.save({k: v.double() for k, v in torch.load(weights).items()}, weights)
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE params SET value = '0.5' WHERE key = 'optim.lr' AND run_uuid = ?",
+            (ids["h32-lr1000-s2"],),
+        )
+    db.close()
+    client.log_metric(ids["h32-lr1000-s3"], "best/loss", 0.5)  # a diverged run has none
+    client.set_terminated(ids["h32-lr1000-s4"], "FAILED")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]  # one could not be checked
+    found = lines(out)
+    expected = {
+        "h32-lr0.1-s0": "differs at epoch 30 final/loss 0.1 -> ",
+        "h32-lr0.1-s1": "differs at epoch 30 regime ",
+        "h32-lr0.1-s2": "differs at epoch 7 diverged_at 7 -> None, ",
+        "h32-lr0.1-s3": "differs at epoch 30 weights.pt unreadable (",
+        "h32-lr0.1-s4": "differs at epoch 4 loss (values stored twice), ",
+        "h32-lr1000-s0": "differs at epoch 1 final weights w1 dtype torch.float64 -> torch.float32",
+        "h32-lr1000-s1": "identical",
+        "h32-lr1000-s2": "differs at epoch 0 param optim.lr '0.5', config.yaml '1000.0', ",
+        "h32-lr1000-s3": "differs at epoch 1 best/loss 0.5 -> None, ",
+        "h32-lr1000-s4": "not replayable: it is FAILED",
+    }
+    for name, start in expected.items():
+        assert found[ids[name]].startswith(start), (name, found[ids[name]])
+    assert out.stdout.strip().splitlines()[-1] == (
+        "replayed 9 runs: 1 identical, 8 differ; 1 not replayable"
+    )
+
+    artifact(runs["h32-lr1000-s1"], "config.yaml").write_text("a: [unclosed\n")
+    out = replay(store, f"replay.run={ids['h32-lr1000-s1']}")
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+    assert "its config.yaml artifact cannot be read (" in lines(out)[ids["h32-lr1000-s1"]]
+
+
+def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):
+    """A typo in tracking.uri or tracking.experiment is one line and exit 2, with nothing
+    left behind; replay.run replays in that run's own experiment, whatever
+    tracking.experiment says, and logs a replay there."""
+    train(store, "train.epochs=5")
+    (run,) = store.runs()
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # replay sets it
+    missing = tmp_path / "nothing" / "mlflow.db"
+    typo = TmpStore(root=store.root, uri=store.uri, experiment="typo")
+    for args, words in (
+        (["replay.sweep=latest", f"tracking.uri=sqlite:///{missing}"], "no database file"),
+        (["replay.sweep=latest", *typo.overrides()], "tracking.experiment=typo"),
+    ):
+        capsys.readouterr()
+        assert run_in_process(monkeypatch, cli.replay, *args) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("fnnlab-replay: error: ") and words in line, line
+    assert not missing.parent.exists()
+    status = run_in_process(
+        monkeypatch,
+        cli.replay,
+        f"replay.run={run.info.run_id}",
+        "replay.log=true",
+        *typo.overrides(),
+    )
+    assert status == 0
+    assert store.client.get_experiment_by_name("typo") is None
+    (logged,) = store.runs(f"tags.`replay.of` = '{run.info.run_id}'")
+    assert logged.info.experiment_id == run.info.experiment_id
 
 
 def test_replay_through_the_postgres_tracking_server(tracking_server, tmp_path) -> None:

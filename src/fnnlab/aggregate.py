@@ -95,8 +95,9 @@ class Aggregate:
 # --- selecting runs -------------------------------------------------------------------
 
 
-def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """A client and the experiment id; one-line errors for an unreachable or unknown store.
+def connect(uri: str, experiment: str | None) -> tuple[MlflowClient, str | None]:
+    """A client and the experiment id (None without an experiment name); one-line errors
+    for an unreachable or unknown store.
 
     Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
     since opening a missing one would create an empty database).
@@ -110,11 +111,13 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         # A corrupt or unreadable file is refused at once; a schema being created waits.
         with storeguard.first_use(uri, db, write=False):
             client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
+        exp = None if experiment is None else client.get_experiment_by_name(experiment)
     except ConfigValueError:
         raise
     except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
         raise ConfigValueError("tracking.uri", uri, first_line(exc)) from None
+    if experiment is None:
+        return client, None
     if exp is None:
         raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
     return client, exp.experiment_id
@@ -204,10 +207,12 @@ def read_curves(
     run_ids: list[str],
     keys: tuple[str, ...] = METRICS,
     method: str = "auto",
+    keep_repeats: bool = False,
 ) -> pd.DataFrame:
     """Per-epoch values of many runs: columns run_id, key, step, value, rows in that order.
     run_id and key are categorical (a 10,000-run sweep has 6 million values), their
-    categories sorted."""
+    categories sorted. A step stored twice counts once, with its later value, unless
+    keep_repeats (fnnlab.replay checks every stored value)."""
     if method == "auto":
         method = "sql" if uri.split(":", 1)[0].split("+")[0].lower() in SQL_SCHEMES else "client"
     types = {
@@ -224,7 +229,7 @@ def read_curves(
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in types.items()})
     frame = frame.astype(types)
     # A value logged twice for one step: the later one counts, as in MLflow's UI.
-    if frame.duplicated(["run_id", "key", "step"]).any():
+    if not keep_repeats and frame.duplicated(["run_id", "key", "step"]).any():
         frame = frame.sort_values("timestamp", kind="stable")
         frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
     # In one order whatever the database's or the server's: the sums of a configuration's

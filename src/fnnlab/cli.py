@@ -220,7 +220,7 @@ def replay_app(cfg: DictConfig) -> None:
     from tqdm import tqdm
 
     from fnnlab import replay
-    from fnnlab.tracking import find_sweep_parent, open_store
+    from fnnlab.tracking import find_sweep_parent
 
     r = cfg.replay
     # One line per run: MLflow's per-download progress bars would bury them.
@@ -232,9 +232,10 @@ def replay_app(cfg: DictConfig) -> None:
             )
         if r.sample is not None and r.sample < 1:
             raise ConfigValueError("replay.sample", r.sample, "must be at least 1, or null")
-        store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
-        if r.run is not None:
-            runs, others = [replay.find_run(store, str(r.run))], []
+        run_id = None if r.run is None else str(r.run)
+        store = replay.existing_store(cfg.tracking.uri, cfg.tracking.experiment, run_id)
+        if run_id is not None:
+            runs, others = [replay.find_run(store.client, run_id)], []
         else:
             parent = find_sweep_parent(store, str(r.sweep), "replay.sweep")
             if parent is None:
@@ -246,14 +247,12 @@ def replay_app(cfg: DictConfig) -> None:
         fail("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
     out = Path(HydraConfig.get().runtime.output_dir)
     counts = {"identical": 0, "differs": 0, "not replayable": 0}
-    bad_input = False
     bar = tqdm(runs, unit="run", disable=r.run is not None or not runs, file=sys.stderr)
     for run in bar:
         try:
             result = replay.replay_run(store, run)
         except replay.NotReplayable as exc:
             counts["not replayable"] += 1
-            bad_input = True
             bar.write(f"{run.info.run_name} ({run.info.run_id}): not replayable: {exc}")
             continue
         replay.record(store, result)
@@ -271,7 +270,7 @@ def replay_app(cfg: DictConfig) -> None:
             f"replayed {len(runs)} runs: {counts['identical']} identical, "
             f"{counts['differs']} differ; {counts['not replayable']} not replayable"
         )
-    if bad_input:
+    if counts["not replayable"]:  # not everything could be checked
         sys.exit(2)
     if counts["differs"]:
         sys.exit(1)

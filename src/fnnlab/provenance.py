@@ -162,6 +162,7 @@ _NAMES = {
     "env.cpu": "cpu",
     "env.torch_threads": "torch threads",
     "env.torch_deterministic": "torch deterministic",
+    "env.omp_num_threads": "OMP_NUM_THREADS",
     "env.code": "code",
     "env.data": "data",
     "env.git_commit": "commit",
@@ -182,6 +183,7 @@ def env_diff(stored: dict[str, str], now: dict[str, str]) -> list[str]:
         if a != b:
             if key == "env.git_commit":
                 a, b = (v[:7] if v else v for v in (a, b))
+            a, b = (v if v else "unset" for v in (a, b))  # OMP_NUM_THREADS="" is not set
             out.append(f"{name} {a} -> {b}")
     then, today = stored.get("env.git_dirty") == "true", now.get("env.git_dirty") == "true"
     if then or today:

@@ -2,16 +2,19 @@
 
 A run's config is rebuilt from its own `config.yaml` artifact (the resolved config it ran
 with), never from Hydra's output folders, so runs from other machines or a tracking server
-replay the same way. It is retrained with today's code, and every per-epoch metric at every
-stored step, the epoch it stopped at and the final weights are compared exactly with what
-was stored. When something differs, the first epoch and metric that differ, the largest
-difference and what changed in the environment since (fnnlab.provenance) say why.
+replay the same way. It is retrained with today's code, and what the run stored is compared
+exactly with what the job would store now: every per-epoch value at every stored step, the
+summary metrics, the tags that say what happened in training, the params (against the
+rebuilt config) and the final weights, dtype included. When something differs, the first
+epoch and value that differ, the largest difference and what changed in the environment
+since (fnnlab.provenance) say why.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,17 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import provenance
 from fnnlab.aggregate import read_curves
-from fnnlab.config import ConfigValueError, TrainAppConfig, check_values
+from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, flatten
 from fnnlab.errortext import reason
-from fnnlab.job import data_hash, train_model
+from fnnlab.job import data_hash, end_tags, summarize, train_model
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
-from fnnlab.tracking import Store, log_values, logged_steps, search_all
+from fnnlab.tracking import Store, log_values, logged_steps, open_store
+from fnnlab.tracking import sweep_runs as all_sweep_runs
 
 
 class NotReplayable(Exception):
@@ -74,8 +79,9 @@ def rebuild_config(store: Store, run: Run) -> DictConfig:
         with tempfile.TemporaryDirectory() as tmp:
             path = store.client.download_artifacts(rid, "config.yaml", tmp)
             stored = yaml.safe_load(Path(path).read_text())
-    except (MlflowException, OSError) as exc:
-        raise NotReplayable(f"run {rid}: its config.yaml artifact cannot be read ({exc})") from None
+    except (MlflowException, OSError, yaml.YAMLError) as exc:
+        why = reason(exc)
+        raise NotReplayable(f"run {rid}: its config.yaml artifact cannot be read ({why})") from None
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainAppConfig), stored)
         check_values(cfg)
@@ -85,13 +91,21 @@ def rebuild_config(store: Store, run: Run) -> DictConfig:
     return cfg
 
 
-def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | None:
+def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
+    """The stored final weights, or why there are none to compare."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = store.client.download_artifacts(run.info.run_id, "weights.pt", tmp)
-            return torch.load(path)
+            weights = torch.load(path)  # weights_only: a file cannot run code here
     except (MlflowException, OSError):
-        return None
+        return "weights.pt missing"
+    except Exception as exc:  # not a file torch.save wrote
+        return f"weights.pt unreadable ({type(exc).__name__})"
+    if not isinstance(weights, dict) or not all(
+        isinstance(weights.get(k), torch.Tensor) for k in ("w1", "w2")
+    ):
+        return "weights.pt without the tensors w1 and w2"
+    return weights
 
 
 def replay_run(store: Store, run: Run) -> Replay:
@@ -103,48 +117,15 @@ def replay_run(store: Store, run: Run) -> Replay:
         )
     cfg = rebuild_config(store, run)
     history = train_model(cfg)
-    tags, metrics = run.data.tags, run.data.metrics
     now_env = provenance.env_tags(data_hash(cfg))
-    stored_env = {k: v for k, v in tags.items() if k.startswith("env.")}
+    stored_env = {k: v for k, v in run.data.tags.items() if k.startswith("env.")}
     result = Replay(run=run, identical=True, env=provenance.env_diff(stored_env, now_env), cfg=cfg)
-    diffs: list[tuple[int, int, str, float]] = []  # (epoch, metric order, metric, |diff|)
-
-    ran = history.epochs_run
-    stored_ran = int(metrics.get("epochs_run", -1))
-    if stored_ran != ran:
-        diffs.append((min(ran, stored_ran), -1, f"epochs run {stored_ran} -> {ran}", math.inf))
-    stored_at = tags.get(Tag.DIVERGED_AT)
-    now_at = None if history.diverged_at is None else str(history.diverged_at)
-    if stored_at != now_at:
-        where = int(min(x for x in (stored_at, now_at, ran) if x is not None))
-        diffs.append((where, -1, f"diverged_at {stored_at} -> {now_at}", math.inf))
-
-    curves = read_curves(store.uri, store.client, [run.info.run_id])
-    every = int(cfg.tracking.log_every)
-    expected = list(logged_steps(ran, every))
-    for order, key in enumerate(METRICS):
-        stored = curves[curves["key"] == key].sort_values("step")
-        steps, values = stored["step"].to_numpy(), stored["value"].to_numpy()
-        now = history.metrics[key]
-        if list(steps) != expected:
-            missing = sorted(set(expected) ^ set(steps.tolist()))
-            diffs.append((missing[0] if missing else 0, order, f"{key} (steps)", math.inf))
-            common = [s for s in steps if s < len(now)]
-            steps, values = np.array(common), values[: len(common)]
-        if len(steps):
-            ours = now[steps]
-            delta = np.abs(ours - values)
-            bad = np.nonzero(ours != values)[0]
-            if len(bad):
-                diffs.append((int(steps[bad[0]]), order, key, float(np.nanmax(delta))))
-
-    weights = _stored_weights(store, run)
-    if weights is None or not (
-        torch.equal(weights["w1"], history.w1) and torch.equal(weights["w2"], history.w2)
-    ):
-        what = "weights.pt missing" if weights is None else "final weights"
-        diffs.append((ran, len(METRICS), what, _weight_diff(weights, history)))
-
+    diffs = [
+        *_params_diffs(run, cfg),
+        *_end_diffs(run, history, cfg),
+        *_curve_diffs(store, run, history, cfg),
+        *_weights_diffs(store, run, history),
+    ]
     if diffs:
         epoch, _, what, _ = min(diffs, key=lambda d: (d[0], d[1]))
         result.identical = False
@@ -153,9 +134,101 @@ def replay_run(store: Store, run: Run) -> Replay:
     return result
 
 
-def _weight_diff(weights: dict | None, history) -> float:
-    if weights is None:
-        return math.inf
+# A difference: (epoch, order among those of one epoch, what, largest |stored - now|).
+Diff = tuple[int, int, str, float]
+
+
+def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
+    """Params that do not say what config.yaml says (either was changed after the run). Keys
+    only one of them has are left out: a key added to the config since is not a difference."""
+    stored = run.data.params
+    now = {k: str(v) for k, v in flatten(cfg).items()}
+    return [
+        (0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
+        for k in sorted(stored.keys() & now.keys())
+        if stored[k] != now[k]
+    ]
+
+
+def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
+    """The summary metrics and the tags of how training went, against what the job would
+    log now. A tag of an epoch (diverged_at, saturated_at) is placed at that epoch."""
+    ran = history.epochs_run
+    diffs: list[Diff] = []
+    tags, now_tags = run.data.tags, end_tags(history, cfg)
+    for key in (Tag.DIVERGED_AT, Tag.SATURATED_AT, Tag.DIVERGED, Tag.REGIME):
+        a, b = tags.get(key), now_tags.get(key)
+        if a != b:
+            epochs = [int(x) for x in (a, b) if x is not None and x.isdigit()]
+            diffs.append((min([*epochs, ran]), -1, f"{key} {a} -> {b}", math.inf))
+    stored = run.data.metrics
+    now = summarize(history, cfg)
+    summary_keys = (stored.keys() - set(METRICS)) | now.keys()
+    for key in sorted(summary_keys):
+        a, b = stored.get(key), now.get(key)
+        b = None if b is None else _as_stored(b)
+        if a is not None and b is not None and _same(a, b):
+            continue
+        gap = math.inf if a is None or b is None else abs(a - b)
+        if key == "epochs_run":  # where the shorter of the two ended
+            where = (ran if a is None else min(ran, int(a)), -1)
+        else:
+            where = (ran, len(METRICS) + 1)
+        diffs.append((*where, f"{key} {a} -> {b}", gap))
+    return diffs
+
+
+def _as_stored(value: float) -> float:
+    """A value as MLflow stores it: +-inf as the largest float."""
+    value = float(value)
+    return math.copysign(sys.float_info.max, value) if math.isinf(value) else value
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]:
+    """Every per-epoch value at every stored step, a step stored twice included."""
+    diffs: list[Diff] = []
+    curves = read_curves(store.uri, store.client, [run.info.run_id], keep_repeats=True)
+    expected = list(logged_steps(history.epochs_run, int(cfg.tracking.log_every)))
+    for order, key in enumerate(METRICS):
+        stored = curves[curves["key"] == key].sort_values("step", kind="stable")
+        steps, values = stored["step"].to_numpy(), stored["value"].to_numpy()
+        now = history.metrics[key]
+        if list(steps) != expected:
+            odd = sorted(set(expected) ^ set(steps.tolist()))
+            repeated = sorted({s for s in steps.tolist() if (steps == s).sum() > 1})
+            what = f"{key} (steps)" if odd else f"{key} (values stored twice)"
+            diffs.append(((odd or repeated or [0])[0], order, what, math.inf))
+            keep = steps < len(now)
+            steps, values = steps[keep], values[keep]
+        if len(steps):
+            ours = now[steps]
+            bad = np.nonzero(ours != values)[0]
+            if len(bad):
+                delta = np.abs(ours - values)
+                diffs.append((int(steps[bad[0]]), order, key, float(np.nanmax(delta))))
+    return diffs
+
+
+def _weights_diffs(store: Store, run: Run, history) -> list[Diff]:
+    weights = _stored_weights(store, run)
+    where = (history.epochs_run, len(METRICS))
+    if isinstance(weights, str):
+        return [(*where, weights, math.inf)]
+    pairs = (("w1", history.w1), ("w2", history.w2))
+    for key, now in pairs:
+        if weights[key].dtype != now.dtype:
+            what = f"final weights {key} dtype {weights[key].dtype} -> {now.dtype}"
+            return [(*where, what, _weight_diff(weights, history))]
+    if all(torch.equal(weights[key], now) for key, now in pairs):
+        return []
+    return [(*where, "final weights", _weight_diff(weights, history))]
+
+
+def _weight_diff(weights: dict, history) -> float:
     try:
         return float(
             max(
@@ -176,13 +249,17 @@ def record(store: Store, replay: Replay) -> None:
     if not replay.identical:
         tags["replay.first_diff"] = replay.first_diff
     log_values(store, replay.run.info.run_id, tags=tags)
+    if replay.identical and "replay.first_diff" in replay.run.data.tags:
+        # An earlier replay's difference is no longer so.
+        store.client.delete_tag(replay.run.info.run_id, "replay.first_diff")
 
 
 def sweep_runs(store: Store, parent: Run, sample: int | None, seed: int) -> tuple[list, list]:
-    """A sweep's FINISHED jobs (or `sample` of them, chosen at random with `seed`), and its
-    other jobs (failed, killed, running), which cannot be replayed."""
-    query = f"tags.{Tag.ROLE} = '{ROLE_JOB}' and tags.`{Tag.PARENT}` = '{parent.info.run_id}'"
-    runs = sorted(search_all(store, query), key=lambda r: r.info.start_time or 0)
+    """A sweep's FINISHED jobs, the runs of other sweeps it reused included (or `sample` of
+    them, chosen at random with `seed`), and its other jobs (failed, killed, running), which
+    cannot be replayed."""
+    runs = all_sweep_runs(store, parent, f"tags.{Tag.ROLE} = '{ROLE_JOB}'")
+    runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
     finished = [r for r in runs if r.info.status == FINISHED]
     if sample is not None and sample < len(finished):
         finished = random.Random(seed).sample(finished, sample)
@@ -197,11 +274,24 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
     return run(cfg, output_dir, store=store, sweep_tags=tags).run_id
 
 
-def find_run(store: Store, run_id: str) -> Run:
+def find_run(client: MlflowClient, run_id: str) -> Run:
     try:
-        run = store.client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:
         raise ConfigValueError("replay.run", run_id, "no such run in this store") from None
     if run.data.tags.get(Tag.ROLE) != ROLE_JOB:
         raise ConfigValueError("replay.run", run_id, "not a training run (a sweep's parent?)")
     return run
+
+
+def existing_store(uri: str, experiment: str, run_id: str | None) -> Store:
+    """The store to replay in, creating neither a database nor an experiment (a typo would
+    leave them behind): that of replay.run's experiment, whatever tracking.experiment says,
+    or tracking.experiment, which must exist."""
+    from fnnlab.aggregate import connect
+
+    client, _ = connect(uri, None if run_id is not None else experiment)
+    if run_id is not None:
+        run = find_run(client, run_id)
+        experiment = client.get_experiment(run.info.experiment_id).name
+    return open_store(uri, experiment)
