@@ -4,6 +4,7 @@ bad input; provenance tags and a dirty tree's diff; resume by code identity."""
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import subprocess
@@ -153,10 +154,10 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     read. A sweep's reused runs are replayed too; an earlier difference's tag goes once a run
     replays identical; a run that cannot be checked makes the exit status 2."""
     train(store, "-m", "seed=range(3)", "optim.lr=0.1,1000", "train.epochs=30")
-    train(store, "-m", "seed=range(5)", "optim.lr=0.1,1000", "train.epochs=30")  # 6 reused
+    train(store, "-m", "seed=range(6)", "optim.lr=0.1,1000", "train.epochs=30")  # 6 reused
     runs = {r.info.run_name: r for r in store.runs("tags.role = 'job'")}
     ids = {name: run.info.run_id for name, run in runs.items()}
-    assert len(runs) == 10
+    assert len(runs) == 12
     client = store.client
     client.set_tag(ids["h32-lr0.1-s0"], "replay.first_diff", "epoch 3 loss")
     out = replay(store, "replay.sweep=latest")
@@ -164,7 +165,7 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     assert lines(out) == {rid: "identical" for rid in ids.values()}
     assert "replay.first_diff" not in client.get_run(ids["h32-lr0.1-s0"]).data.tags
 
-    # lr 0.1 runs train 30 epochs; lr 1000 runs diverge at epoch 1.
+    # lr 0.1 runs train 30 epochs (0 to 29); lr 1000 runs diverge at epoch 1.
     client.log_metric(ids["h32-lr0.1-s0"], "final/loss", 0.1)
     regime = runs["h32-lr0.1-s1"].data.tags["regime"]
     client.set_tag(ids["h32-lr0.1-s1"], "regime", "stable" if regime != "stable" else "oscillating")
@@ -182,51 +183,68 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     db.close()
     client.log_metric(ids["h32-lr1000-s3"], "best/loss", 0.5)  # a diverged run has none
     client.set_terminated(ids["h32-lr1000-s4"], "FAILED")
+    client.log_metric(ids["h32-lr0.1-s5"], "epochs_run", math.nan)
+    client.set_tag(ids["h32-lr1000-s5"], "diverged_at", "²")
+    # A failed try of a configuration that finished when the sweep ran again: not counted.
+    first = runs["h32-lr0.1-s0"]
+    again = client.create_run(
+        first.info.experiment_id,
+        tags={k: first.data.tags[k] for k in ("role", "fingerprint", "mlflow.parentRunId")},
+    )
+    client.set_terminated(again.info.run_id, "FAILED")
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 2, out.stdout + out.stderr[-3000:]  # one could not be checked
     found = lines(out)
     expected = {
-        "h32-lr0.1-s0": "differs at epoch 30 final/loss 0.1 -> ",
-        "h32-lr0.1-s1": "differs at epoch 30 regime ",
+        "h32-lr0.1-s0": "differs at epoch 29 final/loss 0.1 -> ",
+        "h32-lr0.1-s1": "differs at epoch 29 regime ",
         "h32-lr0.1-s2": "differs at epoch 7 diverged_at 7 -> None, ",
         "h32-lr0.1-s3": "differs at epoch 30 weights.pt unreadable (",
         "h32-lr0.1-s4": "differs at epoch 4 loss (values stored twice), ",
         "h32-lr1000-s0": "differs at epoch 1 final weights w1 dtype torch.float64 -> torch.float32",
         "h32-lr1000-s1": "identical",
         "h32-lr1000-s2": "differs at epoch 0 param optim.lr '0.5', config.yaml '1000.0', ",
-        "h32-lr1000-s3": "differs at epoch 1 best/loss 0.5 -> None, ",
+        "h32-lr1000-s3": "differs at epoch 0 best/loss 0.5 -> None, ",
         "h32-lr1000-s4": "not replayable: it is FAILED",
+        "h32-lr0.1-s5": "differs at epoch 29 epochs_run nan -> 30.0, ",
+        "h32-lr1000-s5": "differs at epoch 0 diverged_at ² -> ",
     }
     for name, start in expected.items():
         assert found[ids[name]].startswith(start), (name, found[ids[name]])
     assert out.stdout.strip().splitlines()[-1] == (
-        "replayed 9 runs: 1 identical, 8 differ; 1 not replayable"
+        "replayed 11 runs: 1 identical, 10 differ; 1 not replayable"
     )
 
-    artifact(runs["h32-lr1000-s1"], "config.yaml").write_text("a: [unclosed\n")
-    out = replay(store, f"replay.run={ids['h32-lr1000-s1']}")
-    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
-    assert "its config.yaml artifact cannot be read (" in lines(out)[ids["h32-lr1000-s1"]]
+    config = artifact(runs["h32-lr1000-s1"], "config.yaml")
+    for damaged in (b"a: [unclosed\n", "seed: \xe9\n".encode("latin-1")):
+        config.write_bytes(damaged)
+        out = replay(store, f"replay.run={ids['h32-lr1000-s1']}")
+        assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+        assert "its config.yaml artifact cannot be read (" in lines(out)[ids["h32-lr1000-s1"]]
 
 
 def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):
     """A typo in tracking.uri or tracking.experiment is one line and exit 2, with nothing
     left behind; replay.run replays in that run's own experiment, whatever
     tracking.experiment says, and logs a replay there."""
-    train(store, "train.epochs=5")
+    train(store, "train.epochs=5", "data.name=iris2\\${x}")  # "${" in a value: text
     (run,) = store.runs()
+    assert run.data.params["data.name"] == "iris2${x}"
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # replay sets it
     missing = tmp_path / "nothing" / "mlflow.db"
+    empty = tmp_path / "empty.db"
+    empty.touch()
     typo = TmpStore(root=store.root, uri=store.uri, experiment="typo")
     for args, words in (
         (["replay.sweep=latest", f"tracking.uri=sqlite:///{missing}"], "no database file"),
+        (["replay.sweep=latest", f"tracking.uri=sqlite:///{empty}"], "an empty file"),
         (["replay.sweep=latest", *typo.overrides()], "tracking.experiment=typo"),
     ):
         capsys.readouterr()
         assert run_in_process(monkeypatch, cli.replay, *args) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("fnnlab-replay: error: ") and words in line, line
-    assert not missing.parent.exists()
+    assert not missing.parent.exists() and empty.stat().st_size == 0
     status = run_in_process(
         monkeypatch,
         cli.replay,

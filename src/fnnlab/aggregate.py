@@ -106,6 +106,8 @@ def connect(uri: str, experiment: str | None) -> tuple[MlflowClient, str | None]
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
+    if db is not None and db.stat().st_size == 0:  # MLflow would make it a store
+        raise ConfigValueError("tracking.uri", uri, f"{db} is an empty file, not a store")
     check_reachable(uri)
     try:
         # A corrupt or unreadable file is refused at once; a schema being created waits.

@@ -34,7 +34,7 @@ from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, flatte
 from fnnlab.errortext import reason
 from fnnlab.job import data_hash, end_tags, summarize, train_model
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
-from fnnlab.tracking import Store, log_values, logged_steps, open_store
+from fnnlab.tracking import Store, log_values, logged_steps, one_run_per_config, open_store
 from fnnlab.tracking import sweep_runs as all_sweep_runs
 
 
@@ -78,17 +78,28 @@ def rebuild_config(store: Store, run: Run) -> DictConfig:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = store.client.download_artifacts(rid, "config.yaml", tmp)
-            stored = yaml.safe_load(Path(path).read_text())
-    except (MlflowException, OSError, yaml.YAMLError) as exc:
+            stored = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         why = reason(exc)
         raise NotReplayable(f"run {rid}: its config.yaml artifact cannot be read ({why})") from None
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainAppConfig), stored)
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainAppConfig), _literal(stored))
         check_values(cfg)
+        flatten(cfg)  # every value resolves (the params are compared with them)
     except Exception as exc:
         why = reason(exc)
         raise NotReplayable(f"run {rid}: its config cannot be rebuilt today ({why})") from None
     return cfg
+
+
+def _literal(node: object) -> object:
+    """The stored config's values as text: it was written resolved, so a "${" in a value
+    (an escaped one in the job's config) is not an interpolation."""
+    if isinstance(node, dict):
+        return {k: _literal(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_literal(v) for v in node]
+    return node.replace("${", "\\${") if isinstance(node, str) else node
 
 
 def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
@@ -102,9 +113,10 @@ def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
     except Exception as exc:  # not a file torch.save wrote
         return f"weights.pt unreadable ({type(exc).__name__})"
     if not isinstance(weights, dict) or not all(
-        isinstance(weights.get(k), torch.Tensor) for k in ("w1", "w2")
+        isinstance(w := weights.get(k), torch.Tensor) and w.layout == torch.strided
+        for k in ("w1", "w2")
     ):
-        return "weights.pt without the tensors w1 and w2"
+        return "weights.pt without the dense tensors w1 and w2"
     return weights
 
 
@@ -152,15 +164,17 @@ def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
 
 def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
     """The summary metrics and the tags of how training went, against what the job would
-    log now. A tag of an epoch (diverged_at, saturated_at) is placed at that epoch."""
+    log now, at the last epoch; a tag of an epoch (diverged_at, saturated_at) at that epoch,
+    epochs_run where the shorter of the two ended."""
     ran = history.epochs_run
+    last = max(ran - 1, 0)
     diffs: list[Diff] = []
     tags, now_tags = run.data.tags, end_tags(history, cfg)
     for key in (Tag.DIVERGED_AT, Tag.SATURATED_AT, Tag.DIVERGED, Tag.REGIME):
         a, b = tags.get(key), now_tags.get(key)
         if a != b:
-            epochs = [int(x) for x in (a, b) if x is not None and x.isdigit()]
-            diffs.append((min([*epochs, ran]), -1, f"{key} {a} -> {b}", math.inf))
+            epochs = [int(x) for x in (a, b) if x is not None and x.isascii() and x.isdigit()]
+            diffs.append((min([*epochs, last]), -1, f"{key} {a} -> {b}", math.inf))
     stored = run.data.metrics
     now = summarize(history, cfg)
     summary_keys = (stored.keys() - set(METRICS)) | now.keys()
@@ -170,10 +184,11 @@ def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
         if a is not None and b is not None and _same(a, b):
             continue
         gap = math.inf if a is None or b is None else abs(a - b)
-        if key == "epochs_run":  # where the shorter of the two ended
-            where = (ran if a is None else min(ran, int(a)), -1)
+        if key == "epochs_run":
+            shorter = ran if a is None or not math.isfinite(a) else min(ran, int(a))
+            where = (max(shorter - 1, 0), -1)
         else:
-            where = (ran, len(METRICS) + 1)
+            where = (last, len(METRICS) + 1)
         diffs.append((*where, f"{key} {a} -> {b}", gap))
     return diffs
 
@@ -257,13 +272,15 @@ def record(store: Store, replay: Replay) -> None:
 def sweep_runs(store: Store, parent: Run, sample: int | None, seed: int) -> tuple[list, list]:
     """A sweep's FINISHED jobs, the runs of other sweeps it reused included (or `sample` of
     them, chosen at random with `seed`), and its other jobs (failed, killed, running), which
-    cannot be replayed."""
+    cannot be replayed: those of configurations without a FINISHED run."""
     runs = all_sweep_runs(store, parent, f"tags.{Tag.ROLE} = '{ROLE_JOB}'")
     runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
     finished = [r for r in runs if r.info.status == FINISHED]
     if sample is not None and sample < len(finished):
         finished = random.Random(seed).sample(finished, sample)
-    return finished, [r for r in runs if r.info.status != FINISHED]
+    # Not a failed try whose configuration finished when the sweep was run again.
+    others = [r for r in one_run_per_config(runs) if r.info.status != FINISHED]
+    return finished, others
 
 
 def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) -> str:
