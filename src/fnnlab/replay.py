@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import provenance
-from fnnlab.aggregate import read_curves
+from fnnlab.aggregate import connect, read_curves
 from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, flatten
 from fnnlab.errortext import reason
 from fnnlab.job import data_hash, end_tags, summarize, train_model
@@ -305,8 +305,6 @@ def existing_store(uri: str, experiment: str, run_id: str | None) -> Store:
     """The store to replay in, creating neither a database nor an experiment (a typo would
     leave them behind): that of replay.run's experiment, whatever tracking.experiment says,
     or tracking.experiment, which must exist."""
-    from fnnlab.aggregate import connect
-
     client, _ = connect(uri, None if run_id is not None else experiment)
     if run_id is not None:
         run = find_run(client, run_id)
