@@ -14,6 +14,7 @@ from fnnlab import links, plots, reference
 from fnnlab.aggregate import Aggregate
 from fnnlab.compare import leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
+from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import Store, log_values
 
 # Summary columns as a person reads them.
@@ -106,10 +107,10 @@ def leader_text(agg: Aggregate) -> str:
             f"no leader: no configuration has 2 or more runs with a {agg.outcome.replace('_', ' ')}"
             " (finished, not diverged), so nothing can be told from seed noise"
         )
-    lines = [
-        f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} (95% CI, "
-        f"{int(leader['n'])} seeds)"
-    ]
+    seeds = f"{int(leader['n'])} seeds"
+    if diverged := _diverged_seeds(leader, agg):
+        seeds += f"; {diverged} more diverged and are left out"
+    lines = [f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} (95% CI, {seeds})"]
     tied = agg.tied
     if tied.empty:
         lines.append("tied with the leader: none")
@@ -123,13 +124,19 @@ def leader_text(agg: Aggregate) -> str:
             parts.append(f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}, {why}{need})")
         lines.append("tied with the leader: " + "; ".join(parts))
     others = c[~c["leader"] & (c["tied"] == False)]  # noqa: E712 (NA: no claim)
-    if not others.empty:
-        lines.append(
-            "worse than the leader beyond seed noise: "
-            + "; ".join(
-                f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g})" for _, r in others.iterrows()
+    better = [_better(r, agg) for _, r in others.iterrows()]
+    for rows, head in (
+        (others[[not b for b in better]], "worse than the leader beyond seed noise"),
+        # Only a configuration with diverged seeds, which cannot lead, can be better.
+        (others[better], "better than the leader beyond seed noise, but some seeds diverged"),
+    ):
+        if not rows.empty:
+            lines.append(
+                f"{head}: "
+                + "; ".join(
+                    f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g})" for _, r in rows.iterrows()
+                )
             )
-        )
     no_claim = c[c["tied"].isna() & ~c["leader"]]
     if not no_claim.empty:
         lines.append(
@@ -139,12 +146,29 @@ def leader_text(agg: Aggregate) -> str:
     return "\n".join(lines)
 
 
-def verdict(row: pd.Series) -> str:
+def verdict(row: pd.Series, agg: Aggregate) -> str:
     if row["leader"]:
         return "leader"
     if pd.isna(row["tied"]):
         return "no claim"
-    return "tied" if row["tied"] else ("better" if row["diff_vs_leader"] < 0 else "worse")
+    return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
+
+
+def _better(row: pd.Series, agg: Aggregate) -> bool:
+    """The configuration's mean outcome is better than the leader's: higher for an accuracy,
+    lower for a loss."""
+    diff = row["diff_vs_leader"]
+    return bool(diff > 0 if agg.outcome in HIGHER_IS_BETTER else diff < 0)
+
+
+def _diverged_seeds(row: pd.Series, agg: Aggregate) -> int:
+    """How many runs of the configuration diverged (left out of its mean)."""
+    match = agg.summary
+    if "diverged" not in match:
+        return 0
+    for col in agg.config_cols:
+        match = match[match[col] == row[col]]
+    return int(match["diverged"].sum())
 
 
 def comparison_table(agg: Aggregate) -> pd.DataFrame:
@@ -168,7 +192,7 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
                 f"mean {agg.outcome} [95% CI]": _mean_ci(r) if int(r["n"]) else "",
                 "vs leader [95% CI]": diff,
                 "p_adj": r["p_adj"],
-                "verdict": verdict(r),
+                "verdict": verdict(r, agg),
                 "seeds needed": int(r["seeds_needed"]) if cell(r["seeds_needed"]) else "",
                 "stable/osc./div.": "/".join(
                     str(int(r[k])) for k in ("stable", "oscillating", "diverged")

@@ -1,0 +1,79 @@
+"""The sweep's answer in words (fnnlab.report) says better or worse in the direction of its
+outcome, and says when the leader lost seeds to divergence: tables from fnnlab.compare on
+outcomes made up for each case."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+
+from fnnlab import report
+from fnnlab.aggregate import Aggregate
+from fnnlab.compare import compare
+from fnnlab.outcome import HIGHER_IS_BETTER
+
+
+def answer_of(outcome: str, values: dict[float, list[float]]) -> Aggregate:
+    """An Aggregate over learning rates whose runs have these outcomes (NaN: diverged)."""
+    runs = pd.DataFrame(
+        [
+            {"lr": lr, "seed": seed, "outcome": v, "diverged": math.isnan(v)}
+            for lr, vs in values.items()
+            for seed, v in enumerate(vs)
+        ]
+    )
+    summary = (
+        runs.groupby("lr")
+        .agg(diverged=("diverged", "sum"), runs=("seed", "size"))
+        .reset_index()
+        .assign(stable=lambda f: f["runs"] - f["diverged"], oscillating=0)
+    )
+    return Aggregate(
+        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[]),
+        runs=runs,
+        summary=summary,
+        curves=pd.DataFrame(),
+        config_cols=["lr"],
+        outcome=outcome,
+        comparison=compare(runs, ["lr"], higher_is_better=outcome in HIGHER_IS_BETTER),
+    )
+
+
+def verdicts(agg: Aggregate) -> dict[float, str]:
+    table = report.comparison_table(agg)
+    return dict(zip(table["lr"], table["verdict"], strict=True))
+
+
+def test_a_lower_accuracy_is_worse() -> None:
+    agg = answer_of(
+        "final_accuracy", {0.1: [0.99, 0.98, 0.99, 0.985], 1.0: [0.5, 0.52, 0.49, 0.51]}
+    )
+    assert verdicts(agg) == {0.1: "leader", 1.0: "worse"}
+    text = report.leader_text(agg)
+    assert "worse than the leader beyond seed noise: lr=1" in text
+    assert "better" not in text
+
+
+def test_a_lower_loss_with_diverged_seeds_is_better_not_worse() -> None:
+    """A configuration that lost seeds cannot lead; over the seeds it kept it may still be
+    better than the leader, and the answer says so, with the divergence."""
+    nan = math.nan
+    agg = answer_of(
+        "tail_loss", {1.0: [0.1, 0.11, 0.12, 0.1, 0.11], 3.0: [0.01, 0.012, 0.011, nan, nan]}
+    )
+    assert verdicts(agg) == {1.0: "leader", 3.0: "better"}
+    text = report.leader_text(agg)
+    assert "better than the leader beyond seed noise, but some seeds diverged: lr=3" in text
+    assert "worse" not in text
+
+
+def test_a_leader_that_lost_seeds_says_so() -> None:
+    nan = math.nan
+    agg = answer_of(
+        "tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, 0.5, 0.51]}
+    )
+    first = report.leader_text(agg).splitlines()[0]
+    assert first.startswith("leader: lr=1: ")
+    assert first.endswith("(95% CI, 2 seeds; 3 more diverged and are left out)")
