@@ -15,7 +15,7 @@ from fnnlab.compare import compare
 from fnnlab.outcome import HIGHER_IS_BETTER
 
 
-def answer_of(outcome: str, values: dict[float, list[float]]) -> Aggregate:
+def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.05) -> Aggregate:
     """An Aggregate over learning rates whose runs have these outcomes (NaN: diverged)."""
     runs = pd.DataFrame(
         [
@@ -37,7 +37,8 @@ def answer_of(outcome: str, values: dict[float, list[float]]) -> Aggregate:
         curves=pd.DataFrame(),
         config_cols=["lr"],
         outcome=outcome,
-        comparison=compare(runs, ["lr"], higher_is_better=outcome in HIGHER_IS_BETTER),
+        comparison=compare(runs, ["lr"], higher_is_better=outcome in HIGHER_IS_BETTER, alpha=alpha),
+        alpha=alpha,
     )
 
 
@@ -77,3 +78,12 @@ def test_a_leader_that_lost_seeds_says_so() -> None:
     first = report.leader_text(agg).splitlines()[0]
     assert first.startswith("leader: lr=1: ")
     assert first.endswith("(95% CI, 2 seeds; 3 more diverged and are left out)")
+
+
+def test_intervals_are_named_by_their_confidence() -> None:
+    values = {1.0: [0.1, 0.11, 0.12], 3.0: [0.5, 0.52, 0.51]}
+    assert "(95% CI, 3 seeds)" in report.leader_text(answer_of("tail_loss", values))
+    agg = answer_of("tail_loss", values, alpha=0.5)
+    assert "(50% CI, 3 seeds)" in report.leader_text(agg)
+    columns = list(report.comparison_table(agg).columns)
+    assert "mean tail_loss [50% CI]" in columns and "vs leader [50% CI]" in columns

@@ -81,6 +81,7 @@ class Aggregate:
     comparison: pd.DataFrame  # per configuration: mean outcome, CI, against the leader
     stability: pd.DataFrame | None = None  # per width: learning-rate brackets (compare)
     regimes: pd.DataFrame | None = None  # per width x lr: fraction of runs in each regime
+    alpha: float = 0.05  # the comparison's intervals are at confidence 1 - alpha
 
     @property
     def leader(self) -> pd.Series | None:
@@ -652,4 +653,5 @@ def aggregate(
         comparison=comparisons(frame, config_cols, outcome, alpha, min_effect),
         stability=stability,
         regimes=regimes,
+        alpha=alpha,
     )

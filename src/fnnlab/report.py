@@ -92,6 +92,11 @@ def _label(row: pd.Series, agg: Aggregate) -> str:
     return leader_label(row, varying_cols(agg)) or "all runs"
 
 
+def ci_name(agg: Aggregate) -> str:
+    """The comparison's intervals, at confidence 1 - aggregate.alpha: "95% CI" by default."""
+    return f"{(1 - agg.alpha) * 100:.4g}% CI"
+
+
 def _mean_ci(row: pd.Series) -> str:
     if not cell(row["ci_low"]):
         return f"{row['mean']:.4g} (n={int(row['n'])}: no interval)"
@@ -110,7 +115,9 @@ def leader_text(agg: Aggregate) -> str:
     seeds = f"{int(leader['n'])} seeds"
     if diverged := _diverged_seeds(leader, agg):
         seeds += f"; {diverged} more diverged and are left out"
-    lines = [f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} (95% CI, {seeds})"]
+    lines = [
+        f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
+    ]
     tied = agg.tied
     if tied.empty:
         lines.append("tied with the leader: none")
@@ -189,8 +196,8 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
             {
                 **{k: r[k] for k in varying_cols(agg)},
                 "n": int(r["n"]),
-                f"mean {agg.outcome} [95% CI]": _mean_ci(r) if int(r["n"]) else "",
-                "vs leader [95% CI]": diff,
+                f"mean {agg.outcome} [{ci_name(agg)}]": _mean_ci(r) if int(r["n"]) else "",
+                f"vs leader [{ci_name(agg)}]": diff,
                 "p_adj": r["p_adj"],
                 "verdict": verdict(r, agg),
                 "seeds needed": int(r["seeds_needed"]) if cell(r["seeds_needed"]) else "",
@@ -290,7 +297,7 @@ def comparison_grid(
     agg: Aggregate, rows: str = "hidden_dim", cols: str = "lr"
 ) -> pd.DataFrame | None:
     """The comparison over width x learning rate, one cell per configuration: mean outcome
-    [95% CI], n, the verdict against the leader and the oscillating/diverged counts."""
+    [CI], n, the verdict against the leader and the oscillating/diverged counts."""
     if not {rows, cols} <= set(varying_cols(agg)):
         return None
     others = [c for c in varying_cols(agg) if c not in (rows, cols)]
@@ -371,7 +378,7 @@ def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "
     tables = [
         "",
         (f"Same in every run: `{fixed}`. " if fixed else "")
-        + f"Mean {agg.outcome} [95% CI] over seeds:",
+        + f"Mean {agg.outcome} [{ci_name(agg)}] over seeds:",
         "",
         markdown_table(table),
     ]
