@@ -87,3 +87,17 @@ def test_intervals_are_named_by_their_confidence() -> None:
     assert "(50% CI, 3 seeds)" in report.leader_text(agg)
     columns = list(report.comparison_table(agg).columns)
     assert "mean tail_loss [50% CI]" in columns and "vs leader [50% CI]" in columns
+
+
+def test_two_seeds_of_equal_accuracy_are_no_certain_difference() -> None:
+    """1.0 and 1.0 against 0.5 and 0.5: the answer used to call it worse beyond seed noise
+    (a t-test with no spread, p = 0); an exact test over 2 seeds each can say no such thing."""
+    agg = answer_of("final_accuracy", {0.1: [1.0, 1.0], 1.0: [0.5, 0.5]})
+    assert verdicts(agg) == {0.1: "leader", 1.0: "tied"}
+    text = report.leader_text(agg)
+    assert "tied with the leader: lr=1 (-0.5, p_adj 0.33, ~4 seeds to separate)" in text
+    assert "worse" not in text
+    table = report.comparison_table(agg).set_index("lr")
+    assert table.loc[1.0, "vs leader [95% CI]"] == "-0.5 (exact test: no interval)"
+    agg = answer_of("final_accuracy", {0.1: [1.0] * 4, 1.0: [0.5] * 4})
+    assert verdicts(agg) == {0.1: "leader", 1.0: "worse"}

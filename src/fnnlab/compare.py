@@ -7,11 +7,12 @@ every rule here is testable on simulated data.
 Comparison. The leader is the configuration with the best mean outcome among those with at least
 two finite outcomes (preferring configurations where no run diverged). Every other such
 configuration is compared with it by a paired t-test over seeds when both have exactly the same
-seeds, Welch's t-test otherwise, with Holm's adjustment over those comparisons. A configuration is
-"tied" with the leader when the adjusted p-value is at least alpha or the difference is below a
-practical margin (1% of the leader's mean unless given); for a tie that is not explained by the
-margin, `seeds_needed` estimates the seeds per configuration a test would need to resolve the
-observed difference with the requested power.
+seeds, Welch's t-test otherwise, or an exact permutation test when a group has no spread, with
+Holm's adjustment over those comparisons. A configuration is "tied" with the leader when the
+adjusted p-value is at least alpha or the difference is below a practical margin (1% of the
+leader's mean unless given); for a tie that is not explained by the margin, `seeds_needed`
+estimates the seeds per configuration a test would need to resolve the observed difference with
+the requested power.
 
 Stability boundary. Scanning the swept learning rates upward for one width, the bracket
 [last good, first bad] around the first learning rate at which any seed diverged (or, for the
@@ -90,13 +91,13 @@ class _Group:
 
 @dataclass
 class _Test:
-    kind: str  # "paired" or "welch"
+    kind: str  # "paired", "welch" or "permutation"
     diff: float
     p: float
     ci: tuple[float, float]
     identical: bool  # every difference is rounding: the same runs
     sd_diff: float = math.nan  # paired: SD of the per-seed differences
-    sds: tuple[float, float] = (math.nan, math.nan)  # welch: SDs of (other, leader)
+    sds: tuple[float, float] = (math.nan, math.nan)  # welch, permutation: SDs of (other, leader)
 
 
 def _constant(x: np.ndarray, scale: float) -> bool:
@@ -127,51 +128,73 @@ def _paired_seeds(a: _Group, b: _Group) -> bool:
     )
 
 
-def _exact(diff: float, scale: float) -> tuple[float, tuple[float, float], bool]:
-    """p and CI when there is no spread at all: a difference is then certain, or absent."""
-    if abs(diff) <= _ROUNDING * scale:
-        return 1.0, (0.0, 0.0), True
-    return 0.0, (diff, diff), False
+def _identical(kind: str, diff: float, scale: float) -> _Test | None:
+    """The same runs (no spread and no difference beyond rounding): p = 1, CI [0, 0]."""
+    if abs(diff) > _ROUNDING * scale:
+        return None
+    return _Test(kind, diff, 1.0, (0.0, 0.0), True, sd_diff=0.0, sds=(0.0, 0.0))
+
+
+def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def _permutation(other: np.ndarray, leader: np.ndarray, diff: float) -> _Test:
+    """Where a group has no spread, a t-test takes the spread it shows as known: its p goes to
+    0 as the spread does, so two accuracies of 0.5 against two of 0.99 would be "certain". An
+    exact permutation test of the difference in means (scipy) makes no assumption about the
+    outcome's distribution, and its smallest p is what so few seeds can show (2 against 2:
+    1/3). It gives no interval."""
+    res = stats.permutation_test(
+        (other, leader),
+        _mean_diff,
+        vectorized=True,
+        n_resamples=9999,  # exact below that many rearrangements, Monte Carlo above
+        rng=0,
+    )
+    sds = (float(np.std(other, ddof=1)), float(np.std(leader, ddof=1)))
+    return _Test("permutation", diff, float(res.pvalue), (math.nan, math.nan), False, sds=sds)
+
+
+def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
+    res = stats.ttest_ind(x, y, equal_var=False)
+    low, high = res.confidence_interval(confidence)
+    sds = (float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))
+    diff = float(np.mean(x) - np.mean(y))
+    return _Test("welch", diff, float(res.pvalue), (float(low), float(high)), False, sds=sds)
 
 
 def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
-    """other minus leader: paired by seed when possible, Welch otherwise."""
+    """other minus leader: paired by seed when possible, Welch otherwise; a permutation test
+    when a group has no spread."""
     scale = max(float(np.max(np.abs(other.values))), float(np.max(np.abs(leader.values))))
-    if _paired_seeds(other, leader):
-        x = other.values[np.argsort(other.seeds, kind="stable")]
-        y = leader.values[np.argsort(leader.seeds, kind="stable")]
-        d = x - y
-        diff = float(np.mean(d))
-        if _constant(d, scale):
-            p, ci, identical = _exact(diff, scale)
-            return _Test("paired", diff, p, ci, identical, sd_diff=0.0)
-        res = stats.ttest_rel(x, y)
-        low, high = res.confidence_interval(confidence)
-        sd = float(np.std(d, ddof=1))
-        return _Test("paired", diff, float(res.pvalue), (float(low), float(high)), False, sd)
-
     x, y = other.values, leader.values
     diff = float(np.mean(x) - np.mean(y))
-    sds = (float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))
     const_x = _constant(x, float(np.max(np.abs(x))))
     const_y = _constant(y, float(np.max(np.abs(y))))
-    if const_x and const_y:
-        p, ci, identical = _exact(diff, scale)
-        return _Test("welch", diff, p, ci, identical, sds=(0.0, 0.0))
+    paired = _paired_seeds(other, leader)
+    if paired:
+        x = x[np.argsort(other.seeds, kind="stable")]
+        y = y[np.argsort(leader.seeds, kind="stable")]
+    if (const_x and const_y) or (paired and _constant(x - y, scale)):
+        same = _identical("paired" if paired else "welch", diff, scale)
+        if same:
+            return same
     if const_x or const_y:
-        # Welch's test with one SD of 0 is the one-sample t-test of the other group against
-        # the constant (same statistic, df n - 1); scipy would warn on the constant group.
-        varying, fixed = (y, x) if const_x else (x, y)
-        constant = float(np.mean(fixed))
-        sign = -1.0 if const_x else 1.0
-        res = stats.ttest_1samp(varying, constant)
+        return _permutation(x, y, diff)
+    if paired and not _constant(x - y, scale):
+        res = stats.ttest_rel(x, y)
         low, high = res.confidence_interval(confidence)
-        ci = (sign * (low - constant), sign * (high - constant))
-        sds = (0.0, sds[1]) if const_x else (sds[0], 0.0)
-        return _Test("welch", diff, float(res.pvalue), (min(ci), max(ci)), False, sds=sds)
-    res = stats.ttest_ind(x, y, equal_var=False)
-    low, high = res.confidence_interval(confidence)
-    return _Test("welch", diff, float(res.pvalue), (float(low), float(high)), False, sds=sds)
+        sd = float(np.std(x - y, ddof=1))
+        return _Test("paired", diff, float(res.pvalue), (float(low), float(high)), False, sd)
+    # Constant per-seed differences leave the paired test no spread; the groups have some.
+    return _welch(x, y, confidence)
+
+
+def smallest_permutation_p(n: int) -> float:
+    """The smallest two-sided p of the exact permutation test with n seeds per configuration:
+    2 of the C(2n, n) splits (the observed one and its mirror)."""
+    return 2.0 / math.comb(2 * n, n)
 
 
 def _power(n: int, test: _Test, alpha: float) -> float:
@@ -180,7 +203,7 @@ def _power(n: int, test: _Test, alpha: float) -> float:
     if test.kind == "paired":
         df = n - 1.0
         nc = abs(test.diff) / test.sd_diff * math.sqrt(n)
-    else:
+    else:  # Welch's, also taken for a permutation test with one constant group
         v1, v2 = test.sds[0] ** 2, test.sds[1] ** 2
         df = (n - 1.0) * (v1 + v2) ** 2 / (v1**2 + v2**2)  # Welch-Satterthwaite, n per group
         nc = abs(test.diff) / math.sqrt((v1 + v2) / n)
@@ -193,8 +216,28 @@ def _power(n: int, test: _Test, alpha: float) -> float:
 
 
 def seeds_needed(test: _Test, alpha: float, power: float) -> int | None:
-    """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None (power rises with n:
-    doubling, then bisection)."""
+    """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None.
+
+    For a permutation test, at least the smallest n at which its p can fall below alpha at
+    all; if one group has spread, the larger n of that and the t-test's (the constant group's
+    spread taken as 0). Two constant groups separate as soon as the test can."""
+    if test.kind != "permutation":
+        return _t_seeds(test, alpha, power)
+    floor = next((n for n in range(2, MAX_SEEDS + 1) if _log_smallest_p(n) < math.log(alpha)), None)
+    if floor is None or not any(sd > 0 for sd in test.sds):
+        return floor
+    needed = _t_seeds(test, alpha, power)
+    return None if needed is None else max(floor, needed)
+
+
+def _log_smallest_p(n: int) -> float:
+    """log of smallest_permutation_p(n), without overflow at large n."""
+    return math.log(2) - math.log(math.comb(2 * n, n))
+
+
+def _t_seeds(test: _Test, alpha: float, power: float) -> int | None:
+    """Smallest n in 2..MAX_SEEDS at which the t-test's power reaches `power` (power rises
+    with n: doubling, then bisection)."""
     if _power(2, test, alpha) >= power:
         return 2
     low, high = 2, 4
@@ -265,8 +308,12 @@ def compare(
     Runs are paired by seed only when both configurations have exactly the same seeds with
     finite outcomes, each once; a configuration that lost one seed is compared by Welch's
     test, which ignores the shared seeds and is then conservative. Spreads below rounding
-    (1e-12 of the values) count as none: identical runs give p = 1 and CI [0, 0], two
-    different constants give p = 0.
+    (1e-12 of the values) count as none: identical runs give p = 1 and CI [0, 0]. Otherwise a
+    group without spread (a coarse outcome such as accuracy: 1.0 for every seed) is compared
+    by scipy's exact permutation test of the difference in means (`test` "permutation"),
+    which has no interval (NaN) and cannot go below 2 / C(2n, n) with n seeds each (1/3 for
+    2 against 2; `smallest_permutation_p`). Constant per-seed differences between groups
+    with spread leave the paired test none: Welch's test is used.
     """
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError("alpha and power must be in (0, 1)")

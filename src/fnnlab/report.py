@@ -192,6 +192,8 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
         diff = ""
         if cell(r["diff_ci_low"]):
             diff = f"{r['diff_vs_leader']:+.3g} [{r['diff_ci_low']:+.3g}, {r['diff_ci_high']:+.3g}]"
+        elif r["test"] == "permutation":
+            diff = f"{r['diff_vs_leader']:+.3g} (exact test: no interval)"
         rows.append(
             {
                 **{k: r[k] for k in varying_cols(agg)},
