@@ -782,6 +782,33 @@ def test_stability_boundary_brackets():
         np.testing.assert_array_equal(out.loc[width].to_numpy(dtype=float), values)
 
 
+def test_stability_boundary_per_backprop_mode():
+    """A sweep over both modes: each mode's boundary is its own. Pooled, the tutorial mode's
+    divergence and the exact mode's oscillation made one width's line."""
+    names = {"s": "stable", "o": "oscillating", "d": "diverged"}
+    table = {
+        "tutorial": {0.1: "sss", 1.0: "sss", 10.0: "ddd"},
+        "exact": {0.1: "sss", 1.0: "ooo", 10.0: "ooo"},
+    }
+    runs = pd.DataFrame(
+        [
+            {"hidden_dim": 8, "backprop": mode, "lr": lr, "seed": seed, "regime": names[r]}
+            for mode, by_lr in table.items()
+            for lr, regimes in by_lr.items()
+            for seed, r in enumerate(regimes)
+        ]
+    )
+    out = stability_boundary(runs, ["hidden_dim", "backprop"]).set_index("backprop")
+    assert list(out.columns[:1]) == ["hidden_dim"] and sorted(out.index) == ["exact", "tutorial"]
+    nan = math.nan
+    np.testing.assert_array_equal(
+        out.loc["tutorial"].iloc[1:].to_numpy(dtype=float), [1.0, 10.0, 1.0, 10.0]
+    )
+    np.testing.assert_array_equal(
+        out.loc["exact"].iloc[1:].to_numpy(dtype=float), [10.0, nan, 0.1, 1.0]
+    )
+
+
 def test_regime_fractions():
     out = regime_fractions(regime_runs(), "hidden_dim", "lr")
     assert list(out.columns) == ["hidden_dim", "lr", "n", *REGIMES]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from fnnlab import report
 from fnnlab.aggregate import Aggregate
-from fnnlab.compare import compare
+from fnnlab.compare import compare, stability_boundary
 from fnnlab.outcome import HIGHER_IS_BETTER
 
 
@@ -101,3 +101,40 @@ def test_two_seeds_of_equal_accuracy_are_no_certain_difference() -> None:
     assert table.loc[1.0, "vs leader [95% CI]"] == "-0.5 (exact test: no interval)"
     agg = answer_of("final_accuracy", {0.1: [1.0] * 4, 1.0: [0.5] * 4})
     assert verdicts(agg) == {0.1: "leader", 1.0: "worse"}
+
+
+def test_the_stability_boundary_is_per_backprop_mode() -> None:
+    """Only the tutorial mode diverges and only the exact mode oscillates: pooled, one line
+    said "divergence between lr=1 and lr=10; oscillation already at lr=0.1"."""
+    names = {"s": "stable", "o": "oscillating", "d": "diverged"}
+    regimes = {
+        "tutorial": {0.1: "ss", 1.0: "ss", 10.0: "dd"},
+        "exact": {0.1: "ss", 1.0: "oo", 10.0: "oo"},
+    }
+    runs = pd.DataFrame(
+        [
+            {"hidden_dim": 8, "backprop": mode, "lr": lr, "seed": seed, "regime": names[r]}
+            for mode, by_lr in regimes.items()
+            for lr, rs in by_lr.items()
+            for seed, r in enumerate(rs)
+        ]
+    )
+    cols = ["hidden_dim", "backprop", "lr"]
+    summary = runs.groupby(cols).size().rename("runs").reset_index()
+    agg = Aggregate(
+        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[]),
+        runs=runs,
+        summary=summary,
+        curves=pd.DataFrame(),
+        config_cols=cols,
+        outcome="tail_loss",
+        comparison=pd.DataFrame(),
+        stability=stability_boundary(runs, ["hidden_dim", "backprop"]),
+    )
+    assert report.stability_lines(agg) == [
+        "stability boundary (learning rates, per hidden_dim, backprop):",
+        "  hidden_dim=8 backprop=exact: divergence none up to lr=10; "
+        "oscillation between lr=0.1 and lr=1",
+        "  hidden_dim=8 backprop=tutorial: divergence between lr=1 and lr=10; "
+        "oscillation between lr=1 and lr=10",
+    ]

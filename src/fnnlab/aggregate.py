@@ -79,7 +79,7 @@ class Aggregate:
     config_cols: list[str]
     outcome: str  # which number per run the comparison is about (fnnlab.outcome.OUTCOMES)
     comparison: pd.DataFrame  # per configuration: mean outcome, CI, against the leader
-    stability: pd.DataFrame | None = None  # per width: learning-rate brackets (compare)
+    stability: pd.DataFrame | None = None  # per width (and mode...): learning-rate brackets
     regimes: pd.DataFrame | None = None  # per width x lr: fraction of runs in each regime
     alpha: float = 0.05  # the comparison's intervals are at confidence 1 - alpha
 
@@ -608,12 +608,13 @@ def comparisons(
 def regime_tables(
     frame: pd.DataFrame, config_cols: list[str]
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """Stability boundary per width and the regime fractions of width x learning rate, when
-    both were swept (or are constant) and runs finished."""
+    """Stability boundary per configuration but its learning rate, and the regime fractions of
+    width x learning rate, when both were swept (or are constant) and runs finished."""
     done = frame[(frame["status"] == FINISHED) & frame["regime"].notna()]
     if done.empty or not {"hidden_dim", "lr"} <= set(config_cols):
         return None, None
-    return stability_boundary(done), regime_fractions(done, "hidden_dim", "lr")
+    groups = ["hidden_dim", *(c for c in config_cols if c not in ("hidden_dim", "lr"))]
+    return stability_boundary(done, groups), regime_fractions(done, "hidden_dim", "lr")
 
 
 def aggregate(

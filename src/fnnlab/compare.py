@@ -14,7 +14,8 @@ leader's mean unless given); for a tie that is not explained by the margin, `see
 estimates the seeds per configuration a test would need to resolve the observed difference with
 the requested power.
 
-Stability boundary. Scanning the swept learning rates upward for one width, the bracket
+Stability boundary. Scanning the swept learning rates upward for one width (and one value of
+every other configuration column), the bracket
 [last good, first bad] around the first learning rate at which any seed diverged (or, for the
 oscillation boundary, oscillated or diverged).
 """
@@ -426,11 +427,12 @@ def leader_label(row: pd.Series | dict[str, Any], config_cols: list[str]) -> str
 
 def stability_boundary(
     runs: pd.DataFrame,
-    width_col: str = "hidden_dim",
+    group_cols: Sequence[str] = ("hidden_dim",),
     lr_col: str = "lr",
     regime_col: str = "regime",
 ) -> pd.DataFrame:
-    """Per width, where training stops being stable as the learning rate grows.
+    """Per width (and per value of any other `group_cols`: a backprop mode's boundary is its
+    own), where training stops being stable as the learning rate grows.
 
     Scanning the swept learning rates upward, the first bad one is the smallest at which any
     seed was bad, and the last good one is the largest swept below it: the boundary lies in
@@ -439,15 +441,16 @@ def stability_boundary(
     `oscillates_at_lr`). A side is NaN when there is none: no bad rate gives NaN as the first
     bad and the largest swept rate as the last good; a bad smallest rate gives NaN as the last
     good. Rates above the first bad one are not looked at, even if they are good again.
-    Runs without a regime (failed) are ignored. One row per width, sorted.
+    Runs without a regime (failed) are ignored. One row per group, sorted.
     """
     known = runs[runs[regime_col].notna()]
+    group_cols = list(group_cols)
     rows = []
-    for width, sub in known.groupby(width_col, sort=True):
+    for key, sub in known.groupby(group_cols, sort=True, dropna=False):
         lrs = np.sort(pd.unique(sub[lr_col].astype(float)))
         lr = sub[lr_col].astype(float)
         regime = sub[regime_col]
-        row: dict[str, Any] = {width_col: width}
+        row: dict[str, Any] = dict(zip(group_cols, key, strict=True))
         for good_col, bad_col, bad in (
             ("stable_lr_max", "diverges_at_lr", {"diverged"}),
             ("no_oscillation_lr_max", "oscillates_at_lr", {"oscillating", "diverged"}),
@@ -458,7 +461,7 @@ def stability_boundary(
             row[good_col] = float(below.max()) if below.size else math.nan
             row[bad_col] = first_bad
         rows.append(row)
-    columns = [width_col, "stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max"]
+    columns = [*group_cols, "stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max"]
     return pd.DataFrame(rows, columns=[*columns, "oscillates_at_lr"])
 
 

@@ -222,8 +222,20 @@ def constant_text(agg: Aggregate) -> str:
     return " ".join(f"{c}={cell(agg.summary[c].iloc[0])}" for c in fixed)
 
 
+def stability_cols(agg: Aggregate) -> list[str]:
+    """What the stability boundary is given per: the width, and whatever else varies but the
+    learning rate (a backprop mode has its own boundary)."""
+    return ["hidden_dim", *(c for c in varying_cols(agg) if c not in ("hidden_dim", "lr"))]
+
+
+def stability_per(agg: Aggregate) -> str:
+    """'width', or the columns the boundary is given per: 'hidden_dim, backprop'."""
+    cols = stability_cols(agg)
+    return "width" if cols == ["hidden_dim"] else ", ".join(cols)
+
+
 def stability_text(agg: Aggregate) -> pd.DataFrame | None:
-    """The stability bracket per width, as text."""
+    """The stability bracket per width (and mode, ...), as text."""
     if agg.stability is None:
         return None
 
@@ -237,7 +249,7 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
     st = agg.stability
     return pd.DataFrame(
         {
-            "hidden_dim": st["hidden_dim"],
+            **{c: st[c] for c in stability_cols(agg)},
             "divergence sets in": [
                 bracket(g, b)
                 for g, b in zip(st["stable_lr_max"], st["diverges_at_lr"], strict=True)
@@ -248,6 +260,19 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
             ],
         }
     )
+
+
+def stability_lines(agg: Aggregate) -> list[str]:
+    """The stability boundary in the terminal's answer: a heading, then a line per width (and
+    mode, ...)."""
+    stab = stability_text(agg)
+    if stab is None:
+        return []
+    return [f"stability boundary (learning rates, per {stability_per(agg)}):"] + [
+        f"  {leader_label(r, stability_cols(agg))}: divergence {r['divergence sets in']}; "
+        f"oscillation {r['oscillation sets in']}"
+        for _, r in stab.iterrows()
+    ]
 
 
 def reference_table(agg: Aggregate) -> pd.DataFrame | None:
@@ -344,15 +369,7 @@ def sweep_views(agg: Aggregate, base: str) -> list[tuple[str, str]]:
 def answer_text(agg: Aggregate, views: list[tuple[str, str]]) -> str:
     """What the terminal shows at the end of a sweep and from fnnlab-aggregate: the table,
     the leader and its ties, the stability boundary, and where to look next."""
-    lines = [terminal_table(agg), leader_text(agg)]
-    stab = stability_text(agg)
-    if stab is not None:
-        lines.append("stability boundary (learning rates, per width):")
-        lines += [
-            f"  hidden_dim={r['hidden_dim']}: divergence {r['divergence sets in']}; "
-            f"oscillation {r['oscillation sets in']}"
-            for _, r in stab.iterrows()
-        ]
+    lines = [terminal_table(agg), leader_text(agg), *stability_lines(agg)]
     diverged = [r.name for r in run_refs(agg) if r.diverged]
     if views:
         width = max(len(label) for label, _ in views) + 1
@@ -388,7 +405,7 @@ def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "
     if stab is not None:
         tables += [
             "",
-            "**Stability boundary** (learning rates, per width)",
+            f"**Stability boundary** (learning rates, per {stability_per(agg)})",
             "",
             markdown_table(stab),
         ]
@@ -442,7 +459,7 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
     parts.append(table(comparison_table(agg)))
     stab = stability_text(agg)
     if stab is not None:
-        parts += ["<h2>Stability boundary per width</h2>", table(stab)]
+        parts += [f"<h2>Stability boundary per {stability_per(agg)}</h2>", table(stab)]
     for name in plot_files:
         data = base64.b64encode((out / name).read_bytes()).decode()
         parts += [
@@ -511,7 +528,7 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
     if stab is not None:
         lines += [
             "",
-            "## Stability boundary per width",
+            f"## Stability boundary per {stability_per(agg)}",
             "",
             "Scanning the swept learning rates upward: the last one at which every seed stayed "
             "non-diverged (non-oscillating) and the first at which one did not.",
@@ -593,7 +610,9 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
         )
         written.append("heatmap_final_loss.png")
     if agg.regimes is not None:
-        plots.regime_heatmap(agg.regimes, out / "heatmap_regimes.png", f"{title} regimes")
+        pooled = [c for c in stability_cols(agg) if c != "hidden_dim"]
+        over = f" (pooled over {', '.join(pooled)})" if pooled else ""
+        plots.regime_heatmap(agg.regimes, out / "heatmap_regimes.png", f"{title} regimes{over}")
         written.append("heatmap_regimes.png")
     plots.sweep_curves_plot(
         agg.curves,
