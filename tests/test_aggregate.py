@@ -314,6 +314,22 @@ def test_single_seed_gives_empty_std(swept: TmpStore, tmp_path: Path) -> None:
     }
     for row in summary.itertuples():
         assert row.loss_mean == row.loss_min == expected[(row.hidden_dim, row.lr)]
+    # The parent's answer says it is about a subset, and one seed each leaves no leader: the
+    # earlier answer's leader metrics are not left standing.
+    parent = swept.runs("tags.role = 'sweep'")[0]
+    assert parent.data.tags["aggregate.filter"] == "params.seed = '1'"
+    assert parent.data.tags["aggregate.leader"] == ""
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("Only the runs matching `params.seed = '1'` (aggregate.filter).")
+    for key in ("mean", "n", "ci_low", "ci_high"):
+        assert math.isnan(parent.data.metrics[f"aggregate/leader_{key}"]), key
+    # Aggregated again without the filter: the whole sweep's answer is back.
+    res = run_aggregate(swept, tmp_path / "all", "aggregate.plots=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    parent = swept.runs("tags.role = 'sweep'")[0]
+    assert parent.data.tags["aggregate.filter"] == "" and parent.data.tags["aggregate.leader"]
+    assert parent.data.metrics["aggregate/leader_n"] == 3
+    assert not parent.data.tags["mlflow.note.content"].startswith("Only the runs")
 
 
 def test_one_run_per_config_prefers_finished_then_latest(store: TmpStore) -> None:

@@ -372,8 +372,12 @@ def stored(store: TmpStore) -> dict:
             for k, v in run.data.tags.items()
             if k not in volatile and not k.startswith(f"{Tag.SWEEP_DIR}.")
         }
+        # NaN (a parent's leader metrics without a leader) compares equal to itself as text.
         histories = {
-            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            key: sorted(
+                (m.step, "nan" if math.isnan(m.value) else m.value)
+                for m in client.get_metric_history(run.info.run_id, key)
+            )
             for key in run.data.metrics
         }
         artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))

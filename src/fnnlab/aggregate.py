@@ -66,6 +66,7 @@ class Selection:
     runs: list[SlimRun]
     superseded: int = 0  # earlier attempts of a configuration replaced by a later run
     reused: int = 0  # runs another sweep made that this sweep counts (fnnlab.claims)
+    filter: str | None = None  # aggregate.filter: only the sweep's runs that match it
 
 
 @dataclass
@@ -198,6 +199,7 @@ def select(
         runs=kept,
         superseded=superseded,
         reused=reused,
+        filter=filter_string or None,
     )
 
 

@@ -427,6 +427,9 @@ def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "
         f"Sweep over `{overrides or '(no overrides)'}`: each child run is one job; running "
         "the same command again resumes it.",
     ]
+    if agg.selection.filter:
+        # A filtered aggregation replaces the sweep's answer: say it is about a subset.
+        head = [f"Only the runs matching `{agg.selection.filter}` (aggregate.filter).", "", *head]
     for parts in (
         (head, tables, link_line, sweep),
         (head, tables, short, sweep),
@@ -673,17 +676,20 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
         "aggregate.leader": "" if leader is None else _label(leader, agg),
         "aggregate.tied": "; ".join(_label(r, agg) for _, r in agg.tied.iterrows()),
         "aggregate.outcome": agg.outcome,
+        "aggregate.filter": sel.filter or "",
         Tag.NOTE: description(
             agg, views, sel.client.get_run(sel.parent_run_id).data.tags.get(Tag.SWEEP_OVERRIDES, "")
         ),
     }
-    if leader is not None:
-        metrics |= {"aggregate/leader_mean": leader["mean"], "aggregate/leader_n": leader["n"]}
-        if cell(leader["ci_low"]):
-            metrics |= {
-                "aggregate/leader_ci_low": leader["ci_low"],
-                "aggregate/leader_ci_high": leader["ci_high"],
-            }
+    # Metrics cannot be deleted: without a leader (or its interval) they become NaN rather
+    # than keep an earlier answer's values.
+    nan = math.nan
+    metrics |= {
+        "aggregate/leader_mean": nan if leader is None else leader["mean"],
+        "aggregate/leader_n": nan if leader is None else leader["n"],
+        "aggregate/leader_ci_low": nan if leader is None else leader["ci_low"],
+        "aggregate/leader_ci_high": nan if leader is None else leader["ci_high"],
+    }
     metrics = {k: _rounded(v) for k, v in metrics.items()}
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
 
