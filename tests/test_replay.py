@@ -222,6 +222,12 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         assert out.returncode == 2, out.stdout + out.stderr[-3000:]
         assert "its config.yaml artifact cannot be read (" in lines(out)[ids["h32-lr1000-s1"]]
 
+    client.log_param(ids["h32-lr0.1-s0"], "extra.key", "1")  # logged after the run
+    out = replay(store, f"replay.run={ids['h32-lr0.1-s0']}")
+    assert lines(out)[ids["h32-lr0.1-s0"]].startswith(
+        "differs at epoch 0 param extra.key '1', not in config.yaml"
+    ), out.stdout
+
 
 def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):
     """A typo in tracking.uri or tracking.experiment is one line and exit 2, with nothing

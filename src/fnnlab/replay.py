@@ -151,14 +151,19 @@ Diff = tuple[int, int, str, float]
 
 
 def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
-    """Params that do not say what config.yaml says (either was changed after the run). Keys
-    only one of them has are left out: a key added to the config since is not a difference."""
+    """Params that do not say what config.yaml says (either was changed after the run), and
+    params config.yaml does not have (logged to the run afterwards). A key only config.yaml
+    has is left out: `cfg` holds today's defaults too, and a key added since is not a
+    difference (MLflow cannot delete a param)."""
     stored = run.data.params
     now = {k: str(v) for k, v in flatten(cfg).items()}
     return [
         (0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
         for k in sorted(stored.keys() & now.keys())
         if stored[k] != now[k]
+    ] + [
+        (0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
+        for k in sorted(stored.keys() - now.keys())
     ]
 
 
