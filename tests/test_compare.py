@@ -22,6 +22,9 @@ from scipy import stats
 
 from fnnlab.compare import (
     MAX_SEEDS,
+    _Group,
+    _pair_p_values,
+    _test,
     compare,
     holm,
     leader_label,
@@ -258,8 +261,10 @@ def test_leader_prefers_configurations_without_divergence():
     assert not slow["tied"] and slow["note"] == "worse than the leader"
     # Each seed exactly 0.30 worse: the paired test has no spread, Welch's is used.
     assert slow["test"] == "welch"
-    # Holm over the two comparisons made
-    np.testing.assert_allclose(out["p_adj"].dropna(), holm(out["p"].dropna()))
+    # Holm over every pair: the two comparisons with the leader, and fast against slow.
+    fast_slow = stats.ttest_ind([0.10, 0.11, 0.09], [0.60, 0.61, 0.59, 0.60], equal_var=False)
+    family = [fast["p"], slow["p"], fast_slow.pvalue]
+    np.testing.assert_allclose([fast["p_adj"], slow["p_adj"]], holm(family)[:2])
 
 
 @strict
@@ -403,6 +408,47 @@ def test_seeds_needed_for_constant_groups_is_where_the_exact_test_separates():
         runs_frame({"a": [1.0] * 3, "b": [0.7, 0.9, 0.95]}), ["cfg"], higher_is_better=True
     )
     assert row_of(out, "b")["test"] == "permutation" and row_of(out, "b")["seeds_needed"] >= 4
+
+
+@strict
+def test_every_pair_gets_the_p_value_of_its_own_test():
+    """The pairs' p-values (vectorised where the configurations share their seeds) are those
+    of the pair's own test: paired, Welch's after a lost seed or with constant differences,
+    permutation for a constant group."""
+    rng = np.random.default_rng(7)
+    groups = [
+        _Group(("a",), np.arange(5), 1 + 0.1 * rng.standard_normal(5), False),
+        _Group(("b",), np.arange(5), 1 + 0.1 * rng.standard_normal(5), False),
+        _Group(("c",), np.array([4, 3, 2, 1, 0]), 1 + 0.1 * rng.standard_normal(5), False),
+        _Group(("lost",), np.arange(4), 1 + 0.1 * rng.standard_normal(4), False),
+        _Group(("const",), np.arange(5), np.full(5, 1.0), False),
+        _Group(("shifted",), np.arange(5), np.zeros(5), False),
+    ]
+    groups[5].values = groups[0].values[np.argsort(groups[0].seeds)] + 0.25  # constant difference
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    found = _pair_p_values(groups, pairs)
+    for k, (i, j) in enumerate(pairs):
+        t = _test(groups[i], groups[j], 0.95)
+        assert found[k] == pytest.approx(t.p, rel=1e-12, abs=1e-300), (i, j, t.kind)
+    kinds = {_test(groups[i], groups[j], 0.95).kind for i, j in pairs}
+    assert kinds == {"paired", "welch", "permutation"}
+
+
+@strict
+@pytest.mark.parametrize("configs, seeds", [(5, 3), (10, 5)])
+def test_equal_configurations_are_called_worse_than_the_leader_at_most_alpha(configs, seeds):
+    """The leader is the best of several means: adjusted over its own comparisons only, equal
+    configurations were called worse than it in 0.084 (5 x 3) and 0.114 (10 x 5) of sweeps.
+    Adjusted over every pair, at most alpha."""
+    rng = np.random.default_rng([configs, seeds])
+    sweeps, claimed = 400, 0
+    for _ in range(sweeps):
+        frame = runs_frame(
+            {f"c{k}": list(1 + 0.1 * rng.standard_normal(seeds)) for k in range(configs)}
+        )
+        out = compare(frame, ["cfg"], min_effect=0)
+        claimed += bool(((out["tied"] == False) & ~out["leader"]).any())  # noqa: E712
+    assert claimed / sweeps <= ALPHA, claimed / sweeps
 
 
 COARSE = {  # accuracy-like outcomes: a few values, so seeds often tie exactly
@@ -712,14 +758,14 @@ def test_seeds_needed_welch_reaches_the_power():
 
 @strict
 def test_seeds_needed_accounts_for_the_number_of_comparisons():
-    """With m comparisons against the leader the estimate is made at alpha / m (Holm's first
-    step), so it never promises separation with fewer seeds than the adjusted test needs:
-    here the same pair compared among 2 comparisons needs what it needs alone at alpha / 2."""
+    """With m pairs of configurations the estimate is made at alpha / m (Holm's first step),
+    so it never promises separation with fewer seeds than the adjusted test needs: here the
+    same pair among 3 configurations (3 pairs) needs what it needs alone at alpha / 3."""
     rng = np.random.default_rng(24)
     lead = 1.0 + 0.2 * rng.standard_normal(4)
     other = lead + exact_sample(0.05, 0.05, 4, rng)
     far = lead + exact_sample(0.5, 0.05, 4, rng)
-    alone = compare(runs_frame({"lead": list(lead), "other": list(other)}), ["cfg"], alpha=0.025)
+    alone = compare(runs_frame({"lead": list(lead), "other": list(other)}), ["cfg"], alpha=0.05 / 3)
     among = compare(
         runs_frame({"lead": list(lead), "other": list(other), "far": list(far)}), ["cfg"]
     )

@@ -8,7 +8,8 @@ Comparison. The leader is the configuration with the best mean outcome among tho
 two finite outcomes (preferring configurations where no run diverged). Every other such
 configuration is compared with it by a paired t-test over seeds when both have exactly the same
 seeds, Welch's t-test otherwise, or an exact permutation test when a group has no spread, with
-Holm's adjustment over those comparisons. A configuration is "tied" with the leader when the
+Holm's adjustment over every pair of configurations (the leader is chosen from the data, so
+its own comparisons are not the whole family). A configuration is "tied" with the leader when the
 adjusted p-value is at least alpha or the difference is below a practical margin (1% of the
 leader's mean unless given); for a tie that is not explained by the margin, `seeds_needed`
 estimates the seeds per configuration a test would need to resolve the observed difference with
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -192,6 +194,35 @@ def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
     return _welch(x, y, confidence)
 
 
+def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.ndarray:
+    """The p-value _test gives each pair (i, j), with the common case, paired configurations
+    whose groups and differences have spread, as one vectorised scipy call per set of seeds:
+    a sweep of k configurations has k(k - 1)/2 pairs."""
+    p = np.full(len(pairs), np.nan)
+    keys, values = [], []
+    for g in groups:
+        order = np.argsort(g.seeds, kind="stable")
+        unique = g.n >= 2 and np.unique(g.seeds).size == g.n
+        spread = g.n >= 2 and not _constant(g.values, float(np.max(np.abs(g.values))))
+        keys.append(tuple(g.seeds[order].tolist()) if unique and spread else None)
+        values.append(g.values[order])
+    batch: dict[tuple[Any, ...], list[int]] = {}
+    for k, (i, j) in enumerate(pairs):
+        if keys[i] is not None and keys[i] == keys[j]:
+            batch.setdefault(keys[i], []).append(k)
+    for ks in batch.values():
+        a = np.stack([values[pairs[k][0]] for k in ks])
+        b = np.stack([values[pairs[k][1]] for k in ks])
+        scale = np.maximum(np.abs(a).max(axis=1), np.abs(b).max(axis=1))
+        spread = np.ptp(a - b, axis=1) > _ROUNDING * scale
+        if spread.any():
+            p[np.asarray(ks)[spread]] = stats.ttest_rel(a[spread], b[spread], axis=1).pvalue
+    for k in np.flatnonzero(np.isnan(p)):  # the rest, one by one
+        i, j = pairs[k]
+        p[k] = _test(groups[i], groups[j], 0.95).p
+    return p
+
+
 def smallest_permutation_p(n: int) -> float:
     """The smallest two-sided p of the exact permutation test with n seeds per configuration:
     2 of the C(2n, n) splits (the observed one and its mirror)."""
@@ -294,15 +325,16 @@ def compare(
     without one: diverged or failed) and a boolean `diverged`. Intervals are at confidence
     1 - alpha (95% by default): `ci_low`/`ci_high` for the mean, `diff_ci_*` for this mean
     minus the leader's, from the same test that gives `p` (so the interval excludes 0 exactly
-    when p < alpha). `p_adj` is Holm-adjusted over all comparisons with the leader.
+    when p < alpha). `p_adj` is Holm-adjusted over the p-values of every pair of configurations
+    with 2 or more finite outcomes (each pair tested as a comparison with the leader is).
 
     tied = p_adj >= alpha or |diff_vs_leader| < margin, with margin = min_effect, or 1% of
     the leader's |mean| when None (min_effect=0: no margin). `tied` is False for the leader
     and NA where nothing can be claimed (fewer than 2 finite outcomes, or no leader).
     `seeds_needed` (per configuration) is given only for ties not explained by the margin:
     the seeds at which a level-alpha test would detect the observed difference, with the
-    observed spread, with probability `power`, at level alpha / m for m comparisons with the
-    leader (NA beyond MAX_SEEDS; the note says so). The intervals are per comparison
+    observed spread, with probability `power`, at level alpha / m for m pairs (NA beyond
+    MAX_SEEDS; the note says so). The intervals are per comparison
     (unadjusted), while `tied` uses the Holm-adjusted p-value: with many comparisons an
     interval may exclude 0 for a configuration that is still tied.
 
@@ -363,7 +395,12 @@ def compare(
 
     compared = [i for i in eligible if i != lead]
     tests = {i: _test(groups[i], leader, confidence) for i in compared}
-    adjusted = holm([tests[i].p for i in compared])
+    # The leader is the best of several means, chosen by the data: adjusted over its own
+    # comparisons only, equal configurations are called worse than it more often than alpha.
+    # Holm over every pair bounds the chance of any false difference at alpha, whichever wins.
+    pairs = _pair_p_values(groups, list(combinations(compared, 2)))
+    family = [*(tests[i].p for i in compared), *pairs]
+    adjusted = holm(family)[: len(compared)]
     for i, p_adj in zip(compared, adjusted, strict=True):
         t = tests[i]
         row = rows[i]
@@ -388,9 +425,9 @@ def compare(
         elif below_margin:
             row["note"] = "difference below the margin"
         else:
-            # At alpha / m: with m comparisons Holm's first step tests at that level, so the
-            # estimate never promises separation with fewer seeds than the adjusted test needs.
-            needed = seeds_needed(t, alpha / len(compared), power) if t.diff != 0 else None
+            # At alpha / m: with m pairs Holm's first step tests at that level, so the estimate
+            # never promises separation with fewer seeds than the adjusted test needs.
+            needed = seeds_needed(t, alpha / len(family), power) if t.diff != 0 else None
             if needed is None:
                 row["note"] = f"not significant; more than {MAX_SEEDS} seeds for {power:.0%} power"
             else:
