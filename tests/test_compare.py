@@ -373,18 +373,27 @@ def test_zero_spread_is_tested_by_permutation_without_warnings():
     b = row_of(out, "b")
     assert b["p"] == 1.0 and b["tied"] and b["note"] == "identical to the leader"
     assert (b["diff_ci_low"], b["diff_ci_high"]) == (0.0, 0.0)
-    # One constant group, paired or not: scipy's exact test on the values.
-    varying = [0.35, 0.45, 0.40, 0.42]
-    for seeds in (None, {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7]}):
-        for lead_const in (True, False):
-            groups = (
-                {"a": [0.3] * 4, "b": varying} if lead_const else {"a": varying, "b": [0.5] * 4}
-            )
-            out = compare(runs_frame(groups, seeds), ["cfg"])
-            assert out.loc[out["leader"], "cfg"].item() == "a"  # the lower mean either way
-            b = row_of(out, "b")
-            assert b["test"] == "permutation"
-            assert b["p"] == pytest.approx(permutation_p(groups["b"], groups["a"]))
+    # One constant group, paired or not: the larger p of scipy's exact permutation test and
+    # Welch's limit (the other group's one-sample t-test against the constant).
+    for varying in ([0.35, 0.45, 0.40, 0.42], [0.31, 0.60, 0.33, 0.32]):
+        for seeds in (None, {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7]}):
+            for lead_const in (True, False):
+                groups = (
+                    {"a": [0.3] * 4, "b": varying} if lead_const else {"a": varying, "b": [0.7] * 4}
+                )
+                out = compare(runs_frame(groups, seeds), ["cfg"])
+                assert out.loc[out["leader"], "cfg"].item() == "a"  # the lower mean either way
+                b = row_of(out, "b")
+                const = groups["a" if lead_const else "b"][0]
+                t = stats.ttest_1samp(varying, const).pvalue
+                expected = max(permutation_p(groups["b"], groups["a"]), t)
+                assert b["test"] == "permutation" and b["p"] == pytest.approx(expected)
+    # 8 seeds each, beyond MAX_SPLITS splits: Welch's limit alone, with its interval.
+    varying = list(0.4 + 0.01 * np.arange(8))
+    out = compare(runs_frame({"a": [0.3] * 8, "b": varying}), ["cfg"])
+    b = row_of(out, "b")
+    assert b["test"] == "welch" and b["p"] == pytest.approx(stats.ttest_1samp(varying, 0.3).pvalue)
+    assert b["diff_ci_low"] > 0
 
 
 @strict
@@ -449,6 +458,36 @@ def test_equal_configurations_are_called_worse_than_the_leader_at_most_alpha(con
         out = compare(frame, ["cfg"], min_effect=0)
         claimed += bool(((out["tied"] == False) & ~out["leader"]).any())  # noqa: E712
     assert claimed / sweeps <= ALPHA, claimed / sweeps
+
+
+@strict
+def test_constant_groups_of_many_seeds_separate_in_a_large_sweep():
+    """40 configurations, each constant over 10 seeds at its own accuracy: the exact test of
+    two constant groups (p = 2 / C(20, 10), about 1e-5) separates them even at alpha over
+    780 pairs. A Monte Carlo permutation test stops at 1/10,000, and called all 39 tied."""
+    accuracies = np.linspace(0.5, 0.99, 40)
+    frame = runs_frame({f"c{k:02d}": [acc] * 10 for k, acc in enumerate(accuracies)})
+    out = compare(frame, ["cfg"], higher_is_better=True)
+    assert row_of(out, "c39")["leader"]
+    p = row_of(out, "c00")["p"]
+    assert p == pytest.approx(smallest_permutation_p(10)) and p < 0.05 / 780
+    verdicts = out.loc[~out["leader"], "tied"]
+    assert not verdicts.any()  # the closest differs by 0.0126, above the 1% margin
+
+
+@strict
+@pytest.mark.parametrize("n", [4, 5])
+def test_a_constant_group_against_one_with_spread_and_the_same_mean(n):
+    """Normal outcomes, one group of equal values, the other with spread around the same mean:
+    the permutation test alone rejects for the unequal spreads (0.114 at 4 and 5 seeds, per
+    helper-18's simulation); with Welch's limit as well, at most about alpha."""
+    rng = np.random.default_rng(n)
+    sims, claims = 1000, 0  # Monte Carlo SE of a 5% rate: 0.007
+    for _ in range(sims):
+        groups = {"a": [0.0] * n, "b": list(rng.standard_normal(n))}
+        out = compare(runs_frame(groups, {"a": list(range(n)), "b": list(range(n))}), ["cfg"])
+        claims += bool(((out["tied"] == False) & ~out["leader"]).any())  # noqa: E712
+    assert claims / sims <= 0.065, claims / sims
 
 
 COARSE = {  # accuracy-like outcomes: a few values, so seeds often tie exactly

@@ -142,21 +142,39 @@ def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
 
-def _permutation(other: np.ndarray, leader: np.ndarray, diff: float) -> _Test:
-    """Where a group has no spread, a t-test takes the spread it shows as known: its p goes to
-    0 as the spread does, so two accuracies of 0.5 against two of 0.99 would be "certain". An
-    exact permutation test of the difference in means (scipy) makes no assumption about the
-    outcome's distribution, and its smallest p is what so few seeds can show (2 against 2:
-    1/3). It gives no interval."""
-    res = stats.permutation_test(
-        (other, leader),
-        _mean_diff,
-        vectorized=True,
-        n_resamples=9999,  # exact below that many rearrangements, Monte Carlo above
-        rng=0,
-    )
-    sds = (float(np.std(other, ddof=1)), float(np.std(leader, ddof=1)))
-    return _Test("permutation", diff, float(res.pvalue), (math.nan, math.nan), False, sds=sds)
+# Exact permutation tests enumerate at most this many splits (7 seeds against 7: 3,432).
+MAX_SPLITS = 10_000
+
+
+def _no_spread(
+    x: np.ndarray, y: np.ndarray, const_x: bool, const_y: bool, diff: float, confidence: float
+) -> _Test:
+    """A group without spread: a t-test takes its spread of 0 as known, so two accuracies of
+    0.5 against two of 0.99 would be "certain". Two constant groups get the exact permutation
+    test of the difference in means, whose p is 2 / C(n1 + n2, n1) (the observed split and
+    its mirror): 1/3 for 2 against 2. With one constant group, Welch's limit (the other group's
+    one-sample t-test against the constant) is right for normal outcomes but not for coarse
+    ones, and the permutation test the other way round (it also rejects for unequal spreads):
+    the larger of the two p-values, a test that rejects only when both do, up to MAX_SPLITS
+    splits; beyond that (8 or more seeds each) Welch's limit alone. Kind "permutation": no
+    interval."""
+    nan = (math.nan, math.nan)
+    splits = math.comb(x.size + y.size, x.size)
+    if const_x and const_y:
+        return _Test("permutation", diff, min(1.0, 2 / splits), nan, False, sds=(0.0, 0.0))
+    varying, fixed = (y, x) if const_x else (x, y)
+    constant = float(np.mean(fixed))
+    res = stats.ttest_1samp(varying, constant)
+    spread = float(np.std(varying, ddof=1))
+    sds = (0.0, spread) if const_x else (spread, 0.0)
+    if splits > MAX_SPLITS:
+        low, high = res.confidence_interval(confidence)
+        sign = -1.0 if const_x else 1.0
+        ci = sorted((sign * (low - constant), sign * (high - constant)))
+        return _Test("welch", diff, float(res.pvalue), (ci[0], ci[1]), False, sds=sds)
+    perm = stats.permutation_test((x, y), _mean_diff, vectorized=True, n_resamples=MAX_SPLITS)
+    p = max(float(res.pvalue), float(perm.pvalue))
+    return _Test("permutation", diff, p, nan, False, sds=sds)
 
 
 def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
@@ -184,7 +202,7 @@ def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
         if same:
             return same
     if const_x or const_y:
-        return _permutation(x, y, diff)
+        return _no_spread(x, y, const_x, const_y, diff, confidence)
     if paired and not _constant(x - y, scale):
         res = stats.ttest_rel(x, y)
         low, high = res.confidence_interval(confidence)
@@ -195,37 +213,61 @@ def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
 
 
 def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.ndarray:
-    """The p-value _test gives each pair (i, j), with the common case, paired configurations
-    whose groups and differences have spread, as one vectorised scipy call per set of seeds:
-    a sweep of k configurations has k(k - 1)/2 pairs."""
+    """The p-value _test gives each pair (i, j), the common cases vectorised: paired t-tests
+    of configurations with the same seeds, one scipy call per set of seeds, and Welch's tests
+    of the others from their means and spreads; pairs with a constant group one by one. A
+    sweep of k configurations has k(k - 1)/2 pairs."""
     p = np.full(len(pairs), np.nan)
-    keys, values = [], []
+    keys, values, spread = [], [], []
     for g in groups:
         order = np.argsort(g.seeds, kind="stable")
         unique = g.n >= 2 and np.unique(g.seeds).size == g.n
-        spread = g.n >= 2 and not _constant(g.values, float(np.max(np.abs(g.values))))
-        keys.append(tuple(g.seeds[order].tolist()) if unique and spread else None)
+        keys.append(tuple(g.seeds[order].tolist()) if unique else None)
         values.append(g.values[order])
+        spread.append(g.n >= 2 and not _constant(g.values, float(np.max(np.abs(g.values)))))
     batch: dict[tuple[Any, ...], list[int]] = {}
+    welch = []
     for k, (i, j) in enumerate(pairs):
+        if not (spread[i] and spread[j]):
+            continue
         if keys[i] is not None and keys[i] == keys[j]:
             batch.setdefault(keys[i], []).append(k)
+        else:
+            welch.append(k)
     for ks in batch.values():
         a = np.stack([values[pairs[k][0]] for k in ks])
         b = np.stack([values[pairs[k][1]] for k in ks])
         scale = np.maximum(np.abs(a).max(axis=1), np.abs(b).max(axis=1))
-        spread = np.ptp(a - b, axis=1) > _ROUNDING * scale
-        if spread.any():
-            p[np.asarray(ks)[spread]] = stats.ttest_rel(a[spread], b[spread], axis=1).pvalue
-    for k in np.flatnonzero(np.isnan(p)):  # the rest, one by one
+        varies = np.ptp(a - b, axis=1) > _ROUNDING * scale
+        if varies.any():
+            p[np.asarray(ks)[varies]] = stats.ttest_rel(a[varies], b[varies], axis=1).pvalue
+    if welch:
+        i, j = (np.array([pairs[k][side] for k in welch]) for side in (0, 1))
+        mean = np.array([float(np.mean(v)) for v in values])
+        sd = np.array([float(np.std(v, ddof=1)) if v.size > 1 else math.nan for v in values])
+        n = np.array([v.size for v in values])
+        res = stats.ttest_ind_from_stats(
+            mean[i], sd[i], n[i], mean[j], sd[j], n[j], equal_var=False
+        )
+        p[np.asarray(welch)] = res.pvalue
+    # The rest one by one. With a constant group the test depends only on the two groups'
+    # values (not their order or seeds), and coarse outcomes repeat them: computed once each.
+    known: dict[tuple[bytes, bytes], float] = {}
+    for k in np.flatnonzero(np.isnan(p)):
         i, j = pairs[k]
-        p[k] = _test(groups[i], groups[j], 0.95).p
+        if spread[i] and spread[j]:  # constant per-seed differences
+            p[k] = _test(groups[i], groups[j], 0.95).p
+            continue
+        key = (np.sort(values[i]).tobytes(), np.sort(values[j]).tobytes())
+        if key not in known:
+            known[key] = _test(groups[i], groups[j], 0.95).p
+        p[k] = known[key]
     return p
 
 
 def smallest_permutation_p(n: int) -> float:
-    """The smallest two-sided p of the exact permutation test with n seeds per configuration:
-    2 of the C(2n, n) splits (the observed one and its mirror)."""
+    """The two-sided p of the exact permutation test for two constant groups of n seeds each:
+    2 of the C(2n, n) splits (the observed one and its mirror), its smallest p at that n."""
     return 2.0 / math.comb(2 * n, n)
 
 
@@ -250,14 +292,18 @@ def _power(n: int, test: _Test, alpha: float) -> float:
 def seeds_needed(test: _Test, alpha: float, power: float) -> int | None:
     """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None.
 
-    For a permutation test, at least the smallest n at which its p can fall below alpha at
-    all; if one group has spread, the larger n of that and the t-test's (the constant group's
-    spread taken as 0). Two constant groups separate as soon as the test can."""
+    Two constant groups separate as soon as the exact permutation test can (2 / C(2n, n) below
+    alpha). With one constant group, the larger n of that (at most 8, from where the
+    permutation test no longer takes part) and the t-test's, the constant group's spread
+    taken as 0."""
     if test.kind != "permutation":
         return _t_seeds(test, alpha, power)
     floor = next((n for n in range(2, MAX_SEEDS + 1) if _log_smallest_p(n) < math.log(alpha)), None)
-    if floor is None or not any(sd > 0 for sd in test.sds):
+    if not any(sd > 0 for sd in test.sds):
         return floor
+    # One constant group: the permutation test takes part only up to MAX_SPLITS splits.
+    exact_up_to = max(n for n in range(2, 20) if math.comb(2 * n, n) <= MAX_SPLITS)
+    floor = exact_up_to + 1 if floor is None else min(floor, exact_up_to + 1)
     needed = _t_seeds(test, alpha, power)
     return None if needed is None else max(floor, needed)
 
@@ -342,11 +388,11 @@ def compare(
     finite outcomes, each once; a configuration that lost one seed is compared by Welch's
     test, which ignores the shared seeds and is then conservative. Spreads below rounding
     (1e-12 of the values) count as none: identical runs give p = 1 and CI [0, 0]. Otherwise a
-    group without spread (a coarse outcome such as accuracy: 1.0 for every seed) is compared
-    by scipy's exact permutation test of the difference in means (`test` "permutation"),
-    which has no interval (NaN) and cannot go below 2 / C(2n, n) with n seeds each (1/3 for
-    2 against 2; `smallest_permutation_p`). Constant per-seed differences between groups
-    with spread leave the paired test none: Welch's test is used.
+    group without spread (a coarse outcome such as accuracy: 1.0 for every seed) gets an
+    exact permutation test (`test` "permutation", no interval; see _no_spread): two constant
+    groups of n seeds cannot go below 2 / C(2n, n) (1/3 for 2 against 2;
+    `smallest_permutation_p`). Constant per-seed differences between groups with spread leave
+    the paired test none: Welch's test is used.
     """
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError("alpha and power must be in (0, 1)")
