@@ -867,21 +867,27 @@ def test_stability_boundary_brackets():
         np.testing.assert_array_equal(out.loc[width].to_numpy(dtype=float), values)
 
 
-def test_stability_boundary_per_backprop_mode():
-    """A sweep over both modes: each mode's boundary is its own. Pooled, the tutorial mode's
-    divergence and the exact mode's oscillation made one width's line."""
+def regimes_per_mode(table: dict[str, dict[float, str]]) -> pd.DataFrame:
+    """Runs of width 8: {mode: {lr: the regimes of its seeds, "s", "o" or "d" each}}."""
     names = {"s": "stable", "o": "oscillating", "d": "diverged"}
-    table = {
-        "tutorial": {0.1: "sss", 1.0: "sss", 10.0: "ddd"},
-        "exact": {0.1: "sss", 1.0: "ooo", 10.0: "ooo"},
-    }
-    runs = pd.DataFrame(
+    return pd.DataFrame(
         [
             {"hidden_dim": 8, "backprop": mode, "lr": lr, "seed": seed, "regime": names[r]}
             for mode, by_lr in table.items()
             for lr, regimes in by_lr.items()
             for seed, r in enumerate(regimes)
         ]
+    )
+
+
+def test_stability_boundary_per_backprop_mode():
+    """A sweep over both modes: each mode's boundary is its own. Pooled, the tutorial mode's
+    divergence and the exact mode's oscillation made one width's line."""
+    runs = regimes_per_mode(
+        {
+            "tutorial": {0.1: "sss", 1.0: "sss", 10.0: "ddd"},
+            "exact": {0.1: "sss", 1.0: "ooo", 10.0: "ooo"},
+        }
     )
     out = stability_boundary(runs, ["hidden_dim", "backprop"]).set_index("backprop")
     assert list(out.columns[:1]) == ["hidden_dim"] and sorted(out.index) == ["exact", "tutorial"]

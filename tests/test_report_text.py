@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import pandas as pd
+from test_compare import regimes_per_mode
 
 from fnnlab import report
 from fnnlab.aggregate import Aggregate
@@ -106,18 +107,11 @@ def test_two_seeds_of_equal_accuracy_are_no_certain_difference() -> None:
 def test_the_stability_boundary_is_per_backprop_mode() -> None:
     """Only the tutorial mode diverges and only the exact mode oscillates: pooled, one line
     said "divergence between lr=1 and lr=10; oscillation already at lr=0.1"."""
-    names = {"s": "stable", "o": "oscillating", "d": "diverged"}
-    regimes = {
-        "tutorial": {0.1: "ss", 1.0: "ss", 10.0: "dd"},
-        "exact": {0.1: "ss", 1.0: "oo", 10.0: "oo"},
-    }
-    runs = pd.DataFrame(
-        [
-            {"hidden_dim": 8, "backprop": mode, "lr": lr, "seed": seed, "regime": names[r]}
-            for mode, by_lr in regimes.items()
-            for lr, rs in by_lr.items()
-            for seed, r in enumerate(rs)
-        ]
+    runs = regimes_per_mode(
+        {
+            "tutorial": {0.1: "ss", 1.0: "ss", 10.0: "dd"},
+            "exact": {0.1: "ss", 1.0: "oo", 10.0: "oo"},
+        }
     )
     cols = ["hidden_dim", "backprop", "lr"]
     summary = runs.groupby(cols).size().rename("runs").reset_index()

@@ -16,9 +16,8 @@ estimates the seeds per configuration a test would need to resolve the observed 
 the requested power.
 
 Stability boundary. Scanning the swept learning rates upward for one width (and one value of
-every other configuration column), the bracket
-[last good, first bad] around the first learning rate at which any seed diverged (or, for the
-oscillation boundary, oscillated or diverged).
+every other configuration column), the bracket [last good, first bad] around the first learning
+rate at which any seed diverged (or, for the oscillation boundary, oscillated or diverged).
 """
 
 from __future__ import annotations
@@ -243,7 +242,7 @@ def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.nda
             p[np.asarray(ks)[varies]] = stats.ttest_rel(a[varies], b[varies], axis=1).pvalue
     if welch:
         i, j = (np.array([pairs[k][side] for k in welch]) for side in (0, 1))
-        mean = np.array([float(np.mean(v)) for v in values])
+        mean = np.array([float(np.mean(v)) if v.size > 1 else math.nan for v in values])
         sd = np.array([float(np.std(v, ddof=1)) if v.size > 1 else math.nan for v in values])
         n = np.array([v.size for v in values])
         res = stats.ttest_ind_from_stats(
