@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from fnnlab.compare import (
@@ -824,6 +826,37 @@ def test_seeds_needed_beyond_the_search():
     row = out.loc[~out["leader"]].iloc[0]
     assert row["tied"] and row["seeds_needed"] is pd.NA
     assert f"more than {MAX_SEEDS}" in row["note"]
+
+
+@strict
+@given(
+    outcomes=st.lists(
+        st.lists(
+            st.integers(0, 10**6).map(lambda v: v / 1000) | st.just(math.nan),
+            min_size=1,
+            max_size=5,
+        ),
+        min_size=2,
+        max_size=4,
+    ),
+    exponent=st.integers(-1000, 1000),
+    higher_is_better=st.booleans(),
+)
+@settings(deadline=None)
+def test_comparisons_do_not_depend_on_the_outcomes_scale(outcomes, exponent, higher_is_better):
+    """Outcomes times 2**exponent (exact: from about 1e-304 to 1e304) give the same p-values,
+    ties, seeds and notes, and means and intervals times 2**exponent: squares of such values
+    overflowed or vanished (a ZeroDivisionError in seeds_needed at 1e-150, p = 1 from 1e170).
+    Lost seeds (NaN), constant groups (rounded values repeat) and a margin are drawn too."""
+    runs = runs_frame({f"c{i}": values for i, values in enumerate(outcomes)})
+    scaled = runs.assign(outcome=runs["outcome"] * 2.0**exponent)
+    base = compare(runs, ["cfg"], higher_is_better=higher_is_better, min_effect=0.5)
+    out = compare(
+        scaled, ["cfg"], higher_is_better=higher_is_better, min_effect=0.5 * 2.0**exponent
+    )
+    in_units = ["mean", "ci_low", "ci_high", "diff_vs_leader", "diff_ci_low", "diff_ci_high"]
+    base[in_units] = base[in_units] * 2.0**exponent
+    pd.testing.assert_frame_equal(out, base, check_exact=True)
 
 
 # --- sweeps: stability boundary and regime fractions ----------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any
 
@@ -277,9 +277,13 @@ def _power(n: int, test: _Test, alpha: float) -> float:
         df = n - 1.0
         nc = abs(test.diff) / test.sd_diff * math.sqrt(n)
     else:  # Welch's, also taken for a permutation test with one constant group
-        v1, v2 = test.sds[0] ** 2, test.sds[1] ** 2
+        # Variances relative to the larger: squares of tiny spreads would underflow to 0.
+        unit = max(test.sds)
+        v1, v2 = (test.sds[0] / unit) ** 2, (test.sds[1] / unit) ** 2
         df = (n - 1.0) * (v1 + v2) ** 2 / (v1**2 + v2**2)  # Welch-Satterthwaite, n per group
-        nc = abs(test.diff) / math.sqrt((v1 + v2) / n)
+        nc = abs(test.diff) / unit / math.sqrt((v1 + v2) / n)
+    if not math.isfinite(nc):  # a difference beyond any spread the floats can hold
+        return 1.0
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     upper = float(stats.nct.sf(crit, df, nc))
     # The wrong-sign tail P(T < -crit) <= P(Z < -nc) is below 1e-11 once nc > 7, where scipy's
@@ -396,6 +400,13 @@ def compare(
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError("alpha and power must be in (0, 1)")
     groups = _groups(runs, list(config_cols), seed_col, value_col)
+    # Every test here is scale-free, but squares of values beyond about 1e154 overflow and
+    # below 1e-154 underflow. Divided by a power of two (exact) near the largest value, then
+    # multiplied back: the same bits as unscaled wherever those were right.
+    scale = _power_of_two(groups)
+    groups = [replace(g, values=g.values / scale) for g in groups]
+    if min_effect is not None:
+        min_effect = float(min_effect) / scale
     confidence = 1 - alpha
     sign = -1.0 if higher_is_better else 1.0
 
@@ -429,7 +440,7 @@ def compare(
     if lead is None:
         for row in rows:
             row["note"] = "no configuration has 2 seeds: no leader, no claim"
-        return _frame(rows, config_cols)
+        return _frame(rows, config_cols, scale)
 
     leader = groups[lead]
     rows[lead].update(diff_vs_leader=0.0, leader=True, tied=False, note="leader")
@@ -478,11 +489,23 @@ def compare(
             else:
                 row["seeds_needed"] = needed
                 row["note"] = f"not significant; {needed} seeds for {power:.0%} power"
-    return _frame(rows, config_cols)
+    return _frame(rows, config_cols, scale)
 
 
-def _frame(rows: list[dict[str, Any]], config_cols: list[str]) -> pd.DataFrame:
+def _power_of_two(groups: list[_Group]) -> float:
+    """2**e with the largest finite |outcome| in [2**e, 2**(e + 1)); 1.0 without one."""
+    largest = max((float(np.max(np.abs(g.values))) for g in groups if g.n), default=0.0)
+    return math.ldexp(1.0, math.frexp(largest)[1] - 1) if largest > 0 else 1.0
+
+
+# Columns in the outcome's units: multiplied back by the scale the tests ran at.
+_IN_UNITS = ("mean", "ci_low", "ci_high", "diff_vs_leader", "diff_ci_low", "diff_ci_high")
+
+
+def _frame(rows: list[dict[str, Any]], config_cols: list[str], scale: float) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=[*config_cols, *_COLUMNS])
+    for col in _IN_UNITS:
+        out[col] = out[col].astype(float) * scale
     out["n"] = out["n"].astype(int)
     out["leader"] = out["leader"].astype(bool)
     out["tied"] = out["tied"].astype("boolean")
