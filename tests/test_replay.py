@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TmpStore, run_in_process, run_script
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Run, RunInfo
 
 from fnnlab import cli, provenance
+from fnnlab.names import METRICS
+from fnnlab.replay import SHOWN_DIFFS, Diff, Replay
+from fnnlab.tracking import MAX_TAG_VALUE
 
 pytestmark = pytest.mark.slow
 
@@ -99,17 +102,33 @@ def test_an_altered_value_differs_at_its_epoch_and_metric(made: TmpStore) -> Non
             "WHERE run_uuid = ? AND key = 'grad_norm/w1' AND step = 17",
             (rid,),
         ).rowcount
+        changed += db.execute(
+            "UPDATE metrics SET value = value + 0.25 "
+            "WHERE run_uuid = ? AND key = 'loss' AND step IN (20, 21)",
+            (rid,),
+        ).rowcount
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'loss'", (rid,)
+        ).fetchone()
     db.close()
-    assert changed == 1
+    assert changed == 3
     out = replay(made, f"replay.run={rid}")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     what = lines(out)[rid]
-    assert what.startswith("differs at epoch 17 grad_norm/w1, largest difference ")
-    assert "since then: " in what
+    # Every difference, with how many of the curve's n values differ and by how much.
+    assert re.fullmatch(
+        rf"differs at epoch 17 grad_norm/w1 \(1 of {n} values, largest [0-9.e-]+\), "
+        rf"largest difference 0.25; also epoch 20 loss \(2 of {n} values, largest 0.25\); "
+        r"since then: .+",
+        what,
+    ), what
     tags = made.client.get_run(rid).data.tags
     assert (
         tags["replay.status"] == "differs" and tags["replay.first_diff"] == "epoch 17 grad_norm/w1"
     )
+    first, second = tags["replay.diffs"].splitlines()
+    assert first.startswith(f"epoch 17 grad_norm/w1 (1 of {n} values, largest ")
+    assert second == f"epoch 20 loss (2 of {n} values, largest 0.25)"
 
 
 def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsys) -> None:
@@ -160,10 +179,12 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     assert len(runs) == 12
     client = store.client
     client.set_tag(ids["h32-lr0.1-s0"], "replay.first_diff", "epoch 3 loss")
+    client.set_tag(ids["h32-lr0.1-s0"], "replay.diffs", "epoch 3 loss (1 of 30 values)")
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert lines(out) == {rid: "identical" for rid in ids.values()}
-    assert "replay.first_diff" not in client.get_run(ids["h32-lr0.1-s0"]).data.tags
+    tags = client.get_run(ids["h32-lr0.1-s0"]).data.tags
+    assert "replay.first_diff" not in tags and "replay.diffs" not in tags
 
     # lr 0.1 runs train 30 epochs (0 to 29); lr 1000 runs diverge at epoch 1.
     client.log_metric(ids["h32-lr0.1-s0"], "final/loss", 0.1)
@@ -224,9 +245,34 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
 
     client.log_param(ids["h32-lr0.1-s0"], "extra.key", "1")  # logged after the run
     out = replay(store, f"replay.run={ids['h32-lr0.1-s0']}")
-    assert lines(out)[ids["h32-lr0.1-s0"]].startswith(
-        "differs at epoch 0 param extra.key '1', not in config.yaml"
-    ), out.stdout
+    what = lines(out)[ids["h32-lr0.1-s0"]]
+    assert what.startswith(
+        "differs at epoch 0 param extra.key '1', not in config.yaml, largest difference inf; "
+        "also epoch 29 final/loss 0.1 -> "
+    ), what
+    assert client.get_run(ids["h32-lr0.1-s0"]).data.tags["replay.diffs"].splitlines() == [
+        "epoch 0 param extra.key '1', not in config.yaml",
+        f"epoch 29 final/loss 0.1 -> {runs['h32-lr0.1-s0'].data.metrics['final/loss']}",
+    ]
+
+
+def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
+    """Beyond SHOWN_DIFFS more, a line counts the rest; replay.diffs has every one, cut to
+    the tag limit."""
+    info = RunInfo("a" * 32, "0", "u", "FINISHED", 0, 1, "active", run_name="h8-lr0.1-s0")
+    diffs = [Diff(e, 0, key, 1e-9, f"{e} of 40 values") for e, key in enumerate(METRICS)]
+    result = Replay(run=Run(info, None), identical=False, diffs=diffs)
+    line = result.line()
+    shown = [d.text() for d in diffs[1 : 1 + SHOWN_DIFFS]]
+    assert line == (
+        f"h8-lr0.1-s0 ({'a' * 32}): differs at epoch 0 loss (0 of 40 values, largest 1e-09), "
+        f"largest difference 1e-09; also {', '.join(shown)} and "
+        f"{len(diffs) - 1 - SHOWN_DIFFS} more (tag replay.diffs); "
+        "since then: no recorded difference in environment"
+    )
+    assert result.diffs_text().splitlines() == [d.text() for d in diffs]
+    many = Replay(run=result.run, identical=False, diffs=diffs * 100)
+    assert len(many.diffs_text()) <= MAX_TAG_VALUE and many.diffs_text().endswith("\n...")
 
 
 def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):

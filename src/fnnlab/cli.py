@@ -233,9 +233,9 @@ def replay_app(cfg: DictConfig) -> None:
         if r.sample is not None and r.sample < 1:
             raise ConfigValueError("replay.sample", r.sample, "must be at least 1, or null")
         run_id = None if r.run is None else str(r.run)
-        store = replay.existing_store(cfg.tracking.uri, cfg.tracking.experiment, run_id)
-        if run_id is not None:
-            runs, others = [replay.find_run(store.client, run_id)], []
+        store, run = replay.existing_store(cfg.tracking.uri, cfg.tracking.experiment, run_id)
+        if run is not None:
+            runs, others = [run], []
         else:
             parent = find_sweep_parent(store, str(r.sweep), "replay.sweep")
             if parent is None:

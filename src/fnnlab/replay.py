@@ -5,9 +5,10 @@ with), never from Hydra's output folders, so runs from other machines or a track
 replay the same way. It is retrained with today's code, and what the run stored is compared
 exactly with what the job would store now: every per-epoch value at every stored step, the
 summary metrics, the tags that say what happened in training, the params (against the
-rebuilt config) and the final weights, dtype included. When something differs, the first
-epoch and value that differ, the largest difference and what changed in the environment
-since (fnnlab.provenance) say why.
+rebuilt config) and the final weights, dtype included. When something differs, every
+difference is named (a metric with the epoch it first differs at and how many of its values
+differ, a summary metric, a tag, a param, the weights), with the largest difference and
+what changed in the environment since (fnnlab.provenance).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,12 +36,40 @@ from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, flatte
 from fnnlab.errortext import reason
 from fnnlab.job import data_hash, end_tags, summarize, train_model
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
-from fnnlab.tracking import Store, log_values, logged_steps, one_run_per_config, open_store
+from fnnlab.tracking import (
+    MAX_TAG_VALUE,
+    Store,
+    log_values,
+    logged_steps,
+    one_run_per_config,
+    open_store,
+)
 from fnnlab.tracking import sweep_runs as all_sweep_runs
 
 
 class NotReplayable(Exception):
     """A run that cannot be replayed (it did not finish, or its config cannot be rebuilt)."""
+
+
+class Diff(NamedTuple):
+    """One thing the run stored that differs from what its job would store now."""
+
+    epoch: int  # where it first differs
+    order: int  # among the differences of one epoch
+    what: str  # "grad_norm/w1", "final/loss 0.1 -> 0.0123", "param optim.lr ..."
+    largest: float  # the largest |stored - now| (inf when not a number)
+    count: str = ""  # of a curve: "1 of 30 values"
+
+    def text(self) -> str:
+        """As "epoch 17 grad_norm/w1 (1 of 30 values, largest 8.6e-13)"."""
+        more = [self.count] if self.count else []
+        if math.isfinite(self.largest) and self.count:
+            more.append(f"largest {self.largest:.3g}")
+        return f"epoch {self.epoch} {self.what}" + (f" ({', '.join(more)})" if more else "")
+
+
+# Differences named on a run's line after the first; the tag replay.diffs has them all.
+SHOWN_DIFFS = 4
 
 
 @dataclass
@@ -48,10 +78,19 @@ class Replay:
 
     run: Run
     identical: bool
-    first_diff: str = ""  # "epoch 17 grad_norm/w1" when not identical
-    largest: float = 0.0  # the largest |stored - now| over every compared value
+    diffs: list[Diff] = field(default_factory=list)  # in order of epoch; none when identical
     env: list[str] = field(default_factory=list)  # what changed since the run was made
     cfg: DictConfig | None = None  # the rebuilt config it was retrained with
+
+    @property
+    def first_diff(self) -> str:
+        """Where it first differs, as "epoch 17 grad_norm/w1"; empty when identical."""
+        return f"epoch {self.diffs[0].epoch} {self.diffs[0].what}" if self.diffs else ""
+
+    @property
+    def largest(self) -> float:
+        """The largest |stored - now| over every compared value."""
+        return max((d.largest for d in self.diffs), default=0.0)
 
     @property
     def name(self) -> str:
@@ -66,10 +105,24 @@ class Replay:
         if self.identical:
             return head + "identical"
         changed = "; ".join(self.env) if self.env else "no recorded difference in environment"
+        first, *rest = self.diffs
+        where = first.text().removeprefix("epoch ")
+        also = ""
+        if rest:
+            named = ", ".join(d.text() for d in rest[:SHOWN_DIFFS])
+            unnamed = len(rest) - SHOWN_DIFFS
+            also = f"; also {named}" + (
+                f" and {unnamed} more (tag replay.diffs)" if unnamed > 0 else ""
+            )
         return (
-            f"{head}differs at {self.first_diff}, largest difference {self.largest:.3g}; "
+            f"{head}differs at epoch {where}, largest difference {self.largest:.3g}{also}; "
             f"since then: {changed}"
         )
+
+    def diffs_text(self) -> str:
+        """Every difference, one a line (the tag replay.diffs), cut to MLflow's tag limit."""
+        text = "\n".join(d.text() for d in self.diffs)
+        return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 4] + "\n..."
 
 
 def rebuild_config(store: Store, run: Run) -> DictConfig:
@@ -138,16 +191,9 @@ def replay_run(store: Store, run: Run) -> Replay:
         *_curve_diffs(store, run, history, cfg),
         *_weights_diffs(store, run, history),
     ]
-    if diffs:
-        epoch, _, what, _ = min(diffs, key=lambda d: (d[0], d[1]))
-        result.identical = False
-        result.first_diff = f"epoch {epoch} {what}"
-        result.largest = max(d[3] for d in diffs)
+    result.diffs = sorted(diffs, key=lambda d: (d.epoch, d.order))
+    result.identical = not diffs
     return result
-
-
-# A difference: (epoch, order among those of one epoch, what, largest |stored - now|).
-Diff = tuple[int, int, str, float]
 
 
 def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
@@ -158,11 +204,11 @@ def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
     stored = run.data.params
     now = {k: str(v) for k, v in flatten(cfg).items()}
     return [
-        (0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
+        Diff(0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
         for k in sorted(stored.keys() & now.keys())
         if stored[k] != now[k]
     ] + [
-        (0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
+        Diff(0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
         for k in sorted(stored.keys() - now.keys())
     ]
 
@@ -179,7 +225,7 @@ def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
         a, b = tags.get(key), now_tags.get(key)
         if a != b:
             epochs = [int(x) for x in (a, b) if x is not None and x.isascii() and x.isdigit()]
-            diffs.append((min([*epochs, last]), -1, f"{key} {a} -> {b}", math.inf))
+            diffs.append(Diff(min([*epochs, last]), -1, f"{key} {a} -> {b}", math.inf))
     stored = run.data.metrics
     now = summarize(history, cfg)
     summary_keys = (stored.keys() - set(METRICS)) | now.keys()
@@ -194,7 +240,7 @@ def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
             where = (max(shorter - 1, 0), -1)
         else:
             where = (last, len(METRICS) + 1)
-        diffs.append((*where, f"{key} {a} -> {b}", gap))
+        diffs.append(Diff(*where, f"{key} {a} -> {b}", gap))
     return diffs
 
 
@@ -221,15 +267,17 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
             odd = sorted(set(expected) ^ set(steps.tolist()))
             repeated = sorted({s for s in steps.tolist() if (steps == s).sum() > 1})
             what = f"{key} (steps)" if odd else f"{key} (values stored twice)"
-            diffs.append(((odd or repeated or [0])[0], order, what, math.inf))
+            diffs.append(Diff((odd or repeated or [0])[0], order, what, math.inf))
             keep = steps < len(now)
             steps, values = steps[keep], values[keep]
         if len(steps):
             ours = now[steps]
-            bad = np.nonzero(ours != values)[0]
+            # A NaN reads back as NaN (MLflow's is_nan) and is the same as a NaN now.
+            bad = np.flatnonzero((ours != values) & ~(np.isnan(ours) & np.isnan(values)))
             if len(bad):
                 delta = np.abs(ours - values)
-                diffs.append((int(steps[bad[0]]), order, key, float(np.nanmax(delta))))
+                count = f"{len(bad)} of {len(steps)} values"
+                diffs.append(Diff(int(steps[bad[0]]), order, key, float(np.nanmax(delta)), count))
     return diffs
 
 
@@ -237,15 +285,15 @@ def _weights_diffs(store: Store, run: Run, history) -> list[Diff]:
     weights = _stored_weights(store, run)
     where = (history.epochs_run, len(METRICS))
     if isinstance(weights, str):
-        return [(*where, weights, math.inf)]
+        return [Diff(*where, weights, math.inf)]
     pairs = (("w1", history.w1), ("w2", history.w2))
     for key, now in pairs:
         if weights[key].dtype != now.dtype:
             what = f"final weights {key} dtype {weights[key].dtype} -> {now.dtype}"
-            return [(*where, what, _weight_diff(weights, history))]
+            return [Diff(*where, what, _weight_diff(weights, history))]
     if all(torch.equal(weights[key], now) for key, now in pairs):
         return []
-    return [(*where, "final weights", _weight_diff(weights, history))]
+    return [Diff(*where, "final weights", _weight_diff(weights, history))]
 
 
 def _weight_diff(weights: dict, history) -> float:
@@ -260,18 +308,25 @@ def _weight_diff(weights: dict, history) -> float:
         return math.inf
 
 
+# Tags of a replay that differed, removed when a later replay is identical.
+DIFF_TAGS = ("replay.first_diff", "replay.diffs")
+
+
 def record(store: Store, replay: Replay) -> None:
-    """The replayed run's tags: replay.status, replay.at and, if it differs, replay.first_diff."""
+    """The replayed run's tags: replay.status, replay.at and, if it differs, replay.first_diff
+    and replay.diffs (every difference, one a line)."""
     tags = {
         "replay.status": replay.status,
         "replay.at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if not replay.identical:
         tags["replay.first_diff"] = replay.first_diff
+        tags["replay.diffs"] = replay.diffs_text()
     log_values(store, replay.run.info.run_id, tags=tags)
-    if replay.identical and "replay.first_diff" in replay.run.data.tags:
-        # An earlier replay's difference is no longer so.
-        store.client.delete_tag(replay.run.info.run_id, "replay.first_diff")
+    if replay.identical:
+        for key in DIFF_TAGS:
+            if key in replay.run.data.tags:  # an earlier replay's difference is no longer so
+                store.client.delete_tag(replay.run.info.run_id, key)
 
 
 def sweep_runs(store: Store, parent: Run, sample: int | None, seed: int) -> tuple[list, list]:
@@ -306,12 +361,13 @@ def find_run(client: MlflowClient, run_id: str) -> Run:
     return run
 
 
-def existing_store(uri: str, experiment: str, run_id: str | None) -> Store:
+def existing_store(uri: str, experiment: str, run_id: str | None) -> tuple[Store, Run | None]:
     """The store to replay in, creating neither a database nor an experiment (a typo would
-    leave them behind): that of replay.run's experiment, whatever tracking.experiment says,
-    or tracking.experiment, which must exist."""
+    leave them behind), and replay.run's run: the store of that run's experiment, whatever
+    tracking.experiment says, or of tracking.experiment, which must exist."""
     client, _ = connect(uri, None if run_id is not None else experiment)
+    run = None
     if run_id is not None:
         run = find_run(client, run_id)
         experiment = client.get_experiment(run.info.experiment_id).name
-    return open_store(uri, experiment)
+    return open_store(uri, experiment), run
