@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -436,7 +437,11 @@ def test_every_pair_gets_the_p_value_of_its_own_test():
         _Group(("shifted",), np.arange(5), np.zeros(5), False),
     ]
     groups[5].values = groups[0].values[np.argsort(groups[0].seeds)] + 0.25  # constant difference
-    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    # Far from the others' scale (each pair is tested at its own): paired and Welch's.
+    for name, far in (("huge", 1e200), ("tiny", 1e-200)):
+        groups.append(_Group((name,), np.arange(5), far * (1 + rng.standard_normal(5)), False))
+    groups.append(_Group(("lost huge",), np.arange(3), 1e250 * rng.standard_normal(3), False))
+    pairs = [(i, j) for i in range(len(groups)) for j in range(i + 1, len(groups))]
     found = _pair_p_values(groups, pairs)
     for k, (i, j) in enumerate(pairs):
         t = _test(groups[i], groups[j], 0.95)
@@ -857,6 +862,53 @@ def test_comparisons_do_not_depend_on_the_outcomes_scale(outcomes, exponent, hig
     in_units = ["mean", "ci_low", "ci_high", "diff_vs_leader", "diff_ci_low", "diff_ci_high"]
     base[in_units] = base[in_units] * 2.0**exponent
     pd.testing.assert_frame_equal(out, base, check_exact=True)
+
+
+@strict
+@given(
+    outcomes=st.lists(
+        st.lists(
+            st.integers(1, 10**6).map(lambda v: v / 1000) | st.just(math.nan),
+            min_size=1,
+            max_size=5,
+        ),
+        min_size=2,
+        max_size=4,
+    ),
+    far=st.lists(st.integers(1, 10**6).map(lambda v: v / 1000), min_size=1, max_size=5),
+    exponent=st.integers(20, 1001) | st.integers(-1040, -30),
+)
+@settings(deadline=None)
+def test_a_configuration_far_from_the_others_scale_leaves_theirs_as_they_were(
+    outcomes, far, exponent
+):
+    """A configuration at 2**exponent (subnormal numbers, and at 1001 up to the largest float,
+    as MLflow stores +inf, included) changes no other configuration's mean, interval, test or
+    p-value against the leader, and gets finite ones itself: each group and each pair is
+    tested at its own scale. It is never the leader (the lowest mean wins when it is huge,
+    the highest when tiny; a configuration without a lost seed is there)."""
+    assume(any(len(v) >= 2 and not any(map(math.isnan, v)) for v in outcomes))
+    higher_is_better = exponent < 0
+    runs = runs_frame({f"c{i}": values for i, values in enumerate(outcomes)})
+    base = compare(runs, ["cfg"], higher_is_better=higher_is_better)
+    if exponent > 1000:
+        far_values = [sys.float_info.max * (v / 1000) for v in far]
+    else:
+        far_values = [v * 2.0**exponent for v in far]
+    out = compare(
+        pd.concat([runs, runs_frame({"far": far_values})], ignore_index=True),
+        ["cfg"],
+        higher_is_better=higher_is_better,
+    )
+    same = ["cfg", "n", "mean", "ci_low", "ci_high", "diff_vs_leader"]
+    same += ["diff_ci_low", "diff_ci_high", "leader", "test", "p"]
+    pd.testing.assert_frame_equal(out[same].iloc[:-1], base[same], check_exact=True)
+    row = out.iloc[-1]
+    assert row["cfg"] == "far" and not row["leader"]
+    assert math.isfinite(row["mean"])
+    if len(far) >= 2:  # an interval wider than the largest float is (-inf, inf)
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+        assert 0 <= row["p"] <= 1 and math.isfinite(row["diff_vs_leader"])
 
 
 # --- sweeps: stability boundary and regime fractions ----------------------------------

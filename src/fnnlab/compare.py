@@ -87,8 +87,12 @@ class _Group:
         return int(self.values.size)
 
     @property
+    def unit(self) -> float:
+        return _unit(self.values)
+
+    @property
     def mean(self) -> float:
-        return float(np.mean(self.values)) if self.n else math.nan
+        return float(np.mean(self.values / self.unit)) * self.unit if self.n else math.nan
 
 
 @dataclass
@@ -100,6 +104,20 @@ class _Test:
     identical: bool  # every difference is rounding: the same runs
     sd_diff: float = math.nan  # paired: SD of the per-seed differences
     sds: tuple[float, float] = (math.nan, math.nan)  # welch, permutation: SDs of (other, leader)
+    # diff, ci, sd_diff and sds are in units of this (see _unit); p does not depend on it.
+    unit: float = 1.0
+
+
+def _unit(x: np.ndarray) -> float:
+    """A power of two near the largest |x|, 1.0 without one. The statistics here do not depend
+    on the outcome's scale, but squares of values beyond about 1e154 overflow and below
+    1e-154 vanish: they are taken of x / unit (exact, a power of two), and what is in the
+    outcome's units multiplied back. Each group and each pair at its own unit: one at 1e300
+    leaves the others' as they were."""
+    largest = float(np.max(np.abs(x))) if x.size else 0.0
+    if not 0 < largest < math.inf:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(largest)[1] - 1)
 
 
 def _constant(x: np.ndarray, scale: float) -> bool:
@@ -107,16 +125,23 @@ def _constant(x: np.ndarray, scale: float) -> bool:
     return bool(np.ptp(x) <= _ROUNDING * scale)
 
 
+def _spreadless(x: np.ndarray) -> bool:
+    """All values equal up to rounding relative to their largest."""
+    return _constant(x, float(np.max(np.abs(x))))
+
+
 def _mean_ci(x: np.ndarray, confidence: float) -> tuple[float, float]:
     """t-interval of the mean; a constant sample's mean is known exactly; NaN below 2."""
     n = x.size
     if n < 2:
         return math.nan, math.nan
+    unit = _unit(x)
+    x = x / unit
     mean = float(np.mean(x))
-    if _constant(x, float(np.max(np.abs(x)))):
-        return mean, mean
+    if _spreadless(x):
+        return mean * unit, mean * unit
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=np.std(x, ddof=1) / n**0.5)
-    return float(low), float(high)
+    return float(low) * unit, float(high) * unit
 
 
 def _paired_seeds(a: _Group, b: _Group) -> bool:
@@ -186,12 +211,25 @@ def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
 
 def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
     """other minus leader: paired by seed when possible, Welch otherwise; a permutation test
-    when a group has no spread."""
+    when a group has no spread. At the pair's unit (see _unit); whether a group has spread at
+    its own (at the pair's, a group 1e-200 of the other's would have none)."""
+    unit = max(other.unit, leader.unit)
+    test = _test_at_unit(
+        replace(other, values=other.values / unit),
+        replace(leader, values=leader.values / unit),
+        confidence,
+        *(_spreadless(g.values / g.unit) for g in (other, leader)),
+    )
+    test.unit = unit
+    return test
+
+
+def _test_at_unit(
+    other: _Group, leader: _Group, confidence: float, const_x: bool, const_y: bool
+) -> _Test:
     scale = max(float(np.max(np.abs(other.values))), float(np.max(np.abs(leader.values))))
     x, y = other.values, leader.values
     diff = float(np.mean(x) - np.mean(y))
-    const_x = _constant(x, float(np.max(np.abs(x))))
-    const_y = _constant(y, float(np.max(np.abs(y))))
     paired = _paired_seeds(other, leader)
     if paired:
         x = x[np.argsort(other.seeds, kind="stable")]
@@ -218,12 +256,14 @@ def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.nda
     sweep of k configurations has k(k - 1)/2 pairs."""
     p = np.full(len(pairs), np.nan)
     keys, values, spread = [], [], []
+    # Each group's values at its own unit; a pair's tests at the larger of its two (_unit).
+    unit = np.array([g.unit for g in groups])
     for g in groups:
         order = np.argsort(g.seeds, kind="stable")
         unique = g.n >= 2 and np.unique(g.seeds).size == g.n
         keys.append(tuple(g.seeds[order].tolist()) if unique else None)
-        values.append(g.values[order])
-        spread.append(g.n >= 2 and not _constant(g.values, float(np.max(np.abs(g.values)))))
+        values.append(g.values[order] / g.unit)
+        spread.append(g.n >= 2 and not _spreadless(values[-1]))
     batch: dict[tuple[Any, ...], list[int]] = {}
     welch = []
     for k, (i, j) in enumerate(pairs):
@@ -234,8 +274,10 @@ def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.nda
         else:
             welch.append(k)
     for ks in batch.values():
-        a = np.stack([values[pairs[k][0]] for k in ks])
-        b = np.stack([values[pairs[k][1]] for k in ks])
+        i, j = (np.array([pairs[k][side] for k in ks]) for side in (0, 1))
+        at = np.maximum(unit[i], unit[j])[:, None]
+        a = np.stack([values[k] for k in i]) * (unit[i][:, None] / at)
+        b = np.stack([values[k] for k in j]) * (unit[j][:, None] / at)
         scale = np.maximum(np.abs(a).max(axis=1), np.abs(b).max(axis=1))
         varies = np.ptp(a - b, axis=1) > _ROUNDING * scale
         if varies.any():
@@ -245,8 +287,10 @@ def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.nda
         mean = np.array([float(np.mean(v)) if v.size > 1 else math.nan for v in values])
         sd = np.array([float(np.std(v, ddof=1)) if v.size > 1 else math.nan for v in values])
         n = np.array([v.size for v in values])
+        at = np.maximum(unit[i], unit[j])
+        fi, fj = unit[i] / at, unit[j] / at
         res = stats.ttest_ind_from_stats(
-            mean[i], sd[i], n[i], mean[j], sd[j], n[j], equal_var=False
+            mean[i] * fi, sd[i] * fi, n[i], mean[j] * fj, sd[j] * fj, n[j], equal_var=False
         )
         p[np.asarray(welch)] = res.pvalue
     # The rest one by one. With a constant group the test depends only on the two groups'
@@ -257,7 +301,7 @@ def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.nda
         if spread[i] and spread[j]:  # constant per-seed differences
             p[k] = _test(groups[i], groups[j], 0.95).p
             continue
-        key = (np.sort(values[i]).tobytes(), np.sort(values[j]).tobytes())
+        key = (np.sort(groups[i].values).tobytes(), np.sort(groups[j].values).tobytes())
         if key not in known:
             known[key] = _test(groups[i], groups[j], 0.95).p
         p[k] = known[key]
@@ -278,17 +322,17 @@ def _power(n: int, test: _Test, alpha: float) -> float:
         nc = abs(test.diff) / test.sd_diff * math.sqrt(n)
     else:  # Welch's, also taken for a permutation test with one constant group
         # Variances relative to the larger: squares of tiny spreads would underflow to 0.
-        unit = max(test.sds)
-        v1, v2 = (test.sds[0] / unit) ** 2, (test.sds[1] / unit) ** 2
+        larger = max(test.sds)
+        v1, v2 = (test.sds[0] / larger) ** 2, (test.sds[1] / larger) ** 2
         df = (n - 1.0) * (v1 + v2) ** 2 / (v1**2 + v2**2)  # Welch-Satterthwaite, n per group
-        nc = abs(test.diff) / unit / math.sqrt((v1 + v2) / n)
+        nc = abs(test.diff) / larger / math.sqrt((v1 + v2) / n)
     if not math.isfinite(nc):  # a difference beyond any spread the floats can hold
         return 1.0
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     upper = float(stats.nct.sf(crit, df, nc))
-    # The wrong-sign tail P(T < -crit) <= P(Z < -nc) is below 1e-11 once nc > 7, where scipy's
-    # nct.cdf returns NaN; it is left out there.
-    lower = float(stats.nct.cdf(-crit, df, nc)) if nc < 7 else 0.0
+    # The wrong-sign tail P(T < -crit), as P(T' > crit) with T' of -nc: scipy's nct.cdf
+    # returns NaN for it from nc of about 4 (and a NaN power never reaches the target).
+    lower = float(stats.nct.sf(crit, df, -nc))
     return upper + lower
 
 
@@ -400,13 +444,6 @@ def compare(
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError("alpha and power must be in (0, 1)")
     groups = _groups(runs, list(config_cols), seed_col, value_col)
-    # Every test here is scale-free, but squares of values beyond about 1e154 overflow and
-    # below 1e-154 underflow. Divided by a power of two (exact) near the largest value, then
-    # multiplied back: the same bits as unscaled wherever those were right.
-    scale = _power_of_two(groups)
-    groups = [replace(g, values=g.values / scale) for g in groups]
-    if min_effect is not None:
-        min_effect = float(min_effect) / scale
     confidence = 1 - alpha
     sign = -1.0 if higher_is_better else 1.0
 
@@ -440,7 +477,7 @@ def compare(
     if lead is None:
         for row in rows:
             row["note"] = "no configuration has 2 seeds: no leader, no claim"
-        return _frame(rows, config_cols, scale)
+        return _frame(rows, config_cols)
 
     leader = groups[lead]
     rows[lead].update(diff_vs_leader=0.0, leader=True, tied=False, note="leader")
@@ -459,16 +496,17 @@ def compare(
     adjusted = holm(family)[: len(compared)]
     for i, p_adj in zip(compared, adjusted, strict=True):
         t = tests[i]
+        diff = t.diff * t.unit
         row = rows[i]
         row.update(
-            diff_vs_leader=t.diff,
-            diff_ci_low=t.ci[0],
-            diff_ci_high=t.ci[1],
+            diff_vs_leader=diff,
+            diff_ci_low=t.ci[0] * t.unit,
+            diff_ci_high=t.ci[1] * t.unit,
             p_adj=float(p_adj),
             test=t.kind,
             p=t.p,
         )
-        below_margin = abs(t.diff) < margin
+        below_margin = abs(diff) < margin
         tied = bool(p_adj >= alpha or below_margin)
         row["tied"] = tied
         if t.identical:
@@ -489,23 +527,11 @@ def compare(
             else:
                 row["seeds_needed"] = needed
                 row["note"] = f"not significant; {needed} seeds for {power:.0%} power"
-    return _frame(rows, config_cols, scale)
+    return _frame(rows, config_cols)
 
 
-def _power_of_two(groups: list[_Group]) -> float:
-    """2**e with the largest finite |outcome| in [2**e, 2**(e + 1)); 1.0 without one."""
-    largest = max((float(np.max(np.abs(g.values))) for g in groups if g.n), default=0.0)
-    return math.ldexp(1.0, math.frexp(largest)[1] - 1) if largest > 0 else 1.0
-
-
-# Columns in the outcome's units: multiplied back by the scale the tests ran at.
-_IN_UNITS = ("mean", "ci_low", "ci_high", "diff_vs_leader", "diff_ci_low", "diff_ci_high")
-
-
-def _frame(rows: list[dict[str, Any]], config_cols: list[str], scale: float) -> pd.DataFrame:
+def _frame(rows: list[dict[str, Any]], config_cols: list[str]) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=[*config_cols, *_COLUMNS])
-    for col in _IN_UNITS:
-        out[col] = out[col].astype(float) * scale
     out["n"] = out["n"].astype(int)
     out["leader"] = out["leader"].astype(bool)
     out["tied"] = out["tied"].astype("boolean")
