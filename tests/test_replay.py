@@ -107,28 +107,37 @@ def test_an_altered_value_differs_at_its_epoch_and_metric(made: TmpStore) -> Non
             "WHERE run_uuid = ? AND key = 'loss' AND step IN (20, 21)",
             (rid,),
         ).rowcount
+        changed += db.execute(  # NaN, as MLflow stores it
+            "UPDATE metrics SET value = 0, is_nan = 1 "
+            "WHERE run_uuid = ? AND key = 'weight_norm/w1' AND step = 20",
+            (rid,),
+        ).rowcount
         (n,) = db.execute(
             "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'loss'", (rid,)
         ).fetchone()
     db.close()
-    assert changed == 3
+    assert changed == 4
     out = replay(made, f"replay.run={rid}")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     what = lines(out)[rid]
-    # Every difference, with how many of the curve's n values differ and by how much.
+    # Every difference, with how many of the curve's n values differ and by how much (a
+    # NaN against a number: inf).
     assert re.fullmatch(
         rf"differs at epoch 17 grad_norm/w1 \(1 of {n} values, largest [0-9.e-]+\), "
-        rf"largest difference 0.25; also epoch 20 loss \(2 of {n} values, largest 0.25\); "
-        r"since then: .+",
+        rf"largest difference inf; also epoch 20 loss \(2 of {n} values, largest 0.25\), "
+        rf"epoch 20 weight_norm/w1 \(1 of {n} values, largest inf\); since then: .+",
         what,
     ), what
     tags = made.client.get_run(rid).data.tags
     assert (
         tags["replay.status"] == "differs" and tags["replay.first_diff"] == "epoch 17 grad_norm/w1"
     )
-    first, second = tags["replay.diffs"].splitlines()
+    first, *rest = tags["replay.diffs"].splitlines()
     assert first.startswith(f"epoch 17 grad_norm/w1 (1 of {n} values, largest ")
-    assert second == f"epoch 20 loss (2 of {n} values, largest 0.25)"
+    assert rest == [
+        f"epoch 20 loss (2 of {n} values, largest 0.25)",
+        f"epoch 20 weight_norm/w1 (1 of {n} values, largest inf)",
+    ]
 
 
 def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsys) -> None:
@@ -227,7 +236,7 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         "h32-lr1000-s2": "differs at epoch 0 param optim.lr '0.5', config.yaml '1000.0', ",
         "h32-lr1000-s3": "differs at epoch 0 best/loss 0.5 -> None, ",
         "h32-lr1000-s4": "not replayable: it is FAILED",
-        "h32-lr0.1-s5": "differs at epoch 29 epochs_run nan -> 30.0, ",
+        "h32-lr0.1-s5": "differs at epoch 29 epochs_run nan -> 30.0, largest difference inf",
         "h32-lr1000-s5": "differs at epoch 0 diverged_at ² -> ",
     }
     for name, start in expected.items():
@@ -271,8 +280,13 @@ def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
         "since then: no recorded difference in environment"
     )
     assert result.diffs_text().splitlines() == [d.text() for d in diffs]
+    # Beyond the limit: the whole lines that fit with "...", and not one more.
     many = Replay(run=result.run, identical=False, diffs=diffs * 100)
-    assert len(many.diffs_text()) <= MAX_TAG_VALUE and many.diffs_text().endswith("\n...")
+    *kept, last = many.diffs_text().splitlines()
+    texts = [d.text() for d in many.diffs]
+    assert last == "..." and kept == texts[: len(kept)]
+    assert len(many.diffs_text()) <= MAX_TAG_VALUE
+    assert len("\n".join([*texts[: len(kept) + 1], "..."])) > MAX_TAG_VALUE
 
 
 def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):

@@ -57,15 +57,13 @@ class Diff(NamedTuple):
     epoch: int  # where it first differs
     order: int  # among the differences of one epoch
     what: str  # "grad_norm/w1", "final/loss 0.1 -> 0.0123", "param optim.lr ..."
-    largest: float  # the largest |stored - now| (inf when not a number)
+    largest: float  # the largest |stored - now| (inf for what is not a number, and for NaN)
     count: str = ""  # of a curve: "1 of 30 values"
 
     def text(self) -> str:
         """As "epoch 17 grad_norm/w1 (1 of 30 values, largest 8.6e-13)"."""
-        more = [self.count] if self.count else []
-        if math.isfinite(self.largest) and self.count:
-            more.append(f"largest {self.largest:.3g}")
-        return f"epoch {self.epoch} {self.what}" + (f" ({', '.join(more)})" if more else "")
+        where = f"epoch {self.epoch} {self.what}"
+        return f"{where} ({self.count}, largest {self.largest:.3g})" if self.count else where
 
 
 # Differences named on a run's line after the first; the tag replay.diffs has them all.
@@ -120,9 +118,14 @@ class Replay:
         )
 
     def diffs_text(self) -> str:
-        """Every difference, one a line (the tag replay.diffs), cut to MLflow's tag limit."""
-        text = "\n".join(d.text() for d in self.diffs)
-        return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 4] + "\n..."
+        """Every difference, one a line (the tag replay.diffs); beyond fnnlab's tag limit
+        (MAX_TAG_VALUE), the lines that fit and "...", a line of its own."""
+        lines = [d.text() for d in self.diffs]
+        text = "\n".join(lines)
+        while len(text) > MAX_TAG_VALUE:
+            lines.pop()
+            text = "\n".join([*lines, "..."])
+        return text
 
 
 def rebuild_config(store: Store, run: Run) -> DictConfig:
@@ -234,7 +237,8 @@ def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
         b = None if b is None else _as_stored(b)
         if a is not None and b is not None and _same(a, b):
             continue
-        gap = math.inf if a is None or b is None else abs(a - b)
+        gap = abs(a - b) if a is not None and b is not None else math.inf
+        gap = math.inf if math.isnan(gap) else gap  # a number against a NaN
         if key == "epochs_run":
             shorter = ran if a is None or not math.isfinite(a) else min(ran, int(a))
             where = (max(shorter - 1, 0), -1)
@@ -275,9 +279,14 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
             # A NaN reads back as NaN (MLflow's is_nan) and is the same as a NaN now.
             bad = np.flatnonzero((ours != values) & ~(np.isnan(ours) & np.isnan(values)))
             if len(bad):
-                delta = np.abs(ours - values)
+                # A number against a NaN is as far apart as can be.
+                delta = np.where(
+                    np.isnan(ours[bad]) | np.isnan(values[bad]),
+                    math.inf,
+                    np.abs(ours[bad] - values[bad]),
+                )
                 count = f"{len(bad)} of {len(steps)} values"
-                diffs.append(Diff(int(steps[bad[0]]), order, key, float(np.nanmax(delta)), count))
+                diffs.append(Diff(int(steps[bad[0]]), order, key, float(delta.max()), count))
     return diffs
 
 
