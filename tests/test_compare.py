@@ -911,6 +911,55 @@ def test_a_configuration_far_from_the_others_scale_leaves_theirs_as_they_were(
         assert 0 <= row["p"] <= 1 and math.isfinite(row["diff_vs_leader"])
 
 
+@strict
+@pytest.mark.parametrize("tiny", [1e-160, 1e-300])
+def test_a_tiny_configuration_against_zeros_or_a_huge_constant(tiny):
+    """A pair is tested at the larger of its two scales (all zeros have none), and a group's
+    spread is taken at its own: against zeros, or against a constant at 1e10, a configuration
+    at 1e-300 gets the p-value, interval and seeds it gets at 1e-3 (before, p = 0, a
+    collapsed interval and other seeds: helper-20's review)."""
+
+    def verdict(scale: float, lead: list[float], other: list[float], **kw) -> pd.Series:
+        runs = runs_frame({"lead": lead, "other": [v * scale for v in other]})
+        row = row_of(compare(runs, ["cfg"], min_effect=0, **kw), "other")
+        return row[["test", "p", "diff_ci_low", "diff_ci_high", "seeds_needed"]]
+
+    spread = [1, 5, 2, 8, 3, 1, 9, 4.0]
+    near, far = verdict(1e-3, [0.0] * 8, spread), verdict(tiny, [0.0] * 8, spread)
+    assert near["test"] == far["test"] == "welch"
+    assert far["p"] == pytest.approx(near["p"], rel=1e-9)
+    for end in ("diff_ci_low", "diff_ci_high"):
+        assert far[end] / tiny == pytest.approx(near[end] / 1e-3, rel=1e-9)
+    kw = {"higher_is_better": True, "alpha": 1e-5}
+    near = verdict(1e-3, [1e10] * 3, [1.0, 2.0, 3.0], **kw)
+    far = verdict(tiny, [1e10] * 3, [1.0, 2.0, 3.0], **kw)
+    assert near["test"] == far["test"] == "permutation" and far["p"] == near["p"]
+    assert far["seeds_needed"] == near["seeds_needed"] == 8
+
+
+@strict
+def test_a_constant_groups_p_value_does_not_depend_on_which_seed_gave_which():
+    """Outcomes equal up to rounding (1e-12) against a group without spread: the same values
+    with other seeds get the same p-value, alone or among the pairs, in any order of the
+    configurations (the pairs' p-values test each distinct pair of value sets once)."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(300):
+        n = int(rng.integers(2, 6))
+        y = 1 + rng.integers(0, 3, n) * 0.45e-12
+        x = y + rng.integers(0, 3, n) * 0.45e-12
+        a = _Group(("a",), np.arange(n), x, False)
+        b = _Group(("b",), rng.permutation(n), x.copy(), False)
+        c = _Group(("c",), np.arange(n), y, False)
+        if _test(a, c, 0.95).kind != "permutation":
+            continue
+        checked += 1
+        assert _test(a, c, 0.95).p == _test(b, c, 0.95).p
+        assert _pair_p_values([a, b, c], [(0, 2), (1, 2)]).tolist() == [_test(a, c, 0.95).p] * 2
+        assert _pair_p_values([b, a, c], [(0, 2), (1, 2)]).tolist() == [_test(a, c, 0.95).p] * 2
+    assert checked >= 20
+
+
 # --- sweeps: stability boundary and regime fractions ----------------------------------
 
 

@@ -108,15 +108,19 @@ class _Test:
     unit: float = 1.0
 
 
+# The unit of no values or only zeros: the smallest, so that a pair's is the other group's.
+_NO_UNIT = math.ldexp(1.0, -1074)
+
+
 def _unit(x: np.ndarray) -> float:
-    """A power of two near the largest |x|, 1.0 without one. The statistics here do not depend
-    on the outcome's scale, but squares of values beyond about 1e154 overflow and below
-    1e-154 vanish: they are taken of x / unit (exact, a power of two), and what is in the
-    outcome's units multiplied back. Each group and each pair at its own unit: one at 1e300
-    leaves the others' as they were."""
+    """A power of two near the largest |x|. The statistics here do not depend on the outcome's
+    scale, but squares of values beyond about 1e154 overflow and below 1e-154 vanish: they
+    are taken of x / unit (exact, a power of two), and what is in the outcome's units
+    multiplied back. Each group and each pair at its own unit (a pair's is the larger of its
+    two): one at 1e300 leaves the others' as they were."""
     largest = float(np.max(np.abs(x))) if x.size else 0.0
-    if not 0 < largest < math.inf:
-        return 1.0
+    if largest == 0:
+        return _NO_UNIT
     return math.ldexp(1.0, math.frexp(largest)[1] - 1)
 
 
@@ -183,22 +187,31 @@ def _no_spread(
     splits; beyond that (8 or more seeds each) Welch's limit alone. Kind "permutation": no
     interval."""
     nan = (math.nan, math.nan)
+    # In one order: sums of outcomes equal up to rounding are ties that rounding decides, and
+    # then by the order of the seeds (_pair_p_values tests each distinct pair of sets once).
+    x, y = np.sort(x), np.sort(y)
     splits = math.comb(x.size + y.size, x.size)
     if const_x and const_y:
         return _Test("permutation", diff, min(1.0, 2 / splits), nan, False, sds=(0.0, 0.0))
     varying, fixed = (y, x) if const_x else (x, y)
-    constant = float(np.mean(fixed))
-    res = stats.ttest_1samp(varying, constant)
-    spread = float(np.std(varying, ddof=1))
+    # The varying group at its own unit: at the pair's, its squares may vanish.
+    own = _unit(varying)
+    constant = float(np.mean(fixed)) / own
+    spread = float(np.std(varying / own, ddof=1)) * own
     sds = (0.0, spread) if const_x else (spread, 0.0)
+    # A constant beyond 1e308 of the varying group's values: its spread is none at all.
+    res = None if math.isinf(constant) else stats.ttest_1samp(varying / own, constant)
+    p_t = 0.0 if res is None else float(res.pvalue)
     if splits > MAX_SPLITS:
-        low, high = res.confidence_interval(confidence)
-        sign = -1.0 if const_x else 1.0
-        ci = sorted((sign * (low - constant), sign * (high - constant)))
-        return _Test("welch", diff, float(res.pvalue), (ci[0], ci[1]), False, sds=sds)
+        ci = (diff, diff)
+        if res is not None:
+            low, high = res.confidence_interval(confidence)
+            sign = -1.0 if const_x else 1.0
+            lo, hi = sorted((sign * (low - constant) * own, sign * (high - constant) * own))
+            ci = (lo, hi)
+        return _Test("welch", diff, p_t, ci, False, sds=sds)
     perm = stats.permutation_test((x, y), _mean_diff, vectorized=True, n_resamples=MAX_SPLITS)
-    p = max(float(res.pvalue), float(perm.pvalue))
-    return _Test("permutation", diff, p, nan, False, sds=sds)
+    return _Test("permutation", diff, max(p_t, float(perm.pvalue)), nan, False, sds=sds)
 
 
 def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
@@ -234,7 +247,9 @@ def _test_at_unit(
     if paired:
         x = x[np.argsort(other.seeds, kind="stable")]
         y = y[np.argsort(leader.seeds, kind="stable")]
-    if (const_x and const_y) or (paired and _constant(x - y, scale)):
+    # Only groups that both have spread, or both have none, can be the same runs: a test with
+    # one constant group then depends on the values alone, not on which seed gave which.
+    if const_x == const_y and (const_x or (paired and _constant(x - y, scale))):
         same = _identical("paired" if paired else "welch", diff, scale)
         if same:
             return same
