@@ -833,17 +833,16 @@ def test_seeds_needed_beyond_the_search():
     assert f"more than {MAX_SEEDS}" in row["note"]
 
 
+def sweep_outcomes(smallest: int) -> st.SearchStrategy:
+    """2 to 4 configurations of 1 to 5 outcomes from smallest/1000 to 1000 in steps of 0.001
+    (so constant groups come up) or NaN (a lost seed)."""
+    value = st.integers(smallest, 10**6).map(lambda v: v / 1000) | st.just(math.nan)
+    return st.lists(st.lists(value, min_size=1, max_size=5), min_size=2, max_size=4)
+
+
 @strict
 @given(
-    outcomes=st.lists(
-        st.lists(
-            st.integers(0, 10**6).map(lambda v: v / 1000) | st.just(math.nan),
-            min_size=1,
-            max_size=5,
-        ),
-        min_size=2,
-        max_size=4,
-    ),
+    outcomes=sweep_outcomes(smallest=0),
     exponent=st.integers(-1000, 1000),
     higher_is_better=st.booleans(),
 )
@@ -866,15 +865,7 @@ def test_comparisons_do_not_depend_on_the_outcomes_scale(outcomes, exponent, hig
 
 @strict
 @given(
-    outcomes=st.lists(
-        st.lists(
-            st.integers(1, 10**6).map(lambda v: v / 1000) | st.just(math.nan),
-            min_size=1,
-            max_size=5,
-        ),
-        min_size=2,
-        max_size=4,
-    ),
+    outcomes=sweep_outcomes(smallest=1),
     far=st.lists(st.integers(1, 10**6).map(lambda v: v / 1000), min_size=1, max_size=5),
     exponent=st.integers(20, 1001) | st.integers(-1040, -30),
 )

@@ -270,7 +270,7 @@ def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
     the tag limit."""
     info = RunInfo("a" * 32, "0", "u", "FINISHED", 0, 1, "active", run_name="h8-lr0.1-s0")
     diffs = [Diff(e, 0, key, 1e-9, f"{e} of 40 values") for e, key in enumerate(METRICS)]
-    result = Replay(run=Run(info, None), identical=False, diffs=diffs)
+    result = Replay(run=Run(info, None), diffs=diffs)
     line = result.line()
     shown = [d.text() for d in diffs[1 : 1 + SHOWN_DIFFS]]
     assert line == (
@@ -281,7 +281,7 @@ def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
     )
     assert result.diffs_text().splitlines() == [d.text() for d in diffs]
     # Beyond the limit: the whole lines that fit with "...", and not one more.
-    many = Replay(run=result.run, identical=False, diffs=diffs * 100)
+    many = Replay(run=result.run, diffs=diffs * 100)
     *kept, last = many.diffs_text().splitlines()
     texts = [d.text() for d in many.diffs]
     assert last == "..." and kept == texts[: len(kept)]

@@ -75,10 +75,13 @@ class Replay:
     """What one replay found."""
 
     run: Run
-    identical: bool
     diffs: list[Diff] = field(default_factory=list)  # in order of epoch; none when identical
     env: list[str] = field(default_factory=list)  # what changed since the run was made
     cfg: DictConfig | None = None  # the rebuilt config it was retrained with
+
+    @property
+    def identical(self) -> bool:
+        return not self.diffs
 
     @property
     def first_diff(self) -> str:
@@ -104,7 +107,6 @@ class Replay:
             return head + "identical"
         changed = "; ".join(self.env) if self.env else "no recorded difference in environment"
         first, *rest = self.diffs
-        where = first.text().removeprefix("epoch ")
         also = ""
         if rest:
             named = ", ".join(d.text() for d in rest[:SHOWN_DIFFS])
@@ -113,7 +115,7 @@ class Replay:
                 f" and {unnamed} more (tag replay.diffs)" if unnamed > 0 else ""
             )
         return (
-            f"{head}differs at epoch {where}, largest difference {self.largest:.3g}{also}; "
+            f"{head}differs at {first.text()}, largest difference {self.largest:.3g}{also}; "
             f"since then: {changed}"
         )
 
@@ -187,16 +189,18 @@ def replay_run(store: Store, run: Run) -> Replay:
     history = train_model(cfg)
     now_env = provenance.env_tags(data_hash(cfg))
     stored_env = {k: v for k, v in run.data.tags.items() if k.startswith("env.")}
-    result = Replay(run=run, identical=True, env=provenance.env_diff(stored_env, now_env), cfg=cfg)
     diffs = [
         *_params_diffs(run, cfg),
         *_end_diffs(run, history, cfg),
         *_curve_diffs(store, run, history, cfg),
         *_weights_diffs(store, run, history),
     ]
-    result.diffs = sorted(diffs, key=lambda d: (d.epoch, d.order))
-    result.identical = not diffs
-    return result
+    return Replay(
+        run=run,
+        diffs=sorted(diffs, key=lambda d: (d.epoch, d.order)),
+        env=provenance.env_diff(stored_env, now_env),
+        cfg=cfg,
+    )
 
 
 def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
