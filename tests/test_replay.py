@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Run, RunInfo
 
 from fnnlab import cli, provenance
 from fnnlab.names import METRICS
-from fnnlab.replay import SHOWN_DIFFS, Diff, Replay
+from fnnlab.replay import MAX_DIFF_LINE, SHOWN_DIFFS, Diff, Replay, cut_lines
 from fnnlab.tracking import MAX_TAG_VALUE
 
 pytestmark = pytest.mark.slow
@@ -62,9 +62,11 @@ def test_runs_replay_identical_and_are_tagged(made: TmpStore) -> None:
     jobs = made.runs("tags.role = 'job' and tags.sweep_id != ''")
     assert len(jobs) == 8 and set(found) == {r.info.run_id for r in jobs}
     assert set(found.values()) == {"identical"}
-    assert out.stdout.strip().splitlines()[-1] == (
-        "replayed 8 runs: 8 identical, 0 differ; 0 not replayable"
-    )
+    (parent,) = made.runs("tags.role = 'sweep'")
+    assert out.stdout.strip().splitlines()[-2:] == [
+        "replayed 8 runs: 8 identical, 0 differ; 0 not replayable",
+        f"the sweep's answer (parent run {parent.info.run_id}): identical",
+    ]
     diverged = [r for r in made.runs("tags.diverged = 'true'")]
     assert len(diverged) == 4  # lr=1000 in every mode and dtype: its epoch is compared too
     for run in made.runs("tags.role = 'job'"):
@@ -241,9 +243,12 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     }
     for name, start in expected.items():
         assert found[ids[name]].startswith(start), (name, found[ids[name]])
-    assert out.stdout.strip().splitlines()[-1] == (
-        "replayed 11 runs: 1 identical, 10 differ; 1 not replayable"
-    )
+    count, answer = out.stdout.strip().splitlines()[-2:]
+    assert count == "replayed 11 runs: 1 identical, 10 differ; 1 not replayable"
+    # The sweep's answer was made from the runs as they were.
+    assert answer.startswith("the sweep's answer (parent run ") and ": differs: runs.csv: " in (
+        answer
+    ), answer
 
     config = artifact(runs["h32-lr1000-s1"], "config.yaml")
     for damaged in (b"a: [unclosed\n", "seed: \xe9\n".encode("latin-1")):
@@ -279,14 +284,97 @@ def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
         f"{len(diffs) - 1 - SHOWN_DIFFS} more (tag replay.diffs); "
         "since then: no recorded difference in environment"
     )
-    assert result.diffs_text().splitlines() == [d.text() for d in diffs]
+    assert cut_lines(result.diff_lines()).splitlines() == [d.text() for d in diffs]
     # Beyond the limit: the whole lines that fit with "...", and not one more.
-    many = Replay(run=result.run, diffs=diffs * 100)
-    *kept, last = many.diffs_text().splitlines()
-    texts = [d.text() for d in many.diffs]
+    texts = [d.text() for d in diffs * 100]
+    *kept, last = cut_lines(texts).splitlines()
     assert last == "..." and kept == texts[: len(kept)]
-    assert len(many.diffs_text()) <= MAX_TAG_VALUE
+    assert len(cut_lines(texts)) <= MAX_TAG_VALUE
     assert len("\n".join([*texts[: len(kept) + 1], "..."])) > MAX_TAG_VALUE
+    # One long line (a param's value of thousands of characters) is cut, and the short
+    # lines after it are kept.
+    long = f"epoch 0 param data.name {'x' * 6000!r}, config.yaml 'iris'"
+    first, *rest = cut_lines([long, *texts[:3]]).splitlines()
+    assert first == long[: MAX_DIFF_LINE - 3] + "..." and rest == texts[:3]
+
+
+def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path) -> None:
+    """replay.sweep also makes the answer stored on the sweep's parent again, from the runs the
+    store holds and with the options it was made with, and compares its tables, metrics and
+    tags exactly: a value changed after the answer was made is found."""
+    train(store, "-m", "model.hidden_dim=4,8", "seed=0,1", "train.epochs=20")
+    (parent,) = store.runs("tags.role = 'sweep'")
+    pid = parent.info.run_id
+    head = f"the sweep's answer (parent run {pid}): "
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    tags = store.client.get_run(pid).data.tags
+    assert tags["replay.status"] == "identical" and "replay.diffs" not in tags
+    assert (tags["aggregate.alpha"], tags["aggregate.min_effect"]) == ("0.05", "null")
+    # An answer stored before its alpha and min_effect were: made with the defaults, and said.
+    for key in ("aggregate.alpha", "aggregate.min_effect"):
+        store.client.delete_tag(pid, key)
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + (
+        "identical (alpha and min_effect were not recorded with it: their defaults taken)"
+    )
+    # fnnlab-aggregate's options are recorded, and the answer is made again with them.
+    out = run_script(
+        "fnnlab-aggregate",
+        "aggregate.outcome=final_loss",
+        "aggregate.alpha=0.1",
+        "aggregate.min_effect=0",
+        "aggregate.plots=false",
+        f"aggregate.out_dir={tmp_path / 'answer'}",
+        *store.overrides(),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    tags = store.client.get_run(pid).data.tags
+    assert (tags["aggregate.alpha"], tags["aggregate.min_effect"]) == ("0.1", "0.0")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    # A run's stored final loss changed after the answer was made.
+    (run,) = store.runs(
+        "tags.role = 'job' and params.`model.hidden_dim` = '4' and params.seed = '1'"
+    )
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        for table in ("metrics", "latest_metrics"):
+            db.execute(
+                f"UPDATE {table} SET value = value + 0.5 WHERE run_uuid = ? AND key = 'final/loss'",
+                (run.info.run_id,),
+            )
+    db.close()
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    was = run.data.metrics["final/loss"]
+    assert last.startswith(
+        f"{head}differs: runs.csv: 2 of 96 values differ, first run_name={run.info.run_name} "
+    ), last
+    assert last.endswith(f"final_loss {was} -> {was + 0.5}; and 2 more (tag replay.diffs)"), last
+    tags = store.client.get_run(pid).data.tags
+    assert tags["replay.status"] == "differs"
+    diffs = tags["replay.diffs"].splitlines()
+    assert [d.split(":")[0] for d in diffs] == ["runs.csv", "summary.csv", "comparison.csv"], diffs
+    # A sweep that made no answer: nothing to compare, and said so.
+    train(
+        store,
+        "-m",
+        "model.hidden_dim=4",
+        "seed=0,1",
+        "train.epochs=10",
+        "hydra.sweeper.summarize=false",
+    )
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    (other,) = [p for p in store.runs("tags.role = 'sweep'") if p.info.run_id != pid]
+    assert out.stdout.strip().splitlines()[-1] == (
+        f"the sweep's answer (parent run {other.info.run_id}): none stored"
+    )
 
 
 def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):
@@ -332,7 +420,12 @@ def test_replay_through_the_postgres_tracking_server(tracking_server, tmp_path) 
     out = run_script("fnnlab-replay", "replay.sweep=latest", *args)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert set(lines(out).values()) == {"identical"} and len(lines(out)) == 2
-    for run in tracking_server.runs(exp, "tags.role = 'job'"):
+    # The sweep's answer too, its tables read back through the server.
+    (parent,) = tracking_server.runs(exp, "tags.role = 'sweep'")
+    assert out.stdout.strip().splitlines()[-1] == (
+        f"the sweep's answer (parent run {parent.info.run_id}): identical"
+    )
+    for run in [*tracking_server.runs(exp, "tags.role = 'job'"), parent]:
         assert run.data.tags["replay.status"] == "identical"
 
 

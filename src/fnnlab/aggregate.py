@@ -83,6 +83,7 @@ class Aggregate:
     stability: pd.DataFrame | None = None  # per width (and mode...): learning-rate brackets
     regimes: pd.DataFrame | None = None  # per width x lr: fraction of runs in each regime
     alpha: float = 0.05  # the comparison's intervals are at confidence 1 - alpha
+    min_effect: float | None = None  # the margin a difference must reach (None: 1% of the leader)
 
     @property
     def leader(self) -> pd.Series | None:
@@ -602,8 +603,8 @@ def comparisons(
         runs,
         config_cols,
         higher_is_better=outcome in HIGHER_IS_BETTER,
-        alpha=alpha,
-        min_effect=min_effect,
+        alpha=float(alpha),
+        min_effect=None if min_effect is None else float(min_effect),
     )
 
 
@@ -656,5 +657,6 @@ def aggregate(
         comparison=comparisons(frame, config_cols, outcome, alpha, min_effect),
         stability=stability,
         regimes=regimes,
-        alpha=alpha,
+        alpha=float(alpha),
+        min_effect=None if min_effect is None else float(min_effect),
     )

@@ -9,10 +9,15 @@ rebuilt config) and the final weights, dtype included. When something differs, e
 difference is named (a metric with the epoch it first differs at and how many of its values
 differ, a summary metric, a tag, a param, the weights), with the largest difference and
 what changed in the environment since (fnnlab.provenance).
+
+A sweep's answer (the tables, metrics and tags its end or fnnlab-aggregate stored on the
+parent run) is checked the same way: made again from the runs the store holds, with the
+options recorded with it, and compared exactly (check_answer).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import sys
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -119,15 +125,25 @@ class Replay:
             f"since then: {changed}"
         )
 
-    def diffs_text(self) -> str:
-        """Every difference, one a line (the tag replay.diffs); beyond fnnlab's tag limit
-        (MAX_TAG_VALUE), the lines that fit and "...", a line of its own."""
-        lines = [d.text() for d in self.diffs]
-        text = "\n".join(lines)
-        while len(text) > MAX_TAG_VALUE:
-            lines.pop()
-            text = "\n".join([*lines, "..."])
-        return text
+    def diff_lines(self) -> list[str]:
+        return [d.text() for d in self.diffs]
+
+
+# A line of replay.diffs is cut to this: one long param value leaves room for the others.
+MAX_DIFF_LINE = 500
+
+
+def cut_lines(lines: list[str]) -> str:
+    """Lines as one tag value (replay.diffs): each line cut to MAX_DIFF_LINE, and beyond
+    fnnlab's tag limit (MAX_TAG_VALUE) the lines that fit and "...", a line of its own."""
+    lines = [
+        line if len(line) <= MAX_DIFF_LINE else line[: MAX_DIFF_LINE - 3] + "..." for line in lines
+    ]
+    text = "\n".join(lines)
+    while len(text) > MAX_TAG_VALUE:
+        lines.pop()
+        text = "\n".join([*lines, "..."])
+    return text
 
 
 def rebuild_config(store: Store, run: Run) -> DictConfig:
@@ -328,18 +344,144 @@ DIFF_TAGS = ("replay.first_diff", "replay.diffs")
 def record(store: Store, replay: Replay) -> None:
     """The replayed run's tags: replay.status, replay.at and, if it differs, replay.first_diff
     and replay.diffs (every difference, one a line)."""
+    _record(store, replay.run, replay.first_diff, replay.diff_lines())
+
+
+def _record(store: Store, run: Run, first: str, lines: list[str]) -> None:
+    """replay.status and replay.at; replay.first_diff (`first`) and replay.diffs (`lines`)
+    when there are differences, or else removed."""
     tags = {
-        "replay.status": replay.status,
+        "replay.status": "differs" if lines else "identical",
         "replay.at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if not replay.identical:
-        tags["replay.first_diff"] = replay.first_diff
-        tags["replay.diffs"] = replay.diffs_text()
-    log_values(store, replay.run.info.run_id, tags=tags)
-    if replay.identical:
+    if lines:
+        tags["replay.first_diff"] = cut_lines([first])
+        tags["replay.diffs"] = cut_lines(lines)
+    log_values(store, run.info.run_id, tags=tags)
+    if not lines:
         for key in DIFF_TAGS:
-            if key in replay.run.data.tags:  # an earlier replay's difference is no longer so
-                store.client.delete_tag(replay.run.info.run_id, key)
+            if key in run.data.tags:  # an earlier replay's difference is no longer so
+                store.client.delete_tag(run.info.run_id, key)
+
+
+# --- a sweep's answer ---------------------------------------------------------------
+
+
+@dataclass
+class AnswerCheck:
+    """What recomputing a sweep's stored answer from the store's runs found."""
+
+    parent: Run
+    diffs: list[str] = field(default_factory=list)  # a table or value each; none when identical
+    defaults: bool = False  # made before alpha and min_effect were recorded: defaults assumed
+
+    @property
+    def identical(self) -> bool:
+        return not self.diffs
+
+    @property
+    def status(self) -> str:
+        return "identical" if self.identical else "differs"
+
+    def line(self) -> str:
+        head = f"the sweep's answer (parent run {self.parent.info.run_id}): {self.status}"
+        if self.defaults:
+            head += " (alpha and min_effect were not recorded with it: their defaults taken)"
+        if self.identical:
+            return head
+        first, *rest = self.diffs
+        also = f"; and {len(rest)} more (tag replay.diffs)" if rest else ""
+        return f"{head}: {first}{also}"
+
+
+def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
+    """The answer the sweep's end (or fnnlab-aggregate) stored on the parent, made again from
+    the runs the store holds now, with the options it was made with, and compared exactly:
+    its tables (aggregate/*.csv), metrics and tags. None when the parent holds no answer."""
+    from fnnlab import aggregate, report  # pandas, scipy, matplotlib: only here
+
+    tags = parent.data.tags
+    if "aggregate.outcome" not in tags:
+        return None
+    check = AnswerCheck(parent, defaults="aggregate.alpha" not in tags)
+    min_effect = tags.get("aggregate.min_effect", "null")
+    try:
+        experiment = store.client.get_experiment(parent.info.experiment_id).name
+        sel = aggregate.select(
+            store.uri,
+            experiment,
+            parent_run_id=parent.info.run_id,
+            filter_string=tags.get("aggregate.filter") or None,
+        )
+        agg = aggregate.aggregate(
+            sel,
+            outcome=tags["aggregate.outcome"],
+            alpha=float(tags.get("aggregate.alpha", 0.05)),
+            min_effect=None if min_effect == "null" else float(min_effect),
+        )
+    except (ConfigValueError, ValueError) as exc:
+        check.diffs.append(f"it cannot be made again: {reason(exc)}")
+        return check
+    stored_files = {
+        Path(f.path).name for f in store.client.list_artifacts(parent.info.run_id, "aggregate")
+    }
+    tables = report.tables(agg)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, frame in tables.items():
+            if name not in stored_files:
+                check.diffs.append(f"aggregate/{name} not stored")
+                continue
+            path = store.client.download_artifacts(parent.info.run_id, f"aggregate/{name}", tmp)
+            # Line ends as written on the machine that made it.
+            stored = Path(path).read_text(encoding="utf-8").replace("\r\n", "\n")
+            now = frame.to_csv(index=False, lineterminator="\n")
+            if stored != now:
+                check.diffs.append(_table_diff(name, stored, now, agg.config_cols))
+    # A table the answer made now has not (no stability boundary without learning rates).
+    only_stored = sorted(({"stability.csv"} & stored_files) - set(tables))
+    check.diffs += [f"aggregate/{name} stored, not made now" for name in only_stored]
+    metrics, now_tags = report.parent_values(agg)
+    for key, value in metrics.items():
+        was = parent.data.metrics.get(key)
+        if was is None or not _same(was, _as_stored(value)):
+            check.diffs.append(f"metric {key} {was} -> {value}")
+    for key, value in now_tags.items():
+        if check.defaults and key in ("aggregate.alpha", "aggregate.min_effect"):
+            continue
+        was = tags.get(key)
+        if was != value[:MAX_TAG_VALUE]:
+            check.diffs.append(f"tag {key} {was!r} -> {value[:MAX_TAG_VALUE]!r}")
+    return check
+
+
+def _table_diff(name: str, stored: str, now: str, config_cols: list[str]) -> str:
+    """Where two CSV texts of one table differ: how many values, and the first, by row (its
+    run, configuration, metric and step) and column."""
+    a, b = (pd.read_csv(io.StringIO(text)) for text in (stored, now))
+    if list(a.columns) != list(b.columns):
+        gone = [c for c in a.columns if c not in b.columns]
+        new = [c for c in b.columns if c not in a.columns]
+        return f"{name}: columns {gone or 'none'} stored, {new or 'none'} made now"
+    if len(a) != len(b):
+        return f"{name}: {len(a)} rows stored, {len(b)} made now"
+    differ = ~((a == b) | (a.isna() & b.isna()))
+    count = int(differ.to_numpy().sum())
+    if count == 0:
+        return f"{name}: the same values, written differently"
+    row, col = np.argwhere(differ.to_numpy())[0]
+    ids = [c for c in ("run_name", *config_cols, "key", "step") if c in a.columns]
+    where = " ".join(f"{c}={a.iat[row, a.columns.get_loc(c)]}" for c in ids) or f"row {row + 1}"
+    column = a.columns[col]
+    return (
+        f"{name}: {count} of {a.size} values differ, first {where} {column} "
+        f"{a.iat[row, col]} -> {b.iat[row, col]}"
+    )
+
+
+def record_answer(store: Store, check: AnswerCheck) -> None:
+    """The parent's tags, as a replayed run's: replay.status, replay.at and, if it differs,
+    replay.first_diff and replay.diffs."""
+    _record(store, check.parent, check.diffs[0] if check.diffs else "", check.diffs)
 
 
 def sweep_runs(store: Store, parent: Run, sample: int | None, seed: int) -> tuple[list, list]:

@@ -630,20 +630,27 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
     return [*written, "curves_grad_norm.png"]
 
 
+def tables(agg: Aggregate) -> dict[str, pd.DataFrame]:
+    """The answer's tables by file name (fnnlab.replay recomputes and compares them)."""
+    out = {
+        "runs.csv": agg.runs,
+        "summary.csv": agg.summary,
+        "comparison.csv": agg.comparison,
+        "curves.csv": agg.curves,
+    }
+    if agg.stability is not None:
+        out["stability.csv"] = agg.stability
+    return out
+
+
 def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    agg.runs.to_csv(out / "runs.csv", index=False)
-    agg.summary.to_csv(out / "summary.csv", index=False)
-    agg.comparison.to_csv(out / "comparison.csv", index=False)
-    agg.curves.to_csv(out / "curves.csv", index=False)
-    tables = ["runs.csv", "summary.csv", "comparison.csv", "curves.csv"]
-    if agg.stability is not None:
-        agg.stability.to_csv(out / "stability.csv", index=False)
-        tables.append("stability.csv")
+    for name, frame in tables(agg).items():
+        frame.to_csv(out / name, index=False)
     plot_files = write_plots(agg, out) if with_plots else []
     (out / "report.md").write_text(markdown_report(agg, plot_files))
     (out / "report.html").write_text(html_report(agg, out, plot_files))
-    return [out / n for n in (*tables, "report.md", "report.html", *plot_files)]
+    return [out / n for n in (*tables(agg), "report.md", "report.html", *plot_files)]
 
 
 def _rounded(value: float) -> float:
@@ -652,8 +659,7 @@ def _rounded(value: float) -> float:
 
 
 def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]]) -> None:
-    """Report, tables and plots under aggregate/ on the parent; the leader and its ties as
-    tags (aggregate.leader, aggregate.tied), the leader's mean outcome as metrics, and the
+    """Report, tables and plots under aggregate/ on the parent, parent_values, and the
     answer as the run's description."""
     sel = agg.selection
     if sel.parent_run_id is None:
@@ -662,6 +668,17 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
     # The files written, not the whole folder: it may hold other things (even the store).
     for f in files:
         sel.client.log_artifact(sel.parent_run_id, str(f), artifact_path="aggregate")
+    metrics, tags = parent_values(agg)
+    overrides = sel.client.get_run(sel.parent_run_id).data.tags.get(Tag.SWEEP_OVERRIDES, "")
+    tags[Tag.NOTE] = description(agg, views, overrides)
+    log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
+
+
+def parent_values(agg: Aggregate) -> tuple[dict[str, float], dict[str, str]]:
+    """The answer's metrics and tags on the parent run: counts of runs, the leader's mean
+    outcome and interval, the leader and its ties (aggregate.leader, aggregate.tied), and the
+    options it was made with (outcome, filter, alpha, min_effect)."""
+    sel = agg.selection
     runs = agg.runs
     metrics = {
         "aggregate/runs": len(runs),
@@ -677,9 +694,8 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
         "aggregate.tied": "; ".join(_label(r, agg) for _, r in agg.tied.iterrows()),
         "aggregate.outcome": agg.outcome,
         "aggregate.filter": sel.filter or "",
-        Tag.NOTE: description(
-            agg, views, sel.client.get_run(sel.parent_run_id).data.tags.get(Tag.SWEEP_OVERRIDES, "")
-        ),
+        "aggregate.alpha": repr(agg.alpha),
+        "aggregate.min_effect": "null" if agg.min_effect is None else repr(agg.min_effect),
     }
     # Metrics cannot be deleted: without a leader (or its interval) they become NaN rather
     # than keep an earlier answer's values.
@@ -690,8 +706,7 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
         "aggregate/leader_ci_low": nan if leader is None else leader["ci_low"],
         "aggregate/leader_ci_high": nan if leader is None else leader["ci_high"],
     }
-    metrics = {k: _rounded(v) for k, v in metrics.items()}
-    log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
+    return {k: _rounded(v) for k, v in metrics.items()}, tags
 
 
 def publish(
