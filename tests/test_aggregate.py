@@ -393,7 +393,12 @@ def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
         "report.html",
         "report.md",
         "runs.csv",
+        "stability.csv",
         "summary.csv",
+    ]
+    # Its header alone: an earlier answer's on the parent run is replaced, not left.
+    assert (tmp_path / "stability.csv").read_text().splitlines() == [
+        "hidden_dim,stable_lr_max,diverges_at_lr,no_oscillation_lr_max,oscillates_at_lr"
     ]
     text = (tmp_path / "report.md").read_text()
     assert "0 finished (0 of them diverged), 2 failed or killed" in text

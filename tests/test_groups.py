@@ -148,11 +148,9 @@ def test_a_sweep_trained_in_groups_replays_identical_alone(launcher, store):
     # same retrained alone (fnnlab-replay trains one configuration, a population of one).
     replay = run_script("fnnlab-replay", "replay.sweep=latest", *store.overrides())
     assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
-    assert (
-        replay.stdout.strip()
-        .splitlines()[-1]
-        .startswith("replayed 60 runs: 60 identical, 0 differ")
-    )
+    count, answer = replay.stdout.strip().splitlines()[-2:]
+    assert count.startswith("replayed 60 runs: 60 identical, 0 differ")
+    assert answer.startswith("the sweep's answer (parent run ") and answer.endswith(": identical")
 
 
 @pytest.mark.slow

@@ -377,6 +377,49 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
     )
 
 
+def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> None:
+    """An answer without a finished run, a run's error over several lines (CRLF included) in
+    runs.csv, a stored table that is no longer a table, an answer of a version that did not
+    record its options; a filter longer than its tag is refused."""
+    train(store, "-m", "model.hidden_dim=4", "seed=0,1", "train.epochs=10")
+    (parent,) = store.runs("tags.role = 'sweep'")
+    head = f"the sweep's answer (parent run {parent.info.run_id}): "
+    failed = store.runs("params.seed = '1'")[0].info.run_id
+    store.client.set_terminated(failed, "FAILED")
+    store.client.set_tag(failed, "error", "MlflowException: 502\r\n<html>Bad Gateway</html>\r\n")
+
+    def aggregate(*overrides: str) -> subprocess.CompletedProcess:
+        out_dir = f"aggregate.out_dir={tmp_path / 'answer'}"
+        return run_script("fnnlab-aggregate", *overrides, out_dir, *store.overrides())
+
+    def answer() -> str:
+        out = replay(store, "replay.sweep=latest")
+        assert out.returncode == 2, out.stdout + out.stderr[-3000:]  # the failed run
+        return out.stdout.strip().splitlines()[-1]
+
+    out = aggregate("aggregate.filter=\"attributes.status = 'FAILED'\"")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no run finished: no configuration to show" in out.stdout
+    assert answer() == head + "identical"
+    out = aggregate()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert answer() == head + "identical"
+    (artifact(parent, "aggregate") / "summary.csv").write_bytes(b"")
+    assert answer() == head + (
+        "differs: summary.csv: the stored file differs, and is not a table (EmptyDataError)"
+    )
+    store.client.delete_tag(parent.info.run_id, "aggregate.outcome")
+    assert answer() == head + (
+        "not checkable: made by a version of fnnlab that did not record its options"
+    )
+    out = aggregate(f"aggregate.filter=\"params.seed != '{'x' * MAX_TAG_VALUE}'\"")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"fnnlab-aggregate: error: aggregate.filter=params.seed != '{'x' * 24}...: longer than "
+        f"{MAX_TAG_VALUE} characters, what the tag that records it holds"
+    )
+
+
 def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, capsys, monkeypatch):
     """A typo in tracking.uri or tracking.experiment is one line and exit 2, with nothing
     left behind; replay.run replays in that run's own experiment, whatever

@@ -30,6 +30,7 @@ from fnnlab.errortext import first_line, reason
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
+    MAX_TAG_VALUE,
     SlimRun,
     Store,
     check_reachable,
@@ -170,6 +171,13 @@ def select(
         sid = parent.data.tags.get(Tag.SWEEP_ID)
         where = ("aggregate.sweep", sweep)
     flt = f"tags.{Tag.ROLE} = '{ROLE_JOB}'"
+    if filter_string and len(filter_string) > MAX_TAG_VALUE:
+        # Its tag on the parent would be cut, and the answer could not be made again.
+        raise ConfigValueError(
+            "aggregate.filter",
+            filter_string[:40] + "...",
+            f"longer than {MAX_TAG_VALUE} characters, what the tag that records it holds",
+        )
     if filter_string:
         flt += f" and {filter_string}"
         where = ("aggregate.filter", filter_string)

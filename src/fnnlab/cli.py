@@ -270,13 +270,18 @@ def replay_app(cfg: DictConfig) -> None:
             f"replayed {len(runs)} runs: {counts['identical']} identical, "
             f"{counts['differs']} differ; {counts['not replayable']} not replayable"
         )
-        check = replay.check_answer(store, parent)
-        if check is None:
-            print(f"the sweep's answer (parent run {parent.info.run_id}): none stored")
+        try:
+            check = replay.check_answer(store, parent)
+        except replay.NotCheckable as exc:
+            counts["not replayable"] += 1
+            print(f"{replay.answer_head(parent)}not checkable: {exc}")
         else:
-            replay.record_answer(store, check)
-            counts[check.status] += 1
-            print(check.line())
+            if check is None:
+                print(f"{replay.answer_head(parent)}none stored")
+            else:
+                replay.record_answer(store, check)
+                counts[check.status] += 1
+                print(check.line())
     if counts["not replayable"]:  # not everything could be checked
         sys.exit(2)
     if counts["differs"]:

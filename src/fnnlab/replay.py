@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -367,9 +367,14 @@ def _record(store: Store, run: Run, first: str, lines: list[str]) -> None:
 # --- a sweep's answer ---------------------------------------------------------------
 
 
+class NotCheckable(Exception):
+    """A stored answer that cannot be made again or read (the store failed, or an answer of an
+    older fnnlab without the options it was made with)."""
+
+
 @dataclass
 class AnswerCheck:
-    """What recomputing a sweep's stored answer from the store's runs found."""
+    """What making a sweep's stored answer again from the store's runs found."""
 
     parent: Run
     diffs: list[str] = field(default_factory=list)  # a table or value each; none when identical
@@ -384,7 +389,7 @@ class AnswerCheck:
         return "identical" if self.identical else "differs"
 
     def line(self) -> str:
-        head = f"the sweep's answer (parent run {self.parent.info.run_id}): {self.status}"
+        head = f"{answer_head(self.parent)}{self.status}"
         if self.defaults:
             head += " (alpha and min_effect were not recorded with it: their defaults taken)"
         if self.identical:
@@ -394,52 +399,54 @@ class AnswerCheck:
         return f"{head}: {first}{also}"
 
 
+def answer_head(parent: Run) -> str:
+    return f"the sweep's answer (parent run {parent.info.run_id}): "
+
+
 def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     """The answer the sweep's end (or fnnlab-aggregate) stored on the parent, made again from
     the runs the store holds now, with the options it was made with, and compared exactly:
-    its tables (aggregate/*.csv), metrics and tags. None when the parent holds no answer."""
+    its tables (aggregate/*.csv, byte for byte), metrics and tags. None when the parent holds
+    no answer; NotCheckable when it cannot be made again or read."""
     from fnnlab import aggregate, report  # pandas, scipy, matplotlib: only here
 
+    pid = parent.info.run_id
     tags = parent.data.tags
+    try:
+        stored_files = {Path(f.path).name for f in store.client.list_artifacts(pid, "aggregate")}
+    except (MlflowException, OSError) as exc:
+        raise NotCheckable(f"its tables cannot be listed ({reason(exc)})") from None
     if "aggregate.outcome" not in tags:
+        if "runs.csv" in stored_files:
+            raise NotCheckable("made by a version of fnnlab that did not record its options")
         return None
+    options = _answer_options(tags)
     check = AnswerCheck(parent, defaults="aggregate.alpha" not in tags)
-    min_effect = tags.get("aggregate.min_effect", "null")
     try:
         experiment = store.client.get_experiment(parent.info.experiment_id).name
         sel = aggregate.select(
-            store.uri,
-            experiment,
-            parent_run_id=parent.info.run_id,
-            filter_string=tags.get("aggregate.filter") or None,
+            store.uri, experiment, parent_run_id=pid, filter_string=options.pop("filter")
         )
-        agg = aggregate.aggregate(
-            sel,
-            outcome=tags["aggregate.outcome"],
-            alpha=float(tags.get("aggregate.alpha", 0.05)),
-            min_effect=None if min_effect == "null" else float(min_effect),
-        )
-    except (ConfigValueError, ValueError) as exc:
-        check.diffs.append(f"it cannot be made again: {reason(exc)}")
+        agg = aggregate.aggregate(sel, **options)
+    except ConfigValueError as exc:  # the runs it was made from cannot be selected now
+        check.diffs.append(f"it cannot be made again: {exc}")
         return check
-    stored_files = {
-        Path(f.path).name for f in store.client.list_artifacts(parent.info.run_id, "aggregate")
-    }
     tables = report.tables(agg)
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in tables.items():
             if name not in stored_files:
                 check.diffs.append(f"aggregate/{name} not stored")
                 continue
-            path = store.client.download_artifacts(parent.info.run_id, f"aggregate/{name}", tmp)
-            # Line ends as written on the machine that made it.
-            stored = Path(path).read_text(encoding="utf-8").replace("\r\n", "\n")
-            now = frame.to_csv(index=False, lineterminator="\n")
+            try:
+                path = store.client.download_artifacts(pid, f"aggregate/{name}", tmp)
+                stored = Path(path).read_bytes()
+            except (MlflowException, OSError) as exc:
+                raise NotCheckable(f"aggregate/{name} cannot be read ({reason(exc)})") from None
+            # Line ends as the machine that made it wrote them (a value may hold others).
+            end = "\r\n" if stored.split(b"\n", 1)[0].endswith(b"\r") else "\n"
+            now = frame.to_csv(index=False, lineterminator=end).encode("utf-8")
             if stored != now:
                 check.diffs.append(_table_diff(name, stored, now, agg.config_cols))
-    # A table the answer made now has not (no stability boundary without learning rates).
-    only_stored = sorted(({"stability.csv"} & stored_files) - set(tables))
-    check.diffs += [f"aggregate/{name} stored, not made now" for name in only_stored]
     metrics, now_tags = report.parent_values(agg)
     for key, value in metrics.items():
         was = parent.data.metrics.get(key)
@@ -454,10 +461,33 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     return check
 
 
-def _table_diff(name: str, stored: str, now: str, config_cols: list[str]) -> str:
-    """Where two CSV texts of one table differ: how many values, and the first, by row (its
+def _answer_options(tags: dict[str, str]) -> dict[str, Any]:
+    """aggregate.aggregate's options (and the filter) as the parent's tags recorded them."""
+    alpha, min_effect = (
+        tags.get("aggregate.alpha", "0.05"),
+        tags.get("aggregate.min_effect", "null"),
+    )
+    try:
+        return {
+            "filter": tags.get("aggregate.filter") or None,
+            "outcome": tags["aggregate.outcome"],
+            "alpha": float(alpha),
+            "min_effect": None if min_effect == "null" else float(min_effect),
+        }
+    except ValueError:
+        raise NotCheckable(
+            f"its tags aggregate.alpha={alpha!r} and aggregate.min_effect={min_effect!r} are "
+            "not numbers"
+        ) from None
+
+
+def _table_diff(name: str, stored: bytes, now: bytes, config_cols: list[str]) -> str:
+    """Where two CSV files of one table differ: how many values, and the first, by row (its
     run, configuration, metric and step) and column."""
-    a, b = (pd.read_csv(io.StringIO(text)) for text in (stored, now))
+    try:
+        a, b = (pd.read_csv(io.BytesIO(data)) for data in (stored, now))
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
+        return f"{name}: the stored file differs, and is not a table ({type(exc).__name__})"
     if list(a.columns) != list(b.columns):
         gone = [c for c in a.columns if c not in b.columns]
         new = [c for c in b.columns if c not in a.columns]
@@ -474,8 +504,13 @@ def _table_diff(name: str, stored: str, now: str, config_cols: list[str]) -> str
     column = a.columns[col]
     return (
         f"{name}: {count} of {a.size} values differ, first {where} {column} "
-        f"{a.iat[row, col]} -> {b.iat[row, col]}"
+        f"{_cell(a.iat[row, col])} -> {_cell(b.iat[row, col])}"
     )
+
+
+def _cell(value: object) -> str:
+    """A table's value on one line: text quoted (a run's error may span lines)."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def record_answer(store: Store, check: AnswerCheck) -> None:

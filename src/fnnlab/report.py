@@ -83,6 +83,8 @@ def summary_table(agg: Aggregate) -> pd.DataFrame:
 def terminal_table(agg: Aggregate) -> str:
     """One row per configuration: mean outcome and CI, n, verdict, regime counts."""
     table = comparison_table(agg).drop(columns=["p_adj"])
+    if table.empty:
+        return "no run finished: no configuration to show"
     fixed = constant_text(agg)
     text = table.to_string(index=False, na_rep="")
     return f"{fixed}\n{text}" if fixed else text
@@ -187,6 +189,8 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
         if agg.config_cols
         else agg.comparison.assign(**counts.iloc[0][["stable", "oscillating", "diverged"]])
     )
+    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}]"
+    columns = [*varying_cols(agg), "n", mean, vs, "p_adj", "verdict", "seeds needed"]
     rows = []
     for _, r in c.iterrows():
         diff = ""
@@ -198,8 +202,8 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
             {
                 **{k: r[k] for k in varying_cols(agg)},
                 "n": int(r["n"]),
-                f"mean {agg.outcome} [{ci_name(agg)}]": _mean_ci(r) if int(r["n"]) else "",
-                f"vs leader [{ci_name(agg)}]": diff,
+                mean: _mean_ci(r) if int(r["n"]) else "",
+                vs: diff,
                 "p_adj": r["p_adj"],
                 "verdict": verdict(r, agg),
                 "seeds needed": int(r["seeds_needed"]) if cell(r["seeds_needed"]) else "",
@@ -208,7 +212,8 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
                 ),
             }
         )
-    return pd.DataFrame(rows)
+    # No row when no run finished: the columns still.
+    return pd.DataFrame(rows, columns=[*columns, "stable/osc./div."])
 
 
 def varying_cols(agg: Aggregate) -> list[str]:
@@ -330,6 +335,8 @@ def comparison_grid(
     others = [c for c in varying_cols(agg) if c not in (rows, cols)]
     counts = agg.summary[[*agg.config_cols, "oscillating", "diverged"]]
     c = agg.comparison.merge(counts, on=agg.config_cols, how="left")
+    if c.empty:  # no run finished
+        return None
 
     def text(r: pd.Series) -> str:
         parts = [_mean_ci(r) if int(r["n"]) else "no outcome", f"n={int(r['n'])}"]
@@ -631,16 +638,20 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
 
 
 def tables(agg: Aggregate) -> dict[str, pd.DataFrame]:
-    """The answer's tables by file name (fnnlab.replay recomputes and compares them)."""
-    out = {
+    """The answer's tables by file name (fnnlab.replay makes them again and compares). Always
+    the same files: an earlier answer's cannot be deleted from the parent run, so a table
+    with nothing to say (no stability boundary when no run finished) is its header alone."""
+    no_boundary = pd.DataFrame(columns=["hidden_dim", *STABILITY_COLUMNS])
+    return {
         "runs.csv": agg.runs,
         "summary.csv": agg.summary,
         "comparison.csv": agg.comparison,
         "curves.csv": agg.curves,
+        "stability.csv": no_boundary if agg.stability is None else agg.stability,
     }
-    if agg.stability is not None:
-        out["stability.csv"] = agg.stability
-    return out
+
+
+STABILITY_COLUMNS = ("stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max", "oscillates_at_lr")
 
 
 def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Path]:
