@@ -611,8 +611,8 @@ def comparisons(
         runs,
         config_cols,
         higher_is_better=outcome in HIGHER_IS_BETTER,
-        alpha=float(alpha),
-        min_effect=None if min_effect is None else float(min_effect),
+        alpha=alpha,
+        min_effect=min_effect,
     )
 
 
@@ -643,6 +643,8 @@ def aggregate(
         raise ConfigValueError("aggregate.alpha", alpha, "must be in (0, 1)")
     if min_effect is not None and not min_effect >= 0:
         raise ConfigValueError("aggregate.min_effect", min_effect, "must be 0 or more, or null")
+    # As floats however given (Hydra makes 0 an int): one spelling in the parent's tags.
+    alpha, min_effect = float(alpha), None if min_effect is None else float(min_effect)
     frame, config_cols = runs_frame(sel)
     # A batch of runs' curves at a time, reduced to what the tables keep (per run, and the
     # moments per configuration, metric and epoch): memory grows with the configurations
@@ -665,6 +667,6 @@ def aggregate(
         comparison=comparisons(frame, config_cols, outcome, alpha, min_effect),
         stability=stability,
         regimes=regimes,
-        alpha=float(alpha),
-        min_effect=None if min_effect is None else float(min_effect),
+        alpha=alpha,
+        min_effect=min_effect,
     )

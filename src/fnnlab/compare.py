@@ -607,8 +607,11 @@ def stability_boundary(
             row[good_col] = float(below.max()) if below.size else math.nan
             row[bad_col] = first_bad
         rows.append(row)
-    columns = [*group_cols, "stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max"]
-    return pd.DataFrame(rows, columns=[*columns, "oscillates_at_lr"])
+    return pd.DataFrame(rows, columns=[*group_cols, *BOUNDARY_COLUMNS])
+
+
+# A stability boundary's columns after the group's.
+BOUNDARY_COLUMNS = ("stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max", "oscillates_at_lr")
 
 
 def regime_fractions(

@@ -12,7 +12,7 @@ import pandas as pd
 
 from fnnlab import links, plots, reference
 from fnnlab.aggregate import Aggregate
-from fnnlab.compare import leader_label
+from fnnlab.compare import BOUNDARY_COLUMNS, leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import Store, log_values
@@ -641,7 +641,7 @@ def tables(agg: Aggregate) -> dict[str, pd.DataFrame]:
     """The answer's tables by file name (fnnlab.replay makes them again and compares). Always
     the same files: an earlier answer's cannot be deleted from the parent run, so a table
     with nothing to say (no stability boundary when no run finished) is its header alone."""
-    no_boundary = pd.DataFrame(columns=["hidden_dim", *STABILITY_COLUMNS])
+    no_boundary = pd.DataFrame(columns=["hidden_dim", *BOUNDARY_COLUMNS])
     return {
         "runs.csv": agg.runs,
         "summary.csv": agg.summary,
@@ -651,17 +651,15 @@ def tables(agg: Aggregate) -> dict[str, pd.DataFrame]:
     }
 
 
-STABILITY_COLUMNS = ("stable_lr_max", "diverges_at_lr", "no_oscillation_lr_max", "oscillates_at_lr")
-
-
 def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables(agg).items():
+    names = tables(agg)
+    for name, frame in names.items():
         frame.to_csv(out / name, index=False)
     plot_files = write_plots(agg, out) if with_plots else []
     (out / "report.md").write_text(markdown_report(agg, plot_files))
     (out / "report.html").write_text(html_report(agg, out, plot_files))
-    return [out / n for n in (*tables(agg), "report.md", "report.html", *plot_files)]
+    return [out / n for n in (*names, "report.md", "report.html", *plot_files)]
 
 
 def _rounded(value: float) -> float:
