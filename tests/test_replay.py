@@ -336,6 +336,26 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    # Not recorded, and not the defaults: not checkable, rather than a false difference.
+    for key in ("aggregate.alpha", "aggregate.min_effect"):
+        store.client.delete_tag(pid, key)
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            head + "not checkable: its alpha and min_effect were not recorded, and their defaults "
+            "do not make it again (comparison.csv: "
+        )
+    )
+    store.client.set_tag(pid, "aggregate.alpha", "0.1")  # one of the two: a changed tag
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + (
+        "differs: tag aggregate.min_effect None -> 'null'"
+    )
+    store.client.set_tag(pid, "aggregate.min_effect", "0.0")
     # A run's stored final loss changed after the answer was made.
     (run,) = store.runs(
         "tags.role = 'job' and params.`model.hidden_dim` = '4' and params.seed = '1'"
@@ -408,9 +428,23 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
     assert answer() == head + (
         "differs: summary.csv: the stored file differs, and is not a table (EmptyDataError)"
     )
+    # A field more in every row than in the header: a difference, not a traceback.
+    out = aggregate()
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = artifact(parent, "aggregate") / "summary.csv"
+    header, *rows = summary.read_text().splitlines()
+    summary.write_text("\n".join([header, *(f"{row},x" for row in rows)]) + "\n")
+    assert answer().startswith(head + "differs: summary.csv: ")
     store.client.delete_tag(parent.info.run_id, "aggregate.outcome")
     assert answer() == head + (
-        "not checkable: made by a version of fnnlab that did not record its options"
+        "not checkable: it has tables but no aggregate.outcome tag (an older fnnlab's answer, "
+        "or one that stopped half-way)"
+    )
+    # An option that no longer makes an answer (a tag changed by hand).
+    store.client.set_tag(parent.info.run_id, "aggregate.outcome", "bogus")
+    assert answer() == head + (
+        "not checkable: it cannot be made again (aggregate.outcome=bogus: must be one of "
+        "tail_loss, final_loss, best_loss, final_accuracy)"
     )
     out = aggregate(f"aggregate.filter=\"params.seed != '{'x' * MAX_TAG_VALUE}'\"")
     assert out.returncode == 2

@@ -624,8 +624,15 @@ def regime_tables(
     done = frame[(frame["status"] == FINISHED) & frame["regime"].notna()]
     if done.empty or not {"hidden_dim", "lr"} <= set(config_cols):
         return None, None
-    groups = ["hidden_dim", *(c for c in config_cols if c not in ("hidden_dim", "lr"))]
-    return stability_boundary(done, groups), regime_fractions(done, "hidden_dim", "lr")
+    return stability_boundary(done, boundary_groups(config_cols)), regime_fractions(
+        done, "hidden_dim", "lr"
+    )
+
+
+def boundary_groups(config_cols: list[str]) -> list[str]:
+    """A stability boundary is per width and per value of every other configuration column
+    but the learning rate (the backprop mode, ...)."""
+    return ["hidden_dim", *(c for c in config_cols if c not in ("hidden_dim", "lr"))]
 
 
 def aggregate(

@@ -418,19 +418,23 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
         raise NotCheckable(f"its tables cannot be listed ({reason(exc)})") from None
     if "aggregate.outcome" not in tags:
         if "runs.csv" in stored_files:
-            raise NotCheckable("made by a version of fnnlab that did not record its options")
+            raise NotCheckable(
+                "it has tables but no aggregate.outcome tag (an older fnnlab's answer, or one "
+                "that stopped half-way)"
+            )
         return None
     options = _answer_options(tags)
-    check = AnswerCheck(parent, defaults="aggregate.alpha" not in tags)
+    # Stored before its alpha and min_effect were recorded (both, or it is a changed tag).
+    defaults = not {"aggregate.alpha", "aggregate.min_effect"} & tags.keys()
+    check = AnswerCheck(parent, defaults=defaults)
     try:
         experiment = store.client.get_experiment(parent.info.experiment_id).name
         sel = aggregate.select(
             store.uri, experiment, parent_run_id=pid, filter_string=options.pop("filter")
         )
         agg = aggregate.aggregate(sel, **options)
-    except ConfigValueError as exc:  # the runs it was made from cannot be selected now
-        check.diffs.append(f"it cannot be made again: {exc}")
-        return check
+    except Exception as exc:  # the store went away, or its runs changed beyond aggregating
+        raise NotCheckable(f"it cannot be made again ({reason(exc)})") from None
     tables = report.tables(agg)
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in tables.items():
@@ -458,34 +462,35 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
         was = tags.get(key)
         if was != value[:MAX_TAG_VALUE]:
             check.diffs.append(f"tag {key} {was!r} -> {value[:MAX_TAG_VALUE]!r}")
+    if defaults and check.diffs:  # other options may have made it
+        raise NotCheckable(
+            "its alpha and min_effect were not recorded, and their defaults do not make it "
+            f"again ({check.diffs[0]})"
+        )
     return check
 
 
 def _answer_options(tags: dict[str, str]) -> dict[str, Any]:
     """aggregate.aggregate's options (and the filter) as the parent's tags recorded them."""
-    alpha, min_effect = (
-        tags.get("aggregate.alpha", "0.05"),
-        tags.get("aggregate.min_effect", "null"),
-    )
-    try:
-        return {
-            "filter": tags.get("aggregate.filter") or None,
-            "outcome": tags["aggregate.outcome"],
-            "alpha": float(alpha),
-            "min_effect": None if min_effect == "null" else float(min_effect),
-        }
-    except ValueError:
-        raise NotCheckable(
-            f"its tags aggregate.alpha={alpha!r} and aggregate.min_effect={min_effect!r} are "
-            "not numbers"
-        ) from None
+    options: dict[str, Any] = {
+        "filter": tags.get("aggregate.filter") or None,
+        "outcome": tags["aggregate.outcome"],
+    }
+    for key, default in (("alpha", "0.05"), ("min_effect", "null")):
+        value = tags.get(f"aggregate.{key}", default)
+        try:
+            options[key] = None if value == "null" else float(value)
+        except ValueError:
+            raise NotCheckable(f"its tag aggregate.{key}={value!r} is not a number") from None
+    return options
 
 
 def _table_diff(name: str, stored: bytes, now: bytes, config_cols: list[str]) -> str:
     """Where two CSV files of one table differ: how many values, and the first, by row (its
     run, configuration, metric and step) and column."""
     try:
-        a, b = (pd.read_csv(io.BytesIO(data)) for data in (stored, now))
+        # index_col=False: a row with a field more than its header is not read as an index.
+        a, b = (pd.read_csv(io.BytesIO(data), index_col=False) for data in (stored, now))
     except (ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
         return f"{name}: the stored file differs, and is not a table ({type(exc).__name__})"
     if list(a.columns) != list(b.columns):

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from fnnlab import links, plots, reference
-from fnnlab.aggregate import Aggregate
+from fnnlab.aggregate import Aggregate, boundary_groups
 from fnnlab.compare import BOUNDARY_COLUMNS, leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
@@ -641,7 +641,7 @@ def tables(agg: Aggregate) -> dict[str, pd.DataFrame]:
     """The answer's tables by file name (fnnlab.replay makes them again and compares). Always
     the same files: an earlier answer's cannot be deleted from the parent run, so a table
     with nothing to say (no stability boundary when no run finished) is its header alone."""
-    no_boundary = pd.DataFrame(columns=["hidden_dim", *BOUNDARY_COLUMNS])
+    no_boundary = pd.DataFrame(columns=[*boundary_groups(agg.config_cols), *BOUNDARY_COLUMNS])
     return {
         "runs.csv": agg.runs,
         "summary.csv": agg.summary,
