@@ -457,11 +457,11 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
         if was is None or not _same(was, _as_stored(value)):
             check.diffs.append(f"metric {key} {was} -> {value}")
     for key, value in now_tags.items():
-        if check.defaults and key in ("aggregate.alpha", "aggregate.min_effect"):
+        if defaults and key in ("aggregate.alpha", "aggregate.min_effect"):
             continue
-        was = tags.get(key)
-        if was != value[:MAX_TAG_VALUE]:
-            check.diffs.append(f"tag {key} {was!r} -> {value[:MAX_TAG_VALUE]!r}")
+        was, now_tag = tags.get(key), value[:MAX_TAG_VALUE]  # as log_values stores it
+        if was != now_tag:
+            check.diffs.append(f"tag {key} {was!r} -> {now_tag!r}")
     if defaults and check.diffs:  # other options may have made it
         raise NotCheckable(
             "its alpha and min_effect were not recorded, and their defaults do not make it "
