@@ -293,6 +293,11 @@ def test_failed_diverged_running_and_reruns(store: TmpStore) -> None:
     assert "1 failed or killed, 1 still running; 1 earlier attempts superseded" in report
     assert "RuntimeError: boom" in report
     assert "The row with an empty configuration counts jobs that failed" in report
+    # That row is no configuration: it makes nothing vary (backprop, width) in the answer.
+    assert res.stdout.splitlines()[1] == "hidden_dim=8 backprop=tutorial"
+    assert "leader: lr=0.1: " in res.stdout
+    assert "stability boundary (learning rates, per width):" in res.stdout
+    assert store.runs("tags.role = 'sweep'")[0].data.tags["aggregate.leader"] == "lr=0.1"
     logged = st.client.list_artifacts(pid, "aggregate")
     assert sorted(f.path for f in logged) == sorted(f"aggregate/{p.name}" for p in out.glob("*.*"))
 
@@ -403,6 +408,15 @@ def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "0 finished (0 of them diverged), 2 failed or killed" in text
     assert "no leader: no configuration has 2 or more runs" in text
+    # No job logged its params, so there is no configuration column at all: still no table
+    # (its one row, of no configuration, said "0 ... no claim").
+    assert agg.config_cols == []
+    assert "No run finished: no configuration to show." in text and "| verdict |" not in text
+    html = (tmp_path / "report.html").read_text()
+    assert "<p>No run finished: no configuration to show.</p>" in html and "<table" not in html
+    assert report.terminal_table(agg) == "no run finished: no configuration to show"
+    note = report.description(agg, [])
+    assert "No run finished: no configuration to show." in note and "|" not in note
 
 
 def closed_port() -> int:
@@ -513,6 +527,26 @@ def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
     res = run_aggregate(store, tmp_path / "out", "aggregate.filter=\"params.seed = '99'\"")
     one_line_error(res, "aggregate.filter=params.seed = '99'", "selects no runs")
     assert res.returncode == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        ("aggregate.alpha=0", "must be in (0, 1)"),
+        ("aggregate.alpha=nan", "must be in (0, 1)"),
+        ("aggregate.min_effect=-1", "must be a finite number 0 or more, or null"),
+        # YAML reads 1e400 as infinity: a margin that ties everything.
+        ("aggregate.min_effect=1e400", "must be a finite number 0 or more, or null"),
+        (f"aggregate.min_effect={'9' * 400}", "int too large to convert to float"),
+    ],
+)
+def test_bad_options_are_one_line(small, tmp_path: Path, option: str, why: str) -> None:
+    store, _ = small
+    before = store.db_bytes()
+    res = run_aggregate(store, tmp_path / "out", option)
+    one_line_error(res, option.split("=")[0], why)
+    assert res.returncode == 2 and not (tmp_path / "out").exists()
+    assert store.db_bytes() == before
 
 
 def test_unreachable_server_fails_with_one_line(tmp_path: Path) -> None:

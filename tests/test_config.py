@@ -25,6 +25,9 @@ BAD = [
     (["optim.lr=-1"], "optim.lr=-1"),
     (["optim.lr=nan"], "optim.lr=nan"),
     (["optim.lr=inf"], "optim.lr=inf"),
+    # Too large for a float: OmegaConf passes on Python's own error, named here all the same.
+    (["optim.lr=" + "9" * 400], "optim.lr=" + "9" * 400),
+    (["-m", "optim.lr=0.1," + "9" * 400], "optim.lr=0.1," + "9" * 400),
     (["train.epochs=0"], "train.epochs=0"),
     (["model.backprop=adam"], "model.backprop=adam"),
     # Seeds the generator cannot tell apart from others, memory a run cannot get.

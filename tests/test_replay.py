@@ -420,6 +420,13 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
     out = aggregate("aggregate.filter=\"attributes.status = 'FAILED'\"")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "no run finished: no configuration to show" in out.stdout
+    # The report and the parent's description say so too, not an empty table.
+    report = (tmp_path / "answer" / "report.md").read_text()
+    assert "No run finished: no configuration to show." in report and "| verdict |" not in report
+    note = store.runs("tags.role = 'sweep'")[0].data.tags["mlflow.note.content"]
+    assert "No run finished: no configuration to show." in note and "|" not in note
+    html = (tmp_path / "answer" / "report.html").read_text()
+    assert "<p>No run finished: no configuration to show.</p>" in html and "<table" not in html
     assert answer() == head + "identical"
     out = aggregate()
     assert out.returncode == 0, out.stderr[-3000:]

@@ -132,3 +132,50 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
         "  hidden_dim=8 backprop=tutorial: divergence between lr=1 and lr=10; "
         "oscillation between lr=1 and lr=10",
     ]
+
+
+def test_jobs_without_params_vary_no_configuration() -> None:
+    """Jobs that failed or were killed before they logged their params make a summary row of
+    empty configuration, and the configuration columns float: the answer still names whole
+    numbers in full and takes nothing for varied because of that row."""
+
+    def answer(widths: tuple[int, ...], lrs: tuple[float, ...]) -> Aggregate:
+        configs = [(float(h), lr) for h in widths for lr in lrs]
+        runs = pd.DataFrame(
+            [
+                {"hidden_dim": h, "lr": lr, "seed": s, "outcome": 0.3 - 0.1 * i + 0.01 * s}
+                for i, (h, lr) in enumerate(configs)
+                for s in range(3)
+            ]
+        ).assign(diverged=False)
+        counts = {"stable": 3, "oscillating": 0, "diverged": 0, "runs": 3}
+        known = [{"hidden_dim": h, "lr": lr, **counts} for h, lr in configs]
+        unknown = {"hidden_dim": math.nan, "lr": math.nan, **counts, "stable": 0}
+        return Aggregate(
+            selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[]),
+            runs=runs.assign(status="FINISHED"),
+            summary=pd.DataFrame([*known, unknown]),
+            curves=pd.DataFrame(),
+            config_cols=["hidden_dim", "lr"],
+            outcome="tail_loss",
+            comparison=compare(runs, ["hidden_dim", "lr"]),
+        )
+
+    agg = answer((4, 1234567), (0.1,))
+    assert report.varying_cols(agg) == ["hidden_dim"]
+    assert report.constant_text(agg) == "lr=0.1"
+    assert report.leader_text(agg).startswith("leader: hidden_dim=1234567: ")
+    fixed, header, *rows = report.terminal_table(agg).splitlines()
+    assert fixed == "lr=0.1" and header.split()[0] == "hidden_dim"
+    assert [row.split()[0] for row in rows] == ["4", "1234567"]
+    agg = answer((123456,), (0.1, 1e6))
+    assert report.varying_cols(agg) == ["lr"]
+    assert report.constant_text(agg) == "hidden_dim=123456"
+    assert report.leader_text(agg).startswith("leader: lr=1000000: ")
+    # A rate no integer column can hold stays a float, shown as such.
+    agg = answer((8,), (0.1, 1e20))
+    assert report.leader_text(agg).startswith("leader: lr=1e+20: ")
+    assert [row.split()[0] for row in report.terminal_table(agg).splitlines()[2:]] == [
+        "1.000000e-01",
+        "1.000000e+20",
+    ]

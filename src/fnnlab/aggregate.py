@@ -648,8 +648,10 @@ def aggregate(
         )
     if not 0 < alpha < 1:
         raise ConfigValueError("aggregate.alpha", alpha, "must be in (0, 1)")
-    if min_effect is not None and not min_effect >= 0:
-        raise ConfigValueError("aggregate.min_effect", min_effect, "must be 0 or more, or null")
+    if min_effect is not None and not (math.isfinite(min_effect) and min_effect >= 0):
+        raise ConfigValueError(
+            "aggregate.min_effect", min_effect, "must be a finite number 0 or more, or null"
+        )
     # As floats however given (Hydra makes 0 an int): one spelling in the parent's tags.
     alpha, min_effect = float(alpha), None if min_effect is None else float(min_effect)
     frame, config_cols = runs_frame(sel)

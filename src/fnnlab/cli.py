@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
+import omegaconf
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
@@ -26,6 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fnnlab.config import ConfigValueError, check_values, password_to_env, project_root
 from fnnlab.errortext import reason
+
+OMEGACONF_DIR = Path(omegaconf.__file__).parent
 
 CONF_DIR = str(project_root() / "conf")
 log = logging.getLogger("fnnlab")
@@ -308,13 +312,29 @@ def _key_value(exc: BaseException) -> str | None:
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             key = e.full_key
             break
-    if key is None:
-        return None
+    return None if key is None else _override(key)
+
+
+def _override(key: str) -> str:
+    """'key=value' as the command line gave it, or the key alone."""
     for arg in sys.argv[1:]:
         name, _, value = arg.lstrip("+~").partition("=")
         if name == key:
             return f"{key}={value}"
     return key
+
+
+def _passed_on_by_omegaconf(exc: BaseException) -> str | None:
+    """'key=value: why' for an error OmegaConf passed on as it was raised while it set a
+    key's value, e.g. a 400-digit number for a float ("int too large to convert to float"):
+    raised inside OmegaConf, its message names the key on a line "full_key: ...". None for
+    any other error."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames or not Path(frames[-1].filename).is_relative_to(OMEGACONF_DIR):
+        return None
+    first, *rest = str(exc).splitlines() or [""]
+    keys = [line.split(":", 1)[1].strip() for line in rest if line.strip().startswith("full_key:")]
+    return f"{_override(keys[0])}: {first}" if keys and keys[0] else None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -402,6 +422,10 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
         if user_wants_trace:
             return None
         message, status = f"error: {_one_line(exc)}", 2
+    elif (passed_on := _passed_on_by_omegaconf(exc)) is not None:
+        if user_wants_trace:
+            return None
+        message, status = f"error: {passed_on}", 2
     elif isinstance(exc, WorkerDied):
         message, status = f"error: {exc}", 1
     elif isinstance(exc, MlflowException):

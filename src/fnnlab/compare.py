@@ -557,15 +557,22 @@ def _frame(rows: list[dict[str, Any]], config_cols: list[str]) -> pd.DataFrame:
 
 
 def leader_label(row: pd.Series | dict[str, Any], config_cols: list[str]) -> str:
-    """A configuration as "key=value" pairs separated by spaces, floats as :g (lr=0.001)."""
+    """A configuration as "key=value" pairs separated by spaces, floats as :g (lr=0.001) but
+    whole ones in full (hidden_dim=1234567, not 1.23457e+06)."""
     parts = []
     for col in config_cols:
         value = row[col]
         if isinstance(value, float | np.floating):
-            parts.append(f"{col}={float(value):g}")
+            parts.append(f"{col}={int(value)}" if is_whole(value) else f"{col}={float(value):g}")
         else:
             parts.append(f"{col}={value}")
     return " ".join(parts)
+
+
+def is_whole(value: float) -> bool:
+    """An integer that a float holds exactly: a width is float in a column that jobs without
+    params made NaN."""
+    return float(value).is_integer() and abs(value) < 2**53
 
 
 # --- regimes over a sweep -------------------------------------------------------------

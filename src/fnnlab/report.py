@@ -12,7 +12,7 @@ import pandas as pd
 
 from fnnlab import links, plots, reference
 from fnnlab.aggregate import Aggregate, boundary_groups
-from fnnlab.compare import BOUNDARY_COLUMNS, leader_label
+from fnnlab.compare import BOUNDARY_COLUMNS, is_whole, leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import Store, log_values
@@ -80,11 +80,25 @@ def summary_table(agg: Aggregate) -> pd.DataFrame:
     return agg.summary[cols].rename(columns=SUMMARY_COLUMNS)
 
 
+# What the answer shows instead of its table of configurations when none finished.
+NO_RUN_FINISHED = "no run finished: no configuration to show"
+
+
+def no_run_finished(agg: Aggregate) -> bool:
+    """Nothing to compare. (When no job logged its params either, the comparison still has
+    a row: that of no configuration.)"""
+    return not (agg.runs["status"] == FINISHED).any()
+
+
 def terminal_table(agg: Aggregate) -> str:
     """One row per configuration: mean outcome and CI, n, verdict, regime counts."""
+    if no_run_finished(agg):
+        return NO_RUN_FINISHED
     table = comparison_table(agg).drop(columns=["p_adj"])
-    if table.empty:
-        return "no run finished: no configuration to show"
+    # A column of whole numbers as such: jobs without params make the width's column float.
+    for col in varying_cols(agg):
+        if pd.api.types.is_float_dtype(table[col]) and table[col].dropna().map(is_whole).all():
+            table[col] = table[col].astype("Int64")
     fixed = constant_text(agg)
     text = table.to_string(index=False, na_rep="")
     return f"{fixed}\n{text}" if fixed else text
@@ -217,14 +231,20 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
 
 
 def varying_cols(agg: Aggregate) -> list[str]:
-    """The configuration columns that differ between configurations (the others are shown once)."""
+    """The configuration columns that differ between configurations (the others are shown
+    once). The row of jobs that logged no params (failed or killed before, or running) is
+    not a configuration: its empty values vary nothing."""
     s = agg.summary
+    if agg.config_cols:
+        s = s[s[agg.config_cols].notna().any(axis=1)]
     return [c for c in agg.config_cols if s[c].nunique(dropna=False) > 1] or agg.config_cols
 
 
 def constant_text(agg: Aggregate) -> str:
     fixed = [c for c in agg.config_cols if c not in varying_cols(agg)]
-    return " ".join(f"{c}={cell(agg.summary[c].iloc[0])}" for c in fixed)
+    # Not from the row of jobs without params, whichever comes first.
+    values = {c: v.iloc[0] for c in fixed if not (v := agg.summary[c].dropna()).empty}
+    return leader_label(values, list(values))
 
 
 def stability_cols(agg: Aggregate) -> list[str]:
@@ -401,13 +421,17 @@ def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "
     fixed = constant_text(agg)
     grid = comparison_grid(agg)
     table = grid if grid is not None else comparison_table(agg).drop(columns=["p_adj"])
-    tables = [
-        "",
-        (f"Same in every run: `{fixed}`. " if fixed else "")
-        + f"Mean {agg.outcome} [{ci_name(agg)}] over seeds:",
-        "",
-        markdown_table(table),
-    ]
+    tables = (
+        ["", NO_RUN_FINISHED.capitalize() + "."]
+        if no_run_finished(agg)
+        else [
+            "",
+            (f"Same in every run: `{fixed}`. " if fixed else "")
+            + f"Mean {agg.outcome} [{ci_name(agg)}] over seeds:",
+            "",
+            markdown_table(table),
+        ]
+    )
     stab = stability_text(agg)
     if stab is not None:
         tables += [
@@ -466,7 +490,11 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
     fixed = constant_text(agg)
     if fixed:
         parts.append(f"<p>Same in every run: <code>{html.escape(fixed)}</code></p>")
-    parts.append(table(comparison_table(agg)))
+    parts.append(
+        f"<p>{NO_RUN_FINISHED.capitalize()}.</p>"
+        if no_run_finished(agg)
+        else table(comparison_table(agg))
+    )
     stab = stability_text(agg)
     if stab is not None:
         parts += [f"<h2>Stability boundary per {stability_per(agg)}</h2>", table(stab)]
@@ -532,7 +560,9 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"Same in every configuration: {constant_text(agg) or '(nothing)'}.",
         "",
-        markdown_table(comparison_table(agg)),
+        NO_RUN_FINISHED.capitalize() + "."
+        if no_run_finished(agg)
+        else markdown_table(comparison_table(agg)),
     ]
     stab = stability_text(agg)
     if stab is not None:
