@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import scipy
 import torch
 from conftest import TmpStore, run_in_process, run_script
 from mlflow.entities import Metric, Run, RunInfo
@@ -312,6 +313,10 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
     tags = store.client.get_run(pid).data.tags
     assert tags["replay.status"] == "identical" and "replay.diffs" not in tags
     assert (tags["aggregate.alpha"], tags["aggregate.min_effect"]) == ("0.05", "null")
+    # What made the answer is recorded with it: the code its runs were made with, here.
+    (job, *_) = store.runs("tags.role = 'job'")
+    assert tags["aggregate.env.code"] == job.data.tags["env.code"]
+    assert tags["aggregate.env.git_commit"] == job.data.tags["env.git_commit"]
     # An answer stored before its alpha and min_effect were: made with the defaults, and said.
     for key in ("aggregate.alpha", "aggregate.min_effect"):
         store.client.delete_tag(pid, key)
@@ -352,8 +357,10 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
     store.client.set_tag(pid, "aggregate.alpha", "0.1")  # one of the two: a changed tag
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == head + (
-        "differs: tag aggregate.min_effect None -> 'null'"
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(head + "differs: tag aggregate.min_effect None -> 'null'; since then: ")
     )
     store.client.set_tag(pid, "aggregate.min_effect", "0.0")
     # A run's stored final loss changed after the answer was made.
@@ -375,11 +382,26 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
     assert last.startswith(
         f"{head}differs: runs.csv: 2 of 96 values differ, first run_name={run.info.run_name} "
     ), last
-    assert last.endswith(f"final_loss {was} -> {was + 0.5}; and 2 more (tag replay.diffs)"), last
+    assert f"final_loss {was} -> {was + 0.5}; and 2 more (tag replay.diffs); since then: " in (
+        last
+    ), last
     tags = store.client.get_run(pid).data.tags
     assert tags["replay.status"] == "differs"
     diffs = tags["replay.diffs"].splitlines()
     assert [d.split(":")[0] for d in diffs] == ["runs.csv", "summary.csv", "comparison.csv"], diffs
+    # A difference says what changed since the answer was made, as a run's does.
+    code = tags["aggregate.env.code"]
+    store.client.set_tag(pid, "aggregate.env.code", "0" * 16)
+    store.client.set_tag(pid, "aggregate.env.scipy", "0.1")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    since = out.stdout.strip().splitlines()[-1].split("; since then: ")[1]
+    assert since.startswith(f"scipy 0.1 -> {scipy.__version__}; code {'0' * 16} -> {code}"), since
+    for key in [k for k in tags if k.startswith("aggregate.env.")]:
+        store.client.delete_tag(pid, key)
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().endswith("; since then: not recorded with this answer")
     # A sweep that made no answer: nothing to compare, and said so.
     train(
         store,
@@ -432,8 +454,9 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
     assert out.returncode == 0, out.stderr[-3000:]
     assert answer() == head + "identical"
     (artifact(parent, "aggregate") / "summary.csv").write_bytes(b"")
-    assert answer() == head + (
-        "differs: summary.csv: the stored file differs, and is not a table (EmptyDataError)"
+    assert answer().startswith(
+        head + "differs: summary.csv: the stored file differs, and is not a table (EmptyDataError)"
+        "; since then: "
     )
     # A field more in every row than in the header: a difference, not a traceback.
     out = aggregate()

@@ -149,6 +149,40 @@ def env_tags(data: str) -> dict[str, str]:
     }
 
 
+# An answer's env.* tags on the parent run, as aggregate.env.python, ...
+ANSWER = "aggregate."
+
+
+def answer_env_tags() -> dict[str, str]:
+    """The tags aggregate.env.* of a sweep's answer made now in this process: the code and
+    the libraries that make an answer from stored runs, for fnnlab-replay to say what
+    changed since when the answer is not made again exactly."""
+    static = _static_tags()
+    keys = ("env.python", "env.numpy", "env.fnnlab", "env.code", "env.git_commit", "env.git_dirty")
+    tags = {key: static[key] for key in keys}
+    tags |= {
+        "env.pandas": _version("pandas"),
+        "env.scipy": _version("scipy"),
+        # Always set: an earlier answer's cannot be left standing on the parent.
+        "env.git_diff_sha256": static.get("env.git_diff_sha256", ""),
+    }
+    return {ANSWER + key: value for key, value in tags.items()}
+
+
+def answer_env_diff(parent_tags: dict[str, str]) -> list[str] | None:
+    """What changed since the parent's answer was made (env_diff's lines); None when the
+    answer recorded nothing of it (an older fnnlab's)."""
+    stored = {
+        key.removeprefix(ANSWER): value
+        for key, value in parent_tags.items()
+        if key.startswith(ANSWER + "env.")
+    }
+    if not stored:
+        return None
+    now = {key.removeprefix(ANSWER): value for key, value in answer_env_tags().items()}
+    return env_diff(stored, now)
+
+
 # What env_diff reports, and how it names each tag.
 _NAMES = {
     "env.python": "python",
@@ -157,6 +191,8 @@ _NAMES = {
     "env.mlflow": "mlflow",
     "env.hydra": "hydra",
     "env.sklearn": "scikit-learn",
+    "env.pandas": "pandas",
+    "env.scipy": "scipy",
     "env.fnnlab": "fnnlab",
     "env.platform": "platform",
     "env.cpu": "cpu",

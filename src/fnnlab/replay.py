@@ -379,6 +379,7 @@ class AnswerCheck:
     parent: Run
     diffs: list[str] = field(default_factory=list)  # a table or value each; none when identical
     defaults: bool = False  # made before alpha and min_effect were recorded: defaults assumed
+    env: list[str] | None = None  # what changed since it was made; None: not recorded with it
 
     @property
     def identical(self) -> bool:
@@ -396,7 +397,11 @@ class AnswerCheck:
             return head
         first, *rest = self.diffs
         also = f"; and {len(rest)} more (tag replay.diffs)" if rest else ""
-        return f"{head}: {first}{also}"
+        if self.env is None:
+            changed = "not recorded with this answer"
+        else:
+            changed = "; ".join(self.env) or "no recorded difference in environment"
+        return f"{head}: {first}{also}; since then: {changed}"
 
 
 def answer_head(parent: Run) -> str:
@@ -467,6 +472,8 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             "its alpha and min_effect were not recorded, and their defaults do not make it "
             f"again ({check.diffs[0]})"
         )
+    if check.diffs:
+        check.env = provenance.answer_env_diff(tags)
     return check
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from fnnlab import links, plots, reference
+from fnnlab import links, plots, provenance, reference
 from fnnlab.aggregate import Aggregate, boundary_groups
 from fnnlab.compare import BOUNDARY_COLUMNS, is_whole, leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
@@ -698,8 +698,8 @@ def _rounded(value: float) -> float:
 
 
 def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]]) -> None:
-    """Report, tables and plots under aggregate/ on the parent, parent_values, and the
-    answer as the run's description."""
+    """Report, tables and plots under aggregate/ on the parent, parent_values, the answer
+    as the run's description, and what made it (aggregate.env.*)."""
     sel = agg.selection
     if sel.parent_run_id is None:
         return
@@ -710,6 +710,7 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
     metrics, tags = parent_values(agg)
     overrides = sel.client.get_run(sel.parent_run_id).data.tags.get(Tag.SWEEP_OVERRIDES, "")
     tags[Tag.NOTE] = description(agg, views, overrides)
+    tags |= provenance.answer_env_tags()  # what made it, for fnnlab-replay
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
 
 
