@@ -37,6 +37,9 @@ BAD = [
     (["model.hidden_dim=100000000"], "model.hidden_dim=100000000"),
     (["train.epochs=50000000", "limits.memory_gb=4"], "train.epochs=50000000"),
     (["tracking.log_every=0"], "tracking.log_every=0"),
+    # A port no socket can have: every printed link would hold it.
+    (["ui.port=65536"], "ui.port=65536"),
+    (["-m", "ui.port=-1", "seed=0,1"], "ui.port=-1"),
     (["-m", "hydra.launcher.n_jobs=0", "model.hidden_dim=4,8"], "hydra.launcher.n_jobs=0"),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
@@ -177,3 +180,15 @@ def test_a_command_ends_with_its_heap_hidden_from_the_collector(monkeypatch) -> 
         finally:
             frozen = gc.get_freeze_count()
     assert frozen > 0
+
+
+@pytest.mark.parametrize("script", ["fnnlab-ui", "fnnlab-aggregate"])
+def test_a_port_no_socket_can_have_is_refused(store_with_a_run, script):
+    store = store_with_a_run
+    before = store.db_bytes()
+    proc = run_script(script, "ui.port=" + "9" * 400, *store.overrides()[:2])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"{script}: error: ui.port={'9' * 400}: must be a TCP port, 1 to 65535 (0: any free one)"
+    ]
+    assert store.db_bytes() == before

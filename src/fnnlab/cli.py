@@ -26,7 +26,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from fnnlab.config import ConfigValueError, check_values, password_to_env, project_root
+from fnnlab.config import (
+    ConfigValueError,
+    check_port,
+    check_values,
+    password_to_env,
+    project_root,
+)
 from fnnlab.errortext import reason
 
 OMEGACONF_DIR = Path(omegaconf.__file__).parent
@@ -105,6 +111,7 @@ def ui_app(cfg: DictConfig) -> None:
     try:
         if cfg.ui.host not in ("127.0.0.1", "localhost"):
             raise ConfigValueError("ui.host", cfg.ui.host, "the UI binds to 127.0.0.1 only")
+        check_port(cfg.ui.port)
         port = cfg.ui.port or ui.free_port(cfg.ui.host)
         if serve and not ui.port_free(cfg.ui.host, port):
             # Its URLs would open whatever listens there, perhaps another store.
@@ -198,6 +205,7 @@ def aggregate_app(cfg: DictConfig) -> None:
 
     a = cfg.aggregate
     try:
+        check_port(cfg.ui.port)
         sel = aggregate.select(
             cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
         )

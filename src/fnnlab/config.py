@@ -358,9 +358,16 @@ def _move_password(uri: str, environ: MutableMapping[str, str]) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def check_port(port: int) -> None:
+    """Refuse ui.port outside what a socket can have: every printed link would hold it."""
+    if not 0 <= port <= 65535:
+        raise ConfigValueError("ui.port", port, "must be a TCP port, 1 to 65535 (0: any free one)")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value or unknown key."""
     check_uri(str(cfg.tracking.uri))
+    check_port(cfg.ui.port)
     unknown = _unknown_key(cfg, _train_schema())
     if unknown is not None:
         section = unknown.rpartition(".")[0]
