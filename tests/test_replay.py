@@ -315,8 +315,8 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
     assert (tags["aggregate.alpha"], tags["aggregate.min_effect"]) == ("0.05", "null")
     # What made the answer is recorded with it: the code its runs were made with, here.
     (job, *_) = store.runs("tags.role = 'job'")
-    assert tags["aggregate.env.code"] == job.data.tags["env.code"]
-    assert tags["aggregate.env.git_commit"] == job.data.tags["env.git_commit"]
+    for key in ("code", "torch", "mlflow", "git_commit", "git_dirty"):
+        assert tags[f"aggregate.env.{key}"] == job.data.tags[f"env.{key}"], key
     # An answer stored before its alpha and min_effect were: made with the defaults, and said.
     for key in ("aggregate.alpha", "aggregate.min_effect"):
         store.client.delete_tag(pid, key)

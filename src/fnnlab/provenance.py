@@ -158,7 +158,16 @@ def answer_env_tags() -> dict[str, str]:
     the libraries that make an answer from stored runs, for fnnlab-replay to say what
     changed since when the answer is not made again exactly."""
     static = _static_tags()
-    keys = ("env.python", "env.numpy", "env.fnnlab", "env.code", "env.git_commit", "env.git_dirty")
+    keys = (
+        "env.python",
+        "env.torch",
+        "env.numpy",
+        "env.mlflow",
+        "env.fnnlab",
+        "env.code",
+        "env.git_commit",
+        "env.git_dirty",
+    )
     tags = {key: static[key] for key in keys}
     tags |= {
         "env.pandas": _version("pandas"),
