@@ -153,10 +153,9 @@ def env_tags(data: str) -> dict[str, str]:
 ANSWER = "aggregate."
 
 
-def answer_env_tags() -> dict[str, str]:
-    """The tags aggregate.env.* of a sweep's answer made now in this process: the code and
-    the libraries that make an answer from stored runs, for fnnlab-replay to say what
-    changed since when the answer is not made again exactly."""
+def _answer_env() -> dict[str, str]:
+    """The env.* values of an answer made now in this process: the code and the libraries
+    that make an answer from stored runs."""
     static = _static_tags()
     keys = (
         "env.python",
@@ -168,14 +167,18 @@ def answer_env_tags() -> dict[str, str]:
         "env.git_commit",
         "env.git_dirty",
     )
-    tags = {key: static[key] for key in keys}
-    tags |= {
+    return {key: static[key] for key in keys} | {
         "env.pandas": _version("pandas"),
         "env.scipy": _version("scipy"),
         # Always set: an earlier answer's cannot be left standing on the parent.
         "env.git_diff_sha256": static.get("env.git_diff_sha256", ""),
     }
-    return {ANSWER + key: value for key, value in tags.items()}
+
+
+def answer_env_tags() -> dict[str, str]:
+    """The tags aggregate.env.* of a sweep's answer made now, for fnnlab-replay to say what
+    changed since when the answer is not made again exactly."""
+    return {ANSWER + key: value for key, value in _answer_env().items()}
 
 
 def answer_env_diff(parent_tags: dict[str, str]) -> list[str] | None:
@@ -186,10 +189,7 @@ def answer_env_diff(parent_tags: dict[str, str]) -> list[str] | None:
         for key, value in parent_tags.items()
         if key.startswith(ANSWER + "env.")
     }
-    if not stored:
-        return None
-    now = {key.removeprefix(ANSWER): value for key, value in answer_env_tags().items()}
-    return env_diff(stored, now)
+    return env_diff(stored, _answer_env()) if stored else None
 
 
 # What env_diff reports, and how it names each tag.

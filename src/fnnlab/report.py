@@ -80,8 +80,10 @@ def summary_table(agg: Aggregate) -> pd.DataFrame:
     return agg.summary[cols].rename(columns=SUMMARY_COLUMNS)
 
 
-# What the answer shows instead of its table of configurations when none finished.
+# What the answer shows instead of its table of configurations when none finished: the
+# terminal's line, and the reports' sentence.
 NO_RUN_FINISHED = "no run finished: no configuration to show"
+NO_RUN_FINISHED_SENTENCE = NO_RUN_FINISHED.capitalize() + "."
 
 
 def no_run_finished(agg: Aggregate) -> bool:
@@ -418,20 +420,19 @@ def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "
     at the report."""
     answer = leader_text(agg).splitlines()
     head = ["### " + answer[0], "", *[f"- {line}" for line in answer[1:]]]
-    fixed = constant_text(agg)
-    grid = comparison_grid(agg)
-    table = grid if grid is not None else comparison_table(agg).drop(columns=["p_adj"])
-    tables = (
-        ["", NO_RUN_FINISHED.capitalize() + "."]
-        if no_run_finished(agg)
-        else [
+    if no_run_finished(agg):
+        tables = ["", NO_RUN_FINISHED_SENTENCE]
+    else:
+        fixed = constant_text(agg)
+        grid = comparison_grid(agg)
+        table = grid if grid is not None else comparison_table(agg).drop(columns=["p_adj"])
+        tables = [
             "",
             (f"Same in every run: `{fixed}`. " if fixed else "")
             + f"Mean {agg.outcome} [{ci_name(agg)}] over seeds:",
             "",
             markdown_table(table),
         ]
-    )
     stab = stability_text(agg)
     if stab is not None:
         tables += [
@@ -491,7 +492,7 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
     if fixed:
         parts.append(f"<p>Same in every run: <code>{html.escape(fixed)}</code></p>")
     parts.append(
-        f"<p>{NO_RUN_FINISHED.capitalize()}.</p>"
+        f"<p>{NO_RUN_FINISHED_SENTENCE}</p>"
         if no_run_finished(agg)
         else table(comparison_table(agg))
     )
@@ -560,9 +561,7 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"Same in every configuration: {constant_text(agg) or '(nothing)'}.",
         "",
-        NO_RUN_FINISHED.capitalize() + "."
-        if no_run_finished(agg)
-        else markdown_table(comparison_table(agg)),
+        NO_RUN_FINISHED_SENTENCE if no_run_finished(agg) else markdown_table(comparison_table(agg)),
     ]
     stab = stability_text(agg)
     if stab is not None:
