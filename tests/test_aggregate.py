@@ -530,21 +530,25 @@ def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "why"),
+    ("option", "named", "why"),
     [
-        ("aggregate.alpha=0", "must be in (0, 1)"),
-        ("aggregate.alpha=nan", "must be in (0, 1)"),
-        ("aggregate.min_effect=-1", "must be a finite number 0 or more, or null"),
-        # YAML reads 1e400 as infinity: a margin that ties everything.
-        ("aggregate.min_effect=1e400", "must be a finite number 0 or more, or null"),
-        (f"aggregate.min_effect={'9' * 400}", "int too large to convert to float"),
+        ("aggregate.alpha=0", "aggregate.alpha=0", "must be in (0, 1)"),
+        ("aggregate.alpha=nan", "aggregate.alpha=nan", "must be in (0, 1)"),
+        ("aggregate.min_effect=-1", "aggregate.min_effect=-1", "must be a finite number 0 or more"),
+        # YAML reads 1e400 as infinity, a margin that ties everything: named as typed.
+        (
+            "aggregate.min_effect=1e400",
+            "aggregate.min_effect=1e400 (read as inf)",
+            "must be a finite number 0 or more, or null",
+        ),
+        (f"aggregate.min_effect={'9' * 400}", "aggregate.min_effect=999", "int too large"),
     ],
 )
-def test_bad_options_are_one_line(small, tmp_path: Path, option: str, why: str) -> None:
+def test_bad_options_are_one_line(small, tmp_path: Path, option: str, named: str, why: str) -> None:
     store, _ = small
     before = store.db_bytes()
     res = run_aggregate(store, tmp_path / "out", option)
-    one_line_error(res, option.split("=")[0], why)
+    one_line_error(res, named, why)
     assert res.returncode == 2 and not (tmp_path / "out").exists()
     assert store.db_bytes() == before
 

@@ -28,6 +28,11 @@ BAD = [
     # Too large for a float: OmegaConf passes on Python's own error, named here all the same.
     (["optim.lr=" + "9" * 400], "optim.lr=" + "9" * 400),
     (["-m", "optim.lr=0.1," + "9" * 400], "optim.lr=0.1," + "9" * 400),
+    # Read by YAML as inf: named as typed.
+    (["optim.lr=" + "9" * 400 + ".5"], "optim.lr=" + "9" * 400 + ".5"),
+    (["-m", "optim.lr=0.1," + "9" * 400 + ".5"], "optim.lr=0.1," + "9" * 400 + ".5"),
+    (["regime.swing=inf"], "regime.swing=inf"),
+    (["regime.noise=" + "9" * 400 + ".5"], "regime.noise=" + "9" * 400 + ".5"),
     (["train.epochs=0"], "train.epochs=0"),
     (["model.backprop=adam"], "model.backprop=adam"),
     # Seeds the generator cannot tell apart from others, memory a run cannot get.

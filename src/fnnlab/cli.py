@@ -7,6 +7,7 @@ ends with one line naming the key and the value, and exit status 2.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -56,7 +57,7 @@ def train_app(cfg: DictConfig) -> dict:
         if in_sweep:
             raise  # fails this job (the sweep checked every job it could before starting)
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        fail("fnnlab-train", f"error: {exc}", 2)
+        fail("fnnlab-train", f"error: {_as_typed(exc)}", 2)
     # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
     from fnnlab import heap, job, links, progress
     from fnnlab.names import Tag
@@ -126,7 +127,7 @@ def ui_app(cfg: DictConfig) -> None:
         sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        fail("fnnlab-ui", f"error: {exc}", 2)
+        fail("fnnlab-ui", f"error: {_as_typed(exc)}", 2)
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, port)
 
     def show() -> None:
@@ -212,7 +213,7 @@ def aggregate_app(cfg: DictConfig) -> None:
         agg = aggregate.aggregate(sel, outcome=a.outcome, alpha=a.alpha, min_effect=a.min_effect)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        fail("fnnlab-aggregate", f"error: {exc}", 2)
+        fail("fnnlab-aggregate", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:
         fail("fnnlab-aggregate", f"error: {reason(exc)}", 1)
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
@@ -254,7 +255,7 @@ def replay_app(cfg: DictConfig) -> None:
                 raise ConfigValueError("replay.sweep", r.sweep, "no sweep in this experiment")
             runs, others = replay.sweep_runs(store, parent, r.sample, r.seed)
     except ConfigValueError as exc:
-        fail("fnnlab-replay", f"error: {exc}", 2)
+        fail("fnnlab-replay", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:
         fail("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
     out = Path(HydraConfig.get().runtime.output_dir)
@@ -330,6 +331,16 @@ def _override(key: str) -> str:
         if name == key:
             return f"{key}={value}"
     return key
+
+
+def _as_typed(exc: ConfigValueError) -> str:
+    """'key=value: why', with a number too large for a float named as the command line gave
+    it: YAML reads '<400 nines>.5' as inf."""
+    if isinstance(exc.value, float) and math.isinf(exc.value):
+        typed = _override(exc.key)
+        if typed != exc.key and "inf" not in typed.lower():
+            return f"{typed} (read as {exc.value}): {exc.why}"
+    return str(exc)
 
 
 def _passed_on_by_omegaconf(exc: BaseException) -> str | None:
@@ -425,7 +436,7 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
     from hydra_plugins.fnnlab._core import WorkerDied
 
     if isinstance(exc, ConfigValueError):
-        message, status = f"error: {exc}", 2
+        message, status = f"error: {_as_typed(exc)}", 2
     elif isinstance(exc, (HydraException, OmegaConfBaseException)):
         if user_wants_trace:
             return None

@@ -412,8 +412,16 @@ def check_values(cfg: DictConfig) -> None:
         ),
         ("regime.min_tail_epochs", cfg.regime.min_tail_epochs >= 2, "must be at least 2"),
         ("regime.min_epochs", cfg.regime.min_epochs >= 2, "must be at least 2"),
-        ("regime.swing", cfg.regime.swing > 0, "must be a number > 0"),
-        ("regime.noise", cfg.regime.noise >= 0, "must be 0 or more"),
+        (
+            "regime.swing",
+            math.isfinite(cfg.regime.swing) and cfg.regime.swing > 0,
+            "must be a finite number > 0",
+        ),
+        (
+            "regime.noise",
+            math.isfinite(cfg.regime.noise) and cfg.regime.noise >= 0,
+            "must be a finite number 0 or more",
+        ),
         (
             "limits.memory_gb",
             cfg.limits.memory_gb is None or cfg.limits.memory_gb > 0,
