@@ -32,6 +32,8 @@ BAD = [
     (["optim.lr=" + "9" * 400 + ".5"], "optim.lr=" + "9" * 400 + ".5"),
     (["-m", "optim.lr=0.1," + "9" * 400 + ".5"], "optim.lr=0.1," + "9" * 400 + ".5"),
     (["regime.swing=inf"], "regime.swing=inf"),
+    # Given twice: Hydra takes the last, and so does the line.
+    (["optim.lr=0.1", "optim.lr=1e400"], "optim.lr=1e400 (read as inf)"),
     (["regime.noise=" + "9" * 400 + ".5"], "regime.noise=" + "9" * 400 + ".5"),
     (["train.epochs=0"], "train.epochs=0"),
     (["model.backprop=adam"], "model.backprop=adam"),

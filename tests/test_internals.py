@@ -24,7 +24,7 @@ from conftest import TmpStore, run_script
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from fnnlab import internals
+from fnnlab import internals, provenance
 from fnnlab.names import Tag
 from fnnlab.tracking import open_store
 
@@ -372,6 +372,9 @@ def stored(store: TmpStore) -> dict:
             for k, v in run.data.tags.items()
             if k not in volatile and not k.startswith(f"{Tag.SWEEP_DIR}.")
         }
+        # The hashes of the answer's files: its tables and report name the runs by id.
+        if provenance.FILES_TAG in tags:
+            tags[provenance.FILES_TAG] = sorted(provenance.read_digest(tags[provenance.FILES_TAG]))
         # NaN (a parent's leader metrics without a leader) compares equal to itself as text.
         histories = {
             key: sorted(

@@ -271,6 +271,84 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     ]
 
 
+def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> None:
+    """The parent's tag aggregate.files holds sha256sum's lines for every file the answer
+    wrote: `sha256sum -c` accepts the downloaded folder, and a file changed or written again
+    since is named first, before what it changes in the answer."""
+    train(store, "-m", "model.hidden_dim=4,8", "seed=0,1", "train.epochs=20")
+    (parent,) = store.runs("tags.role = 'sweep'")
+    pid = parent.info.run_id
+    head = f"the sweep's answer (parent run {pid}): "
+    digest = parent.data.tags["aggregate.files"]
+    names = [line.split("  ")[1] for line in digest.splitlines()]
+    assert {"runs.csv", "comparison.csv", "curves.csv", "report.md", "report.html"} <= set(names)
+    folder = Path(store.client.download_artifacts(pid, "aggregate", str(tmp_path)))
+    (tmp_path / "SHA256SUMS").write_text(digest)
+    check = subprocess.run(
+        ["sha256sum", "-c", str(tmp_path / "SHA256SUMS")],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(names), check.stdout
+    # The report edited by hand: the answer made again is the same, the file is not.
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    report = (folder / "report.md").read_text()
+    (changed / "report.md").write_text(report.replace("leader", "winner"))
+    store.client.log_artifact(pid, str(changed / "report.md"), "aggregate")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            head + "differs: aggregate/report.md is not the file the answer wrote "
+            "(tag aggregate.files); since then: "
+        )
+    )
+    # A table edited: named first, then what differs in it.
+    comparison = (folder / "comparison.csv").read_text().splitlines(keepends=True)
+    comparison[1] = comparison[1].replace(",", ",9", 1)
+    (changed / "comparison.csv").write_text("".join(comparison))
+    store.client.log_artifact(pid, str(changed / "comparison.csv"), "aggregate")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    diffs = store.client.get_run(pid).data.tags["replay.diffs"].splitlines()
+    assert diffs[:2] == [
+        "aggregate/comparison.csv is not the file the answer wrote (tag aggregate.files)",
+        "aggregate/report.md is not the file the answer wrote (tag aggregate.files)",
+    ], diffs
+    assert diffs[2].startswith("comparison.csv: 1 of "), diffs
+    # Made again by fnnlab-aggregate: the tag lists the new files, and they check.
+    out = run_script(
+        "fnnlab-aggregate", f"aggregate.out_dir={tmp_path / 'again'}", *store.overrides()
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    # Made again without figures: the earlier answer's stay (MLflow cannot delete them), and
+    # the description says they are not of this answer.
+    out = run_script(
+        "fnnlab-aggregate",
+        "aggregate.plots=false",
+        f"aggregate.out_dir={tmp_path / 'no_plots'}",
+        *store.overrides(),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    tags = store.client.get_run(pid).data.tags
+    figures = sorted(name for name in names if name.endswith(".png"))
+    assert figures and not any(f in tags["aggregate.files"] for f in figures)
+    listed = ", ".join(f"`aggregate/{f}`" for f in figures)
+    assert tags["mlflow.note.content"].endswith(
+        f"Not of this answer: {listed} (an earlier answer's; MLflow keeps them).\n"
+    ), tags["mlflow.note.content"]
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+
+
 def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
     """Beyond SHOWN_DIFFS more, a line counts the rest; replay.diffs has every one, cut to
     the tag limit."""
@@ -454,17 +532,21 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
     assert out.returncode == 0, out.stderr[-3000:]
     assert answer() == head + "identical"
     (artifact(parent, "aggregate") / "summary.csv").write_bytes(b"")
-    assert answer().startswith(
-        head + "differs: summary.csv: the stored file differs, and is not a table (EmptyDataError)"
-        "; since then: "
-    )
+    changed = "aggregate/summary.csv is not the file the answer wrote (tag aggregate.files)"
+    assert answer().startswith(head + f"differs: {changed}; and 1 more (tag replay.diffs)")
+    assert store.client.get_run(parent.info.run_id).data.tags["replay.diffs"].splitlines() == [
+        changed,
+        "summary.csv: the stored file differs, and is not a table (EmptyDataError)",
+    ]
     # A field more in every row than in the header: a difference, not a traceback.
     out = aggregate()
     assert out.returncode == 0, out.stderr[-3000:]
     summary = artifact(parent, "aggregate") / "summary.csv"
     header, *rows = summary.read_text().splitlines()
     summary.write_text("\n".join([header, *(f"{row},x" for row in rows)]) + "\n")
-    assert answer().startswith(head + "differs: summary.csv: ")
+    assert answer().startswith(head + f"differs: {changed}; and 1 more")
+    diffs = store.client.get_run(parent.info.run_id).data.tags["replay.diffs"].splitlines()
+    assert diffs[1].startswith("summary.csv: "), diffs
     store.client.delete_tag(parent.info.run_id, "aggregate.outcome")
     assert answer() == head + (
         "not checkable: it has tables but no aggregate.outcome tag (an older fnnlab's answer, "
@@ -472,9 +554,10 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
     )
     # An option that no longer makes an answer (a tag changed by hand).
     store.client.set_tag(parent.info.run_id, "aggregate.outcome", "bogus")
+    # The file changed by hand is named all the same.
     assert answer() == head + (
         "not checkable: it cannot be made again (aggregate.outcome=bogus: must be one of "
-        "tail_loss, final_loss, best_loss, final_accuracy)"
+        f"tail_loss, final_loss, best_loss, final_accuracy); and {changed}"
     )
     out = aggregate(f"aggregate.filter=\"params.seed != '{'x' * MAX_TAG_VALUE}'\"")
     assert out.returncode == 2

@@ -14,6 +14,7 @@ from fnnlab import report
 from fnnlab.aggregate import Aggregate
 from fnnlab.compare import compare, stability_boundary
 from fnnlab.outcome import HIGHER_IS_BETTER
+from fnnlab.tracking import MAX_TAG_VALUE
 
 
 def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.05) -> Aggregate:
@@ -179,3 +180,23 @@ def test_jobs_without_params_vary_no_configuration() -> None:
         "1.000000e-01",
         "1.000000e+20",
     ]
+
+
+def test_the_description_fits_the_tag_and_keeps_what_is_not_of_this_answer() -> None:
+    """Within what log_values keeps of a tag (a longer one lost its end mid-link): links give
+    way, then tables; the files of an earlier answer are named, a few and then how many."""
+    agg = answer_of("final_loss", {0.1: [0.30, 0.31, 0.29], 1.0: [0.5, 0.52, 0.49]})
+    agg.selection.filter = None
+    agg.runs["status"] = "FINISHED"
+    earlier = [f"old_{i}.png" for i in range(10)] + ["sub/"]
+    listed = ", ".join(f"`aggregate/old_{i}.png`" for i in range(report.SHOWN_EARLIER))
+    tail = f"Not of this answer: {listed} and 5 more (an earlier answer's; MLflow keeps them).\n"
+    for n, linked in ((1, True), (400, False), (4000, False)):
+        views = [("report", "http://127.0.0.1:5000/report")] + [
+            (f"h8-lr0.1-s{i}", f"http://127.0.0.1:5000/#/runs/{i:032x}") for i in range(n)
+        ]
+        note = report.description(agg, views, "optim.lr=0.1,1", earlier)
+        assert len(note) <= MAX_TAG_VALUE and note.endswith(tail), (n, note[-300:])
+        assert note.startswith("### ") and ("h8-lr0.1-s0" in note) == linked
+        assert "Mean final_loss" in note and ("More: [report]" in note) != linked
+    assert not report.description(agg, views, "optim.lr=0.1,1").rstrip().endswith("them).")

@@ -325,8 +325,9 @@ def _key_value(exc: BaseException) -> str | None:
 
 
 def _override(key: str) -> str:
-    """'key=value' as the command line gave it, or the key alone."""
-    for arg in sys.argv[1:]:
+    """'key=value' as the command line gave it (the last, as Hydra takes it), or the key
+    alone."""
+    for arg in reversed(sys.argv[1:]):
         name, _, value = arg.lstrip("+~").partition("=")
         if name == key:
             return f"{key}={value}"

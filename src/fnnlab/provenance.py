@@ -192,6 +192,27 @@ def answer_env_diff(parent_tags: dict[str, str]) -> list[str] | None:
     return env_diff(stored, _answer_env()) if stored else None
 
 
+# The parent's tag that lists every file an answer wrote under aggregate/ with its hash.
+FILES_TAG = ANSWER + "files"
+
+
+def file_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    """The lines `sha256sum` prints for the files ("<hash>  <name>", in name order): a file
+    changed or written again after the answer was made can be told, by fnnlab-replay or by
+    `sha256sum -c` on the downloaded folder."""
+    return "".join(f"{file_hash(data)}  {name}\n" for name, data in sorted(files.items()))
+
+
+def read_digest(text: str) -> dict[str, str]:
+    """files_digest's lines as {name: hash}."""
+    pairs = (line.split("  ", 1) for line in text.splitlines() if "  " in line)
+    return {name: digest for digest, name in pairs}
+
+
 # What env_diff reports, and how it names each tag.
 _NAMES = {
     "env.python": "python",

@@ -22,6 +22,7 @@ import math
 import random
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -404,6 +405,10 @@ class AnswerCheck:
         return f"{head}: {first}{also}; since then: {changed}"
 
 
+# How a line names the tag of the answer's files and their hashes.
+FILES = f"tag {provenance.FILES_TAG}"
+
+
 def answer_head(parent: Run) -> str:
     return f"the sweep's answer (parent run {parent.info.run_id}): "
 
@@ -411,8 +416,10 @@ def answer_head(parent: Run) -> str:
 def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     """The answer the sweep's end (or fnnlab-aggregate) stored on the parent, made again from
     the runs the store holds now, with the options it was made with, and compared exactly:
-    its tables (aggregate/*.csv, byte for byte), metrics and tags. None when the parent holds
-    no answer; NotCheckable when it cannot be made again or read."""
+    its tables (aggregate/*.csv, byte for byte), metrics and tags. First, every file the
+    answer wrote (its tables, report and plots) against the hash it recorded: one changed or
+    written again since (by hand, or by an fnnlab that records no hashes) is named. None
+    when the parent holds no answer; NotCheckable when it cannot be made again or read."""
     from fnnlab import aggregate, report  # pandas, scipy, matplotlib: only here
 
     pid = parent.info.run_id
@@ -432,25 +439,30 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     # Stored before its alpha and min_effect were recorded (both, or it is a changed tag).
     defaults = not {"aggregate.alpha", "aggregate.min_effect"} & tags.keys()
     check = AnswerCheck(parent, defaults=defaults)
-    try:
-        experiment = store.client.get_experiment(parent.info.experiment_id).name
-        sel = aggregate.select(
-            store.uri, experiment, parent_run_id=pid, filter_string=options.pop("filter")
-        )
-        agg = aggregate.aggregate(sel, **options)
-    except Exception as exc:  # the store went away, or its runs changed beyond aggregating
-        raise NotCheckable(f"it cannot be made again ({reason(exc)})") from None
-    tables = report.tables(agg)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, frame in tables.items():
+        stored_file = _reader(store, pid, tmp)
+        # The files first: one changed since is named even when the answer cannot be made.
+        written = provenance.read_digest(tags.get(provenance.FILES_TAG, ""))
+        for name, digest in written.items():
             if name not in stored_files:
-                check.diffs.append(f"aggregate/{name} not stored")
+                check.diffs.append(f"aggregate/{name} not stored (the answer wrote it: {FILES})")
+            elif provenance.file_hash(stored_file(name)) != digest:
+                check.diffs.append(f"aggregate/{name} is not the file the answer wrote ({FILES})")
+        try:
+            experiment = store.client.get_experiment(parent.info.experiment_id).name
+            sel = aggregate.select(
+                store.uri, experiment, parent_run_id=pid, filter_string=options.pop("filter")
+            )
+            agg = aggregate.aggregate(sel, **options)
+        except Exception as exc:  # the store went away, or its runs changed beyond aggregating
+            also = f"; and {check.diffs[0]}" if check.diffs else ""
+            raise NotCheckable(f"it cannot be made again ({reason(exc)}){also}") from None
+        for name, frame in report.tables(agg).items():
+            if name not in stored_files:
+                if name not in written:
+                    check.diffs.append(f"aggregate/{name} not stored")
                 continue
-            try:
-                path = store.client.download_artifacts(pid, f"aggregate/{name}", tmp)
-                stored = Path(path).read_bytes()
-            except (MlflowException, OSError) as exc:
-                raise NotCheckable(f"aggregate/{name} cannot be read ({reason(exc)})") from None
+            stored = stored_file(name)
             # Line ends as the machine that made it wrote them (a value may hold others).
             end = "\r\n" if stored.split(b"\n", 1)[0].endswith(b"\r") else "\n"
             now = frame.to_csv(index=False, lineterminator=end).encode("utf-8")
@@ -475,6 +487,22 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     if check.diffs:
         check.env = provenance.answer_env_diff(tags)
     return check
+
+
+def _reader(store: Store, run_id: str, tmp: str) -> Callable[[str], bytes]:
+    """The bytes of the run's aggregate/<name>, downloaded once into tmp."""
+    got: dict[str, bytes] = {}
+
+    def read(name: str) -> bytes:
+        if name not in got:
+            try:
+                path = store.client.download_artifacts(run_id, f"aggregate/{name}", tmp)
+                got[name] = Path(path).read_bytes()
+            except (MlflowException, OSError) as exc:
+                raise NotCheckable(f"aggregate/{name} cannot be read ({reason(exc)})") from None
+        return got[name]
+
+    return read
 
 
 def _answer_options(tags: dict[str, str]) -> dict[str, Any]:

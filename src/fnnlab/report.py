@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from fnnlab.aggregate import Aggregate, boundary_groups
 from fnnlab.compare import BOUNDARY_COLUMNS, is_whole, leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
-from fnnlab.tracking import Store, log_values
+from fnnlab.tracking import MAX_TAG_VALUE, Store, log_values
 
 # Summary columns as a person reads them.
 SUMMARY_COLUMNS = {
@@ -409,15 +410,21 @@ def answer_text(agg: Aggregate, views: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-# MLflow keeps at most this many characters of a tag value, the description included.
-MAX_DESCRIPTION = 8000
+# log_values keeps at most this many characters of a tag value, the description included:
+# a longer one would lose its end, cut mid-link, not give way as description() does.
+MAX_DESCRIPTION = MAX_TAG_VALUE
+# An earlier answer's files named on the description, at most; then how many more.
+SHOWN_EARLIER = 6
 
 
-def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "") -> str:
+def description(
+    agg: Aggregate, views: list[tuple[str, str]], overrides: str = "", earlier: Sequence[str] = ()
+) -> str:
     """The parent run's description (MLflow renders it as Markdown on the run's Overview):
-    the answer, the width x learning-rate table, the stability boundary, the links. Within
-    MLflow's tag limit: links (which name every run) and then tables give way to a pointer
-    at the report."""
+    the answer, the width x learning-rate table, the stability boundary, the links, and the
+    files under aggregate/ that are an earlier answer's (`earlier`: MLflow cannot delete
+    them, and a figure there would pass for this answer's). Within MLflow's tag limit: links
+    (which name every run) and then tables give way to a pointer at the report."""
     answer = leader_text(agg).splitlines()
     head = ["### " + answer[0], "", *[f"- {line}" for line in answer[1:]]]
     if no_run_finished(agg):
@@ -459,13 +466,19 @@ def description(agg: Aggregate, views: list[tuple[str, str]], overrides: str = "
         f"Sweep over `{overrides or '(no overrides)'}`: each child run is one job; running "
         "the same command again resumes it.",
     ]
+    stale = []
+    if earlier:
+        names = ", ".join(f"`aggregate/{name}`" for name in earlier[:SHOWN_EARLIER])
+        more = len(earlier) - SHOWN_EARLIER
+        names += f" and {more} more" if more > 0 else ""
+        stale = ["", f"Not of this answer: {names} (an earlier answer's; MLflow keeps them)."]
     if agg.selection.filter:
         # A filtered aggregation replaces the sweep's answer: say it is about a subset.
         head = [f"Only the runs matching `{agg.selection.filter}` (aggregate.filter).", "", *head]
     for parts in (
-        (head, tables, link_line, sweep),
-        (head, tables, short, sweep),
-        (head, short, sweep),
+        (head, tables, link_line, sweep, stale),
+        (head, tables, short, sweep, stale),
+        (head, short, sweep, stale),
     ):
         text = "\n".join(line for part in parts for line in part) + "\n"
         if len(text) <= MAX_DESCRIPTION:
@@ -698,18 +711,28 @@ def _rounded(value: float) -> float:
 
 def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]]) -> None:
     """Report, tables and plots under aggregate/ on the parent, parent_values, the answer
-    as the run's description, and what made it (aggregate.env.*)."""
+    as the run's description, what made it (aggregate.env.*) and the hash of every file it
+    wrote (aggregate.files)."""
     sel = agg.selection
     if sel.parent_run_id is None:
         return
     store = Store(client=sel.client, experiment_id=sel.experiment_id, uri=sel.uri)
+    written = {f.name for f in files}
+    stored = sel.client.list_artifacts(sel.parent_run_id, "aggregate")
+    # A folder there (logged by hand or by another tool): its name and a slash.
+    earlier = sorted(
+        Path(a.path).name + ("/" if a.is_dir else "")
+        for a in stored
+        if Path(a.path).name not in written
+    )
     # The files written, not the whole folder: it may hold other things (even the store).
     for f in files:
         sel.client.log_artifact(sel.parent_run_id, str(f), artifact_path="aggregate")
     metrics, tags = parent_values(agg)
     overrides = sel.client.get_run(sel.parent_run_id).data.tags.get(Tag.SWEEP_OVERRIDES, "")
-    tags[Tag.NOTE] = description(agg, views, overrides)
+    tags[Tag.NOTE] = description(agg, views, overrides, earlier)
     tags |= provenance.answer_env_tags()  # what made it, for fnnlab-replay
+    tags[provenance.FILES_TAG] = provenance.files_digest({f.name: f.read_bytes() for f in files})
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
 
 
