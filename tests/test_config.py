@@ -88,6 +88,15 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(
     check_refused(store, before, status, capsys.readouterr().err, named)
 
 
+def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):
+    store = store_with_a_run
+    before = store.db_bytes()
+    status = run_in_process(monkeypatch, cli.train, "optim.lr=0.1", "~optim.lr", *store.overrides())
+    line = capsys.readouterr().err.strip()
+    assert status == 2 and line.startswith("fnnlab-train: error: ~optim.lr: "), line
+    assert "\n" not in line and store.db_bytes() == before
+
+
 SCRIPT_CASES = [BAD[0], BAD[3], BAD[-1]]
 
 

@@ -347,6 +347,23 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    # Its options not recorded, so made with the defaults (which make it): a file changed
+    # since is a difference, not a sign that the defaults are not the options it had.
+    for key in ("aggregate.alpha", "aggregate.min_effect"):
+        store.client.delete_tag(pid, key)
+    (changed / "report.md").write_text("edited")
+    store.client.log_artifact(pid, str(changed / "report.md"), "aggregate")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    defaults = "(alpha and min_effect were not recorded with it: their defaults taken)"
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"{head}differs {defaults}: aggregate/report.md is not the file the answer wrote "
+            "(tag aggregate.files); since then: "
+        )
+    )
 
 
 def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:

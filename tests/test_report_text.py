@@ -191,7 +191,8 @@ def test_the_description_fits_the_tag_and_keeps_what_is_not_of_this_answer() -> 
     earlier = [f"old_{i}.png" for i in range(10)] + ["sub/"]
     listed = ", ".join(f"`aggregate/old_{i}.png`" for i in range(report.SHOWN_EARLIER))
     tail = f"Not of this answer: {listed} and 5 more (an earlier answer's; MLflow keeps them).\n"
-    for n, linked in ((1, True), (400, False), (4000, False)):
+    # 100 links make about 6,000 characters: within MLflow's 8,000, beyond what is kept.
+    for n, linked in ((1, True), (100, False), (4000, False)):
         views = [("report", "http://127.0.0.1:5000/report")] + [
             (f"h8-lr0.1-s{i}", f"http://127.0.0.1:5000/#/runs/{i:032x}") for i in range(n)
         ]
@@ -200,3 +201,15 @@ def test_the_description_fits_the_tag_and_keeps_what_is_not_of_this_answer() -> 
         assert note.startswith("### ") and ("h8-lr0.1-s0" in note) == linked
         assert "Mean final_loss" in note and ("More: [report]" in note) != linked
     assert not report.description(agg, views, "optim.lr=0.1,1").rstrip().endswith("them).")
+
+    # So many tied configurations that the answer's lines alone are too long: they give way
+    # after a whole configuration; the links to the report, the sweep and the earlier files stay.
+    agg = answer_of("final_loss", {lr / 1000: [0.3, 0.31, 0.29] for lr in range(1, 301)})
+    agg.selection.filter = None
+    agg.runs["status"] = "FINISHED"
+    note = report.description(agg, views, "optim.lr=...", earlier)
+    assert len(note) <= MAX_TAG_VALUE and note.endswith(tail), note[-500:]
+    head, rest = note.split("…\n")
+    assert head.startswith("### leader: ") and "\n- tied with the leader: lr=0.002 (" in head
+    assert head.endswith(" (+0, p_adj 1); ") and len(note) > MAX_TAG_VALUE - 100
+    assert rest.startswith("\nMore: [report]") and "Sweep over `optim.lr=...`" in rest

@@ -325,12 +325,12 @@ def _key_value(exc: BaseException) -> str | None:
 
 
 def _override(key: str) -> str:
-    """'key=value' as the command line gave it (the last, as Hydra takes it), or the key
-    alone."""
+    """'key=value' as the command line gave it (the last, as Hydra takes it; a deletion
+    as '~key'), or the key alone."""
     for arg in reversed(sys.argv[1:]):
         name, _, value = arg.lstrip("+~").partition("=")
         if name == key:
-            return f"{key}={value}"
+            return arg if arg.startswith("~") else f"{key}={value}"
     return key
 
 

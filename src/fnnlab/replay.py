@@ -443,11 +443,12 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
         stored_file = _reader(store, pid, tmp)
         # The files first: one changed since is named even when the answer cannot be made.
         written = provenance.read_digest(tags.get(provenance.FILES_TAG, ""))
+        files = []
         for name, digest in written.items():
             if name not in stored_files:
-                check.diffs.append(f"aggregate/{name} not stored (the answer wrote it: {FILES})")
+                files.append(f"aggregate/{name} not stored (the answer wrote it: {FILES})")
             elif provenance.file_hash(stored_file(name)) != digest:
-                check.diffs.append(f"aggregate/{name} is not the file the answer wrote ({FILES})")
+                files.append(f"aggregate/{name} is not the file the answer wrote ({FILES})")
         try:
             experiment = store.client.get_experiment(parent.info.experiment_id).name
             sel = aggregate.select(
@@ -455,8 +456,9 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             )
             agg = aggregate.aggregate(sel, **options)
         except Exception as exc:  # the store went away, or its runs changed beyond aggregating
-            also = f"; and {check.diffs[0]}" if check.diffs else ""
-            raise NotCheckable(f"it cannot be made again ({reason(exc)}){also}") from None
+            raise NotCheckable(
+                f"it cannot be made again ({reason(exc)}){_and_files(files)}"
+            ) from None
         for name, frame in report.tables(agg).items():
             if name not in stored_files:
                 if name not in written:
@@ -482,11 +484,21 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     if defaults and check.diffs:  # other options may have made it
         raise NotCheckable(
             "its alpha and min_effect were not recorded, and their defaults do not make it "
-            f"again ({check.diffs[0]})"
+            f"again ({check.diffs[0]}){_and_files(files)}"
         )
+    check.diffs[:0] = files  # named first: they may be why the answer differs
     if check.diffs:
         check.env = provenance.answer_env_diff(tags)
     return check
+
+
+def _and_files(files: list[str]) -> str:
+    """The answer's files changed since, after why it cannot be checked: "; and <the first>
+    (and N more files)"."""
+    if not files:
+        return ""
+    more = f" (and {len(files) - 1} more files)" if len(files) > 1 else ""
+    return f"; and {files[0]}{more}"
 
 
 def _reader(store: Store, run_id: str, tmp: str) -> Callable[[str], bytes]:

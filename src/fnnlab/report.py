@@ -478,12 +478,27 @@ def description(
     for parts in (
         (head, tables, link_line, sweep, stale),
         (head, tables, short, sweep, stale),
-        (head, short, sweep, stale),
     ):
-        text = "\n".join(line for part in parts for line in part) + "\n"
+        text = _joined(*parts)
         if len(text) <= MAX_DESCRIPTION:
             return text
-    return text[: MAX_DESCRIPTION - 2] + "…\n"
+    # The answer's lines (one per tied configuration) give way last, cut at the end.
+    tail = _joined(short, sweep, stale)
+    room = MAX_DESCRIPTION - len(tail) - 2
+    text = _joined(head)
+    if len(text) <= room:
+        return text + tail
+    if room <= 0:  # a filter or overrides of thousands of characters
+        return (text + tail)[: MAX_DESCRIPTION - 2] + "…\n"
+    # After the last whole configuration ("lr=0.1 (+0.01, p_adj 1); ") or line.
+    cut = text[:room]
+    entry = cut.rfind("; ")
+    end = max(entry + 2 if entry >= 0 else 0, cut.rfind("\n") + 1)
+    return cut[:end] + "…\n" + tail
+
+
+def _joined(*parts: list[str]) -> str:
+    return "\n".join(line for part in parts for line in part) + "\n"
 
 
 def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
