@@ -29,6 +29,7 @@ from server_fixtures import TrackingServer, free_port, stop_group
 
 from fnnlab import cli
 from fnnlab.config import ConfigValueError, masked_uri, password_to_env
+from fnnlab.provenance import read_digest
 
 SECRET = "s3cr3t-pw"
 URIS = [
@@ -284,6 +285,9 @@ def run_commands(uri: str, experiment: str, root: Path, *sweep_args: str) -> dic
         assert out.returncode == 0, f"{name}: {out.stdout}\n{out.stderr}"
         printed[f"{name} stdout"], printed[f"{name} stderr"] = out.stdout, out.stderr
     assert len(list(root.glob("multirun/*/.hydra/overrides.yaml"))) == 4
+    # The answer is made again and its files checked against their hashes, through this store.
+    last = printed["replay stdout"].strip().splitlines()[-1]
+    assert last.startswith("the sweep's answer") and last.endswith("): identical"), last
     return printed
 
 
@@ -296,6 +300,7 @@ def check_runs(client: MlflowClient, experiment: str, uri_without_password: str)
     (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")
     assert f"tracking.uri={uri_without_password}" in parent.data.tags["sweep_overrides"]
     assert "aggregate" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "runs.csv"} <= read_digest(parent.data.tags["aggregate.files"]).keys()
 
 
 def pg_bin(name: str) -> str:

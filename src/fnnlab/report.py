@@ -423,8 +423,9 @@ def description(
     """The parent run's description (MLflow renders it as Markdown on the run's Overview):
     the answer, the width x learning-rate table, the stability boundary, the links, and the
     files under aggregate/ that are an earlier answer's (`earlier`: MLflow cannot delete
-    them, and a figure there would pass for this answer's). Within MLflow's tag limit: links
-    (which name every run) and then tables give way to a pointer at the report."""
+    them, and a figure there would pass for this answer's). Within what log_values keeps of a
+    tag: the links (which name every run) give way to one to the report, then the tables,
+    then the end of the answer's lines; the sweep's line and the earlier files stay."""
     answer = leader_text(agg).splitlines()
     head = ["### " + answer[0], "", *[f"- {line}" for line in answer[1:]]]
     if no_run_finished(agg):
@@ -482,7 +483,7 @@ def description(
         text = _joined(*parts)
         if len(text) <= MAX_DESCRIPTION:
             return text
-    # The answer's lines (one per tied configuration) give way last, cut at the end.
+    # Last, the end of the answer's lines (its tied line lists every tied configuration).
     tail = _joined(short, sweep, stale)
     room = MAX_DESCRIPTION - len(tail) - 2
     text = _joined(head)
