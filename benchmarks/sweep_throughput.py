@@ -15,6 +15,7 @@ Runs the same 60-run sweep (hidden_dim 8, 32, 128 x lr 0.001, 0.01, 0.1, 1.0 x 5
 
 then the long sweep (hidden_dim 8, 16, 32 x lr 0.001, 0.003, 0.01, 0.03 x 5 seeds, 2,000
 epochs, plots on: 12,000 metric values a run) the default way, and at the --baseline commit,
+against the store's own inserts of its rows (sqlite3 alone, benchmarks/write_run.py),
 then fnnlab on a 1,000-run sweep (5 widths x 4 rates x 50 seeds) and, with --huge 10000,
 on a 10,000-run one, against the 1,000-run sweep.
 
@@ -291,6 +292,19 @@ def floor(seeds: int) -> Result:
     return Result("floor (training only)", n, 1000 * (time.perf_counter() - start) / n)
 
 
+def store_floor(runs: int, repeat: int) -> Result:
+    """The long sweep's rows (6 series of LONG_EPOCHS values a run, the latest values, 30
+    params, a tag) inserted into a new store's MLflow tables with sqlite3 alone, one
+    transaction a run (write_run.store_alone_runs). SQLite takes one writer at a time, so
+    no way into one SQLite store can write a sweep faster: every other part of a sweep has
+    to fit in what remains of its time or run beside these inserts."""
+    from write_run import store_alone_runs
+
+    print(f"the store's inserts alone: {runs} runs ...", file=sys.stderr, flush=True)
+    all_ms = tuple(sum(store_alone_runs(LONG_EPOCHS, runs)) / runs for _ in range(repeat))
+    return Result("the store's inserts alone (sqlite3)", runs, min(all_ms), None, all_ms)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         way, uri, mark, workers, _, *argv = sys.argv[2:]
@@ -345,6 +359,7 @@ def main() -> None:
                     long_results.append(
                         repeated(name, "fnnlab", long_grid(opts.seeds), long_n, at, opts, py)
                     )
+                long_results.append(store_floor(long_n, opts.repeat))
         finally:
             if python:
                 remove_worktree(python)
@@ -425,7 +440,8 @@ def main() -> None:
         print()
         print(f"| {'way':<42} | {'runs/s':>7} | {'ms/run':>7} | {'x before':>8} | each repeat |")
         print(f"|{'-' * 44}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 13}|")
-        for r in long_results:
+        floor_row, long_results = long_results[-1], long_results[:-1]
+        for r in [*long_results, floor_row]:
             spread = ", ".join(f"{ms:.0f}" for ms in r.all_ms)
             ratio = r.runs_per_s / long_results[-1].runs_per_s
             print(
@@ -433,7 +449,21 @@ def main() -> None:
                 f"| {spread} |"
             )
         print()
-        print("x before: throughput relative to the last row (the version before, if given).")
+        print(
+            "x before: throughput relative to the version before (the second row, if given; "
+            "else the first)."
+        )
+        print(
+            "the store's inserts alone: the same rows put into MLflow's tables by sqlite3, "
+            "one transaction a run, no MLflow (benchmarks/write_run.py); SQLite takes one "
+            "writer at a time, so no sweep into one SQLite store writes faster."
+        )
+        if opts.baseline:
+            before = long_results[-1]
+            print(
+                f"4x the version before allows {before.ms_per_run / 4:.1f} ms/run, of which the "
+                f"store's inserts alone take {floor_row.ms_per_run:.1f}"
+            )
 
 
 if __name__ == "__main__":
