@@ -124,7 +124,7 @@ def test_a_later_sweep_reuses_and_links_finished_runs(store):
     assert first.returncode == 0, first.stderr[-2000:]
     second = run_script("fnnlab-train", "-m", "model.hidden_dim=2,4,8", *store.overrides())
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "3 finished (0 diverged, 2 reused from other sweeps)" in second.stdout
+    assert "3 finished (0 diverged, 2 reused from outside this sweep)" in second.stdout
     one_finished_per_config(store.runs(), 3)
     parent = next(
         p
@@ -134,7 +134,7 @@ def test_a_later_sweep_reuses_and_links_finished_runs(store):
     sel = select(store.uri, store.experiment, parent_run_id=parent.info.run_id)
     assert len(sel.runs) == 3 and sel.reused == 2
     texts = [p.read_text() for p in store.root.glob("multirun/*/aggregate/report.md")]
-    assert any("2 of them made by other sweeps" in t for t in texts)
+    assert any("2 of them made outside this sweep" in t for t in texts)
 
 
 def dead_pid() -> int:

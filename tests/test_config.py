@@ -48,6 +48,19 @@ BAD = [
     (["ui.port=65536"], "ui.port=65536"),
     (["-m", "ui.port=-1", "seed=0,1"], "ui.port=-1"),
     (["-m", "hydra.launcher.n_jobs=0", "model.hidden_dim=4,8"], "hydra.launcher.n_jobs=0"),
+    # A value only a running job can resolve: the sweep checks every job before any starts.
+    (["-m", "seed=${hydra:job.num}", "optim.lr=0.1,0.2"], "seed=${hydra:job.num}"),
+    # Settings Hydra's own plugins fail on only after the sweep has begun.
+    (
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1"],
+        "hydra.launcher.n_jobs=0",
+    ),
+    (["-m", "hydra.sweeper.max_batch_size=-3", "seed=0,1"], "hydra.sweeper.max_batch_size=-3"),
+    (["-m", "hydra.sweeper.max_batch_size=0", "seed=0,1"], "hydra.sweeper.max_batch_size=0"),
+    (
+        ["-m", "hydra/sweeper=basic", "hydra.sweeper.max_batch_size=0", "seed=0,1"],
+        "hydra.sweeper.max_batch_size=0",
+    ),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
     (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),
@@ -95,6 +108,17 @@ def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):
     line = capsys.readouterr().err.strip()
     assert status == 2 and line.startswith("fnnlab-train: error: ~optim.lr: "), line
     assert "\n" not in line and store.db_bytes() == before
+
+
+def test_a_value_only_a_job_resolves_is_named_as_such(store_with_a_run, monkeypatch, capsys):
+    store = store_with_a_run
+    before = store.db_bytes()
+    args = ["-m", "seed=${hydra:job.num}", "optim.lr=0.1,0.2", *store.overrides()]
+    status = run_in_process(monkeypatch, cli.train, *args)
+    line = capsys.readouterr().err.strip()
+    assert status == 2 and line.startswith("fnnlab-train: error: seed=${hydra:job.num}: "), line
+    assert "resolves only inside a running job" in line and "\n" not in line
+    assert store.db_bytes() == before
 
 
 SCRIPT_CASES = [BAD[0], BAD[3], BAD[-1]]

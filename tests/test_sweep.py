@@ -452,7 +452,7 @@ def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(stor
     assert "Traceback" not in out.stderr
     assert (
         "fnnlab-train: error: a worker process ended in the middle of its jobs (exit code "
-        "{SIGKILL(-9)}); the sweep stopped. Rerun the same command to run the jobs that did "
+        "SIGKILL(-9)); the sweep stopped. Rerun the same command to run the jobs that did "
         "not finish"
     ) in out.stderr.splitlines()
     parents, children = split_runs(store)

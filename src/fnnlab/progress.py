@@ -64,7 +64,7 @@ class SweepProgress:
         """The sweep's closing line: its configurations as the store holds them."""
         elapsed = _duration(time.monotonic() - self.started)
         running = f", {counts['running']} still running" if counts["running"] else ""
-        reused = f", {counts['reused']} reused from other sweeps" if counts["reused"] else ""
+        reused = f", {counts['reused']} reused from outside this sweep" if counts["reused"] else ""
         return (
             f"[sweep] {sweep_id} done in {elapsed}: {counts['finished']} finished "
             f"({counts['diverged']} diverged{reused}), {counts['failed']} failed{running}; "

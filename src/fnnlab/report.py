@@ -569,7 +569,7 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         f"{counts.get('RUNNING', 0)} still running"
         + (f"; {sel.superseded} earlier attempts superseded by reruns" if sel.superseded else "")
         + (
-            f"; {sel.reused} of them made by other sweeps (same configuration) and reused here"
+            f"; {sel.reused} of them made outside this sweep (same configuration) and reused here"
             if sel.reused
             else ""
         )

@@ -43,6 +43,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from fnnlab import claims, internals, links, progress, storeguard
 from fnnlab.config import ConfigValueError, check_values, fingerprint
@@ -106,7 +107,7 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
     prints = []
     for overrides in jobs:
         cfg = internals.load_task_config(loader, master, list(overrides))
-        check_values(cfg)
+        check_job_values(cfg)
         for key in ("tracking.uri", "tracking.experiment"):
             if OmegaConf.select(cfg, key) != OmegaConf.select(master, key):
                 raise ConfigValueError(
@@ -114,6 +115,30 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
                 )
         prints.append(fingerprint(cfg))
     return prints
+
+
+def check_job_values(cfg: DictConfig) -> None:
+    """check_values, with a value that resolves only inside a running job (Hydra's
+    ${hydra:job.num}) named as such."""
+    try:
+        check_values(cfg)
+    except InterpolationResolutionError as exc:
+        if "HydraConfig was not set" not in str(exc) or not exc.full_key:
+            raise
+        raise ConfigValueError(
+            exc.full_key,
+            _unresolved(cfg, exc.full_key),
+            "resolves only inside a running job (${hydra:...}), and a sweep checks every "
+            "job's config before any starts: give the values themselves (key=0,1,2)",
+        ) from None
+
+
+def _unresolved(cfg: DictConfig, key: str) -> Any:
+    """The value at a dotted key as written, interpolations unresolved."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def jobs_to_run(
@@ -367,6 +392,27 @@ def wait_for_others(store: Store, parent_run_id: str, sweep_dir: str, remote_aft
 # --- one invocation ---------------------------------------------------------------------------
 
 
+def check_hydra_plugins(hydra: DictConfig) -> None:
+    """Settings that Hydra's own sweeper and joblib launcher take without a word and fail on
+    only once the sweep has begun, its parent run made (fnnlab's plugins refuse them when
+    they are made)."""
+    size = hydra.sweeper.get("max_batch_size")
+    if size is not None and size < 1:
+        raise ConfigValueError(
+            "hydra.sweeper.max_batch_size",
+            size,
+            "must be at least 1 (jobs per launch), or null to launch every job at once",
+        )
+    joblib = str(hydra.launcher.get("_target_", "")).startswith("hydra_plugins.hydra_joblib")
+    if joblib and hydra.launcher.get("n_jobs") == 0:
+        raise ConfigValueError(
+            "hydra.launcher.n_jobs",
+            0,
+            "must not be 0 with Hydra's joblib launcher (joblib's n_jobs: worker processes, "
+            "or -1 for one per core)",
+        )
+
+
 class Sweep:
     """One sweep invocation, from its check to its parent run's end, in the process that
     runs the sweep."""
@@ -385,8 +431,9 @@ class Sweep:
             # hydra.launcher.n_jobs=0), but Hydra makes them only after this callback.
             for plugin in ("launcher", "sweeper"):
                 instantiate(config.hydra[plugin])
+            check_hydra_plugins(config.hydra)
             jobs = expand(arguments, loader)
-            check_values(internals.without_hydra(config))
+            check_job_values(internals.without_hydra(config))
             # Every configuration the sweep must end with a run of (None: the sweeper's).
             self.prints = None if jobs is None else set(check_jobs(loader, config, jobs))
             try:  # jobs find their parent by this folder, through a filter

@@ -183,8 +183,10 @@ class WorkerDied(RuntimeError):
     def __init__(self, cause: BaseException) -> None:
         from fnnlab.storeguard import first_line
 
-        codes = re.search(r"exit codes of the workers are (\{.*?\})", str(cause))
-        how = f"exit code {codes[1]}" if codes else first_line(cause)
+        # loky names them as a set: "{SIGKILL(-9)}".
+        codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(cause))
+        plural = "s" if codes and "," in codes[1] else ""
+        how = f"exit code{plural} {codes[1]}" if codes else first_line(cause)
         super().__init__(
             f"a worker process ended in the middle of its jobs ({how}); the sweep stopped. "
             "Rerun the same command to run the jobs that did not finish"

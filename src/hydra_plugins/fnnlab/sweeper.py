@@ -51,6 +51,11 @@ class FnnlabSweeper(Sweeper):
         summarize: bool = True,
         resume_match: str = "code",
     ) -> None:
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(
+                f"hydra.sweeper.max_batch_size={max_batch_size}: must be at least 1 (jobs per "
+                "launch), or null to launch every job at once"
+            )
         if resume_match not in ("code", "config"):
             raise ValueError(
                 f"hydra.sweeper.resume_match={resume_match}: must be one of code, config"
@@ -92,7 +97,7 @@ class FnnlabSweeper(Sweeper):
             self.resume_match,
         )
         returns, held = [], []
-        size = self.max_batch_size or max(len(todo), 1)
+        size = self.max_batch_size or max(len(todo), 1)  # null: every job in one launch
         for start in range(0, len(todo), size):
             batch = todo[start : start + size]
             results = self.launcher.launch(batch, initial_job_idx=start)
