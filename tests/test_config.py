@@ -48,8 +48,6 @@ BAD = [
     (["ui.port=65536"], "ui.port=65536"),
     (["-m", "ui.port=-1", "seed=0,1"], "ui.port=-1"),
     (["-m", "hydra.launcher.n_jobs=0", "model.hidden_dim=4,8"], "hydra.launcher.n_jobs=0"),
-    # A value only a running job can resolve: the sweep checks every job before any starts.
-    (["-m", "seed=${hydra:job.num}", "optim.lr=0.1,0.2"], "seed=${hydra:job.num}"),
     # Settings Hydra's own plugins fail on only after the sweep has begun.
     (
         ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1"],
@@ -110,15 +108,35 @@ def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):
     assert "\n" not in line and store.db_bytes() == before
 
 
-def test_a_value_only_a_job_resolves_is_named_as_such(store_with_a_run, monkeypatch, capsys):
+JOB_ONLY = [
+    (["seed=${hydra:job.num}", "optim.lr=0.1,0.2"], "seed=${hydra:job.num}"),
+    (["seed=${hydra:job.num},5"], "seed=${hydra:job.num},5"),
+    (["data.features=[0,${hydra:job.num}]", "seed=0,1"], "data.features=[0,${hydra:job.num}]"),
+    # A key the checks do not read, and one read before them (the basic sweeper went on
+    # without a parent run, its jobs in experiments "0" and "1").
+    (["data.normalize=${hydra:job.num}", "seed=0,1"], "data.normalize=${hydra:job.num}"),
+    (
+        ["hydra/sweeper=basic", "tracking.experiment=${hydra:job.num}", "seed=0,1"],
+        "tracking.experiment=${hydra:job.num}",
+    ),
+    # Through another key: the one that reads the job is named.
+    (
+        ["seed=${model.hidden_dim}", "model.hidden_dim=${hydra:job.num}", "optim.lr=0.1,0.2"],
+        "model.hidden_dim=${hydra:job.num}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), JOB_ONLY, ids=[" ".join(a) for a, _ in JOB_ONLY])
+def test_a_value_only_a_job_resolves_is_named_as_such(store_with_a_run, args, named):
+    # A process of its own: in this one, HydraConfig still holds an earlier job's config.
     store = store_with_a_run
     before = store.db_bytes()
-    args = ["-m", "seed=${hydra:job.num}", "optim.lr=0.1,0.2", *store.overrides()]
-    status = run_in_process(monkeypatch, cli.train, *args)
-    line = capsys.readouterr().err.strip()
-    assert status == 2 and line.startswith("fnnlab-train: error: seed=${hydra:job.num}: "), line
-    assert "resolves only inside a running job" in line and "\n" not in line
-    assert store.db_bytes() == before
+    proc = run_script("fnnlab-train", "-m", *store.overrides(), *args)  # args win
+    status, err = proc.returncode, proc.stderr.strip()
+    assert status == 2 and err.startswith(f"fnnlab-train: error: {named}: "), err
+    assert "resolves only inside a running job" in err and "\n" not in err
+    assert store.db_bytes() == before and len(store.runs()) == 1
 
 
 SCRIPT_CASES = [BAD[0], BAD[3], BAD[-1]]

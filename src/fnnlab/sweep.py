@@ -43,7 +43,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
 
 from fnnlab import claims, internals, links, progress, storeguard
 from fnnlab.config import ConfigValueError, check_values, fingerprint
@@ -107,7 +106,7 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
     prints = []
     for overrides in jobs:
         cfg = internals.load_task_config(loader, master, list(overrides))
-        check_job_values(cfg)
+        check_values(cfg)
         for key in ("tracking.uri", "tracking.experiment"):
             if OmegaConf.select(cfg, key) != OmegaConf.select(master, key):
                 raise ConfigValueError(
@@ -117,28 +116,46 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
     return prints
 
 
-def check_job_values(cfg: DictConfig) -> None:
-    """check_values, with a value that resolves only inside a running job (Hydra's
-    ${hydra:job.num}) named as such."""
-    try:
-        check_values(cfg)
-    except InterpolationResolutionError as exc:
-        if "HydraConfig was not set" not in str(exc) or not exc.full_key:
-            raise
-        raise ConfigValueError(
-            exc.full_key,
-            _unresolved(cfg, exc.full_key),
-            "resolves only inside a running job (${hydra:...}), and a sweep checks every "
-            "job's config before any starts: give the values themselves (key=0,1,2)",
-        ) from None
+def job_only_value(
+    exc: BaseException, arguments: list[str], config: DictConfig
+) -> ConfigValueError | None:
+    """For an error of a value that resolves only inside a running job (Hydra's
+    ${hydra:job.num}: "HydraConfig was not set" outside one), the error that says so, naming
+    the first such value of the command line as typed, or else of the config; None for any
+    other error."""
+    causes = (exc, exc.__cause__, exc.__context__)
+    if not any("HydraConfig was not set" in str(e) for e in causes if e is not None):
+        return None
+    named = next(
+        (
+            a.lstrip("+")
+            for a in arguments
+            if "${hydra:" in a.partition("=")[2] and not a.lstrip("+~").startswith("hydra.")
+        ),
+        None,
+    )
+    if named is None:
+        task = OmegaConf.to_container(internals.without_hydra(config), resolve=False)
+        named = _first_hydra_value(task)
+    if named is None:
+        return None
+    key, _, value = named.partition("=")
+    why = (
+        "resolves only inside a running job (${hydra:...}), and a sweep checks every job's "
+        "config before any starts: give the values themselves (key=0,1,2)"
+    )
+    return ConfigValueError(key, value, why)
 
 
-def _unresolved(cfg: DictConfig, key: str) -> Any:
-    """The value at a dotted key as written, interpolations unresolved."""
-    node: Any = OmegaConf.to_container(cfg, resolve=False)
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def _first_hydra_value(node: Any, key: str = "") -> str | None:
+    """'key=value' of the first value under node that holds a ${hydra:...} interpolation."""
+    if isinstance(node, dict):
+        items = [(f"{key}.{k}" if key else str(k), v) for k, v in node.items()]
+    elif isinstance(node, list):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(node)]
+    else:
+        return f"{key}={node}" if isinstance(node, str) and "${hydra:" in node else None
+    return next((found for k, v in items if (found := _first_hydra_value(v, k))), None)
 
 
 def jobs_to_run(
@@ -424,16 +441,20 @@ class Sweep:
         from hydra.utils import instantiate
 
         arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-        experiment = config.tracking.experiment
         loader = internals.config_loader(GlobalHydra.instance().config_loader())
         try:
+            task = internals.without_hydra(config)
+            # Every value resolved: one that resolves only inside a running job fails here,
+            # and so before any run exists (job_only_value names it).
+            OmegaConf.to_container(task, resolve=True)
+            experiment = config.tracking.experiment
             # The launcher and sweeper settings: their constructors refuse bad ones (say
             # hydra.launcher.n_jobs=0), but Hydra makes them only after this callback.
             for plugin in ("launcher", "sweeper"):
                 instantiate(config.hydra[plugin])
             check_hydra_plugins(config.hydra)
             jobs = expand(arguments, loader)
-            check_job_values(internals.without_hydra(config))
+            check_values(task)
             # Every configuration the sweep must end with a run of (None: the sweeper's).
             self.prints = None if jobs is None else set(check_jobs(loader, config, jobs))
             try:  # jobs find their parent by this folder, through a filter
@@ -444,7 +465,8 @@ class Sweep:
                 ) from None
             self.store = open_store(config.tracking.uri, experiment)
         except Exception as exc:
-            raise SweepRefused(str(exc)) from exc
+            cause = job_only_value(exc, arguments, config) or exc
+            raise SweepRefused(str(cause)) from cause
         self.id = sweep_id(arguments, experiment)
         self.dir = str(config.hydra.sweep.dir)
         self.experiment = experiment
