@@ -53,6 +53,15 @@ BAD = [
         ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1"],
         "hydra.launcher.n_jobs=0",
     ),
+    # joblib's own checks, run on no jobs before the sweep begins.
+    (
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.batch_size=0", "seed=0,1"],
+        "hydra.launcher.batch_size=0",
+    ),
+    (
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=bogus", "seed=0,1"],
+        "hydra.launcher.pre_dispatch=bogus",
+    ),
     (["-m", "hydra.sweeper.max_batch_size=-3", "seed=0,1"], "hydra.sweeper.max_batch_size=-3"),
     (["-m", "hydra.sweeper.max_batch_size=0", "seed=0,1"], "hydra.sweeper.max_batch_size=0"),
     (

@@ -296,7 +296,8 @@ def private_uses(path: Path) -> list[str]:
         where = f"{path.relative_to(SRC)}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             parts = node.module.split(".")
-            ours = parts[0] in ("fnnlab", "hydra_plugins") or node.module == "__future__"
+            ours = parts[0] == "fnnlab" or parts[:2] == ["hydra_plugins", "fnnlab"]
+            ours = ours or node.module == "__future__"
             if not ours and (
                 any(p.startswith("_") for p in parts)
                 or node.module.startswith("mlflow.store")
@@ -330,6 +331,7 @@ def test_internals_module_is_where_they_are():
     assert any("hydra._internal" in u for u in uses)
     assert any("_tracking_client" in u for u in uses)
     assert any("__dict__" in u for u in uses)
+    assert any("hydra_joblib_launcher._core" in u for u in uses)
 
 
 def test_other_versions_take_the_public_paths():

@@ -17,9 +17,10 @@ of a sweep's time (measured, README "Speed"):
   "Speed" has what it saves). Validated before the transaction, and on SQLite inserted
   through the driver, so that SQLite's one write lock is held for the inserts alone.
 
-It also holds the two other private names fnnlab needs: the SQLAlchemy engine of the
-store a client opened (to make the embedded store durable, see durable_sqlite) and the
-exception of a failed Hydra job (JobReturn.return_value raises it, after printing a line).
+It also holds the three other private names fnnlab needs: the SQLAlchemy engine of the
+store a client opened (to make the embedded store durable, see durable_sqlite), the
+exception of a failed Hydra job (JobReturn.return_value raises it, after printing a line)
+and how Hydra's joblib launcher converts its settings for joblib (to check them up front).
 
 Each was written for the versions in constraints.txt and is checked here, at import: with
 other versions installed, or FNNLAB_FAST_PATHS=0, every function below takes the public
@@ -331,6 +332,26 @@ def job_error(job_return: Any) -> BaseException | None:
     if job_return.status == JobStatus.COMPLETED:
         return None
     return job_return._return_value
+
+
+# --- Hydra's joblib launcher: what it hands joblib ----------------------------------------------
+
+
+def joblib_settings(launcher: DictConfig) -> dict[str, Any] | None:
+    """The keyword arguments Hydra's joblib launcher gives joblib.Parallel for these
+    settings: the loky backend, and strings of numbers made numbers by its private
+    process_joblib_cfg. None on the public path, or when the plugin has no such function."""
+    if not FAST:
+        return None
+    try:
+        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    except ImportError:
+        return None
+    settings = OmegaConf.to_container(launcher, resolve=True)
+    settings.pop("_target_", None)
+    settings["backend"] = "loky"
+    process_joblib_cfg(settings)
+    return settings
 
 
 # --- MLflow: the SQL store ------------------------------------------------------------------

@@ -428,6 +428,46 @@ def check_hydra_plugins(hydra: DictConfig) -> None:
             "must not be 0 with Hydra's joblib launcher (joblib's n_jobs: worker processes, "
             "or -1 for one per core)",
         )
+    if joblib:
+        check_joblib(hydra.launcher)
+
+
+def check_joblib(launcher: DictConfig) -> None:
+    """joblib's own checks of Hydra's joblib launcher's settings, run on no jobs (no worker
+    starts): batch_size=0 or pre_dispatch=bogus otherwise fail at launch. Names the setting
+    that fails with the others at joblib's defaults (n_jobs kept), else n_jobs."""
+    import warnings
+
+    from joblib import Parallel
+
+    settings = internals.joblib_settings(launcher)
+    if settings is None:
+        return
+    settings["verbose"] = 0  # no progress line for the empty launch
+
+    def fails(**kwargs: Any) -> Exception | None:
+        try:
+            with warnings.catch_warnings():  # "timeout is not used" with one job, say
+                warnings.simplefilter("ignore")
+                Parallel(**kwargs)([])
+        except Exception as exc:
+            return exc
+        return None
+
+    error = fails(**settings)
+    if error is None:
+        return
+    n_jobs = settings["n_jobs"]
+    named = "n_jobs"
+    for key, value in settings.items():
+        if key not in ("n_jobs", "backend") and fails(
+            n_jobs=n_jobs, backend="loky", **{key: value}
+        ):
+            named = key
+            break
+    raise ConfigValueError(
+        f"hydra.launcher.{named}", launcher[named], f"joblib refuses it: {first_line(error)}"
+    )
 
 
 class Sweep:
