@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
 from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
 import torch
-from conftest import TmpStore, run_script
+from conftest import BIN, TmpStore, run_script
 
 from fnnlab import links, progress, ui
 from fnnlab.data import load_iris2
@@ -58,6 +60,25 @@ def test_help_explains_the_app() -> None:
     assert "model: fnn" in text and "tracking: server, sqlite" in text
     assert "experiment: reference" in text
     assert "  hidden_dim: 32" in text and "  lr: 0.001" in text
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    # `fnnlab-train --help | head -1`: the pipe's reader is gone before the help is printed
+    # (closed here before the command starts, so the write always fails).
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [str(BIN / "fnnlab-train"), "--help"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 1
+    assert proc.stderr == ""
 
 
 def test_single_run_ends_with_one_line(store: TmpStore) -> None:

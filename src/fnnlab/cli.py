@@ -403,6 +403,13 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
             # Why the sweep could not start (a bad job config, the store): reported as if
             # raised directly.
             raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
+        except BrokenPipeError:
+            # The reader of stdout went away (`fnnlab-train --help | head -1`): end as a
+            # pipe's writer does, quietly, and close a sweep left open as an interrupt
+            # does. stdout goes to devnull, so that Python's flush at exit cannot fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            close_open(after_error=False)
+            sys.exit(1)
         except Exception as exc:
             # The line before the sweep is closed: that writes to the store, which can be
             # slow to answer (a hung server). A Ctrl-C during it is handled below.
