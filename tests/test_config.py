@@ -62,6 +62,14 @@ BAD = [
         ["-m", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=bogus", "seed=0,1"],
         "hydra.launcher.pre_dispatch=bogus",
     ),
+    (
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=0", "seed=0,1"],
+        "hydra.launcher.tasks_per_node=0",
+    ),
+    (
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0", "seed=0,1"],
+        "hydra.launcher.timeout_min=0",
+    ),
     (["-m", "hydra.sweeper.max_batch_size=-3", "seed=0,1"], "hydra.sweeper.max_batch_size=-3"),
     (["-m", "hydra.sweeper.max_batch_size=0", "seed=0,1"], "hydra.sweeper.max_batch_size=0"),
     (
@@ -115,6 +123,25 @@ def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):
     line = capsys.readouterr().err.strip()
     assert status == 2 and line.startswith("fnnlab-train: error: ~optim.lr: "), line
     assert "\n" not in line and store.db_bytes() == before
+
+
+# A local Ray instance with fewer CPUs than a job asks for: Ray would wait forever. In a
+# process each (in this one, Hydra finds Ray's launcher config only the first time).
+RAY = [
+    (["+hydra.launcher.ray.init.num_cpus=0"], "hydra.launcher.ray.init.num_cpus=0"),
+    (["+hydra.launcher.ray.remote.num_cpus=1000"], "hydra.launcher.ray.remote.num_cpus=1000"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), RAY, ids=[" ".join(a) for a, _ in RAY])
+def test_a_ray_instance_too_small_for_a_job_is_refused(store_with_a_run, args, named):
+    store = store_with_a_run
+    before = store.db_bytes()
+    proc = run_script(
+        "fnnlab-train", "-m", "hydra/launcher=ray", "seed=0,1", *store.overrides(), *args
+    )
+    check_refused(store, before, proc.returncode, proc.stderr, named)
+    assert "no job would ever start" in proc.stderr
 
 
 JOB_ONLY = [

@@ -430,6 +430,43 @@ def check_hydra_plugins(hydra: DictConfig) -> None:
         )
     if joblib:
         check_joblib(hydra.launcher)
+    target = str(hydra.launcher.get("_target_", ""))
+    if target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher":
+        # submitit's local jobs: no task runs at all, or each is killed at once (its
+        # timeout in whole seconds), and the launch fails with a traceback.
+        for key, why in (
+            ("tasks_per_node", "must be at least 1 (tasks of each job)"),
+            ("timeout_min", "must be at least 1 (minutes before submitit kills a job)"),
+        ):
+            value = hydra.launcher.get(key)
+            if value is not None and value < 1:
+                raise ConfigValueError(f"hydra.launcher.{key}", value, why)
+    if target == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher":
+        check_ray(hydra.launcher.ray)
+
+
+def check_ray(ray: DictConfig) -> None:
+    """A job asking the Ray instance the launch starts for more CPUs than it has never
+    starts: Ray waits for them without a word, and the sweep with it. An existing cluster's
+    resources (ray.init.address, RAY_ADDRESS) are known only once connected, and not
+    checked."""
+    init, remote = ray.get("init") or {}, ray.get("remote") or {}
+    if init.get("address") is not None or os.environ.get("RAY_ADDRESS"):
+        return
+    # Ray counts at most the machine's CPUs (fewer in a container), and 1 a task.
+    have, asked = init.get("num_cpus"), remote.get("num_cpus")
+    cpus = (os.cpu_count() or 1) if have is None else have
+    need = 1 if asked is None else asked
+    numbers = all(isinstance(v, (int, float)) for v in (cpus, need))
+    if numbers and need > cpus:  # (other values are Ray's to refuse)
+        key, value = ("remote.num_cpus", asked) if asked is not None else ("init.num_cpus", have)
+        has = "hydra.launcher.ray.init.num_cpus" if have is not None else "this machine's"
+        raise ConfigValueError(
+            f"hydra.launcher.ray.{key}",
+            value,
+            f"each job asks Ray for {need:g} CPUs and the Ray instance this sweep starts has "
+            f"{cpus:g} ({has}), so no job would ever start",
+        )
 
 
 def check_joblib(launcher: DictConfig) -> None:
