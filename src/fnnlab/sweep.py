@@ -410,9 +410,9 @@ def wait_for_others(store: Store, parent_run_id: str, sweep_dir: str, remote_aft
 
 
 def check_hydra_plugins(hydra: DictConfig) -> None:
-    """Settings that Hydra's own sweeper and joblib launcher take without a word and fail on
-    only once the sweep has begun, its parent run made (fnnlab's plugins refuse them when
-    they are made)."""
+    """Settings that Hydra's own sweeper and launchers take without a word and fail on only
+    once the sweep has begun, its parent run made (fnnlab's plugins refuse them when they
+    are made)."""
     size = hydra.sweeper.get("max_batch_size")
     if size is not None and size < 1:
         raise ConfigValueError(
@@ -420,29 +420,25 @@ def check_hydra_plugins(hydra: DictConfig) -> None:
             size,
             "must be at least 1 (jobs per launch), or null to launch every job at once",
         )
-    joblib = str(hydra.launcher.get("_target_", "")).startswith("hydra_plugins.hydra_joblib")
-    if joblib and hydra.launcher.get("n_jobs") == 0:
-        raise ConfigValueError(
-            "hydra.launcher.n_jobs",
-            0,
-            "must not be 0 with Hydra's joblib launcher (joblib's n_jobs: worker processes, "
-            "or -1 for one per core)",
-        )
-    if joblib:
-        check_joblib(hydra.launcher)
     target = str(hydra.launcher.get("_target_", ""))
-    if target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher":
-        # submitit's local jobs: no task runs at all, or each is killed at once (its
-        # timeout in whole seconds), and the launch fails with a traceback.
-        for key, why in (
-            ("tasks_per_node", "must be at least 1 (tasks of each job)"),
-            ("timeout_min", "must be at least 1 (minutes before submitit kills a job)"),
-        ):
-            value = hydra.launcher.get(key)
-            if value is not None and value < 1:
-                raise ConfigValueError(f"hydra.launcher.{key}", value, why)
-    if target == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher":
+    if target.startswith("hydra_plugins.hydra_joblib"):
+        check_joblib(hydra.launcher)
+    elif target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher":
+        check_submitit_local(hydra.launcher)
+    elif target == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher":
         check_ray(hydra.launcher.ray)
+
+
+def check_submitit_local(launcher: DictConfig) -> None:
+    """submitit's local jobs: with no task none runs, and with a timeout under a minute (it
+    counts whole seconds) each is killed at once; the launch then fails with a traceback."""
+    for key, why in (
+        ("tasks_per_node", "must be at least 1 (tasks of each job)"),
+        ("timeout_min", "must be at least 1 (minutes before submitit kills a job)"),
+    ):
+        value = launcher.get(key)
+        if value is not None and value < 1:
+            raise ConfigValueError(f"hydra.launcher.{key}", value, why)
 
 
 def check_ray(ray: DictConfig) -> None:
@@ -453,7 +449,7 @@ def check_ray(ray: DictConfig) -> None:
     init, remote = ray.get("init") or {}, ray.get("remote") or {}
     if init.get("address") is not None or os.environ.get("RAY_ADDRESS"):
         return
-    # Ray counts at most the machine's CPUs (fewer in a container), and 1 a task.
+    # Ray counts at most the machine's CPUs (fewer in a container); a task asks for 1.
     have, asked = init.get("num_cpus"), remote.get("num_cpus")
     cpus = (os.cpu_count() or 1) if have is None else have
     need = 1 if asked is None else asked
@@ -477,6 +473,13 @@ def check_joblib(launcher: DictConfig) -> None:
 
     from joblib import Parallel
 
+    if launcher.get("n_jobs") == 0:
+        raise ConfigValueError(
+            "hydra.launcher.n_jobs",
+            0,
+            "must not be 0 with Hydra's joblib launcher (joblib's n_jobs: worker processes, "
+            "or -1 for one per core)",
+        )
     settings = internals.joblib_settings(launcher)
     if settings is None:
         return
@@ -494,12 +497,10 @@ def check_joblib(launcher: DictConfig) -> None:
     error = fails(**settings)
     if error is None:
         return
-    n_jobs = settings["n_jobs"]
     named = "n_jobs"
     for key, value in settings.items():
-        if key not in ("n_jobs", "backend") and fails(
-            n_jobs=n_jobs, backend="loky", **{key: value}
-        ):
+        alone = {"n_jobs": settings.get("n_jobs"), "backend": "loky", key: value}
+        if key not in ("n_jobs", "backend") and fails(**alone):
             named = key
             break
     raise ConfigValueError(
