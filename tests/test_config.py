@@ -125,6 +125,43 @@ def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):
     assert "\n" not in line and store.db_bytes() == before
 
 
+def test_two_bad_joblib_settings_name_one_with_its_own_reason(
+    store_with_a_run, monkeypatch, capsys
+):
+    store = store_with_a_run
+    before = store.db_bytes()
+    bad = ["hydra.launcher.batch_size=0", "hydra.launcher.pre_dispatch=bogus"]
+    args = ["-m", "hydra/launcher=joblib", *bad, "seed=0,1", *store.overrides()]
+    status = run_in_process(monkeypatch, cli.train, *args)
+    line = capsys.readouterr().err.strip()
+    check_refused(store, before, status, line, "hydra.launcher.pre_dispatch=bogus")
+    assert line.endswith("'bogus' is not a valid or supported arithmetic expression."), line
+
+
+def test_a_ray_cluster_that_ray_may_join_is_not_checked(tmp_path, monkeypatch):
+    # `ray start` leaves the address in Ray's temporary folder, and ray.init() without an
+    # address joins that cluster, whose CPUs are not known here.
+    from omegaconf import OmegaConf
+
+    from fnnlab.config import ConfigValueError
+    from fnnlab.sweep import check_ray
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379")
+
+    def ray(**init):
+        return OmegaConf.create({"init": init, "remote": {"num_cpus": 1000}})
+
+    check_ray(ray(address=None))
+    check_ray(ray(address="auto"))
+    with pytest.raises(ConfigValueError, match="no job would ever start"):
+        check_ray(ray(address="local"))  # always a new instance
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    check_ray(ray(address="local"))
+
+
 # A local Ray instance with fewer CPUs than a job asks for: Ray would wait forever. In a
 # process each (in this one, Hydra finds Ray's launcher config only the first time).
 RAY = [

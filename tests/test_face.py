@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import BIN, TmpStore, run_script
 
-from fnnlab import links, progress, ui
+from fnnlab import cli, links, progress, ui
 from fnnlab.data import load_iris2
 from fnnlab.job import JobResult
 from fnnlab.model import ScratchFNN
@@ -79,6 +79,18 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
         os.close(write)
     assert proc.returncode == 1
     assert proc.stderr == ""
+
+
+def test_only_a_pipe_nobody_reads_is_a_reader_gone(tmp_path, monkeypatch) -> None:
+    # A broken pipe elsewhere (a socket in a job) is an error like any other.
+    read, write = os.pipe()
+    with open(write, "w") as pipe, open(tmp_path / "out.txt", "w") as file:
+        monkeypatch.setattr("sys.stdout", file)
+        assert not cli.stdout_reader_gone()
+        monkeypatch.setattr("sys.stdout", pipe)
+        assert not cli.stdout_reader_gone()
+        os.close(read)
+        assert cli.stdout_reader_gone()
 
 
 def test_single_run_ends_with_one_line(store: TmpStore) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -403,14 +404,14 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
             # Why the sweep could not start (a bad job config, the store): reported as if
             # raised directly.
             raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
-        except BrokenPipeError:
-            # The reader of stdout went away (`fnnlab-train --help | head -1`): end as a
-            # pipe's writer does, quietly, and close a sweep left open as an interrupt
-            # does. stdout goes to devnull, so that Python's flush at exit cannot fail too.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            close_open(after_error=False)
-            sys.exit(1)
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and stdout_reader_gone():
+                # `fnnlab-train --help | head -1`: end as a pipe's writer does, quietly, and
+                # close a sweep left open as an interrupt does. stdout goes to devnull, so
+                # that Python's flush at exit cannot fail too.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                close_open(after_error=False)
+                sys.exit(1)
             # The line before the sweep is closed: that writes to the store, which can be
             # slow to answer (a hung server). A Ctrl-C during it is handled below.
             status = report(prog, exc, user_wants_trace)
@@ -434,6 +435,17 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         sys.exit(status)
     finally:
         heap.freeze_for_exit()
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports an error on a pipe's
+    write end once its read end is closed); a broken pipe elsewhere (a socket) is an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:

@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -444,10 +445,13 @@ def check_submitit_local(launcher: DictConfig) -> None:
 def check_ray(ray: DictConfig) -> None:
     """A job asking the Ray instance the launch starts for more CPUs than it has never
     starts: Ray waits for them without a word, and the sweep with it. An existing cluster's
-    resources (ray.init.address, RAY_ADDRESS) are known only once connected, and not
-    checked."""
+    resources are known only once connected, and not checked: one named by
+    ray.init.address or RAY_ADDRESS, or one ray.init() may find by itself."""
     init, remote = ray.get("init") or {}, ray.get("remote") or {}
-    if init.get("address") is not None or os.environ.get("RAY_ADDRESS"):
+    address = init.get("address")
+    if os.environ.get("RAY_ADDRESS") or address not in (None, "local"):
+        return
+    if address is None and ray_cluster_may_run(init):
         return
     # Ray counts at most the machine's CPUs (fewer in a container); a task asks for 1.
     have, asked = init.get("num_cpus"), remote.get("num_cpus")
@@ -463,6 +467,21 @@ def check_ray(ray: DictConfig) -> None:
             f"each job asks Ray for {need:g} CPUs and the Ray instance this sweep starts has "
             f"{cpus:g} ({has}), so no job would ever start",
         )
+
+
+def ray_cluster_may_run(init: Any) -> bool:
+    """Whether ray.init() without an address may join a running cluster instead of
+    starting its own: `ray start` left the file Ray reads its address from
+    (ray_current_cluster in Ray's temporary folder; every folder Ray may take is looked in,
+    so such a cluster is not missed, and a stale file only skips the check)."""
+    folders = [os.environ.get(k) for k in ("RAY_TMPDIR", "TMPDIR")] + [
+        "/tmp",
+        tempfile.gettempdir(),
+    ]
+    files = [Path(f) / "ray" / "ray_current_cluster" for f in folders if f]
+    if init.get("_temp_dir"):
+        files.append(Path(init.get("_temp_dir")) / "ray_current_cluster")
+    return any(f.exists() for f in files)
 
 
 def check_joblib(launcher: DictConfig) -> None:
@@ -500,8 +519,8 @@ def check_joblib(launcher: DictConfig) -> None:
     named = "n_jobs"
     for key, value in settings.items():
         alone = {"n_jobs": settings.get("n_jobs"), "backend": "loky", key: value}
-        if key not in ("n_jobs", "backend") and fails(**alone):
-            named = key
+        if key not in ("n_jobs", "backend") and (why := fails(**alone)) is not None:
+            named, error = key, why
             break
     raise ConfigValueError(
         f"hydra.launcher.{named}", launcher[named], f"joblib refuses it: {first_line(error)}"
