@@ -474,14 +474,11 @@ def ray_cluster_may_run(init: Any) -> bool:
     starting its own: `ray start` left the file Ray reads its address from
     (ray_current_cluster in Ray's temporary folder; every folder Ray may take is looked in,
     so such a cluster is not missed, and a stale file only skips the check)."""
-    folders = [os.environ.get(k) for k in ("RAY_TMPDIR", "TMPDIR")] + [
-        "/tmp",
-        tempfile.gettempdir(),
-    ]
-    files = [Path(f) / "ray" / "ray_current_cluster" for f in folders if f]
-    if init.get("_temp_dir"):
-        files.append(Path(init.get("_temp_dir")) / "ray_current_cluster")
-    return any(f.exists() for f in files)
+    temp = (os.environ.get("RAY_TMPDIR"), os.environ.get("TMPDIR"), "/tmp", tempfile.gettempdir())
+    folders = [Path(t) / "ray" for t in temp if t]
+    if init.get("_temp_dir"):  # Ray's own folder, given outright
+        folders.append(Path(init.get("_temp_dir")))
+    return any((folder / "ray_current_cluster").exists() for folder in folders)
 
 
 def check_joblib(launcher: DictConfig) -> None:
