@@ -62,6 +62,17 @@ BAD = [
         ["-m", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=bogus", "seed=0,1"],
         "hydra.launcher.pre_dispatch=bogus",
     ),
+    # What joblib accepts on no jobs but fails on once they run.
+    (
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]
+        + ["hydra.launcher.pre_dispatch=n_jobs-2"],
+        "hydra.launcher.pre_dispatch=n_jobs-2",
+    ),
+    (
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.launcher.timeout=-1"]
+        + ["seed=0,1"],
+        "hydra.launcher.timeout=-1",
+    ),
     (
         ["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=0", "seed=0,1"],
         "hydra.launcher.tasks_per_node=0",
@@ -136,6 +147,24 @@ def test_two_bad_joblib_settings_name_one_with_its_own_reason(
     line = capsys.readouterr().err.strip()
     check_refused(store, before, status, line, "hydra.launcher.pre_dispatch=bogus")
     assert line.endswith("'bogus' is not a valid or supported arithmetic expression."), line
+
+
+@pytest.mark.parametrize("setting", [{"pre_dispatch": "0"}, {"timeout": 0.0}])
+def test_joblib_settings_unused_with_one_job_at_a_time_are_not_refused(setting):
+    # With n_jobs=1 joblib runs the jobs in the sweep's process and uses neither setting.
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+    from omegaconf import OmegaConf
+
+    from fnnlab.config import ConfigValueError
+    from fnnlab.sweep import check_joblib
+
+    launcher = OmegaConf.structured(JobLibLauncherConf)
+    launcher.merge_with(setting)
+    launcher.n_jobs = 1
+    check_joblib(launcher)
+    launcher.n_jobs = 2
+    with pytest.raises(ConfigValueError, match=next(iter(setting))):
+        check_joblib(launcher)
 
 
 def test_a_ray_cluster_that_ray_may_join_is_not_checked(tmp_path, monkeypatch):

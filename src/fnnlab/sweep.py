@@ -512,6 +512,7 @@ def check_joblib(launcher: DictConfig) -> None:
 
     error = fails(**settings)
     if error is None:
+        check_joblib_dispatch(launcher, settings)
         return
     named = "n_jobs"
     for key, value in settings.items():
@@ -522,6 +523,40 @@ def check_joblib(launcher: DictConfig) -> None:
     raise ConfigValueError(
         f"hydra.launcher.{named}", launcher[named], f"joblib refuses it: {first_line(error)}"
     )
+
+
+def check_joblib_dispatch(launcher: DictConfig, settings: dict[str, Any]) -> None:
+    """What joblib accepts on no jobs but fails once jobs run: a pre_dispatch that comes to
+    0 or less (joblib then dispatches nothing and returns no results), and a timeout of 0 or
+    less with more than one worker (every job times out). pre_dispatch is put to joblib on
+    one no-op job with threads, so that no process starts."""
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    n_jobs = settings.get("n_jobs")
+    pre_dispatch = settings.get("pre_dispatch", "2 * n_jobs")
+    dispatched = Parallel(n_jobs=n_jobs, pre_dispatch=pre_dispatch, backend="threading")(
+        [delayed(int)()]
+    )
+    if not dispatched:
+        raise ConfigValueError(
+            "hydra.launcher.pre_dispatch",
+            launcher.pre_dispatch,
+            f"comes to no job at all with n_jobs={n_jobs}, so joblib would run none; "
+            "give a positive number of jobs or an expression such as 2*n_jobs",
+        )
+    timeout = settings.get("timeout")
+    if (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and timeout <= 0
+        and effective_n_jobs(n_jobs) != 1
+    ):
+        raise ConfigValueError(
+            "hydra.launcher.timeout",
+            launcher.timeout,
+            "must be more than 0, or null for none: joblib would stop every job at once "
+            "with a TimeoutError",
+        )
 
 
 class Sweep:
