@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -426,8 +427,32 @@ def check_hydra_plugins(hydra: DictConfig) -> None:
         check_joblib(hydra.launcher)
     elif target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher":
         check_submitit_local(hydra.launcher)
-    elif target == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher":
+    elif is_ray_launcher(hydra.launcher):
         check_ray(hydra.launcher.ray)
+
+
+def is_ray_launcher(launcher: DictConfig) -> bool:
+    return launcher.get("_target_") == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+
+
+def start_ray(ray_settings: DictConfig) -> None:
+    """Start Ray as Hydra's Ray launcher would (it uses a Ray already running), and put back
+    the SIGTERM handler ray.init replaces. Ray's own handler exits with status 15, and from
+    within ray.get, which passes on only an interrupt, that exit was lost: the jobs in
+    flight ran on and the command ended with status 1. fnnlab's handler raises an
+    interrupt, which ray.get passes on: the sweep ends as after Ctrl-C."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    init = OmegaConf.to_container(ray_settings.get("init") or {}, resolve=True)
+    # The launcher's own default (hydra_ray_launcher's _core.launch), for the same instance.
+    init.setdefault("object_store_memory", 78643200)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    log.info("Starting Ray for Hydra's Ray launcher: ray.init(**%s)", init)
+    ray.init(**init)
+    if threading.current_thread() is threading.main_thread() and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def check_submitit_local(launcher: DictConfig) -> None:
@@ -623,6 +648,8 @@ class Sweep:
         atexit.register(self.abandon)
         _open.append(self)
         log.info("Sweep %s: parent run %s", self.id, self.parent)
+        if is_ray_launcher(config.hydra.launcher):
+            start_ray(config.hydra.launcher.ray)
 
     def job_ended(self, job_return: JobReturn) -> None:
         if os.getpid() != self.pid:  # a forked worker inherits this object; it does not count
