@@ -210,6 +210,32 @@ def test_a_ray_instance_too_small_for_a_job_is_refused(store_with_a_run, args, n
     assert "no job would ever start" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ("bogus=1", "RuntimeError: Unknown keyword argument(s): bogus"),
+        # Refused once Ray has begun to start (and logged): still one line.
+        ("num_cpus=abc", "AssertionError: CPU (<class 'str'>): abc"),
+    ],
+)
+def test_ray_init_settings_ray_refuses_are_refused_before_any_run(store_with_a_run, setting, why):
+    # The sweep starts Ray itself, before its parent run (fnnlab.sweep.start_ray).
+    store = store_with_a_run
+    before = store.db_bytes()
+    proc = run_script(
+        "fnnlab-train",
+        "-m",
+        "hydra/launcher=ray",
+        "seed=0,1",
+        *store.overrides(),
+        f"+hydra.launcher.ray.init.{setting}",
+    )
+    key, value = setting.split("=")
+    named = f"hydra.launcher.ray.init={{'{key}': {value if value.isdigit() else repr(value)}}}"
+    check_refused(store, before, proc.returncode, proc.stderr, "hydra.launcher.ray.init=" + key)
+    assert proc.stderr.strip() == f"fnnlab-train: error: {named}: Ray did not start with it: {why}"
+
+
 JOB_ONLY = [
     (["seed=${hydra:job.num}", "optim.lr=0.1,0.2"], "seed=${hydra:job.num}"),
     (["seed=${hydra:job.num},5"], "seed=${hydra:job.num},5"),

@@ -435,24 +435,77 @@ def is_ray_launcher(launcher: DictConfig) -> bool:
     return launcher.get("_target_") == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 
 
-def start_ray(ray_settings: DictConfig) -> None:
+def start_ray(ray_settings: DictConfig) -> bool:
     """Start Ray as Hydra's Ray launcher would (it uses a Ray already running), and put back
     the SIGTERM handler ray.init replaces. Ray's own handler exits with status 15, and from
     within ray.get, which passes on only an interrupt, that exit was lost: the jobs in
     flight ran on and the command ended with status 1. fnnlab's handler raises an
-    interrupt, which ray.get passes on: the sweep ends as after Ctrl-C."""
+    interrupt, which ray.get passes on: the sweep ends as after Ctrl-C. What Ray logs
+    while it starts is shown once it has started: settings it refuses end in one line.
+    Whether it started Ray (not when Ray was running already)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     init = OmegaConf.to_container(ray_settings.get("init") or {}, resolve=True)
-    # The launcher's own default (hydra_ray_launcher's _core.launch), for the same instance.
-    init.setdefault("object_store_memory", 78643200)
-    sigterm = signal.getsignal(signal.SIGTERM)
+    typed = {key: value for key, value in init.items() if value is not None}
+    if ray_starts_its_own(init):
+        # The launcher's own default (hydra_ray_launcher's _core.launch); Ray refuses it
+        # when it joins a cluster, so only for an instance of its own.
+        init.setdefault("object_store_memory", 78643200)
     log.info("Starting Ray for Hydra's Ray launcher: ray.init(**%s)", init)
-    ray.init(**init)
-    if threading.current_thread() is threading.main_thread() and sigterm is not None:
-        signal.signal(signal.SIGTERM, sigterm)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    held = _HeldRecords()
+    handlers = list(logging.getLogger("ray").handlers)
+    for handler in handlers:
+        handler.addFilter(held)
+    try:
+        try:
+            ray.init(**init)
+        finally:
+            for handler in handlers:
+                handler.removeFilter(held)
+            if threading.current_thread() is threading.main_thread() and sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
+    except SystemExit as exc:  # Ray's SIGTERM handler, while Ray started
+        if exc.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None
+    except Exception as exc:  # an unknown argument, a value Ray refuses, an unknown address
+        ray.shutdown()  # what it started before it failed
+        raise ConfigValueError(
+            "hydra.launcher.ray.init", typed, f"Ray did not start with it: {first_line(exc)}"
+        ) from exc
+    held.show(handlers)
+    return True
+
+
+class _HeldRecords(logging.Filter):
+    """A filter that holds back every record its handlers get, to show them later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[int, logging.LogRecord] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records[id(record)] = record
+        return False
+
+    def show(self, handlers: list[logging.Handler]) -> None:
+        for record in self.records.values():
+            for handler in handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+
+def ray_starts_its_own(init: Any) -> bool:
+    """Whether ray.init with these settings starts an instance of its own, rather than join
+    a cluster: one named by ray.init.address or RAY_ADDRESS, or one ray.init() may find by
+    itself (ray_cluster_may_run)."""
+    address = init.get("address")
+    if os.environ.get("RAY_ADDRESS") or address not in (None, "local"):
+        return False
+    return address == "local" or not ray_cluster_may_run(init)
 
 
 def check_submitit_local(launcher: DictConfig) -> None:
@@ -473,10 +526,7 @@ def check_ray(ray: DictConfig) -> None:
     resources are known only once connected, and not checked: one named by
     ray.init.address or RAY_ADDRESS, or one ray.init() may find by itself."""
     init, remote = ray.get("init") or {}, ray.get("remote") or {}
-    address = init.get("address")
-    if os.environ.get("RAY_ADDRESS") or address not in (None, "local"):
-        return
-    if address is None and ray_cluster_may_run(init):
+    if not ray_starts_its_own(init):
         return
     # Ray counts at most the machine's CPUs (fewer in a container); a task asks for 1.
     have, asked = init.get("num_cpus"), remote.get("num_cpus")
@@ -617,6 +667,10 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
+            # Ray's settings refused before any write.
+            self.ray = is_ray_launcher(config.hydra.launcher) and start_ray(
+                config.hydra.launcher.ray
+            )
             self.store = open_store(config.tracking.uri, experiment)
         except Exception as exc:
             cause = job_only_value(exc, arguments, config) or exc
@@ -648,8 +702,6 @@ class Sweep:
         atexit.register(self.abandon)
         _open.append(self)
         log.info("Sweep %s: parent run %s", self.id, self.parent)
-        if is_ray_launcher(config.hydra.launcher):
-            start_ray(config.hydra.launcher.ray)
 
     def job_ended(self, job_return: JobReturn) -> None:
         if os.getpid() != self.pid:  # a forked worker inherits this object; it does not count
@@ -728,6 +780,12 @@ class Sweep:
         the next invocation does it, once the store works."""
         if os.getpid() != self.pid or storeguard.FAULTS.stopped:
             return
+        if self.ray:
+            # Ray's workers go before their runs are reaped: left to Ray's own shutdown at
+            # exit (after this), they trained on and started jobs whose runs stayed RUNNING.
+            import ray
+
+            ray.shutdown()
         try:
             reap_dead_runs(self.store, self.id, float("inf"))
             failed = after_error and (self.first_error or self._first_run_error())
