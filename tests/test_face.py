@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -62,14 +63,14 @@ def test_help_explains_the_app() -> None:
     assert "  hidden_dim: 32" in text and "  lr: 0.001" in text
 
 
-def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
-    # `fnnlab-train --help | head -1`: the pipe's reader is gone before the help is printed
-    # (closed here before the command starts, so the write always fails).
+def unread_stdout(*args: str) -> subprocess.CompletedProcess:
+    """fnnlab-train with stdout a pipe whose reader is gone before the command starts (as
+    `| head -1` once head has its line), so that every write to it fails."""
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run(
-            [str(BIN / "fnnlab-train"), "--help"],
+        return subprocess.run(
+            [str(BIN / "fnnlab-train"), *args],
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
@@ -77,8 +78,54 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
         )
     finally:
         os.close(write)
-    assert proc.returncode == 1
-    assert proc.stderr == ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    # `fnnlab-train --help | head -1`, `fnnlab-train --info | true`: what is left is dropped.
+    for flag in ("--help", "--info"):
+        proc = unread_stdout(flag)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2], ids=["in-process", "workers"])
+def test_a_sweep_whose_reader_goes_away_runs_to_its_end(store: TmpStore, n_jobs) -> None:
+    # `fnnlab-train -m ... | head -1`: the sweep does not stop or fail for it.
+    proc = unread_stdout(
+        "-m",
+        "seed=range(4)",
+        "train.epochs=5",
+        f"hydra.launcher.n_jobs={n_jobs}",
+        *store.overrides(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rror" not in proc.stderr, proc.stderr
+    runs = store.runs()
+    assert len(runs) == 5
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_stdout_drops_what_is_written_once_its_reader_is_gone(tmp_path, monkeypatch) -> None:
+    # As in a job of any launcher's worker (fnnlab.cli.train_app), whose stdout is the
+    # sweep's pipe: its last line must not fail the job once the reader has gone.
+    read, write = os.pipe()
+    with open(write, "w") as pipe:
+        monkeypatch.setattr("sys.stdout", pipe)
+        cli.drop_output_when_unread()
+        stdout = sys.stdout
+        assert isinstance(stdout, cli.DropWhenUnread)
+        print("read", flush=True)  # a live reader gets it as ever
+        assert os.read(read, 100) == b"read\n"
+        os.close(read)
+        print("dropped", flush=True)
+        stdout.writelines(["and this\n"] * 10_000)
+        stdout.flush()
+        # The pipe's place now holds /dev/null (the process's flush at exit goes there).
+        assert os.path.samefile(f"/proc/self/fd/{pipe.fileno()}", os.devnull)
+    with open(tmp_path / "out.txt", "w") as file:  # a file: left as it is
+        monkeypatch.setattr("sys.stdout", file)
+        cli.drop_output_when_unread()
+        assert sys.stdout is file
 
 
 def test_only_a_pipe_nobody_reads_is_a_reader_gone(tmp_path, monkeypatch) -> None:

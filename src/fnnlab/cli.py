@@ -11,14 +11,15 @@ import math
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import hydra
 import omegaconf
@@ -45,6 +46,7 @@ log = logging.getLogger("fnnlab")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> dict:
+    drop_output_when_unread()  # a job in any launcher's worker writes to the sweep's stdout
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
@@ -394,6 +396,7 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # SIGTERM ends runs like Ctrl-C does: the run in flight and the sweep end KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    drop_output_when_unread()  # before Hydra's logging takes sys.stdout
     try:
         try:
             # Before Hydra reads the command line: a password it never sees cannot reach its
@@ -406,9 +409,10 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
             raise refused.__cause__ or RuntimeError(str(refused))  # noqa: B904
         except Exception as exc:
             if isinstance(exc, BrokenPipeError) and stdout_reader_gone():
-                # `fnnlab-train --help | head -1`: end as a pipe's writer does, quietly, and
-                # close a sweep left open as an interrupt does. stdout goes to devnull, so
-                # that Python's flush at exit cannot fail too.
+                # A write around DropWhenUnread (to sys.stdout's buffer, say) to a pipe
+                # nobody reads: end as a pipe's writer does, quietly, and close a sweep left
+                # open as an interrupt does. stdout goes to devnull, so that Python's flush
+                # at exit cannot fail too.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 close_open(after_error=False)
                 sys.exit(1)
@@ -435,6 +439,61 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
         sys.exit(status)
     finally:
         heap.freeze_for_exit()
+
+
+class DropWhenUnread:
+    """sys.stdout when it is a pipe: once the pipe's reader has gone (`| head`, a pager that
+    quit), what is written is dropped, and the command goes on to its end. Before, the next
+    line failed wherever it was printed (Hydra's callbacks, logging, a job's last line): a
+    sweep whose runs all finished said its jobs had failed. A broken pipe that is not
+    stdout's reader gone (a socket) is raised as ever. Not an io.TextIOBase: what it does
+    not define is the stream's own (fileno, encoding, isatty, ...)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop_from_now_on()
+            return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop_from_now_on()
+
+    def _drop_from_now_on(self) -> None:
+        if not stdout_reader_gone():
+            raise  # noqa: PLE0704 - the BrokenPipeError being handled
+        # /dev/null in the pipe's place for the whole process (its children, Python's
+        # flush at exit), and what the failed write left in the buffer goes there.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def drop_output_when_unread() -> None:
+    """sys.stdout as DropWhenUnread, when it is a pipe (once per process)."""
+    stream = sys.stdout
+    if isinstance(stream, DropWhenUnread):
+        return
+    try:
+        pipe = stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # no file behind it (captured output)
+        return
+    if pipe:
+        sys.stdout = DropWhenUnread(stream)
 
 
 def stdout_reader_gone() -> bool:

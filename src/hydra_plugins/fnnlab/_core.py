@@ -204,7 +204,11 @@ def _run_in_worker(
     worker."""
     global _sweep
     if _sweep is None or _sweep[0] != key:
+        from fnnlab.cli import drop_output_when_unread
+
         die_with(sweep_pid)
+        # A worker writes to the sweep's stdout too; before Hydra's logging takes it.
+        drop_output_when_unread()
         hydra_context, config, task_function, singleton_state = pickle.loads(shared)
         setup_globals()
         Singleton.set_state(singleton_state)
