@@ -470,18 +470,44 @@ def test_a_worker_that_dies_stops_the_sweep_in_one_line_and_a_rerun_ends_it(stor
 
 @pytest.mark.slow
 def test_a_worker_that_dies_under_hydras_joblib_launcher_ends_the_parent_killed(store):
-    """loky's error reaches the command as it is (a traceback, exit status 1), and the
-    parent ends KILLED, as after an interrupt: no job failed."""
+    """loky's error is said in one line, as under the fnnlab launcher (exit status 1), and
+    the parent ends KILLED, as after an interrupt: no job failed."""
     args = ["-m", "seed=range(4)", "train.epochs=20", "tracking.plots=false"]
     args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *store.overrides()]
     kill = ["+hydra.callbacks.fault._target_=faulty_store.KillWorkerAfter"]
     kill += ["+hydra.callbacks.fault.jobs=1", f"+hydra.callbacks.fault.once={store.root}/killed"]
     out = run_script("fnnlab-train", *args, *kill, env=command_env())
     assert out.returncode == 1, out.stderr[-3000:]
-    assert "TerminatedWorkerError" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "fnnlab-train: error: a worker process ended in the middle of its jobs (exit code "
+        "SIGKILL(-9)); the sweep stopped. Rerun the same command to run the jobs that did "
+        "not finish"
+    )
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["KILLED"]
     assert "RUNNING" not in {c.info.status for c in children}
+
+
+@pytest.mark.slow
+def test_a_job_past_hydras_joblib_timeout_stops_the_sweep_in_one_line(store):
+    """joblib ends every worker once a job runs past hydra.launcher.timeout: one line that
+    names the setting, exit status 1, the runs in flight KILLED and the parent FAILED (a job
+    failed: it timed out, as a job submitit times out fails). The jobs' million epochs take
+    minutes; the timeout is one second."""
+    args = ["-m", "seed=0,1", "train.epochs=1000000", "tracking.log_every=1000000"]
+    args += ["tracking.plots=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    out = run_script("fnnlab-train", *args, "hydra.launcher.timeout=1", *store.overrides())
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "fnnlab-train: error: hydra.launcher.timeout=1.0: a job ran longer, and joblib "
+        "stopped the sweep (its runs in flight end KILLED). Rerun with a longer timeout, or "
+        "null for none: the jobs that finished are skipped"
+    )
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert {c.info.status for c in children} <= {"KILLED"}
 
 
 @pytest.mark.slow

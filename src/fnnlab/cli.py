@@ -510,8 +510,10 @@ def stdout_reader_gone() -> bool:
 def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
     """Print the one line that ends a command on this error and return its exit status
     (2: a config or Hydra error); None for an error raised with its traceback."""
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
     from mlflow.exceptions import MlflowException
 
+    from fnnlab.sweep import launch_timed_out
     from hydra_plugins.fnnlab._core import WorkerDied
 
     if isinstance(exc, ConfigValueError):
@@ -526,6 +528,10 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
         message, status = f"error: {passed_on}", 2
     elif isinstance(exc, WorkerDied):
         message, status = f"error: {exc}", 1
+    elif isinstance(exc, TerminatedWorkerError):  # Hydra's joblib launcher's worker died
+        message, status = f"error: {WorkerDied(exc)}", 1
+    elif (timed_out := launch_timed_out(exc)) is not None:
+        message, status = f"error: {timed_out}", 1
     elif isinstance(exc, MlflowException):
         # E.g. the tracking server went away mid-run: one line, not a page of retries.
         message, status = f"error: tracking store: {reason(exc)}", 1

@@ -423,12 +423,16 @@ def check_hydra_plugins(hydra: DictConfig) -> None:
             "must be at least 1 (jobs per launch), or null to launch every job at once",
         )
     target = str(hydra.launcher.get("_target_", ""))
-    if target.startswith("hydra_plugins.hydra_joblib"):
+    if is_hydra_joblib(hydra.launcher):
         check_joblib(hydra.launcher)
     elif target == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher":
         check_submitit_local(hydra.launcher)
     elif is_ray_launcher(hydra.launcher):
         check_ray(hydra.launcher.ray)
+
+
+def is_hydra_joblib(launcher: DictConfig) -> bool:
+    return str(launcher.get("_target_", "")).startswith("hydra_plugins.hydra_joblib")
 
 
 def is_ray_launcher(launcher: DictConfig) -> bool:
@@ -677,6 +681,7 @@ class Sweep:
             raise SweepRefused(str(cause)) from cause
         self.id = sweep_id(arguments, experiment)
         self.dir = str(config.hydra.sweep.dir)
+        self.launcher = config.hydra.launcher
         self.experiment = experiment
         # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
         self.summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
@@ -823,6 +828,28 @@ def close_open(after_error: bool) -> None:
     for sweep in list(_open):
         sweep.abandon(after_error=after_error)
         sweep.mark_closed()
+
+
+def launch_timed_out(exc: BaseException) -> str | None:
+    """Hydra's joblib launcher raised joblib's TimeoutError: a job of this process's open
+    sweep ran past hydra.launcher.timeout, and joblib ended every worker. The line that says
+    so; the sweep counts it as a failed job, so its parent ends FAILED, as a sweep whose job
+    submitit timed out does. None for any other error."""
+    import multiprocessing
+
+    if not isinstance(exc, multiprocessing.TimeoutError):
+        return None
+    for sweep in _open:
+        timeout = sweep.launcher.get("timeout")
+        if is_hydra_joblib(sweep.launcher) and timeout is not None:
+            line = (
+                f"hydra.launcher.timeout={timeout}: a job ran longer, and joblib stopped the "
+                "sweep (its runs in flight end KILLED). Rerun with a longer timeout, or null "
+                "for none: the jobs that finished are skipped"
+            )
+            sweep.first_error = sweep.first_error or line
+            return line
+    return None
 
 
 _prefetch: threading.Thread | None = None
