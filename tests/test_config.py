@@ -104,7 +104,8 @@ def store_with_a_run(tmp_path_factory):
 
 
 def check_refused(store: TmpStore, before: bytes | None, status: int, stderr: str, named: str):
-    """One line naming the key and the value, a non-zero exit, the store byte for byte."""
+    """One line naming the key and the value, a non-zero exit, the store byte for byte, and
+    no output folder beyond the first run's (Hydra makes a run's before the run starts)."""
     assert status != 0
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -113,6 +114,8 @@ def check_refused(store: TmpStore, before: bytes | None, status: int, stderr: st
     assert key in lines[0] and value in lines[0], lines[0]
     assert store.db_bytes() == before
     assert len(store.runs()) == 1
+    assert len(list((store.root / "outputs").iterdir())) == 1
+    assert not (store.root / "multirun").exists()
 
 
 @pytest.mark.parametrize(("args", "named"), BAD, ids=[" ".join(a) for a, _ in BAD])
@@ -125,6 +128,16 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(
     before = store.db_bytes()
     status = run_in_process(monkeypatch, cli.train, *args, *store.overrides())
     check_refused(store, before, status, capsys.readouterr().err, named)
+
+
+def test_the_checks_before_a_runs_folder_leave_the_store_to_the_run(store, monkeypatch):
+    """The values of a single run are checked before Hydra makes its folder, on a copy of
+    the config, where ${now:...} is another time: the store is opened by the run alone, so
+    an experiment named by the time is made once."""
+    named = ["tracking.experiment=t-${now:%H-%M-%S-%f}", "train.epochs=2", "tracking.plots=false"]
+    assert run_in_process(monkeypatch, cli.train, *store.overrides(), *named) == 0
+    experiments = [e.name for e in store.client.search_experiments()]
+    assert len(experiments) == 2 and "Default" in experiments, experiments
 
 
 def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):

@@ -125,8 +125,7 @@ def job_only_value(
     ${hydra:job.num}: "HydraConfig was not set" outside one), the error that says so, naming
     the first such value of the command line as typed, or else of the config; None for any
     other error."""
-    causes = (exc, exc.__cause__, exc.__context__)
-    if not any("HydraConfig was not set" in str(e) for e in causes if e is not None):
+    if not needs_running_job(exc):
         return None
     named = next(
         (
@@ -147,6 +146,12 @@ def job_only_value(
         "config before any starts: give the values themselves (key=0,1,2)"
     )
     return ConfigValueError(key, value, why)
+
+
+def needs_running_job(exc: BaseException) -> bool:
+    """The error of a value that resolves only inside a running job (${hydra:job.num})."""
+    causes = (exc, exc.__cause__, exc.__context__)
+    return any("HydraConfig was not set" in str(e) for e in causes if e is not None)
 
 
 def _first_hydra_value(node: Any, key: str = "") -> str | None:
@@ -875,7 +880,8 @@ def _import_answer() -> None:
 
 class SweepCallback(Callback):
     """hydra.callbacks.sweep in conf/train.yaml: what a sweep means in fnnlab, for any
-    sweeper and launcher (see the module docstring)."""
+    sweeper and launcher (see the module docstring), and a single run's value checks before
+    its output folder exists."""
 
     def __init__(
         self, remote_dead_after_s: float = 86400.0, summarize: bool = True, store_failures: int = 3
@@ -901,6 +907,19 @@ class SweepCallback(Callback):
             "store_failures": self.store_failures,
             "sweep": None,
         }
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run's values, checked as train_app checks them but before Hydra makes
+        the run's output folder: a run refused for one leaves none behind. Not its store:
+        the variables of hydra.job.env_set (a password, say) are set only for the job, and a
+        value such as ${now:...} resolves to another time in a copy of the config. A config
+        with a value that resolves only inside the running job (${hydra:...}) is left to
+        train_app."""
+        try:
+            check_values(internals.without_hydra(config))
+        except Exception as exc:
+            if not needs_running_job(exc):
+                raise SweepRefused(str(exc)) from exc
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep = Sweep(config, self.remote_dead_after_s, self.summarize)
