@@ -95,6 +95,7 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch):
 
     parents, children = split_runs(store)
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["error"] == "RuntimeError: injected fault"  # shown in the UI
     assert parents[0].data.metrics["sweep/failed"] == 1
     assert parents[0].data.metrics["sweep/diverged"] == 2
     by_name = {r.info.run_name: r for r in children}
@@ -122,6 +123,7 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch):
     assert run_in_process(monkeypatch, cli.train, *args) == 0
     parents, children = split_runs(store)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "error" not in parents[0].data.tags
     assert parents[0].data.metrics["sweep/skipped"] == 3
     statuses = sorted((r.info.run_name, r.info.status) for r in children)
     assert statuses == [
@@ -131,6 +133,49 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch):
         ("h8-lr0.01-s0", "FINISHED"),
         ("h8-lr1000-s0", "FINISHED"),
     ]
+
+
+def test_a_rerun_clears_the_parents_error_also_when_another_did_first(store, monkeypatch):
+    """Two invocations reopening a FAILED parent may both find its error tag: the one whose
+    delete finds it gone goes on (it stopped Hydra's callback, and the sweep ran with no
+    parent, which stayed RUNNING)."""
+    from mlflow import MlflowClient
+
+    real_train, real_delete = job.train_model, MlflowClient.delete_tag
+
+    def fail_one(cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise RuntimeError("injected fault")
+        return real_train(cfg, *args, **kwargs)
+
+    def deleted_by_another_first(client, run_id, key):
+        real_delete(client, run_id, key)
+        real_delete(client, run_id, key)  # this invocation's, after the other's
+
+    args = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false", *store.overrides()]
+    monkeypatch.setattr(job, "train_model", fail_one)
+    assert run_in_process(monkeypatch, cli.train, *args) == 1
+    monkeypatch.setattr(job, "train_model", real_train)
+    monkeypatch.setattr(MlflowClient, "delete_tag", deleted_by_another_first)
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    (parent,), _ = split_runs(store)
+    assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
+
+
+def test_an_error_past_the_sweeps_checks_stops_it_before_any_job(store, monkeypatch, capsys):
+    """The store failing while the parent run is opened: one line, exit 1, no job run.
+    Hydra turns an error of a callback into a warning, and ran the jobs with no parent."""
+    from mlflow.exceptions import MlflowException
+
+    def store_fails(*args, **kwargs):
+        raise MlflowException("injected store fault")
+
+    monkeypatch.setattr(sweep, "open_parent", store_fails)
+    args = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false", *store.overrides()]
+    assert run_in_process(monkeypatch, cli.train, *args) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "fnnlab-train: error: tracking store: injected store fault"
+    assert store.runs() == []
 
 
 def test_single_run_records_the_reference_deviation(store):
@@ -200,6 +245,7 @@ def test_a_failed_job_under_the_basic_sweeper_ends_the_parent_failed(store, monk
         run_in_process(monkeypatch, cli.train, *args, *store.overrides())
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["FAILED"]
+    assert parents[0].data.tags["error"] == "RuntimeError: injected fault"
     metrics = parents[0].data.metrics
     assert (metrics["sweep/finished"], metrics["sweep/failed"], metrics["sweep/missing"]) == (
         1,
@@ -259,6 +305,7 @@ def test_a_job_failed_in_a_worker_under_the_basic_sweeper_ends_the_parent_failed
     statuses = sorted((c.data.params["model.hidden_dim"], c.info.status) for c in children)
     assert statuses == [("4", "FINISHED"), ("8", "FAILED")]
     failed = next(c for c in children if c.info.status == "FAILED")
+    assert parents[0].data.tags["error"] == failed.data.tags["error"]  # seen only in the store
     assert failed.data.tags[Tag.PID] != parents[0].data.tags[Tag.PID]  # it ran in a worker
 
 
@@ -507,6 +554,7 @@ def test_a_job_past_hydras_joblib_timeout_stops_the_sweep_in_one_line(store):
     )
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["FAILED"]
+    assert parents[0].data.tags["error"] == out.stderr.strip().splitlines()[-1].split(": ", 2)[2]
     assert {c.info.status for c in children} <= {"KILLED"}
 
 

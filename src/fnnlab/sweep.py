@@ -44,6 +44,7 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import claims, internals, links, progress, storeguard
@@ -284,6 +285,13 @@ def open_parent(
     if not created:
         store.client.update_run(run_id, status=RUNNING)
         log_values(store, run_id, tags=tags)
+        # An earlier invocation's error no longer says how the sweep stands.
+        if Tag.ERROR in store.client.get_run(run_id).data.tags:
+            try:
+                store.client.delete_tag(run_id, Tag.ERROR)
+            except MlflowException as exc:  # gone: another invocation reopened it too
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
     return run_id
 
 
@@ -731,8 +739,12 @@ class Sweep:
             wait_for_others(self.store, self.parent, self.dir, self.remote_after)
             counts = sweep_counts(self.store, self.parent, self.prints)
             failed = counts["failed"] + counts["running"]
+            if failed:
+                self.first_error = self.first_error or self._first_run_error()
             answer = self.answer() if self.summarize else None
-            self._close(counts, FAILED if failed else FINISHED)
+            self._close(
+                counts, FAILED if failed else FINISHED, self.first_error if failed else None
+            )
             self.mark_closed()
             state = f"parent run {self.parent} is {'FAILED' if failed else 'FINISHED'}"
             print(self.progress.summary(counts, self.id, self.parent), flush=True)
@@ -799,9 +811,8 @@ class Sweep:
         try:
             reap_dead_runs(self.store, self.id, float("inf"))
             failed = after_error and (self.first_error or self._first_run_error())
-            self._close(
-                sweep_counts(self.store, self.parent, self.prints), FAILED if failed else KILLED
-            )
+            counts = sweep_counts(self.store, self.parent, self.prints)
+            self._close(counts, FAILED if failed else KILLED, failed or None)
         except Exception as exc:  # the store went away: the next invocation reaps
             log.error("could not end parent run %s: %s", self.parent, first_line(exc))
 
@@ -811,11 +822,14 @@ class Sweep:
         if self in _open:
             _open.remove(self)
 
-    def _close(self, counts: Counter, status: str) -> None:
+    def _close(self, counts: Counter, status: str, error: str | None = None) -> None:
+        """End the parent with its counts and, FAILED, the first error of its jobs in its
+        tag `error`, as a job's run holds its own: the MLflow UI shows why."""
         metrics = {f"sweep/{k}": v for k, v in counts.items()}
         if self.jobs is not None:
             metrics["sweep/jobs"] = self.jobs
-        log_values(self.store, self.parent, summary=metrics)
+        tags = {Tag.ERROR: error} if error else None
+        log_values(self.store, self.parent, summary=metrics, tags=tags)
         end_run(self.store, self.parent, status)
 
 
@@ -922,7 +936,12 @@ class SweepCallback(Callback):
                 raise SweepRefused(str(exc)) from exc
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.sweep = Sweep(config, self.remote_dead_after_s, self.summarize)
+        try:
+            self.sweep = Sweep(config, self.remote_dead_after_s, self.summarize)
+        except Exception as exc:
+            # Past its checks (the store failed while the parent was opened, say): Hydra
+            # would warn and run the jobs with no parent.
+            raise SweepRefused(str(exc)) from exc
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.sweep is not None and os.getpid() == self.sweep.pid:
