@@ -809,7 +809,13 @@ class Sweep:
 
             ray.shutdown()
         try:
-            reap_dead_runs(self.store, self.id, float("inf"))
+            left = reap_dead_runs(self.store, self.id, float("inf"))[1]
+            # Ray's workers exit after its shutdown returns (later under load): the runs they
+            # hold are reaped once they have, or they stayed RUNNING.
+            deadline = time.monotonic() + RAY_EXIT_S
+            while self.ray and left and time.monotonic() < deadline:
+                time.sleep(0.2)
+                left = reap_dead_runs(self.store, self.id, float("inf"))[1]
             failed = after_error and (self.first_error or self._first_run_error())
             counts = sweep_counts(self.store, self.parent, self.prints)
             self._close(counts, FAILED if failed else KILLED, failed or None)
@@ -832,6 +838,9 @@ class Sweep:
         log_values(self.store, self.parent, summary=metrics, tags=tags)
         end_run(self.store, self.parent, status)
 
+
+# How long an interrupted Ray sweep waits for the runs of Ray's exiting workers.
+RAY_EXIT_S = 10.0
 
 # This process's sweeps whose parent is still open: abandon closes it at exit, or
 # close_open before that.
