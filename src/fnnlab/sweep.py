@@ -755,8 +755,8 @@ class Sweep:
             failed = max(self.progress.failed, 1)
             state = f"parent run {self.parent} could not be closed: {first_line(exc)}"
             self.first_error = self.first_error or first_line(exc)
-        if failed:
-            first = self.first_error or self._first_run_error() or "see the runs error tags"
+        if failed:  # the first error was looked for above (run tags), or is the store's
+            first = self.first_error or "see the runs error tags"
             raise SweepFailed(
                 f"{failed} jobs failed or did not finish ({state}); rerun the same command "
                 f"to retry them. First error: {first}"
