@@ -3,12 +3,15 @@ matplotlib output on small synthetic inputs (no store, no training)."""
 
 from __future__ import annotations
 
+from itertools import product
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matplotlib.colors import LogNorm
 from PIL import Image
 
@@ -284,3 +287,125 @@ def test_write_plots_draws_the_comparison(tmp_path: Path) -> None:
     for name in written:
         width, height = png_size(tmp_path / name)
         assert width >= 800 and height >= 560
+
+
+# --- the sweep figures' layout, over the shapes a sweep gives them ------------------------
+
+
+def boxes(fig) -> dict[str, object]:
+    """What must not overlap, by name, in display pixels: every visible axes with its tick
+    labels, axis labels and title (a colour bar is an axes), each figure legend and the
+    figure's title."""
+    renderer = fig.canvas.get_renderer()
+    out = {}
+    for i, ax in enumerate(fig.axes):
+        if ax.get_visible():
+            out[f"axes {i} ({ax.get_title() or ax.get_ylabel()})"] = ax.get_tightbbox(renderer)
+    for i, legend in enumerate(fig.legends):
+        out[f"legend {i}"] = legend.get_window_extent(renderer)
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        out["title"] = fig._suptitle.get_window_extent(renderer)
+    return out
+
+
+def assert_laid_out(fig) -> None:
+    """Every box inside the figure, and no two overlapping (1 pixel of slack)."""
+    found = boxes(fig)
+    whole = fig.bbox
+    for name, box in found.items():
+        inside = (
+            box.x0 >= whole.x0 - 1
+            and box.y0 >= whole.y0 - 1
+            and box.x1 <= whole.x1 + 1
+            and box.y1 <= whole.y1 + 1
+        )
+        assert inside, f"{name} {box.extents} leaves the figure {whole.extents}"
+    names = list(found)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            p, q = found[a], found[b]
+            overlap_x = min(p.x1, q.x1) - max(p.x0, q.x0)
+            overlap_y = min(p.y1, q.y1) - max(p.y0, q.y0)
+            assert overlap_x <= 1 or overlap_y <= 1, f"{a} {p.extents} overlaps {b} {q.extents}"
+
+
+TITLE = "an-experiment-name: 9f2aebfa145a"
+
+
+@given(
+    widths=st.integers(1, 7),
+    lrs=st.integers(1, 12),
+    modes=st.sampled_from([(), ("exact",), ("exact", "tutorial")]),
+    scale=st.sampled_from([1e-6, 1.0, 1e6]),
+    spread=st.sampled_from([1.01, 100.0]),
+    published=st.booleans(),
+    grad=st.booleans(),
+)
+@settings(max_examples=20)
+def test_sweep_curves_are_laid_out(
+    tmp_path_factory, widths, lrs, modes, scale, spread, published, grad
+) -> None:
+    cols = [*COLS, "backprop"] if modes else COLS
+    rates = np.geomspace(1e-3, 1.0, lrs)
+    steps = np.arange(50)
+    rows = []
+    for width, lr, mode in product(2 ** np.arange(widths), rates, modes or (None,)):
+        values = scale * (1 + (spread - 1) * lr * np.exp(-steps / 10))
+        for key in ("grad_norm/w1", "grad_norm/w2") if grad else ("loss",):
+            frame = pd.DataFrame({"key": key, "step": steps, "mean": values, "std": 0.1 * values})
+            rows.append(frame.assign(hidden_dim=int(width), lr=lr, backprop=mode))
+    curves = pd.concat(rows, ignore_index=True)[[*cols, "key", "step", "mean", "std"]]
+    metrics = {"grad_norm/w1": "-", "grad_norm/w2": "--"} if grad else {"loss": "-"}
+    points = {0: 0.69, 20: 0.6} if published and not grad else None
+    path = tmp_path_factory.mktemp("curves") / "c.png"
+    fig = plots.sweep_curves_plot(
+        curves, path, cols, metrics, "mean cross-entropy", f"{TITLE} loss", published=points
+    )
+    assert_laid_out(fig)
+
+
+@given(
+    widths=st.integers(1, 6),
+    lrs=st.integers(1, 8),
+    facets=st.integers(1, 4),
+    scale=st.sampled_from([1e-5, 1.0, 1e5]),
+)
+@settings(max_examples=20)
+def test_sweep_heatmap_is_laid_out(tmp_path_factory, widths, lrs, facets, scale) -> None:
+    cols = [*COLS, "epochs"] if facets > 1 else COLS
+    rng = np.random.default_rng(widths * 100 + lrs)
+    rows = [
+        {
+            "hidden_dim": int(w),
+            "lr": lr,
+            "epochs": 100 * (f + 1),
+            "seed": seed,
+            "outcome": scale * rng.uniform(0.5, 2.0),
+            "diverged": False,
+            "regime": "stable",
+        }
+        for w, lr, f, seed in product(
+            2 ** np.arange(widths), np.geomspace(1e-3, 1.0, lrs), range(facets), range(3)
+        )
+    ]
+    runs = pd.DataFrame(rows)
+    runs = runs if facets > 1 else runs.drop(columns="epochs")
+    comparison = compare(runs, cols)
+    path = tmp_path_factory.mktemp("heatmap") / "h.png"
+    fig = plots.sweep_heatmap(comparison, path, cols, f"{TITLE} mean tail_loss (± CI)")
+    assert_laid_out(fig)
+
+
+@given(widths=st.integers(1, 6), lrs=st.integers(1, 8), regimes=st.integers(1, 3))
+@settings(max_examples=10)
+def test_regime_heatmap_is_laid_out(tmp_path_factory, widths, lrs, regimes) -> None:
+    names = ["stable", "oscillating", "diverged"][:regimes]
+    rows = [
+        {"hidden_dim": int(w), "lr": lr, "seed": seed, "regime": names[seed % regimes]}
+        for w, lr, seed in product(2 ** np.arange(widths), np.geomspace(1e-3, 1.0, lrs), range(3))
+    ]
+    runs = pd.DataFrame(rows).assign(diverged=lambda f: f["regime"] == "diverged")
+    fractions = regime_fractions(runs, "hidden_dim", "lr")
+    path = tmp_path_factory.mktemp("regimes") / "r.png"
+    fig = plots.regime_heatmap(fractions, path, f"{TITLE} regimes (pooled over epochs)")
+    assert_laid_out(fig)

@@ -254,16 +254,60 @@ def _keys(frame: pd.DataFrame, cols: list[str]) -> list[tuple]:
     return sorted(frame[cols].drop_duplicates().itertuples(index=False, name=None))
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list]:
+# The sweep figures' margins, in inches, fixed rather than measured: measuring every tick
+# label (matplotlib's constrained layout) was most of the time of drawing them.
+LEFT = 0.8  # y tick labels and the y label
+RIGHT = 0.25
+PANEL_TOP = 0.35  # a panel's title
+TITLE_TOP = 0.4  # the figure's title
+BELOW = 0.6  # x tick labels and the x label
+COLOUR_BAR = 0.75  # a colour bar's tick labels and label, right of it
+
+
+def _panels(
+    n: int, width: float = 4.2, height: float = 3.2, colour_bars: bool = False
+) -> tuple[Figure, list]:
     cols = min(3, n)
     rows = -(-n // cols)
     # Wide enough for the title and legend even with one panel; at least 800 x 560 pixels.
     size = (max(width * cols, 8), max(height * rows + 1.0, 5.6))
-    fig = Figure(figsize=size, layout="constrained")
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
+    bar = COLOUR_BAR if colour_bars else 0.0
+    w, h = size
+    gap = bar + LEFT  # between panels: this one's colour bar, the next one's y labels
+    panel_w = (w - LEFT - bar - RIGHT - (cols - 1) * gap) / cols
+    fig.subplots_adjust(left=LEFT / w, right=1 - (bar + RIGHT) / w, wspace=gap / panel_w)
     return fig, axes[:n]
+
+
+def _finish(fig: Figure, title: str | None, handles: list, labels: list[str]) -> None:
+    """The title at the top and the legend at the bottom, in as many columns (up to 4) as
+    fit the figure's width, and the panels' top and bottom margins around them."""
+    w, h = fig.get_size_inches()
+    top = PANEL_TOP
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / h, va="top")
+        top += TITLE_TOP
+    bottom = BELOW
+    if labels:
+        renderer = fig.canvas.get_renderer()
+        for ncols in range(min(4, len(labels)), 0, -1):
+            legend = fig.legend(
+                handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.05 / h), ncols=ncols
+            )
+            box = legend.get_window_extent(renderer)
+            if box.width <= fig.bbox.width - 0.1 * fig.dpi or ncols == 1:
+                break
+            legend.remove()
+        bottom += box.height / fig.dpi + 0.05
+    rows = fig.axes[0].get_subplotspec().get_gridspec().nrows
+    gap = BELOW + PANEL_TOP  # between rows: x labels above, a panel title below
+    panel_h = (h - top - bottom - (rows - 1) * gap) / rows
+    fig.subplots_adjust(top=1 - top / h, bottom=bottom / h, hspace=gap / panel_h)
 
 
 def curves_need_log(curves: pd.DataFrame, config_cols: list[str], keys: list[str]) -> bool:
@@ -352,9 +396,7 @@ def sweep_curves_plot(
         for key, style in metrics.items():
             handles.append(Line2D([], [], color="black", linestyle=style))
             labels.append(key)
-    ncols = min(4, len(labels))
-    fig.legend(handles, labels, loc="outside lower center", ncols=ncols)
-    fig.suptitle(title)
+    _finish(fig, title, handles, labels)
     return _save(fig, path)
 
 
@@ -419,7 +461,9 @@ def sweep_heatmap(
     facets = _keys(frame, facet_cols)
     rows = sorted(frame[row_col].dropna().unique())
     cols = sorted(frame[col_col].dropna().unique())
-    fig, axes = _panels(len(facets), width=1.3 * len(cols) + 2.2, height=0.95 * len(rows) + 1.2)
+    fig, axes = _panels(
+        len(facets), width=1.3 * len(cols) + 2.2, height=0.95 * len(rows) + 1.2, colour_bars=True
+    )
     # One colour scale for all panels, so that panels compare.
     means = frame["mean"].to_numpy(dtype=float)
     means = means[np.isfinite(means) & (means > 0)]
@@ -465,9 +509,7 @@ def sweep_heatmap(
         Patch(fill=False, edgecolor="0.5", hatch="//", label="runs diverged"),
         Patch(facecolor="0.85", edgecolor="0.5", label="no outcome"),
     ]
-    fig.legend(handles=keys, loc="outside lower center", ncols=4)
-    if facet_cols:
-        fig.suptitle(title)
+    _finish(fig, title if facet_cols else None, keys, [k.get_label() for k in keys])
     return _save(fig, path)
 
 
@@ -482,7 +524,7 @@ def regime_heatmap(
     rate, the fraction of a cell's seeds in that regime, with n."""
     regimes = [c for c in ("stable", "oscillating", "diverged") if c in fractions]
     colours = {"stable": "Greens", "oscillating": "Oranges", "diverged": "Reds"}
-    fig, axes = _panels(len(regimes), width=4.8, height=3.8)
+    fig, axes = _panels(len(regimes), width=4.8, height=3.8, colour_bars=True)
     for ax, regime in zip(axes, regimes, strict=True):
         grid = fractions.pivot_table(index=row_col, columns=col_col, values=regime)
         n = fractions.pivot_table(index=row_col, columns=col_col, values="n")
@@ -506,5 +548,5 @@ def regime_heatmap(
             )
         bar = fig.colorbar(im, ax=ax, label=f"fraction of seeds {regime}", format="{x:.0%}")
         bar.set_ticks([0, 0.25, 0.5, 0.75, 1])
-    fig.suptitle(title)
+    _finish(fig, title, [], [])
     return _save(fig, path)
