@@ -173,15 +173,33 @@ def store(tmp_path: Path, schema_only_db: Path) -> TmpStore:
     return TmpStore(root=tmp_path, uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
 
 
+# Where the console scripts that keep one output folder per invocation (aggregate, replay,
+# the UI's logs) put it when a test names none: under pytest's temporary directory, not the
+# checkout's outputs/, where a run of the suite left hundreds of folders.
+RUN_DIRS: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    RUN_DIRS.append(tmp_path_factory.mktemp("hydra-runs"))
+
+
+def default_run_dir(name: str, args: tuple[str, ...] | list[str]) -> list[str]:
+    """The hydra.run.dir override to add to a console script's arguments (none for a sweep,
+    or when the test gives its own)."""
+    if name == "fnnlab-train" or any(a.startswith("hydra.run.dir=") for a in args):
+        return []
+    return [f"hydra.run.dir={RUN_DIRS[0]}/{name}/${{now:%H-%M-%S-%f}}"]
+
+
 def run_script(
     name: str, *args: str, timeout: float = 600, env: dict | None = None, **kw
 ) -> subprocess.CompletedProcess:
     """Run a console script of this venv the way a user would; never raises on exit status."""
     env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [str(BIN / name), *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
-    )
+    argv = [str(BIN / name), *args, *default_run_dir(name, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
 @contextlib.contextmanager
@@ -217,7 +235,8 @@ def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
     """Call a console-script entry point in this process (so a test can inject a fault
     into one job with monkeypatch); returns its exit status."""
-    monkeypatch.setattr(sys, "argv", [entry.__name__, *args])
+    script = f"fnnlab-{entry.__name__}"
+    monkeypatch.setattr(sys, "argv", [entry.__name__, *args, *default_run_dir(script, args)])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with as_a_command(monkeypatch):
         try:

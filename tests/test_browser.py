@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from conftest import BIN, TmpStore, run_script
+from conftest import BIN, TmpStore, default_run_dir, run_script
 from server_fixtures import stop_group
 
 from fnnlab.config import project_root
@@ -54,7 +54,7 @@ class UiProcess:
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [str(BIN / "fnnlab-ui"), *args],
+            [str(BIN / "fnnlab-ui"), *args, *default_run_dir("fnnlab-ui", args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
