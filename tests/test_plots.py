@@ -309,7 +309,12 @@ def boxes(fig) -> dict[str, object]:
 
 
 def assert_laid_out(fig) -> None:
-    """Every box inside the figure, and no two overlapping (1 pixel of slack)."""
+    """Every box inside the figure, no two overlapping (1 pixel of slack), and every panel
+    at least an inch high whatever the legend's length."""
+    height = fig.get_size_inches()[1]
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_label() != "<colorbar>":
+            assert ax.get_position().height * height >= 1.0, ax.get_title()
     found = boxes(fig)
     whole = fig.bbox
     for name, box in found.items():
@@ -408,4 +413,81 @@ def test_regime_heatmap_is_laid_out(tmp_path_factory, widths, lrs, regimes) -> N
     fractions = regime_fractions(runs, "hidden_dim", "lr")
     path = tmp_path_factory.mktemp("regimes") / "r.png"
     fig = plots.regime_heatmap(fractions, path, f"{TITLE} regimes (pooled over epochs)")
+    assert_laid_out(fig)
+
+
+def curves_frame(keys: list[str], cols: list[str], values, **swept) -> pd.DataFrame:
+    """Mean curves over 50 epochs for every combination of the swept values (name -> list),
+    values(lr) giving each configuration's curve."""
+    steps = np.arange(50)
+    frames = []
+    for combo in product(*swept.values()):
+        config = dict(zip(swept, combo, strict=True))
+        mean = values(config["lr"], steps)
+        for key in keys:
+            frame = pd.DataFrame({"key": key, "step": steps, "mean": mean, "std": 0.1 * mean})
+            frames.append(frame.assign(**config))
+    return pd.concat(frames, ignore_index=True)[[*cols, "key", "step", "mean", "std"]]
+
+
+def test_a_legend_of_42_configurations_keeps_the_panels(tmp_path: Path) -> None:
+    # One width, 7 rates x 3 epochs x 2 modes: a legend taller than the panels were.
+    cols = ["hidden_dim", "lr", "epochs", "backprop"]
+    swept = {
+        "hidden_dim": [32],
+        "lr": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+        "epochs": [100, 200, 400],
+        "backprop": ["exact", "tutorial"],
+    }
+    curves = curves_frame(["loss"], cols, lambda lr, s: 1 + lr * np.exp(-s / 10), **swept)
+    fig = plots.sweep_curves_plot(
+        curves, tmp_path / "c.png", cols, {"loss": "-"}, "mean cross-entropy", TITLE
+    )
+    assert len(fig.legends[0].get_texts()) == 42
+    assert_laid_out(fig)
+
+
+def test_six_digit_tick_labels_fit_beside_the_panels(tmp_path: Path) -> None:
+    # Gradient norms up to about 2e5 on a log axis: a tick labelled 100000.
+    swept = {"hidden_dim": [8, 32, 128], "lr": [0.001, 0.1, 1.0]}
+    keys = ["grad_norm/w1", "grad_norm/w2"]
+    curves = curves_frame(
+        keys, COLS, lambda lr, s: 0.01 * (1 + 2e7 * lr * np.exp(-s / 10)), **swept
+    )
+    metrics = {"grad_norm/w1": "-", "grad_norm/w2": "--"}
+    fig = plots.sweep_curves_plot(
+        curves, tmp_path / "g.png", COLS, metrics, "gradient L2 norm", TITLE, logy=True, band=False
+    )
+    labels = {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
+    assert "100000" in labels
+    assert_laid_out(fig)
+
+
+def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
+    cols = ["hidden_dim", "lr", "epochs", "backprop", "dtype"]
+    grid = product(
+        [0.001, 0.01, 0.1, 1.0],
+        [100, 200, 400],
+        ["exact", "tutorial"],
+        ["float16", "float32", "float64"],
+        range(3),
+    )
+    runs = pd.DataFrame(
+        [
+            {
+                "hidden_dim": 32,
+                "lr": lr,
+                "epochs": e,
+                "backprop": b,
+                "dtype": d,
+                "seed": seed,
+                "outcome": np.random.default_rng(seed).uniform(0.5, 2),
+                "diverged": False,
+                "regime": "stable",
+            }
+            for lr, e, b, d, seed in grid
+        ]
+    )
+    fig = plots.sweep_heatmap(compare(runs, cols), tmp_path / "h.png", cols, TITLE)
+    assert len([ax for ax in fig.axes if ax.get_images()]) == 18
     assert_laid_out(fig)

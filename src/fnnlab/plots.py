@@ -256,12 +256,12 @@ def _keys(frame: pd.DataFrame, cols: list[str]) -> list[tuple]:
 
 # The sweep figures' margins, in inches, fixed rather than measured: measuring every tick
 # label (matplotlib's constrained layout) was most of the time of drawing them.
-LEFT = 0.8  # y tick labels and the y label
+LEFT = 1.0  # y tick labels of up to 7 characters (-0.0002, 100000) and the y label
 RIGHT = 0.25
 PANEL_TOP = 0.35  # a panel's title
 TITLE_TOP = 0.4  # the figure's title
 BELOW = 0.6  # x tick labels and the x label
-COLOUR_BAR = 0.75  # a colour bar's tick labels and label, right of it
+COLOUR_BAR = 0.85  # a colour bar's tick labels and label, right of it
 
 
 def _panels(
@@ -286,25 +286,31 @@ def _panels(
 
 def _finish(fig: Figure, title: str | None, handles: list, labels: list[str]) -> None:
     """The title at the top and the legend at the bottom, in as many columns (up to 4) as
-    fit the figure's width, and the panels' top and bottom margins around them."""
+    fit the figure's width; the figure grows by the legend's height, so that the panels
+    keep theirs whatever the number of entries."""
     w, h = fig.get_size_inches()
     top = PANEL_TOP
     if title:
-        fig.suptitle(title, y=1 - 0.1 / h, va="top")
         top += TITLE_TOP
     bottom = BELOW
+    legend = None
     if labels:
         renderer = fig.canvas.get_renderer()
         for ncols in range(min(4, len(labels)), 0, -1):
-            legend = fig.legend(
-                handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.05 / h), ncols=ncols
-            )
+            legend = fig.legend(handles, labels, loc="lower center", ncols=ncols)
             box = legend.get_window_extent(renderer)
             if box.width <= fig.bbox.width - 0.1 * fig.dpi or ncols == 1:
                 break
             legend.remove()
-        bottom += box.height / fig.dpi + 0.05
-    rows = fig.axes[0].get_subplotspec().get_gridspec().nrows
+        grow = box.height / fig.dpi + 0.1
+        bottom += grow
+        h += grow
+        fig.set_size_inches(w, h)
+        legend.set_bbox_to_anchor((0.5, 0.05 / h), transform=fig.transFigure)
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / h, va="top")
+    # The figure's grid (a colour bar splits a panel's cell into a grid of its own).
+    rows = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec().nrows
     gap = BELOW + PANEL_TOP  # between rows: x labels above, a panel title below
     panel_h = (h - top - bottom - (rows - 1) * gap) / rows
     fig.subplots_adjust(top=1 - top / h, bottom=bottom / h, hspace=gap / panel_h)
