@@ -870,6 +870,8 @@ def launch_timed_out(exc: BaseException) -> str | None:
     for sweep in _open:
         timeout = sweep.launcher.get("timeout")
         if is_hydra_joblib(sweep.launcher) and timeout is not None:
+            # The launcher's schema makes it a float: 1 was typed, not 1.0.
+            timeout = int(timeout) if float(timeout).is_integer() else timeout
             line = (
                 f"hydra.launcher.timeout={timeout}: a job ran longer, and joblib stopped the "
                 "sweep (its runs in flight end KILLED). Rerun with a longer timeout, or null "
