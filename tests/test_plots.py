@@ -491,3 +491,33 @@ def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
     fig = plots.sweep_heatmap(compare(runs, cols), tmp_path / "h.png", cols, TITLE)
     assert len([ax for ax in fig.axes if ax.get_images()]) == 18
     assert_laid_out(fig)
+
+
+def assert_texts_apart(ax) -> None:
+    """Within one panel: no two of its x tick labels and cell notes overlap."""
+    renderer = ax.figure.canvas.get_renderer()
+    texts = [t for t in [*ax.get_xticklabels(), *ax.texts] if t.get_visible() and t.get_text()]
+    found = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    for i, (a, p) in enumerate(found):
+        for b, q in found[i + 1 :]:
+            apart = min(p.x1, q.x1) - max(p.x0, q.x0) <= 1 or min(p.y1, q.y1) - max(p.y0, q.y0) <= 1
+            assert apart, f"{a!r} {p.extents} overlaps {b!r} {q.extents} in {ax.get_title()}"
+
+
+@pytest.mark.parametrize("lrs", [4, 6, 9])
+def test_a_regime_heatmap_is_wide_enough_for_its_rates(tmp_path: Path, lrs: int) -> None:
+    # Rates as a sweep types them; the panels widen with their number.
+    rates = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5][:lrs]
+    names = ["stable", "oscillating", "diverged"]
+    runs = pd.DataFrame(
+        [
+            {"hidden_dim": w, "lr": lr, "seed": seed, "regime": names[seed % 3]}
+            for w, lr, seed in product([8, 32, 128], rates, range(3))
+        ]
+    ).assign(diverged=lambda f: f["regime"] == "diverged")
+    fractions = regime_fractions(runs, "hidden_dim", "lr")
+    fig = plots.regime_heatmap(fractions, tmp_path / "r.png", f"{TITLE} regimes")
+    assert_laid_out(fig)
+    for ax in fig.axes:
+        if ax.get_images() and ax.get_label() != "<colorbar>":
+            assert_texts_apart(ax)

@@ -530,7 +530,9 @@ def regime_heatmap(
     rate, the fraction of a cell's seeds in that regime, with n."""
     regimes = [c for c in ("stable", "oscillating", "diverged") if c in fractions]
     colours = {"stable": "Greens", "oscillating": "Oranges", "diverged": "Reds"}
-    fig, axes = _panels(len(regimes), width=4.8, height=3.8, colour_bars=True)
+    # Wide enough for each column's tick label and cell note, besides the fixed margins.
+    width = max(4.8, 0.6 * fractions[col_col].nunique() + LEFT + COLOUR_BAR + 0.6)
+    fig, axes = _panels(len(regimes), width=width, height=3.8, colour_bars=True)
     for ax, regime in zip(axes, regimes, strict=True):
         grid = fractions.pivot_table(index=row_col, columns=col_col, values=regime)
         n = fractions.pivot_table(index=row_col, columns=col_col, values="n")
