@@ -185,9 +185,9 @@ def _run_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def default_run_dir(name: str, args: tuple[str, ...] | list[str]) -> list[str]:
-    """The hydra.run.dir override to add to a console script's arguments (none for a sweep,
-    or when the test gives its own)."""
-    if name == "fnnlab-train" or any(a.startswith("hydra.run.dir=") for a in args):
+    """The hydra.run.dir override to add to a console script's arguments: none for
+    fnnlab-train (its tests name their folders), or when the test gives its own."""
+    if name == "fnnlab-train" or any(a.lstrip("+").startswith("hydra.run.dir=") for a in args):
         return []
     return [f"hydra.run.dir={RUN_DIRS[0]}/{name}/${{now:%H-%M-%S-%f}}"]
 

@@ -351,15 +351,13 @@ def test_sweep_curves_are_laid_out(
     tmp_path_factory, widths, lrs, modes, scale, spread, published, grad
 ) -> None:
     cols = [*COLS, "backprop"] if modes else COLS
-    rates = np.geomspace(1e-3, 1.0, lrs)
-    steps = np.arange(50)
-    rows = []
-    for width, lr, mode in product(2 ** np.arange(widths), rates, modes or (None,)):
-        values = scale * (1 + (spread - 1) * lr * np.exp(-steps / 10))
-        for key in ("grad_norm/w1", "grad_norm/w2") if grad else ("loss",):
-            frame = pd.DataFrame({"key": key, "step": steps, "mean": values, "std": 0.1 * values})
-            rows.append(frame.assign(hidden_dim=int(width), lr=lr, backprop=mode))
-    curves = pd.concat(rows, ignore_index=True)[[*cols, "key", "step", "mean", "std"]]
+    swept = {"hidden_dim": [2**i for i in range(widths)], "lr": np.geomspace(1e-3, 1.0, lrs)}
+    if modes:
+        swept["backprop"] = modes
+    keys = ["grad_norm/w1", "grad_norm/w2"] if grad else ["loss"]
+    curves = curves_frame(
+        keys, cols, lambda lr, s: scale * (1 + (spread - 1) * lr * np.exp(-s / 10)), **swept
+    )
     metrics = {"grad_norm/w1": "-", "grad_norm/w2": "--"} if grad else {"loss": "-"}
     points = {0: 0.69, 20: 0.6} if published and not grad else None
     path = tmp_path_factory.mktemp("curves") / "c.png"

@@ -293,7 +293,6 @@ def _finish(fig: Figure, title: str | None, handles: list, labels: list[str]) ->
     if title:
         top += TITLE_TOP
     bottom = BELOW
-    legend = None
     if labels:
         renderer = fig.canvas.get_renderer()
         for ncols in range(min(4, len(labels)), 0, -1):
