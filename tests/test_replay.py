@@ -204,6 +204,8 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     client.set_tag(ids["h32-lr0.1-s1"], "regime", "stable" if regime != "stable" else "oscillating")
     client.set_tag(ids["h32-lr0.1-s2"], "diverged_at", "7")
     artifact(runs["h32-lr0.1-s3"], "weights.pt").write_text("not a pickle")
+    fingerprint = runs["h32-lr0.1-s3"].data.tags["fingerprint"]
+    client.set_tag(ids["h32-lr0.1-s3"], "fingerprint", "0" * 16)
     client.log_batch(ids["h32-lr0.1-s4"], [Metric("loss", 9.9, 0, 4)])  # an earlier time
     weights = artifact(runs["h32-lr1000-s0"], "weights.pt")
     torch.save({k: v.double() for k, v in torch.load(weights).items()}, weights)
@@ -232,7 +234,8 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         "h32-lr0.1-s0": "differs at epoch 29 final/loss 0.1 -> ",
         "h32-lr0.1-s1": "differs at epoch 29 regime ",
         "h32-lr0.1-s2": "differs at epoch 7 diverged_at 7 -> None, ",
-        "h32-lr0.1-s3": "differs at epoch 30 weights.pt unreadable (",
+        "h32-lr0.1-s3": f"differs at epoch 0 fingerprint {'0' * 16}, config.yaml {fingerprint}, "
+        "largest difference inf; also epoch 30 weights.pt unreadable (",
         "h32-lr0.1-s4": "differs at epoch 4 loss (values stored twice), ",
         "h32-lr1000-s0": "differs at epoch 1 final weights w1 dtype torch.float64 -> torch.float32",
         "h32-lr1000-s1": "identical",

@@ -4,11 +4,11 @@ A run's config is rebuilt from its own `config.yaml` artifact (the resolved conf
 with), never from Hydra's output folders, so runs from other machines or a tracking server
 replay the same way. It is retrained with today's code, and what the run stored is compared
 exactly with what the job would store now: every per-epoch value at every stored step, the
-summary metrics, the tags that say what happened in training, the params (against the
-rebuilt config) and the final weights, dtype included. When something differs, every
-difference is named (a metric with the epoch it first differs at and how many of its values
-differ, a summary metric, a tag, a param, the weights), with the largest difference and
-what changed in the environment since (fnnlab.provenance).
+summary metrics, the tags that say what happened in training, the params and the
+fingerprint tag (against the rebuilt config) and the final weights, dtype included. When
+something differs, every difference is named (a metric with the epoch it first differs at
+and how many of its values differ, a summary metric, a tag, a param, the weights), with
+the largest difference and what changed in the environment since (fnnlab.provenance).
 
 A sweep's answer (the tables, metrics and tags its end or fnnlab-aggregate stored on the
 parent run) is checked the same way: made again from the runs the store holds, with the
@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import provenance
 from fnnlab.aggregate import connect, read_curves
-from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, flatten
+from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, fingerprint, flatten
 from fnnlab.errortext import reason
 from fnnlab.job import data_hash, end_tags, summarize, train_model
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
@@ -224,10 +224,11 @@ def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
     """Params that do not say what config.yaml says (either was changed after the run), and
     params config.yaml does not have (logged to the run afterwards). A key only config.yaml
     has is left out: `cfg` holds today's defaults too, and a key added since is not a
-    difference (MLflow cannot delete a param)."""
+    difference (MLflow cannot delete a param). The fingerprint tag too, against the
+    config's: a resumed sweep finds a configuration's runs by it."""
     stored = run.data.params
     now = {k: str(v) for k, v in flatten(cfg).items()}
-    return [
+    diffs = [
         Diff(0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
         for k in sorted(stored.keys() & now.keys())
         if stored[k] != now[k]
@@ -235,6 +236,10 @@ def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
         Diff(0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
         for k in sorted(stored.keys() - now.keys())
     ]
+    tag, now_tag = run.data.tags.get(Tag.FINGERPRINT), fingerprint(cfg)
+    if tag != now_tag:
+        diffs.insert(0, Diff(0, -2, f"fingerprint {tag}, config.yaml {now_tag}", math.inf))
+    return diffs
 
 
 def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
