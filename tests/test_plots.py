@@ -335,6 +335,14 @@ def assert_laid_out(fig) -> None:
 
 
 TITLE = "an-experiment-name: 9f2aebfa145a"
+# Experiment names as long as people make them, with spaces and without.
+TITLES = [
+    TITLE,
+    "phase diagram of width and learning rate on the two first iris classes, float64, exact "
+    "backprop, second try: 9f2aebfa145a",
+    "iris_phase_diagram_of_width_and_learning_rate_on_two_classes_float64_exact_backprop_"
+    "second_try: 9f2aebfa145a",
+]
 
 
 @given(
@@ -345,10 +353,11 @@ TITLE = "an-experiment-name: 9f2aebfa145a"
     spread=st.sampled_from([1.01, 100.0]),
     published=st.booleans(),
     grad=st.booleans(),
+    title=st.sampled_from(TITLES),
 )
 @settings(max_examples=20)
 def test_sweep_curves_are_laid_out(
-    tmp_path_factory, widths, lrs, modes, scale, spread, published, grad
+    tmp_path_factory, widths, lrs, modes, scale, spread, published, grad, title
 ) -> None:
     cols = [*COLS, "backprop"] if modes else COLS
     swept = {"hidden_dim": [2**i for i in range(widths)], "lr": np.geomspace(1e-3, 1.0, lrs)}
@@ -362,7 +371,7 @@ def test_sweep_curves_are_laid_out(
     points = {0: 0.69, 20: 0.6} if published and not grad else None
     path = tmp_path_factory.mktemp("curves") / "c.png"
     fig = plots.sweep_curves_plot(
-        curves, path, cols, metrics, "mean cross-entropy", f"{TITLE} loss", published=points
+        curves, path, cols, metrics, "mean cross-entropy", f"{title} loss", published=points
     )
     assert_laid_out(fig)
 
@@ -371,37 +380,48 @@ def test_sweep_curves_are_laid_out(
     widths=st.integers(1, 6),
     lrs=st.integers(1, 8),
     facets=st.integers(1, 4),
+    modes=st.sampled_from([("tutorial",), ("exact", "tutorial")]),
     scale=st.sampled_from([1e-5, 1.0, 1e5]),
+    title=st.sampled_from(TITLES),
 )
 @settings(max_examples=20)
-def test_sweep_heatmap_is_laid_out(tmp_path_factory, widths, lrs, facets, scale) -> None:
-    cols = [*COLS, "epochs"] if facets > 1 else COLS
+def test_sweep_heatmap_is_laid_out(
+    tmp_path_factory, widths, lrs, facets, modes, scale, title
+) -> None:
+    # Facets of up to two params (epochs, backprop): a facet title of several params.
+    facet_cols = [c for c, n in (("epochs", facets), ("backprop", len(modes))) if n > 1]
+    cols = [*COLS, *facet_cols]
     rng = np.random.default_rng(widths * 100 + lrs)
     rows = [
         {
             "hidden_dim": int(w),
             "lr": lr,
             "epochs": 100 * (f + 1),
+            "backprop": mode,
             "seed": seed,
             "outcome": scale * rng.uniform(0.5, 2.0),
             "diverged": False,
             "regime": "stable",
         }
-        for w, lr, f, seed in product(
-            2 ** np.arange(widths), np.geomspace(1e-3, 1.0, lrs), range(facets), range(3)
+        for w, lr, f, mode, seed in product(
+            2 ** np.arange(widths), np.geomspace(1e-3, 1.0, lrs), range(facets), modes, range(3)
         )
     ]
-    runs = pd.DataFrame(rows)
-    runs = runs if facets > 1 else runs.drop(columns="epochs")
+    runs = pd.DataFrame(rows)[[*cols, "seed", "outcome", "diverged", "regime"]]
     comparison = compare(runs, cols)
     path = tmp_path_factory.mktemp("heatmap") / "h.png"
-    fig = plots.sweep_heatmap(comparison, path, cols, f"{TITLE} mean tail_loss (± CI)")
+    fig = plots.sweep_heatmap(comparison, path, cols, f"{title} mean tail_loss (± CI)")
     assert_laid_out(fig)
 
 
-@given(widths=st.integers(1, 6), lrs=st.integers(1, 8), regimes=st.integers(1, 3))
+@given(
+    widths=st.integers(1, 6),
+    lrs=st.integers(1, 8),
+    regimes=st.integers(1, 3),
+    title=st.sampled_from(TITLES),
+)
 @settings(max_examples=10)
-def test_regime_heatmap_is_laid_out(tmp_path_factory, widths, lrs, regimes) -> None:
+def test_regime_heatmap_is_laid_out(tmp_path_factory, widths, lrs, regimes, title) -> None:
     names = ["stable", "oscillating", "diverged"][:regimes]
     rows = [
         {"hidden_dim": int(w), "lr": lr, "seed": seed, "regime": names[seed % regimes]}
@@ -410,7 +430,7 @@ def test_regime_heatmap_is_laid_out(tmp_path_factory, widths, lrs, regimes) -> N
     runs = pd.DataFrame(rows).assign(diverged=lambda f: f["regime"] == "diverged")
     fractions = regime_fractions(runs, "hidden_dim", "lr")
     path = tmp_path_factory.mktemp("regimes") / "r.png"
-    fig = plots.regime_heatmap(fractions, path, f"{TITLE} regimes (pooled over epochs)")
+    fig = plots.regime_heatmap(fractions, path, f"{title} regimes (pooled over epochs)")
     assert_laid_out(fig)
 
 
@@ -488,6 +508,37 @@ def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
     )
     fig = plots.sweep_heatmap(compare(runs, cols), tmp_path / "h.png", cols, TITLE)
     assert len([ax for ax in fig.axes if ax.get_images()]) == 18
+    assert_laid_out(fig)
+
+
+def test_long_titles_are_broken_into_lines(tmp_path: Path) -> None:
+    # One rate: narrow panels under facet titles of three params, and a long figure title.
+    cols = ["hidden_dim", "lr", "epochs", "backprop", "dtype"]
+    grid = product([100, 200], ["exact", "tutorial"], ["float32", "float64"], range(3))
+    runs = pd.DataFrame(
+        [
+            {
+                "hidden_dim": 32,
+                "lr": 0.1,
+                "epochs": e,
+                "backprop": b,
+                "dtype": d,
+                "seed": seed,
+                "outcome": np.random.default_rng(seed).uniform(0.5, 2),
+                "diverged": False,
+                "regime": "stable",
+            }
+            for e, b, d, seed in grid
+        ]
+    )
+    title = f"{TITLES[1]} mean tail_loss (± CI half-width)"
+    fig = plots.sweep_heatmap(compare(runs, cols), tmp_path / "h.png", cols, title)
+    panels = [ax for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
+    assert len(panels) == 8
+    assert all("\n" in ax.get_title() for ax in panels)
+    assert "\n" in fig._suptitle.get_text()
+    # Broken at spaces: every word is whole on some line.
+    assert fig._suptitle.get_text().split() == title.split()
     assert_laid_out(fig)
 
 

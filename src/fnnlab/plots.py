@@ -10,6 +10,7 @@ layout engine, and fixed places for the title and axis labels, for the same reas
 
 from __future__ import annotations
 
+import textwrap
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -23,6 +24,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
 from fnnlab.outcome import HIGHER_IS_BETTER
@@ -284,17 +286,73 @@ def _panels(
     return fig, axes[:n]
 
 
+# Titles shrink to this size, no smaller, before a word of theirs is broken.
+SMALLEST_TITLE = 8.0
+
+
+def _title_size(text: Text, width: float, renderer: Any) -> float:
+    """The font size at which the widest word of `text` fits in `width` pixels on a line
+    of its own: its size if it does already, SMALLEST_TITLE at least."""
+    size, words = text.get_fontsize(), text.get_text()
+    text.set_text(max(words.split() or [""], key=len))
+    wide = text.get_window_extent(renderer).width
+    text.set_text(words)
+    if wide <= width:
+        return size
+    return max(SMALLEST_TITLE, 0.95 * size * width / wide)
+
+
+def _wrap(text: Text, width: float, renderer: Any) -> float:
+    """Break `text` into lines no wider than `width` pixels: at spaces (a long experiment
+    name, a facet of several params), and within a word only when that word alone is too
+    wide. The height it gained, in inches."""
+    box = text.get_window_extent(renderer)
+    if box.width <= width:
+        return 0.0
+    words = text.get_text()
+    longest = len(max(words.split(), key=len))
+    chars = max(1, int(len(words) * width / box.width))
+    while True:
+        whole = chars >= longest
+        lines = textwrap.wrap(words, chars, break_long_words=not whole, break_on_hyphens=False)
+        text.set_text("\n".join(lines))
+        wrapped = text.get_window_extent(renderer)
+        if wrapped.width <= width or chars == 1:
+            return (wrapped.height - box.height) / renderer.dpi
+        step = max(1, chars // 10)
+        chars = max(longest, chars - step) if chars > longest else max(1, chars - step)
+
+
+def _fit(texts: list[Text], widths: list[float], renderer: Any) -> float:
+    """Titles fitted to their widths (pixels): all at one font size, the largest at which
+    every word fits on a line of its own, then broken into lines; the height the tallest
+    gained, in inches."""
+    size = min(_title_size(t, w, renderer) for t, w in zip(texts, widths, strict=True))
+    for text in texts:
+        if size < text.get_fontsize():
+            text.set_fontsize(size)
+    return max(_wrap(t, w, renderer) for t, w in zip(texts, widths, strict=True))
+
+
 def _finish(fig: Figure, title: str | None, handles: list, labels: list[str]) -> None:
     """The title at the top and the legend at the bottom, in as many columns (up to 4) as
     fit the figure's width; the figure grows by the legend's height, so that the panels
-    keep theirs whatever the number of entries."""
+    keep theirs whatever the number of entries. Titles wider than their figure or panel
+    are broken into lines, and the figure grows by those too."""
     w, h = fig.get_size_inches()
-    top = PANEL_TOP
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    # Every row's panel titles get the room of the tallest.
+    row_extra = _fit([ax.title for ax in panels], [ax.bbox.width for ax in panels], renderer)
+    top, bottom, title_extra = PANEL_TOP + row_extra, BELOW, 0.0
     if title:
-        top += TITLE_TOP
-    bottom = BELOW
+        suptitle = fig.suptitle(title, va="top")
+        title_extra = _fit([suptitle], [fig.bbox.width - 0.2 * fig.dpi], renderer)
+        top += TITLE_TOP + title_extra
+    # The figure's grid (a colour bar splits a panel's cell into a grid of its own).
+    rows = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec().nrows
+    h += rows * row_extra + title_extra
     if labels:
-        renderer = fig.canvas.get_renderer()
         for ncols in range(min(4, len(labels)), 0, -1):
             legend = fig.legend(handles, labels, loc="lower center", ncols=ncols)
             box = legend.get_window_extent(renderer)
@@ -304,13 +362,12 @@ def _finish(fig: Figure, title: str | None, handles: list, labels: list[str]) ->
         grow = box.height / fig.dpi + 0.1
         bottom += grow
         h += grow
-        fig.set_size_inches(w, h)
+    fig.set_size_inches(w, h)
+    if labels:
         legend.set_bbox_to_anchor((0.5, 0.05 / h), transform=fig.transFigure)
     if title:
-        fig.suptitle(title, y=1 - 0.1 / h, va="top")
-    # The figure's grid (a colour bar splits a panel's cell into a grid of its own).
-    rows = fig.axes[0].get_subplotspec().get_topmost_subplotspec().get_gridspec().nrows
-    gap = BELOW + PANEL_TOP  # between rows: x labels above, a panel title below
+        suptitle.set_y(1 - 0.1 / h)
+    gap = BELOW + PANEL_TOP + row_extra  # between rows: x labels above, panel titles below
     panel_h = (h - top - bottom - (rows - 1) * gap) / rows
     fig.subplots_adjust(top=1 - top / h, bottom=bottom / h, hspace=gap / panel_h)
 
