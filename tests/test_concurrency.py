@@ -373,6 +373,56 @@ def test_dead_holders_and_runs_without_lease_are_passed_over(opened):
     assert opened.client.get_run(elsewhere).info.status == "RUNNING"  # not ours to judge
 
 
+def test_an_interrupted_sweep_waits_for_its_own_runs_only(opened, monkeypatch):
+    """What an interrupted Ray sweep waits for, after Ray's shutdown, before it ends the
+    parent (Sweep.abandon): its own workers' runs still RUNNING. A live run of another
+    invocation of the same sweep is not one: it trains on, and the wait lasted its
+    whole RAY_EXIT_S for it."""
+    from fnnlab.sweep import invocation, reap_dead_runs
+
+    mine, other = invocation("/sweeps/a"), invocation("/sweeps/b")
+    made = {}
+    for name, of, pid in [("mine", mine, None), ("other", other, None), ("gone", mine, dead_pid())]:
+        made[name] = fake_run(opened, pid=pid)
+        for key, value in ((Tag.SWEEP_ID, "s1"), (Tag.INVOCATION, of)):
+            opened.client.set_tag(made[name], key, value)
+    assert reap_dead_runs(opened, "s1", float("inf"), mine) == (1, 1)
+    assert reap_dead_runs(opened, "s1", float("inf"), other) == (0, 1)
+    assert reap_dead_runs(opened, "s1", float("inf")) == (0, 2)
+    status = {name: opened.client.get_run(run_id).info.status for name, run_id in made.items()}
+    assert status == {"mine": "RUNNING", "other": "RUNNING", "gone": "KILLED"}
+
+    # An interrupted Ray sweep of invocation `mine`, its own run gone by now: it looks once
+    # and closes the parent (it looked again and again for RAY_EXIT_S before).
+    from fnnlab import sweep as sweep_module
+
+    opened.client.set_terminated(made["mine"], "KILLED")
+    parent = opened.client.create_run(opened.experiment_id, tags={Tag.ROLE: "sweep"})
+    interrupted = object.__new__(sweep_module.Sweep)
+    interrupted.__dict__.update(
+        pid=os.getpid(),
+        ray=True,
+        store=opened,
+        id="s1",
+        dir="/sweeps/a",
+        jobs=None,
+        prints=None,
+        parent=parent.info.run_id,
+        first_error=None,
+    )
+    looks = []
+
+    def reap(*args):
+        looks.append(args)
+        return reap_dead_runs(*args)
+
+    monkeypatch.setattr(sweep_module, "reap_dead_runs", reap)
+    interrupted.abandon()
+    assert len(looks) == 1
+    assert opened.client.get_run(parent.info.run_id).info.status == "KILLED"
+    assert opened.client.get_run(made["other"]).info.status == "RUNNING"
+
+
 def test_the_parent_is_the_claimed_one_and_a_dead_decider_is_no_parent(opened):
     from fnnlab import claims
 

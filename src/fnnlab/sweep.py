@@ -332,13 +332,15 @@ def sweep_counts(store: Store, parent_run_id: str, expected: set[str] | None = N
 # --- runs whose process is gone -------------------------------------------------------------
 
 
-def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, int]:
+def reap_dead_runs(
+    store: Store, sid: str, remote_after: float, of: str | None = None
+) -> tuple[int, int]:
     """End KILLED the RUNNING jobs of this sweep whose process is gone (SIGKILL, lost host,
     launcher workers torn down with an interrupted sweep).
 
     On this host a run is dead when its recorded pid is no longer its process; on another,
     when its lease ran out (fnnlab.claims.holder_alive). Returns (runs marked KILLED, runs
-    left RUNNING).
+    left RUNNING; with `of`, only those of that invocation, see invocation()).
     """
     query = (
         f"tags.{Tag.SWEEP_ID} = '{sid}' and tags.{Tag.ROLE} = '{ROLE_JOB}' "
@@ -348,7 +350,7 @@ def reap_dead_runs(store: Store, sid: str, remote_after: float) -> tuple[int, in
     for run in search_all(store, query):
         alive, why = claims.holder_alive(run, remote_after)
         if alive:
-            left += 1
+            left += of is None or run.data.tags.get(Tag.INVOCATION) == of
             continue
         claims.mark_dead(store, run, why)
         reaped += 1
@@ -809,13 +811,15 @@ class Sweep:
 
             ray.shutdown()
         try:
-            left = reap_dead_runs(self.store, self.id, float("inf"))[1]
+            mine = invocation(self.dir)
+            left = reap_dead_runs(self.store, self.id, float("inf"), mine)[1]
             # Ray's workers exit after its shutdown returns (later under load): the runs they
-            # hold are reaped once they have, or they stayed RUNNING.
+            # hold are reaped once they have, or they stayed RUNNING. This invocation's only:
+            # another invocation of the sweep trains on.
             deadline = time.monotonic() + RAY_EXIT_S
             while self.ray and left and time.monotonic() < deadline:
                 time.sleep(0.2)
-                left = reap_dead_runs(self.store, self.id, float("inf"))[1]
+                left = reap_dead_runs(self.store, self.id, float("inf"), mine)[1]
             failed = after_error and (self.first_error or self._first_run_error())
             counts = sweep_counts(self.store, self.parent, self.prints)
             self._close(counts, FAILED if failed else KILLED, failed or None)
