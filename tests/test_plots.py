@@ -542,6 +542,36 @@ def test_long_titles_are_broken_into_lines(tmp_path: Path) -> None:
     assert_laid_out(fig)
 
 
+AWKWARD_TITLES = {
+    "ideographic spaces": "\u3000".join(["phase", "diagram", "of", "width", "and"] * 6),
+    "no-break spaces": "\u00a0".join(["phase", "diagram", "of", "width", "and"] * 8),
+    "newlines": "my experiment: 9f2aebfa145a\nloss (mean ± std)\nover seeds",
+    "dollars": "x $5 $^$ y",
+    "spaces only": " " * 300,
+    "narrow and wide words": "fil" + "l" * 120 + " " + "M" * 31,
+}
+
+
+@pytest.mark.parametrize("name", list(AWKWARD_TITLES))
+def test_awkward_titles_are_laid_out(tmp_path: Path, name: str) -> None:
+    # From a review: words found where textwrap breaks no line, lines already in a title,
+    # "$" read as a formula once a word was measured alone, a title with no word, and a
+    # word that fits whole but was broken.
+    title = AWKWARD_TITLES[name]
+    swept = {"hidden_dim": [8, 32], "lr": [0.01, 0.1]}
+    curves = curves_frame(["loss"], COLS, lambda lr, s: 1 + lr * np.exp(-s / 10), **swept)
+    fig = plots.sweep_curves_plot(curves, tmp_path / "c.png", COLS, {"loss": "-"}, "loss", title)
+    assert_laid_out(fig)
+    lines = fig._suptitle.get_text().split("\n")
+    # At 8 points a line of the 800-pixel figure holds about 130 characters.
+    assert len(lines) <= -(-len(title) // 100) + 1, lines
+    assert fig.get_size_inches()[1] < 7
+    if name == "dollars":
+        assert lines == ["x $5 $^$ y"]
+    if name == "narrow and wide words":
+        assert lines == ["fil" + "l" * 120, "M" * 31]
+
+
 def assert_texts_apart(ax) -> None:
     """Within one panel: no two of its x tick labels and cell notes overlap."""
     renderer = ax.figure.canvas.get_renderer()

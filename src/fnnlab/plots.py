@@ -10,6 +10,7 @@ layout engine, and fixed places for the title and axis labels, for the same reas
 
 from __future__ import annotations
 
+import re
 import textwrap
 from functools import cache
 from itertools import product
@@ -288,45 +289,64 @@ def _panels(
 
 # Titles shrink to this size, no smaller, before a word of theirs is broken.
 SMALLEST_TITLE = 8.0
+# Where textwrap breaks lines: ASCII whitespace only (a no-break space is within a word).
+_SPACES = re.compile(r"[\t\n\x0b\x0c\r ]+")
+
+
+def _words(text: str) -> list[str]:
+    return [word for word in _SPACES.split(text) if word]
+
+
+def _width(text: Text, content: str, renderer: Any) -> float:
+    """How wide `text` would be, in pixels, holding `content`."""
+    was = text.get_text()
+    text.set_text(content)
+    wide = text.get_window_extent(renderer).width
+    text.set_text(was)
+    return wide
 
 
 def _title_size(text: Text, width: float, renderer: Any) -> float:
     """The font size at which the widest word of `text` fits in `width` pixels on a line
     of its own: its size if it does already, SMALLEST_TITLE at least."""
-    size, words = text.get_fontsize(), text.get_text()
-    text.set_text(max(words.split() or [""], key=len))
-    wide = text.get_window_extent(renderer).width
-    text.set_text(words)
+    words = set(_words(text.get_text()))
+    wide = max((_width(text, word, renderer) for word in words), default=0.0)
     if wide <= width:
-        return size
-    return max(SMALLEST_TITLE, 0.95 * size * width / wide)
+        return text.get_fontsize()
+    return max(SMALLEST_TITLE, 0.95 * text.get_fontsize() * width / wide)
 
 
 def _wrap(text: Text, width: float, renderer: Any) -> float:
-    """Break `text` into lines no wider than `width` pixels: at spaces (a long experiment
-    name, a facet of several params), and within a word only when that word alone is too
-    wide. The height it gained, in inches."""
-    box = text.get_window_extent(renderer)
-    if box.width <= width:
+    """Break one-line `text` into lines no wider than `width` pixels: at spaces (a long
+    experiment name, a facet of several params), and within words only when a word alone
+    is too wide. The height it gained, in inches."""
+    line = text.get_window_extent(renderer)
+    if line.width <= width:
         return 0.0
     words = text.get_text()
-    longest = len(max(words.split(), key=len))
-    chars = max(1, int(len(words) * width / box.width))
+    count = len(_words(words))
+    chars = max(1, int(len(words) * width / line.width))
+    whole = True
     while True:
-        whole = chars >= longest
         lines = textwrap.wrap(words, chars, break_long_words=not whole, break_on_hyphens=False)
         text.set_text("\n".join(lines))
         wrapped = text.get_window_extent(renderer)
-        if wrapped.width <= width or chars == 1:
-            return (wrapped.height - box.height) / renderer.dpi
-        step = max(1, chars // 10)
-        chars = max(longest, chars - step) if chars > longest else max(1, chars - step)
+        if wrapped.width <= width or (chars == 1 and not whole):
+            return (wrapped.height - line.height) / renderer.dpi
+        if whole and len(lines) == count:
+            whole = False  # every word on a line of its own, one still too wide
+        else:
+            chars = max(1, chars - max(1, chars // 10))
 
 
 def _fit(texts: list[Text], widths: list[float], renderer: Any) -> float:
-    """Titles fitted to their widths (pixels): all at one font size, the largest at which
-    every word fits on a line of its own, then broken into lines; the height the tallest
-    gained, in inches."""
+    """Titles fitted to their widths (pixels): as plain text (an experiment name's "$" is
+    no formula) on one line, then all at one font size, the largest at which each word fits
+    on a line of its own, then broken into lines; the height the tallest gained, in
+    inches."""
+    for text in texts:
+        text.set_parse_math(False)
+        text.set_text(" ".join(_words(text.get_text())))
     size = min(_title_size(t, w, renderer) for t, w in zip(texts, widths, strict=True))
     for text in texts:
         if size < text.get_fontsize():
