@@ -206,6 +206,9 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     artifact(runs["h32-lr0.1-s3"], "weights.pt").write_text("not a pickle")
     fingerprint = runs["h32-lr0.1-s3"].data.tags["fingerprint"]
     client.set_tag(ids["h32-lr0.1-s3"], "fingerprint", "0" * 16)
+    # As a run made before a key existed: a hash without it, and no param of it.
+    old = runs["h32-lr0.1-s2"].data.tags["fingerprint"]
+    client.set_tag(ids["h32-lr0.1-s2"], "fingerprint", "1" * 16)
     client.log_batch(ids["h32-lr0.1-s4"], [Metric("loss", 9.9, 0, 4)])  # an earlier time
     weights = artifact(runs["h32-lr1000-s0"], "weights.pt")
     torch.save({k: v.double() for k, v in torch.load(weights).items()}, weights)
@@ -214,6 +217,11 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         db.execute(
             "UPDATE params SET value = '0.5' WHERE key = 'optim.lr' AND run_uuid = ?",
             (ids["h32-lr1000-s2"],),
+        )
+        db.execute(
+            "DELETE FROM params WHERE key IN ('train.diverge_factor', 'model.dtype') "
+            "AND run_uuid = ?",
+            (ids["h32-lr0.1-s2"],),
         )
     db.close()
     client.log_metric(ids["h32-lr1000-s3"], "best/loss", 0.5)  # a diverged run has none
@@ -233,7 +241,7 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     expected = {
         "h32-lr0.1-s0": "differs at epoch 29 final/loss 0.1 -> ",
         "h32-lr0.1-s1": "differs at epoch 29 regime ",
-        "h32-lr0.1-s2": "differs at epoch 7 diverged_at 7 -> None, ",
+        "h32-lr0.1-s2": f"differs at epoch 0 fingerprint {'1' * 16}, config.yaml {old} (keys ",
         "h32-lr0.1-s3": f"differs at epoch 0 fingerprint {'0' * 16}, config.yaml {fingerprint}, "
         "largest difference inf; also epoch 30 weights.pt unreadable (",
         "h32-lr0.1-s4": "differs at epoch 4 loss (values stored twice), ",
@@ -247,6 +255,11 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     }
     for name, start in expected.items():
         assert found[ids[name]].startswith(start), (name, found[ids[name]])
+    assert client.get_run(ids["h32-lr0.1-s2"]).data.tags["replay.diffs"].splitlines() == [
+        f"epoch 0 fingerprint {'1' * 16}, config.yaml {old} (keys added since the run: "
+        "model.dtype, train.diverge_factor)",
+        "epoch 7 diverged_at 7 -> None",
+    ]
     count, answer = out.stdout.strip().splitlines()[-2:]
     assert count == "replayed 11 runs: 1 identical, 10 differ; 1 not replayable"
     # The sweep's answer was made from the runs as they were.

@@ -39,7 +39,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import provenance
 from fnnlab.aggregate import connect, read_curves
-from fnnlab.config import ConfigValueError, TrainAppConfig, check_values, fingerprint, flatten
+from fnnlab.config import (
+    TRAINING_KEYS,
+    ConfigValueError,
+    TrainAppConfig,
+    check_values,
+    fingerprint,
+    flatten,
+)
 from fnnlab.errortext import reason
 from fnnlab.job import data_hash, end_tags, summarize, train_model
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
@@ -238,7 +245,10 @@ def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
     ]
     tag, now_tag = run.data.tags.get(Tag.FINGERPRINT), fingerprint(cfg)
     if tag != now_tag:
-        diffs.insert(0, Diff(0, -2, f"fingerprint {tag}, config.yaml {now_tag}", math.inf))
+        # Keys the hash covers that the run has no param of: today's config added them.
+        added = sorted(k for k in now.keys() - stored.keys() if k.split(".")[0] in TRAINING_KEYS)
+        why = f" (keys added since the run: {', '.join(added)})" if added else ""
+        diffs.insert(0, Diff(0, -2, f"fingerprint {tag}, config.yaml {now_tag}{why}", math.inf))
     return diffs
 
 
