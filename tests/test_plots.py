@@ -481,16 +481,14 @@ def test_six_digit_tick_labels_fit_beside_the_panels(tmp_path: Path) -> None:
     assert_laid_out(fig)
 
 
-def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
-    cols = ["hidden_dim", "lr", "epochs", "backprop", "dtype"]
-    grid = product(
-        [0.001, 0.01, 0.1, 1.0],
-        [100, 200, 400],
-        ["exact", "tutorial"],
-        ["float16", "float32", "float64"],
-        range(3),
-    )
-    runs = pd.DataFrame(
+FACET_COLS = ["hidden_dim", "lr", "epochs", "backprop", "dtype"]
+
+
+def facet_runs(lrs: list, epochs: list, modes: list, dtypes: list) -> pd.DataFrame:
+    """Three seeds of width 32 for every rate, epochs, mode and dtype given: a heatmap's
+    facets of up to three params."""
+    grid = product(lrs, epochs, modes, dtypes, range(3))
+    return pd.DataFrame(
         [
             {
                 "hidden_dim": 32,
@@ -506,6 +504,16 @@ def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
             for lr, e, b, d, seed in grid
         ]
     )
+
+
+def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
+    cols = FACET_COLS
+    runs = facet_runs(
+        [0.001, 0.01, 0.1, 1.0],
+        [100, 200, 400],
+        ["exact", "tutorial"],
+        ["float16", "float32", "float64"],
+    )
     fig = plots.sweep_heatmap(compare(runs, cols), tmp_path / "h.png", cols, TITLE)
     assert len([ax for ax in fig.axes if ax.get_images()]) == 18
     assert_laid_out(fig)
@@ -513,24 +521,8 @@ def test_a_heatmap_of_18_panels_in_six_rows(tmp_path: Path) -> None:
 
 def test_long_titles_are_broken_into_lines(tmp_path: Path) -> None:
     # One rate: narrow panels under facet titles of three params, and a long figure title.
-    cols = ["hidden_dim", "lr", "epochs", "backprop", "dtype"]
-    grid = product([100, 200], ["exact", "tutorial"], ["float32", "float64"], range(3))
-    runs = pd.DataFrame(
-        [
-            {
-                "hidden_dim": 32,
-                "lr": 0.1,
-                "epochs": e,
-                "backprop": b,
-                "dtype": d,
-                "seed": seed,
-                "outcome": np.random.default_rng(seed).uniform(0.5, 2),
-                "diverged": False,
-                "regime": "stable",
-            }
-            for e, b, d, seed in grid
-        ]
-    )
+    cols = FACET_COLS
+    runs = facet_runs([0.1], [100, 200], ["exact", "tutorial"], ["float32", "float64"])
     title = f"{TITLES[1]} mean tail_loss (± CI half-width)"
     fig = plots.sweep_heatmap(compare(runs, cols), tmp_path / "h.png", cols, title)
     panels = [ax for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]

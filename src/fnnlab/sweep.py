@@ -350,7 +350,8 @@ def reap_dead_runs(
     for run in search_all(store, query):
         alive, why = claims.holder_alive(run, remote_after)
         if alive:
-            left += of is None or run.data.tags.get(Tag.INVOCATION) == of
+            if of is None or run.data.tags.get(Tag.INVOCATION) == of:
+                left += 1
             continue
         claims.mark_dead(store, run, why)
         reaped += 1
