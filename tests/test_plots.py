@@ -555,7 +555,7 @@ def test_awkward_titles_are_laid_out(tmp_path: Path, name: str) -> None:
     fig = plots.sweep_curves_plot(curves, tmp_path / "c.png", COLS, {"loss": "-"}, "loss", title)
     assert_laid_out(fig)
     lines = fig._suptitle.get_text().split("\n")
-    # At 8 points a line of the 800-pixel figure holds about 130 characters.
+    # At 8 points a line of this 840-pixel figure held 111 to 135 of these characters.
     assert len(lines) <= -(-len(title) // 100) + 1, lines
     assert fig.get_size_inches()[1] < 7
     if name == "dollars":
