@@ -140,10 +140,19 @@ def test_the_checks_before_a_runs_folder_leave_the_store_to_the_run(store, monke
     assert len(experiments) == 2 and "Default" in experiments, experiments
 
 
-def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["optim.lr=0.1", "~optim.lr"],
+        # Hydra refuses the deletion, not the value set after it.
+        ["optim.lr=0", "~optim.lr", "optim.lr=0.1"],
+        ["-m", "~optim.lr", "optim.lr=0.1,0.2"],
+    ],
+)
+def test_a_deletion_is_named_as_typed(store_with_a_run, monkeypatch, capsys, args):
     store = store_with_a_run
     before = store.db_bytes()
-    status = run_in_process(monkeypatch, cli.train, "optim.lr=0.1", "~optim.lr", *store.overrides())
+    status = run_in_process(monkeypatch, cli.train, *args, *store.overrides())
     line = capsys.readouterr().err.strip()
     assert status == 2 and line.startswith("fnnlab-train: error: ~optim.lr: "), line
     assert "\n" not in line and store.db_bytes() == before

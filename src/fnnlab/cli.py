@@ -319,20 +319,19 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None
 
 def _key_value(exc: BaseException) -> str | None:
     """'key=value' of the override a config error is about, from the command line."""
-    key = None
     for e in (exc, exc.__cause__, exc.__context__):
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
-            key = e.full_key
-            break
-    return None if key is None else _override(key)
+            # A refused deletion is about the '~key', whatever sets the key after it.
+            return _override(e.full_key, deletion="does not support deletion" in str(e))
+    return None
 
 
-def _override(key: str) -> str:
+def _override(key: str, deletion: bool = False) -> str:
     """'key=value' as the command line gave it (the last, as Hydra takes it; a deletion
-    as '~key'), or the key alone."""
+    as '~key'), or the key alone. With `deletion`, the last '~key' only."""
     for arg in reversed(sys.argv[1:]):
         name, _, value = arg.lstrip("+~").partition("=")
-        if name == key:
+        if name == key and (arg.startswith("~") or not deletion):
             return arg if arg.startswith("~") else f"{key}={value}"
     return key
 
