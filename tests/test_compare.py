@@ -329,6 +329,17 @@ def test_margin_ties_tiny_differences():
     assert row_of(out, "close")["note"] == "difference below the margin"
 
 
+def test_a_wide_interval_below_the_margin_is_not_significant():
+    """A difference below the margin with an interval far wider than it: the margin ties it,
+    but nothing shows the two equal, and the note said only "difference below the margin"."""
+    groups = {"lead": [0.2, 0.9, 0.5, 0.1, 0.7], "close": [0.1, 0.95, 0.55, 0.15, 0.66]}
+    close = row_of(compare(runs_frame(groups), ["cfg"]), "close")
+    assert close["tied"] and close["p_adj"] > 0.5
+    assert close["diff_ci_low"] < -0.05 and close["diff_ci_high"] > 0.05  # the margin: 0.0048
+    assert close["note"] == "not significant; difference below the margin"
+    assert close["seeds_needed"] is pd.NA
+
+
 @strict
 def test_identical_runs_are_tied_with_p_one():
     values = [0.31, 0.1 + 0.2, 0.29, 0.35]  # 0.1 + 0.2 != 0.3: rounding, not a difference

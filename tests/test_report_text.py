@@ -82,6 +82,51 @@ def test_a_leader_that_lost_seeds_says_so() -> None:
     assert first.endswith("(95% CI, 2 seeds; 3 more diverged and are left out)")
 
 
+def test_one_seed_left_out_is_singular() -> None:
+    nan = math.nan
+    agg = answer_of("tail_loss", {1.0: [0.1, 0.11, nan], 3.0: [0.5, 0.52, nan]})
+    assert report.leader_text(agg).splitlines()[0].endswith("1 more diverged and is left out)")
+
+
+def test_every_line_says_which_seeds_diverged() -> None:
+    """The leader's line said how many of its seeds diverged; a tied, worse or better one
+    did not, and a configuration whose every seed diverged read as missing data."""
+    nan = math.nan
+    agg = answer_of(
+        "tail_loss",
+        {
+            0.1: [0.3, 0.5, 0.4, 0.6],
+            0.3: [0.25, 0.75, nan, nan],  # tied, 2 lost
+            1.0: [0.9, 0.92, 0.91, nan],  # worse, 1 lost
+            3.0: [nan, nan, nan, nan],
+            10.0: [0.95, nan, nan, nan],
+        },
+    )
+    assert verdicts(agg) == {
+        0.1: "leader",
+        0.3: "tied",
+        1.0: "worse",
+        3.0: "no claim",
+        10.0: "no claim",
+    }
+    lines = report.leader_text(agg).splitlines()
+    tied = next(line for line in lines if line.startswith("tied with the leader: "))
+    assert tied.startswith("tied with the leader: lr=0.3 (") and tied.endswith(
+        "; 2 more seeds diverged)"
+    ), tied
+    assert "worse than the leader beyond seed noise: lr=1 (+0.46; 1 more seed diverged)" in lines
+    assert "every seed diverged: lr=3 (4 diverged)" in lines
+    assert "no claim (fewer than 2 seeds with an outcome): lr=10 (1 seed, 3 diverged)" in lines
+
+
+def test_a_tie_below_the_margin_gives_its_p_value() -> None:
+    """ "below the margin" alone read as "shown equal", also when the interval of the
+    difference was 100 times the margin wide."""
+    values = {1.0: [0.2, 0.9, 0.5, 0.1, 0.7], 3.0: [0.1, 0.95, 0.55, 0.15, 0.66]}
+    text = report.leader_text(answer_of("tail_loss", values))
+    assert "tied with the leader: lr=3 (+0.002, p_adj 0.95, below the margin)" in text
+
+
 def test_intervals_are_named_by_their_confidence() -> None:
     values = {1.0: [0.1, 0.11, 0.12], 3.0: [0.5, 0.52, 0.51]}
     assert "(95% CI, 3 seeds)" in report.leader_text(answer_of("tail_loss", values))
@@ -129,10 +174,15 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
     assert report.stability_lines(agg) == [
         "stability boundary (learning rates, per hidden_dim, backprop):",
         "  hidden_dim=8 backprop=exact: divergence none up to lr=10; "
-        "oscillation between lr=0.1 and lr=1",
+        "oscillation or divergence between lr=0.1 and lr=1",
         "  hidden_dim=8 backprop=tutorial: divergence between lr=1 and lr=10; "
-        "oscillation between lr=1 and lr=10",
+        "oscillation or divergence between lr=1 and lr=10",
     ]
+    # One configuration: the boundary is per width, not per every column it has.
+    one = runs[runs["backprop"] == "exact"]
+    agg.summary = one.groupby(cols).size().rename("runs").reset_index()
+    agg.stability = stability_boundary(one, ["hidden_dim", "backprop"])
+    assert report.stability_lines(agg)[0] == "stability boundary (learning rates, per width):"
 
 
 def test_jobs_without_params_vary_no_configuration() -> None:

@@ -532,7 +532,12 @@ def compare(
             worse = sign * t.diff > 0
             row["note"] = "worse than the leader" if worse else "better, but some runs diverged"
         elif below_margin:
-            row["note"] = "difference below the margin"
+            # Below the margin is no evidence of equality: a wide interval says nothing either
+            # way. Either way the seeds to resolve a difference too small to matter are moot.
+            significant = p_adj < alpha
+            row["note"] = (
+                "" if significant else "not significant; "
+            ) + "difference below the margin"
         else:
             # At alpha / m: with m pairs Holm's first step tests at that level, so the estimate
             # never promises separation with fewer seeds than the adjusted test needs.

@@ -133,7 +133,7 @@ def leader_text(agg: Aggregate) -> str:
         )
     seeds = f"{int(leader['n'])} seeds"
     if diverged := _diverged_seeds(leader, agg):
-        seeds += f"; {diverged} more diverged and are left out"
+        seeds += f"; {diverged} more diverged and {'is' if diverged == 1 else 'are'} left out"
     lines = [
         f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
     ]
@@ -143,11 +143,15 @@ def leader_text(agg: Aggregate) -> str:
     else:
         parts = []
         for _, r in tied.iterrows():
-            why = "below the margin" if "margin" in str(r["note"]) else f"p_adj {r['p_adj']:.2g}"
+            # The p-value always: "below the margin" alone read as "shown to be equal".
+            why = f"p_adj {r['p_adj']:.2g}"
+            why += ", below the margin" if "margin" in str(r["note"]) else ""
             need = (
                 f", ~{int(r['seeds_needed'])} seeds to separate" if cell(r["seeds_needed"]) else ""
             )
-            parts.append(f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}, {why}{need})")
+            parts.append(
+                f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}, {why}{need}{_lost(r, agg)})"
+            )
         lines.append("tied with the leader: " + "; ".join(parts))
     others = c[~c["leader"] & (c["tied"] == False)]  # noqa: E712 (NA: no claim)
     better = [_better(r, agg) for _, r in others.iterrows()]
@@ -160,16 +164,44 @@ def leader_text(agg: Aggregate) -> str:
             lines.append(
                 f"{head}: "
                 + "; ".join(
-                    f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g})" for _, r in rows.iterrows()
+                    f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}{_lost(r, agg)})"
+                    for _, r in rows.iterrows()
                 )
             )
     no_claim = c[c["tied"].isna() & ~c["leader"]]
-    if not no_claim.empty:
-        lines.append(
-            "no claim (fewer than 2 seeds with an outcome): "
-            + "; ".join(_label(r, agg) for _, r in no_claim.iterrows())
-        )
+    # Every seed diverged is the clearest answer there is, not missing data.
+    all_diverged = [
+        0 < _diverged_seeds(r, agg) == _diverged_seeds(r, agg, "runs")
+        for _, r in no_claim.iterrows()
+    ]
+    for rows, head in (
+        (no_claim[all_diverged], "every seed diverged"),
+        (no_claim[[not a for a in all_diverged]], "no claim (fewer than 2 seeds with an outcome)"),
+    ):
+        if not rows.empty:
+            lines.append(
+                f"{head}: "
+                + "; ".join(
+                    f"{_label(r, agg)} ({_seeds(r, agg)})"
+                    if _diverged_seeds(r, agg)
+                    else _label(r, agg)
+                    for _, r in rows.iterrows()
+                )
+            )
     return "\n".join(lines)
+
+
+def _lost(row: pd.Series, agg: Aggregate) -> str:
+    """'; k more seeds diverged' after a configuration's numbers, when some did: its mean
+    is over the others only."""
+    k = _diverged_seeds(row, agg)
+    return f"; {k} more {'seed' if k == 1 else 'seeds'} diverged" if k else ""
+
+
+def _seeds(row: pd.Series, agg: Aggregate) -> str:
+    """'3 diverged', or '1 seed, 2 diverged': of a configuration without a claim."""
+    n, k = int(row["n"]), _diverged_seeds(row, agg)
+    return f"{k} diverged" if n == 0 else f"{n} {'seed' if n == 1 else 'seeds'}, {k} diverged"
 
 
 def verdict(row: pd.Series, agg: Aggregate) -> str:
@@ -187,14 +219,15 @@ def _better(row: pd.Series, agg: Aggregate) -> bool:
     return bool(diff > 0 if agg.outcome in HIGHER_IS_BETTER else diff < 0)
 
 
-def _diverged_seeds(row: pd.Series, agg: Aggregate) -> int:
-    """How many runs of the configuration diverged (left out of its mean)."""
+def _diverged_seeds(row: pd.Series, agg: Aggregate, col: str = "diverged") -> int:
+    """How many runs of the configuration diverged (left out of its mean); with col="runs",
+    how many runs it has."""
     match = agg.summary
-    if "diverged" not in match:
+    if col not in match:
         return 0
-    for col in agg.config_cols:
-        match = match[match[col] == row[col]]
-    return int(match["diverged"].sum())
+    for c in agg.config_cols:
+        match = match[match[c] == row[c]]
+    return int(match[col].sum())
 
 
 def comparison_table(agg: Aggregate) -> pd.DataFrame:
@@ -253,7 +286,10 @@ def constant_text(agg: Aggregate) -> str:
 def stability_cols(agg: Aggregate) -> list[str]:
     """What the stability boundary is given per: the width, and whatever else varies but the
     learning rate (a backprop mode has its own boundary)."""
-    return ["hidden_dim", *(c for c in varying_cols(agg) if c not in ("hidden_dim", "lr"))]
+    s = agg.summary
+    # What differs between configurations; not every column when one configuration is all.
+    varying = [c for c in agg.config_cols if s[c].dropna().nunique() > 1]
+    return ["hidden_dim", *(c for c in varying if c not in ("hidden_dim", "lr"))]
 
 
 def stability_per(agg: Aggregate) -> str:
@@ -282,7 +318,7 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
                 bracket(g, b)
                 for g, b in zip(st["stable_lr_max"], st["diverges_at_lr"], strict=True)
             ],
-            "oscillation sets in": [
+            "oscillation or divergence sets in": [
                 bracket(g, b)
                 for g, b in zip(st["no_oscillation_lr_max"], st["oscillates_at_lr"], strict=True)
             ],
@@ -298,7 +334,7 @@ def stability_lines(agg: Aggregate) -> list[str]:
         return []
     return [f"stability boundary (learning rates, per {stability_per(agg)}):"] + [
         f"  {leader_label(r, stability_cols(agg))}: divergence {r['divergence sets in']}; "
-        f"oscillation {r['oscillation sets in']}"
+        f"oscillation or divergence {r['oscillation or divergence sets in']}"
         for _, r in stab.iterrows()
     ]
 
@@ -584,9 +620,11 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         f"Outcome: the {OUTCOME_NAMES[agg.outcome]} of each finished, non-diverged run "
         "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
         "paired t-test when both have the same seeds, Welch's otherwise, Holm-adjusted over "
-        "the comparisons. Tied: adjusted p at or above `aggregate.alpha`, or a difference "
-        "below the margin `aggregate.min_effect` (default 1% of the leader's mean). "
-        "`seeds needed`: seeds per configuration for 80% power at the observed difference.",
+        "every pair of configurations (the leader is chosen from the data). Tied: adjusted p "
+        "at or above `aggregate.alpha`, or a difference below the margin "
+        "`aggregate.min_effect` (default 1% of the leader's mean). `seeds needed`: seeds per "
+        "configuration for 80% power at the observed difference and spread, at alpha over "
+        "the number of pairs.",
         "",
         f"Same in every configuration: {constant_text(agg) or '(nothing)'}.",
         "",
