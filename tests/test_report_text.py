@@ -33,7 +33,7 @@ def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.0
         .assign(stable=lambda f: f["runs"] - f["diverged"], oscillating=0)
     )
     return Aggregate(
-        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[]),
+        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0),
         runs=runs,
         summary=summary,
         curves=pd.DataFrame(),
@@ -162,7 +162,7 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
     cols = ["hidden_dim", "backprop", "lr"]
     summary = runs.groupby(cols).size().rename("runs").reset_index()
     agg = Aggregate(
-        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[]),
+        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0),
         runs=runs,
         summary=summary,
         curves=pd.DataFrame(),
@@ -203,7 +203,7 @@ def test_jobs_without_params_vary_no_configuration() -> None:
         known = [{"hidden_dim": h, "lr": lr, **counts} for h, lr in configs]
         unknown = {"hidden_dim": math.nan, "lr": math.nan, **counts, "stable": 0}
         return Aggregate(
-            selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[]),
+            selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0),
             runs=runs.assign(status="FINISHED"),
             summary=pd.DataFrame([*known, unknown]),
             curves=pd.DataFrame(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
@@ -68,6 +69,10 @@ class Selection:
     superseded: int = 0  # earlier attempts of a configuration replaced by a later run
     reused: int = 0  # runs another sweep made that this sweep counts (fnnlab.claims)
     filter: str | None = None  # aggregate.filter: only the sweep's runs that match it
+    # The sweep's jobs without a finished run, of how many: a sweep that ended without them
+    # (its parent KILLED or FAILED), whose answer is about part of it.
+    unfinished: int = 0
+    jobs: int = 0
 
 
 @dataclass
@@ -195,9 +200,11 @@ def select(
         raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
     kept = one_run_per_config(runs)
     superseded = len(runs) - len(kept)
-    reused = 0
+    reused = unfinished = jobs = 0
     if parent is not None:
         reused = sum(r.data.tags.get(Tag.PARENT) != parent.info.run_id for r in kept)
+        if parent.info.status in UNFINISHED:  # its counts, from when it ended
+            unfinished, jobs = unfinished_jobs(parent.data.metrics)
     return Selection(
         client=client,
         uri=uri,
@@ -209,7 +216,21 @@ def select(
         superseded=superseded,
         reused=reused,
         filter=filter_string or None,
+        unfinished=unfinished,
+        jobs=jobs,
     )
+
+
+def unfinished_jobs(counts: Mapping[str, float]) -> tuple[int, int]:
+    """(jobs without a finished run, jobs) from a sweep's counts (fnnlab.sweep.sweep_counts;
+    on the parent run as its metrics sweep/*)."""
+
+    def get(key: str) -> int:
+        value = counts.get(key, counts.get(f"sweep/{key}"))
+        return int(value) if value is not None and math.isfinite(value) else 0
+
+    unfinished = get("failed") + get("running")
+    return unfinished, get("jobs") or get("finished") + unfinished
 
 
 # --- reading curves -------------------------------------------------------------------

@@ -126,17 +126,32 @@ def leader_text(agg: Aggregate) -> str:
     """The sweep's answer in a few lines: the leader, what it is tied with, what is not."""
     c, leader = agg.comparison, agg.leader
     what = OUTCOME_NAMES[agg.outcome]
+    sel = agg.selection
+    # An interrupted sweep's answer read as a whole one: the configurations it never ran
+    # are in no table.
+    lines = (
+        [
+            f"incomplete: {sel.unfinished} of the sweep's {sel.jobs} jobs have no finished run "
+            "(the same command runs them); this answer is about the runs that finished"
+        ]
+        if sel.unfinished
+        else []
+    )
     if leader is None:
-        return (
-            f"no leader: no configuration has 2 or more runs with a {agg.outcome.replace('_', ' ')}"
-            " (finished, not diverged), so nothing can be told from seed noise"
+        return "\n".join(
+            [
+                *lines,
+                f"no leader: no configuration has 2 or more runs with a "
+                f"{agg.outcome.replace('_', ' ')} (finished, not diverged), so nothing can be "
+                "told from seed noise",
+            ]
         )
     seeds = f"{int(leader['n'])} seeds"
     if diverged := _diverged_seeds(leader, agg):
         seeds += f"; {diverged} more diverged and {'is' if diverged == 1 else 'are'} left out"
-    lines = [
+    lines.append(
         f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
-    ]
+    )
     tied = agg.tied
     if tied.empty:
         lines.append("tied with the leader: none")

@@ -744,7 +744,7 @@ class Sweep:
             failed = counts["failed"] + counts["running"]
             if failed:
                 self.first_error = self.first_error or self._first_run_error()
-            answer = self.answer() if self.summarize else None
+            answer = self.answer(counts) if self.summarize else None
             self._close(
                 counts, FAILED if failed else FINISHED, self.first_error if failed else None
             )
@@ -781,7 +781,7 @@ class Sweep:
         ]
         return min(errors)[1].splitlines()[0][:300] if errors else None
 
-    def answer(self) -> str | None:
+    def answer(self, counts: Counter) -> str | None:
         """What fnnlab-aggregate says about this sweep (all its runs, also those of earlier
         invocations), its files under <sweep dir>/aggregate and on the parent run. A summary
         that cannot be made is one logged line, not a failed sweep."""
@@ -791,6 +791,8 @@ class Sweep:
 
         try:
             sel = aggregate.select(self.store.uri, self.experiment, parent_run_id=self.parent)
+            # The parent ends after the answer: the counts are this end's, not a stored one's.
+            sel.unfinished, sel.jobs = aggregate.unfinished_jobs({**counts, "jobs": self.jobs or 0})
             agg = aggregate.aggregate(sel)
             _, text = report.publish(agg, Path(self.dir) / "aggregate", self.base)
         except Exception as exc:
