@@ -150,6 +150,18 @@ def test_two_seeds_of_equal_accuracy_are_no_certain_difference() -> None:
     assert verdicts(agg) == {0.1: "leader", 1.0: "worse"}
 
 
+def test_equal_accuracies_of_every_seed_are_not_certain() -> None:
+    """Three seeds at 0.99 were "0.99 [0.99, 0.99]", and another width at 0.99 on every seed
+    "identical to the leader" with "+0 [+0, +0]"."""
+    agg = answer_of("final_accuracy", {0.1: [0.99] * 3, 1.0: [0.99] * 3})
+    leader = report.leader_text(agg).splitlines()[0]
+    assert leader.endswith("0.99 (all 3 seeds equal: no interval) (95% CI, 3 seeds)"), leader
+    table = report.comparison_table(agg).set_index("lr")
+    assert table.loc[1.0, "vs leader [95% CI]"] == "+0 (exact test: no interval)"
+    assert verdicts(agg) == {0.1: "leader", 1.0: "tied"}
+    assert "identical" not in str(agg.comparison["note"].tolist())
+
+
 def test_the_stability_boundary_is_per_backprop_mode() -> None:
     """Only the tutorial mode diverges and only the exact mode oscillates: pooled, one line
     said "divergence between lr=1 and lr=10; oscillation already at lr=0.1"."""

@@ -135,15 +135,14 @@ def _spreadless(x: np.ndarray) -> bool:
 
 
 def _mean_ci(x: np.ndarray, confidence: float) -> tuple[float, float]:
-    """t-interval of the mean; a constant sample's mean is known exactly; NaN below 2."""
+    """t-interval of the mean; NaN below 2 and for a constant sample, a coarse outcome (three
+    accuracies of 0.99 do not make the mean 0.99 exactly) whose spread says nothing."""
     n = x.size
-    if n < 2:
+    if n < 2 or _spreadless(x):
         return math.nan, math.nan
     unit = _unit(x)
     x = x / unit
     mean = float(np.mean(x))
-    if _spreadless(x):
-        return mean * unit, mean * unit
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=np.std(x, ddof=1) / n**0.5)
     return float(low) * unit, float(high) * unit
 
@@ -247,10 +246,14 @@ def _test_at_unit(
     if paired:
         x = x[np.argsort(other.seeds, kind="stable")]
         y = y[np.argsort(leader.seeds, kind="stable")]
-    # Only groups that both have spread, or both have none, can be the same runs: a test with
-    # one constant group then depends on the values alone, not on which seed gave which.
-    if const_x == const_y and (const_x or (paired and _constant(x - y, scale))):
-        same = _identical("paired" if paired else "welch", diff, scale)
+    # Equal constants are a coarse outcome's (every seed 0.99), not the same runs: the exact
+    # test of two such groups, p = 1, no interval.
+    if const_x and const_y and abs(diff) <= _ROUNDING * scale:
+        return _Test("permutation", diff, 1.0, (math.nan, math.nan), False, sds=(0.0, 0.0))
+    # Only groups that both have spread can be the same runs: a test with one constant group
+    # depends on the values alone, not on which seed gave which.
+    if not (const_x or const_y) and paired and _constant(x - y, scale):
+        same = _identical("paired", diff, scale)
         if same:
             return same
     if const_x or const_y:
@@ -449,9 +452,10 @@ def compare(
     Runs are paired by seed only when both configurations have exactly the same seeds with
     finite outcomes, each once; a configuration that lost one seed is compared by Welch's
     test, which ignores the shared seeds and is then conservative. Spreads below rounding
-    (1e-12 of the values) count as none: identical runs give p = 1 and CI [0, 0]. Otherwise a
-    group without spread (a coarse outcome such as accuracy: 1.0 for every seed) gets an
-    exact permutation test (`test` "permutation", no interval; see _no_spread): two constant
+    (1e-12 of the values) count as none: runs identical seed by seed give p = 1 and CI
+    [0, 0]. A group without spread (a coarse outcome such as accuracy: 1.0 for every seed) has
+    no interval of its mean and gets an exact permutation test (`test` "permutation", no
+    interval; p = 1 against an equal constant; see _no_spread): two constant
     groups of n seeds cannot go below 2 / C(2n, n) (1/3 for 2 against 2;
     `smallest_permutation_p`). Constant per-seed differences between groups with spread leave
     the paired test none: Welch's test is used.
@@ -542,7 +546,9 @@ def compare(
             # At alpha / m: with m pairs Holm's first step tests at that level, so the estimate
             # never promises separation with fewer seeds than the adjusted test needs.
             needed = seeds_needed(t, alpha / len(family), power) if t.diff != 0 else None
-            if needed is None:
+            if t.diff == 0:
+                row["note"] = "not significant; no difference observed"
+            elif needed is None:
                 row["note"] = f"not significant; more than {MAX_SEEDS} seeds for {power:.0%} power"
             else:
                 row["seeds_needed"] = needed
