@@ -87,6 +87,13 @@ BAD = [
         ["-m", "hydra/sweeper=basic", "hydra.sweeper.max_batch_size=0", "seed=0,1"],
         "hydra.sweeper.max_batch_size=0",
     ),
+    # Two jobs that would share one run: an answer with half the sweep missing.
+    (["-m", "seed=0,0,1"], "seed=0,0,1"),
+    (["-m", "hydra/sweeper=basic", "seed=1,0,1"], "seed=1,0,1"),
+    (["-m", "regime.swing=0.01,0.9", "seed=0,1"], "regime.swing=0.9"),
+    (["-m", "optim.lr=0.1,1e-1"], "optim.lr=0.1,1e-1"),
+    (["-m", "optim.lr=0.1,0.3", "train.epochs=20,020"], "train.epochs=020"),
+    (["-m", "hydra/sweeper=basic", "tracking.log_every=1,2"], "tracking.log_every=2"),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
     (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),

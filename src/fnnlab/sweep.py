@@ -48,7 +48,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import claims, internals, links, progress, storeguard
-from fnnlab.config import ConfigValueError, check_values, fingerprint
+from fnnlab.config import TRAINING_KEYS, ConfigValueError, check_values, fingerprint
 from fnnlab.errortext import first_line
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
@@ -97,7 +97,13 @@ def expand(arguments: list[str], loader: Any = None) -> list[list[str]] | None:
         if not override.is_sweep_override():
             lists.append([f"{key}={override.get_value_element_as_str()}"])
         elif override.is_discrete_sweep():
-            lists.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            values = list(override.sweep_string_iterator())
+            if len(set(values)) < len(values):
+                # Two jobs of one configuration: the second would only find the first's run.
+                twice = next(v for i, v in enumerate(values) if v in values[:i])
+                typed = (override.input_line or "").partition("=")[2] or twice
+                raise ConfigValueError(key, typed, f"gives {twice} twice: one run for two jobs")
+            lists.append([f"{key}={value}" for value in values])
         else:
             return None
     return [list(job) for job in itertools.product(*lists)]
@@ -106,8 +112,8 @@ def expand(arguments: list[str], loader: Any = None) -> list[list[str]] | None:
 def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[str]:
     """Every job's config checked (composition errors and bad values raise), and its
     fingerprint. The tracking store cannot vary within a sweep: one parent run holds it."""
-    prints = []
-    for overrides in jobs:
+    prints: dict[str, int] = {}  # fingerprint -> its first job
+    for n, overrides in enumerate(jobs):
         cfg = internals.load_task_config(loader, master, list(overrides))
         check_values(cfg)
         for key in ("tracking.uri", "tracking.experiment"):
@@ -115,8 +121,23 @@ def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[s
                 raise ConfigValueError(
                     key, OmegaConf.select(cfg, key), "cannot vary within one sweep"
                 )
-        prints.append(fingerprint(cfg))
-    return prints
+        fp = fingerprint(cfg)
+        if fp in prints:
+            # regime.swing=0.01,0.9, say, or lr=0.1,1e-1: one run for both jobs, and an answer
+            # with half the sweep missing.
+            first = jobs[prints[fp]]
+            mine = next((o for o in overrides if o not in first), " ".join(overrides))
+            theirs = next((o for o in first if o not in overrides), "an earlier job")
+            key, _, value = mine.partition("=")
+            keys = f"{', '.join(TRAINING_KEYS[:-1])} and {TRAINING_KEYS[-1]}"
+            raise ConfigValueError(
+                key,
+                value,
+                f"trains the same run as {theirs} (both have the same {keys}, all that makes "
+                "a run): one of the two jobs would have no run of its own",
+            )
+        prints[fp] = n
+    return list(prints)
 
 
 def job_only_value(
