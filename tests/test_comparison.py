@@ -147,3 +147,21 @@ def test_cli_prints_the_leader_its_ties_and_writes_the_comparison(store: TmpStor
         "fnnlab-aggregate: error: aggregate.outcome=median: must be one of tail_loss, "
         "final_loss, best_loss, final_accuracy"
     ]
+
+
+def test_a_loss_that_rose_and_stayed_high_is_named(store: TmpStore):
+    """Width 32 at lr=1: every seed's loss rises from about 1.5 to about 6 within 10 epochs
+    and stays there, at chance accuracy. Neither diverged (below 100 times its start) nor
+    oscillating, such runs are "stable", and the answer said nothing of it beyond their
+    mean (helper-35)."""
+    from fnnlab import report
+
+    sweep(store, "model.hidden_dim=32", "optim.lr=0.1,1", "train.epochs=200", "seed=range(3)")
+    agg = latest(store)
+    assert set(agg.runs.loc[agg.runs["lr"] == 1.0, "regime"]) == {"stable"}
+    (line,) = [
+        x for x in report.leader_text(agg).splitlines() if x.startswith("loss ended above where")
+    ]
+    (label, tail, start), *others = report.ended_above_start(agg)
+    assert label == "lr=1" and not others and tail > 3 * start, (label, tail, start)
+    assert line.endswith(f"lr=1 ({tail:.4g} against {start:.4g})"), line

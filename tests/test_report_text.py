@@ -276,3 +276,22 @@ def test_the_description_fits_the_tag_and_keeps_what_is_not_of_this_answer() -> 
     assert head.startswith("### leader: ") and "\n- tied with the leader: lr=0.002 (" in head
     assert head.endswith(" (+0, p_adj 1); ") and len(note) > MAX_TAG_VALUE - 100
     assert rest.startswith("\nMore: [report]") and "Sweep over `optim.lr=...`" in rest
+
+
+def test_configurations_whose_loss_ended_above_its_start() -> None:
+    """Over the used runs: the mean tail loss against the mean loss at epoch 0, with and
+    without configuration columns (one configuration)."""
+    runs = pd.DataFrame(
+        {"lr": [0.1, 0.1, 1.0, 1.0, 1.0], "tail_loss": [0.2, 0.3, 6.0, 5.0, 99.0]}
+    ).assign(used=[True, True, True, True, False])
+    curves = pd.DataFrame({"lr": [0.1, 0.1, 1.0, 1.0], "key": "loss", "step": [0, 1, 0, 1]}).assign(
+        mean=[0.7, 0.6, 1.5, 4.0]
+    )
+    agg = SimpleNamespace(runs=runs, curves=curves, config_cols=["lr"])
+    agg.summary = runs[["lr"]].drop_duplicates()
+    assert report.ended_above_start(agg) == [("lr=1", 5.5, 1.5)]
+    one = SimpleNamespace(runs=runs[runs["lr"] == 1.0], curves=curves[curves["lr"] == 1.0])
+    one.config_cols, one.summary = [], pd.DataFrame(index=[0])
+    assert report.ended_above_start(one) == [("all runs", 5.5, 1.5)]
+    one.curves = pd.DataFrame()
+    assert report.ended_above_start(one) == []

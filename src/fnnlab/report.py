@@ -206,7 +206,37 @@ def leader_text(agg: Aggregate) -> str:
                     for _, r in rows.iterrows()
                 )
             )
+    if worse := ended_above_start(agg):
+        # Neither diverged nor oscillating, such runs counted as "stable": at chance accuracy.
+        lines.append(
+            "loss ended above where it started (over seeds, the mean of the last 10% of "
+            "epochs against epoch 0's): "
+            + "; ".join(f"{label} ({tail:.4g} against {start:.4g})" for label, tail, start in worse)
+        )
     return "\n".join(lines)
+
+
+def ended_above_start(agg: Aggregate) -> list[tuple[str, float, float]]:
+    """(configuration, mean tail loss, mean loss before training) of the configurations whose
+    mean tail loss is above their mean loss at epoch 0, over the used runs (those of the
+    curves): training made them worse. A loss that rose and stayed high passes neither the
+    divergence bound nor the oscillation test."""
+    c, cols = agg.curves, agg.config_cols
+    if c.empty or "key" not in c:
+        return []
+    start = c.loc[(c["key"] == "loss") & (c["step"] == 0), [*cols, "mean"]]
+    used = agg.runs[agg.runs["used"]]
+    if start.empty or used.empty:
+        return []
+    if cols:
+        tail = used.groupby(cols, dropna=False, as_index=False)["tail_loss"].mean()
+        both = tail.merge(start, on=cols)
+    else:
+        both = pd.DataFrame(
+            {"tail_loss": [used["tail_loss"].mean()], "mean": [start["mean"].iloc[0]]}
+        )
+    both = both[both["tail_loss"] > both["mean"]]
+    return [(_label(r, agg), r["tail_loss"], r["mean"]) for _, r in both.iterrows()]
 
 
 def _lost(row: pd.Series, agg: Aggregate) -> str:
