@@ -268,7 +268,9 @@ def test_write_plots_draws_the_comparison(tmp_path: Path) -> None:
     runs = sweep_runs()
     comparison = compare(runs, COLS)
     agg = Aggregate(
-        selection=SimpleNamespace(experiment="exp", sweep_id="s1", runs=[], unfinished=0, jobs=0),
+        selection=SimpleNamespace(
+            experiment="exp", sweep_id="s1", runs=[], unfinished=0, jobs=0, running=False
+        ),
         runs=runs,
         summary=counts(runs),
         curves=mean_curves(peak_of_lr1=60.0),

@@ -33,7 +33,9 @@ def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.0
         .assign(stable=lambda f: f["runs"] - f["diverged"], oscillating=0)
     )
     return Aggregate(
-        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0),
+        selection=SimpleNamespace(
+            experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
+        ),
         runs=runs,
         summary=summary,
         curves=pd.DataFrame(),
@@ -106,7 +108,7 @@ def test_every_line_says_which_seeds_diverged() -> None:
         0.1: "leader",
         0.3: "tied",
         1.0: "worse",
-        3.0: "no claim",
+        3.0: "all diverged",
         10.0: "no claim",
     }
     lines = report.leader_text(agg).splitlines()
@@ -155,7 +157,7 @@ def test_equal_accuracies_of_every_seed_are_not_certain() -> None:
     "identical to the leader" with "+0 [+0, +0]"."""
     agg = answer_of("final_accuracy", {0.1: [0.99] * 3, 1.0: [0.99] * 3})
     leader = report.leader_text(agg).splitlines()[0]
-    assert leader.endswith("0.99 (all 3 seeds equal: no interval) (95% CI, 3 seeds)"), leader
+    assert leader.endswith("mean final accuracy 0.99 (3 seeds, all equal: no interval)"), leader
     table = report.comparison_table(agg).set_index("lr")
     assert table.loc[1.0, "vs leader [95% CI]"] == "+0 (exact test: no interval)"
     assert verdicts(agg) == {0.1: "leader", 1.0: "tied"}
@@ -174,7 +176,9 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
     cols = ["hidden_dim", "backprop", "lr"]
     summary = runs.groupby(cols).size().rename("runs").reset_index()
     agg = Aggregate(
-        selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0),
+        selection=SimpleNamespace(
+            experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
+        ),
         runs=runs,
         summary=summary,
         curves=pd.DataFrame(),
@@ -215,7 +219,9 @@ def test_jobs_without_params_vary_no_configuration() -> None:
         known = [{"hidden_dim": h, "lr": lr, **counts} for h, lr in configs]
         unknown = {"hidden_dim": math.nan, "lr": math.nan, **counts, "stable": 0}
         return Aggregate(
-            selection=SimpleNamespace(experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0),
+            selection=SimpleNamespace(
+                experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
+            ),
             runs=runs.assign(status="FINISHED"),
             summary=pd.DataFrame([*known, unknown]),
             curves=pd.DataFrame(),
@@ -295,3 +301,32 @@ def test_configurations_whose_loss_ended_above_its_start() -> None:
     assert report.ended_above_start(one) == [("all runs", 5.5, 1.5)]
     one.curves = pd.DataFrame()
     assert report.ended_above_start(one) == []
+
+
+def test_without_a_leader_the_answer_still_names_what_diverged() -> None:
+    """The lines of configurations whose every seed diverged came only after a leader's: with
+    one seed each, or every run diverged, the answer said "nothing can be told from seed
+    noise" (helper-36)."""
+    nan = math.nan
+    agg = answer_of("tail_loss", {1.0: [0.5], 300.0: [nan]})
+    lines = report.leader_text(agg).splitlines()
+    assert lines[0].startswith("no leader: no configuration has 2 or more runs")
+    assert lines[1:] == ["every seed diverged: lr=300 (1 diverged)"]
+    assert verdicts(agg) == {1.0: "no claim", 300.0: "all diverged"}
+    agg = answer_of("tail_loss", {300.0: [nan, nan], 600.0: [nan, nan]})
+    assert report.leader_text(agg).splitlines() == [
+        "no leader: every run diverged",
+        "every seed diverged: lr=300 (2 diverged); lr=600 (2 diverged)",
+    ]
+
+
+def test_an_answer_about_part_of_a_sweep_says_so_first() -> None:
+    values = {1.0: [0.1, 0.11, 0.12], 3.0: [0.5, 0.52, 0.51]}
+    agg = answer_of("tail_loss", values)
+    agg.selection.unfinished, agg.selection.jobs = 8, 12
+    first = report.leader_text(agg).splitlines()[0]
+    assert first.startswith("incomplete: 8 of the sweep's 12 jobs have no finished run (the ")
+    assert "fnnlab-train command, run again, runs them" in first
+    agg.selection.unfinished, agg.selection.running = 0, True
+    first = report.leader_text(agg).splitlines()[0]
+    assert first.startswith("not ended: the sweep's parent run is RUNNING"), first

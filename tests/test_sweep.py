@@ -98,6 +98,8 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch, capsys):
     assert parents[0].data.tags["error"] == "RuntimeError: injected fault"  # shown in the UI
     assert parents[0].data.metrics["sweep/failed"] == 1
     assert parents[0].data.metrics["sweep/diverged"] == 2
+    # Every count, zeros too: a metric keeps its last value, an earlier invocation's too.
+    assert parents[0].data.metrics["sweep/running"] == 0
     # The answer, where people look, says it is about part of the sweep; and so does
     # fnnlab-aggregate's, made again from the FAILED parent's counts.
     incomplete = "incomplete: 1 of the sweep's 4 jobs have no finished run"

@@ -73,6 +73,8 @@ class Selection:
     # (its parent KILLED or FAILED), whose answer is about part of it.
     unfinished: int = 0
     jobs: int = 0
+    # Its parent is RUNNING: the sweep is in progress, or its process was killed.
+    running: bool = False
 
 
 @dataclass
@@ -205,6 +207,7 @@ def select(
         reused = sum(r.data.tags.get(Tag.PARENT) != parent.info.run_id for r in kept)
         if parent.info.status in UNFINISHED:  # its counts, from when it ended
             unfinished, jobs = unfinished_jobs(parent.data.metrics)
+    running = parent is not None and parent.info.status == RUNNING
     return Selection(
         client=client,
         uri=uri,
@@ -218,6 +221,7 @@ def select(
         filter=filter_string or None,
         unfinished=unfinished,
         jobs=jobs,
+        running=running,
     )
 
 

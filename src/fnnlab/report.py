@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from fnnlab import links, plots, provenance, reference
-from fnnlab.aggregate import Aggregate, boundary_groups
+from fnnlab.aggregate import Aggregate, Selection, boundary_groups
 from fnnlab.compare import BOUNDARY_COLUMNS, is_whole, leader_label
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
@@ -129,32 +129,80 @@ def leader_text(agg: Aggregate) -> str:
     """The sweep's answer in a few lines: the leader, what it is tied with, what is not."""
     c, leader = agg.comparison, agg.leader
     what = OUTCOME_NAMES[agg.outcome]
-    sel = agg.selection
-    # An interrupted sweep's answer read as a whole one: the configurations it never ran
-    # are in no table.
-    lines = (
-        [
-            f"incomplete: {sel.unfinished} of the sweep's {sel.jobs} jobs have no finished run "
-            "(the same command runs them); this answer is about the runs that finished"
-        ]
-        if sel.unfinished
-        else []
-    )
+    lines = _partial_lines(agg.selection)
+    all_diverged = [
+        0 < _diverged_seeds(r, agg) == _diverged_seeds(r, agg, "runs") for _, r in c.iterrows()
+    ]
     if leader is None:
-        return "\n".join(
-            [
-                *lines,
-                f"no leader: no configuration has 2 or more runs with a "
-                f"{agg.outcome.replace('_', ' ')} (finished, not diverged), so nothing can be "
-                "told from seed noise",
-            ]
+        lines.append(
+            "no leader: every run diverged"
+            if all(all_diverged) and all_diverged
+            else f"no leader: no configuration has 2 or more runs with a "
+            f"{agg.outcome.replace('_', ' ')} (finished, not diverged), so nothing can be told "
+            "from seed noise"
         )
+    else:
+        lines += _leader_lines(agg, leader, what)
+    # Every seed diverged is the clearest answer there is, not missing data.
+    no_claim = c[c["tied"].isna() & ~c["leader"]]
+    gone = c[all_diverged]
+    for rows, head in (
+        (gone, "every seed diverged"),
+        # Without a leader, the line above says it of every configuration.
+        (
+            no_claim.drop(gone.index, errors="ignore") if leader is not None else c.iloc[:0],
+            "no claim (fewer than 2 seeds with an outcome)",
+        ),
+    ):
+        if not rows.empty:
+            lines.append(
+                f"{head}: "
+                + "; ".join(
+                    f"{_label(r, agg)} ({_seeds(r, agg)})"
+                    if _diverged_seeds(r, agg)
+                    else _label(r, agg)
+                    for _, r in rows.iterrows()
+                )
+            )
+    if worse := ended_above_start(agg):
+        # Neither diverged nor oscillating, such runs counted as "stable": at chance accuracy.
+        lines.append(
+            "loss ended above where it started (over seeds, the mean of the last 10% of "
+            "epochs against epoch 0's): "
+            + "; ".join(f"{label} ({tail:.4g} against {start:.4g})" for label, tail, start in worse)
+        )
+    return "\n".join(lines)
+
+
+def _partial_lines(sel: Selection) -> list[str]:
+    """A line when the answer is about part of the sweep: an interrupted sweep's answer read
+    as a whole one (the configurations it never ran are in no table)."""
+    again = "the sweep's fnnlab-train command, run again, runs them"
+    if sel.unfinished:
+        return [
+            f"incomplete: {sel.unfinished} of the sweep's {sel.jobs} jobs have no finished run "
+            f"({again}); this answer is about the runs that finished"
+        ]
+    if sel.running:
+        return [
+            "not ended: the sweep's parent run is RUNNING (in progress, or its process was "
+            "killed: the sweep's fnnlab-train command, run again, resumes it); this answer is "
+            "about the runs that finished so far"
+        ]
+    return []
+
+
+def _leader_lines(agg: Aggregate, leader: pd.Series, what: str) -> list[str]:
+    """The leader, its ties, and what is worse or better beyond seed noise."""
+    c = agg.comparison
     seeds = f"{int(leader['n'])} seeds"
     if diverged := _diverged_seeds(leader, agg):
         seeds += f"; {diverged} more diverged and {'is' if diverged == 1 else 'are'} left out"
-    lines.append(
-        f"leader: {_label(leader, agg)}: mean {what} {_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
-    )
+    if cell(leader["ci_low"]):
+        mean = f"{_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
+    else:  # every seed gave one value
+        mean = f"{leader['mean']:.4g} ({seeds}, all equal: no interval)"
+    lines = [f"leader: {_label(leader, agg)}: mean {what} {mean}"]
     tied = agg.tied
     if tied.empty:
         lines.append("tied with the leader: none")
@@ -186,34 +234,7 @@ def leader_text(agg: Aggregate) -> str:
                     for _, r in rows.iterrows()
                 )
             )
-    no_claim = c[c["tied"].isna() & ~c["leader"]]
-    # Every seed diverged is the clearest answer there is, not missing data.
-    all_diverged = [
-        0 < _diverged_seeds(r, agg) == _diverged_seeds(r, agg, "runs")
-        for _, r in no_claim.iterrows()
-    ]
-    for rows, head in (
-        (no_claim[all_diverged], "every seed diverged"),
-        (no_claim[[not a for a in all_diverged]], "no claim (fewer than 2 seeds with an outcome)"),
-    ):
-        if not rows.empty:
-            lines.append(
-                f"{head}: "
-                + "; ".join(
-                    f"{_label(r, agg)} ({_seeds(r, agg)})"
-                    if _diverged_seeds(r, agg)
-                    else _label(r, agg)
-                    for _, r in rows.iterrows()
-                )
-            )
-    if worse := ended_above_start(agg):
-        # Neither diverged nor oscillating, such runs counted as "stable": at chance accuracy.
-        lines.append(
-            "loss ended above where it started (over seeds, the mean of the last 10% of "
-            "epochs against epoch 0's): "
-            + "; ".join(f"{label} ({tail:.4g} against {start:.4g})" for label, tail, start in worse)
-        )
-    return "\n".join(lines)
+    return lines
 
 
 def ended_above_start(agg: Aggregate) -> list[tuple[str, float, float]]:
@@ -256,7 +277,8 @@ def verdict(row: pd.Series, agg: Aggregate) -> str:
     if row["leader"]:
         return "leader"
     if pd.isna(row["tied"]):
-        return "no claim"
+        every = 0 < _diverged_seeds(row, agg) == _diverged_seeds(row, agg, "runs")
+        return "all diverged" if every else "no claim"
     return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
 
 

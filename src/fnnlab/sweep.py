@@ -814,6 +814,7 @@ class Sweep:
             sel = aggregate.select(self.store.uri, self.experiment, parent_run_id=self.parent)
             # The parent ends after the answer: the counts are this end's, not a stored one's.
             sel.unfinished, sel.jobs = aggregate.unfinished_jobs({**counts, "jobs": self.jobs or 0})
+            sel.running = False
             agg = aggregate.aggregate(sel)
             _, text = report.publish(agg, Path(self.dir) / "aggregate", self.base)
         except Exception as exc:
@@ -859,7 +860,10 @@ class Sweep:
     def _close(self, counts: Counter, status: str, error: str | None = None) -> None:
         """End the parent with its counts and, FAILED, the first error of its jobs in its
         tag `error`, as a job's run holds its own: the MLflow UI shows why."""
-        metrics = {f"sweep/{k}": v for k, v in counts.items()}
+        # Every count, zeros too: a metric keeps its last value, and an earlier invocation's
+        # running=2 would stay on the parent as this one's.
+        every = ("finished", "failed", "running", "diverged", "reused")
+        metrics = {f"sweep/{k}": counts[k] for k in (*every, *counts)}
         if self.jobs is not None:
             metrics["sweep/jobs"] = self.jobs
         tags = {Tag.ERROR: error} if error else None
