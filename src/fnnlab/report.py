@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,27 @@ def terminal_table(agg: Aggregate) -> str:
     return f"{fixed}\n{text}" if fixed else text
 
 
-def _label(row: pd.Series, agg: Aggregate) -> str:
-    return leader_label(row, varying_cols(agg)) or "all runs"
+def _labeller(agg: Aggregate) -> Callable[[pd.Series], str]:
+    """A configuration's name by the columns that vary ("all runs" when none), those found
+    once for many rows."""
+    cols = varying_cols(agg)
+    return lambda row: leader_label(row, cols) or "all runs"
+
+
+# The summary's run counts that the answer's lines and table show per configuration.
+COUNTS = ("runs", "stable", "oscillating", "diverged")
+
+
+def _with_counts(agg: Aggregate) -> pd.DataFrame:
+    """The comparison, with each configuration's run counts (COUNTS, 0 when not known)."""
+    cols = agg.config_cols
+    s = agg.summary
+    have = [k for k in COUNTS if k in s]
+    if cols:
+        c = agg.comparison.merge(s[[*cols, *have]], on=cols, how="left")
+    else:
+        c = agg.comparison.assign(**s.iloc[0][have])
+    return c.assign(**{k: c[k].fillna(0).astype(int) if k in c else 0 for k in COUNTS})
 
 
 def ci_name(agg: Aggregate) -> str:
@@ -127,22 +146,21 @@ def _mean_ci(row: pd.Series) -> str:
 
 def leader_text(agg: Aggregate) -> str:
     """The sweep's answer in a few lines: the leader, what it is tied with, what is not."""
-    c, leader = agg.comparison, agg.leader
+    c, label = _with_counts(agg), _labeller(agg)
+    leader = c[c["leader"]].iloc[0] if c["leader"].any() else None
     what = OUTCOME_NAMES[agg.outcome]
     lines = _partial_lines(agg.selection)
-    all_diverged = [
-        0 < _diverged_seeds(r, agg) == _diverged_seeds(r, agg, "runs") for _, r in c.iterrows()
-    ]
+    all_diverged = _all_diverged(c)
     if leader is None:
         lines.append(
             "no leader: every run diverged"
-            if all(all_diverged) and all_diverged
+            if all_diverged.all() and not c.empty
             else f"no leader: no configuration has 2 or more runs with a "
             f"{agg.outcome.replace('_', ' ')} (finished, not diverged), so nothing can be told "
             "from seed noise"
         )
     else:
-        lines += _leader_lines(agg, leader, what)
+        lines += _leader_lines(agg, c, leader, what, label)
     # Every seed diverged is the clearest answer there is, not missing data.
     no_claim = c[c["tied"].isna() & ~c["leader"]]
     gone = c[all_diverged]
@@ -158,9 +176,7 @@ def leader_text(agg: Aggregate) -> str:
             lines.append(
                 f"{head}: "
                 + "; ".join(
-                    f"{_label(r, agg)} ({_seeds(r, agg)})"
-                    if _diverged_seeds(r, agg)
-                    else _label(r, agg)
+                    f"{label(r)} ({_seeds(r)})" if r["diverged"] else label(r)
                     for _, r in rows.iterrows()
                 )
             )
@@ -192,18 +208,24 @@ def _partial_lines(sel: Selection) -> list[str]:
     return []
 
 
-def _leader_lines(agg: Aggregate, leader: pd.Series, what: str) -> list[str]:
-    """The leader, its ties, and what is worse or better beyond seed noise."""
-    c = agg.comparison
+def _leader_lines(
+    agg: Aggregate,
+    c: pd.DataFrame,
+    leader: pd.Series,
+    what: str,
+    label: Callable[[pd.Series], str],
+) -> list[str]:
+    """The leader, its ties, and what is worse or better beyond seed noise (c: the comparison
+    with its counts)."""
     seeds = f"{int(leader['n'])} seeds"
-    if diverged := _diverged_seeds(leader, agg):
+    if diverged := leader["diverged"]:
         seeds += f"; {diverged} more diverged and {'is' if diverged == 1 else 'are'} left out"
     if cell(leader["ci_low"]):
         mean = f"{_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
     else:  # every seed gave one value
         mean = f"{leader['mean']:.4g} ({seeds}, all equal: no interval)"
-    lines = [f"leader: {_label(leader, agg)}: mean {what} {mean}"]
-    tied = agg.tied
+    lines = [f"leader: {label(leader)}: mean {what} {mean}"]
+    tied = c[c["tied"].fillna(False).astype(bool)]
     if tied.empty:
         lines.append("tied with the leader: none")
     else:
@@ -215,9 +237,7 @@ def _leader_lines(agg: Aggregate, leader: pd.Series, what: str) -> list[str]:
             need = (
                 f", ~{int(r['seeds_needed'])} seeds to separate" if cell(r["seeds_needed"]) else ""
             )
-            parts.append(
-                f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}, {why}{need}{_lost(r, agg)})"
-            )
+            parts.append(f"{label(r)} ({r['diff_vs_leader']:+.3g}, {why}{need}{_lost(r)})")
         lines.append("tied with the leader: " + "; ".join(parts))
     others = c[~c["leader"] & (c["tied"] == False)]  # noqa: E712 (NA: no claim)
     better = [_better(r, agg) for _, r in others.iterrows()]
@@ -230,8 +250,7 @@ def _leader_lines(agg: Aggregate, leader: pd.Series, what: str) -> list[str]:
             lines.append(
                 f"{head}: "
                 + "; ".join(
-                    f"{_label(r, agg)} ({r['diff_vs_leader']:+.3g}{_lost(r, agg)})"
-                    for _, r in rows.iterrows()
+                    f"{label(r)} ({r['diff_vs_leader']:+.3g}{_lost(r)})" for _, r in rows.iterrows()
                 )
             )
     return lines
@@ -257,28 +276,34 @@ def ended_above_start(agg: Aggregate) -> list[tuple[str, float, float]]:
             {"tail_loss": [used["tail_loss"].mean()], "mean": [start["mean"].iloc[0]]}
         )
     both = both[both["tail_loss"] > both["mean"]]
-    return [(_label(r, agg), r["tail_loss"], r["mean"]) for _, r in both.iterrows()]
+    label = _labeller(agg)
+    return [(label(r), r["tail_loss"], r["mean"]) for _, r in both.iterrows()]
 
 
-def _lost(row: pd.Series, agg: Aggregate) -> str:
-    """'; k more seeds diverged' after a configuration's numbers, when some did: its mean
-    is over the others only."""
-    k = _diverged_seeds(row, agg)
+def _all_diverged(c: pd.DataFrame) -> pd.Series:
+    """Per row of the comparison with its counts: every run of the configuration diverged."""
+    return (c["diverged"] > 0) & (c["diverged"] == c["runs"])
+
+
+def _lost(row: pd.Series) -> str:
+    """'; k more seeds diverged' after a configuration's numbers (a row of the comparison
+    with its counts), when some did: its mean is over the others only."""
+    k = row["diverged"]
     return f"; {k} more {'seed' if k == 1 else 'seeds'} diverged" if k else ""
 
 
-def _seeds(row: pd.Series, agg: Aggregate) -> str:
+def _seeds(row: pd.Series) -> str:
     """'3 diverged', or '1 seed, 2 diverged': of a configuration without a claim."""
-    n, k = int(row["n"]), _diverged_seeds(row, agg)
+    n, k = int(row["n"]), row["diverged"]
     return f"{k} diverged" if n == 0 else f"{n} {'seed' if n == 1 else 'seeds'}, {k} diverged"
 
 
 def verdict(row: pd.Series, agg: Aggregate) -> str:
+    """A row of the comparison with its counts (_with_counts)."""
     if row["leader"]:
         return "leader"
     if pd.isna(row["tied"]):
-        every = 0 < _diverged_seeds(row, agg) == _diverged_seeds(row, agg, "runs")
-        return "all diverged" if every else "no claim"
+        return "all diverged" if 0 < row["diverged"] == row["runs"] else "no claim"
     return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
 
 
@@ -289,28 +314,13 @@ def _better(row: pd.Series, agg: Aggregate) -> bool:
     return bool(diff > 0 if agg.outcome in HIGHER_IS_BETTER else diff < 0)
 
 
-def _diverged_seeds(row: pd.Series, agg: Aggregate, col: str = "diverged") -> int:
-    """How many runs of the configuration diverged (left out of its mean); with col="runs",
-    how many runs it has."""
-    match = agg.summary
-    if col not in match:
-        return 0
-    for c in agg.config_cols:
-        match = match[match[c] == row[c]]
-    return int(match[col].sum())
-
-
 def comparison_table(agg: Aggregate) -> pd.DataFrame:
     """What a person reads of comparison.csv: per configuration, mean ± CI, the difference
     with the leader, the verdict, and the regime counts (the full numbers stay in the CSVs)."""
-    counts = agg.summary[[*agg.config_cols, "stable", "oscillating", "diverged"]]
-    c = (
-        agg.comparison.merge(counts, on=agg.config_cols, how="left")
-        if agg.config_cols
-        else agg.comparison.assign(**counts.iloc[0][["stable", "oscillating", "diverged"]])
-    )
+    c = _with_counts(agg)
     mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}]"
-    columns = [*varying_cols(agg), "n", mean, vs, "p_adj", "verdict", "seeds needed"]
+    varying = varying_cols(agg)
+    columns = [*varying, "n", mean, vs, "p_adj", "verdict", "seeds needed"]
     rows = []
     for _, r in c.iterrows():
         diff = ""
@@ -320,7 +330,7 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
             diff = f"{r['diff_vs_leader']:+.3g} (exact test: no interval)"
         rows.append(
             {
-                **{k: r[k] for k in varying_cols(agg)},
+                **{k: r[k] for k in varying},
                 "n": int(r["n"]),
                 mean: _mean_ci(r) if int(r["n"]) else "",
                 vs: diff,
@@ -874,10 +884,10 @@ def parent_values(agg: Aggregate) -> tuple[dict[str, float], dict[str, str]]:
         "aggregate/running": int((runs["status"] == RUNNING).sum()),
         "aggregate/oscillating": int((runs["regime"] == "oscillating").sum()),
     }
-    leader = agg.leader
+    leader, label = agg.leader, _labeller(agg)
     tags = {
-        "aggregate.leader": "" if leader is None else _label(leader, agg),
-        "aggregate.tied": "; ".join(_label(r, agg) for _, r in agg.tied.iterrows()),
+        "aggregate.leader": "" if leader is None else label(leader),
+        "aggregate.tied": "; ".join(label(r) for _, r in agg.tied.iterrows()),
         "aggregate.outcome": agg.outcome,
         "aggregate.filter": sel.filter or "",
         "aggregate.alpha": repr(agg.alpha),
