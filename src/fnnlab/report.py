@@ -185,7 +185,7 @@ def leader_text(agg: Aggregate) -> str:
         lines.append(
             "loss ended above where it started (over seeds, the mean of the last 10% of "
             "epochs against epoch 0's): "
-            + "; ".join(f"{label} ({tail:.4g} against {start:.4g})" for label, tail, start in worse)
+            + "; ".join(f"{name} ({tail:.4g} against {start:.4g})" for name, tail, start in worse)
         )
     return "\n".join(lines)
 
@@ -348,12 +348,18 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
 
 def varying_cols(agg: Aggregate) -> list[str]:
     """The configuration columns that differ between configurations (the others are shown
-    once). The row of jobs that logged no params (failed or killed before, or running) is
-    not a configuration: its empty values vary nothing."""
+    once), or all of them when none does: what names a configuration."""
+    return differing_cols(agg) or agg.config_cols
+
+
+def differing_cols(agg: Aggregate) -> list[str]:
+    """The configuration columns that differ between configurations. The row of jobs that
+    logged no params (failed or killed before, or running) is not a configuration: its empty
+    values vary nothing."""
     s = agg.summary
     if agg.config_cols:
         s = s[s[agg.config_cols].notna().any(axis=1)]
-    return [c for c in agg.config_cols if s[c].nunique(dropna=False) > 1] or agg.config_cols
+    return [c for c in agg.config_cols if s[c].nunique(dropna=False) > 1]
 
 
 def constant_text(agg: Aggregate) -> str:
@@ -366,10 +372,7 @@ def constant_text(agg: Aggregate) -> str:
 def stability_cols(agg: Aggregate) -> list[str]:
     """What the stability boundary is given per: the width, and whatever else varies but the
     learning rate (a backprop mode has its own boundary)."""
-    s = agg.summary
-    # What differs between configurations; not every column when one configuration is all.
-    varying = [c for c in agg.config_cols if s[c].dropna().nunique() > 1]
-    return ["hidden_dim", *(c for c in varying if c not in ("hidden_dim", "lr"))]
+    return ["hidden_dim", *(c for c in differing_cols(agg) if c not in ("hidden_dim", "lr"))]
 
 
 def stability_per(agg: Aggregate) -> str:
