@@ -165,3 +165,23 @@ def test_a_loss_that_rose_and_stayed_high_is_named(store: TmpStore):
     (label, tail, start), *others = report.ended_above_start(agg)
     assert label == "lr=1" and not others and tail > 3 * start, (label, tail, start)
     assert line.endswith(f"lr=1 ({tail:.4g} against {start:.4g})"), line
+
+
+def test_runs_too_short_to_judge_have_no_oscillation_boundary(store: TmpStore):
+    """Runs under regime.min_epochs (4) are "stable" without a test: the boundary said
+    "oscillation or divergence none up to lr=1" of 3-epoch runs (helper-35). Runs long
+    enough, in the same sweep, keep their boundary."""
+    from fnnlab import report
+
+    sweep(store, "train.epochs=3,20", "optim.lr=0.1,1", "seed=range(2)")
+    agg = latest(store)
+    assert report.stability_lines(agg)[1:] == [
+        "  hidden_dim=32 epochs=3: divergence none up to lr=1; "
+        "oscillation or divergence not judged: runs of 3 epochs (regime.min_epochs is 4)",
+        "  hidden_dim=32 epochs=20: divergence none up to lr=1; "
+        "oscillation or divergence already at lr=0.1 (the smallest swept)",
+    ]
+    assert (
+        "too short to judge: 4 runs of 3 epochs (regime.min_epochs is 4) count as stable "
+        "without a test for oscillation"
+    ) in report.leader_text(agg).splitlines()

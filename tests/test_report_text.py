@@ -21,7 +21,15 @@ def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.0
     """An Aggregate over learning rates whose runs have these outcomes (NaN: diverged)."""
     runs = pd.DataFrame(
         [
-            {"lr": lr, "seed": seed, "outcome": v, "diverged": math.isnan(v)}
+            {
+                "run_id": f"{lr}-{seed}",
+                "lr": lr,
+                "seed": seed,
+                "outcome": v,
+                "diverged": math.isnan(v),
+                "status": "FINISHED",
+                "epochs_run": 101,
+            }
             for lr, vs in values.items()
             for seed, v in enumerate(vs)
         ]
@@ -179,7 +187,12 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
         selection=SimpleNamespace(
             experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
         ),
-        runs=runs,
+        runs=runs.assign(
+            run_id=runs.index,
+            status="FINISHED",
+            diverged=runs["regime"] == "diverged",
+            epochs_run=101,
+        ),
         summary=summary,
         curves=pd.DataFrame(),
         config_cols=cols,
@@ -222,7 +235,7 @@ def test_jobs_without_params_vary_no_configuration() -> None:
             selection=SimpleNamespace(
                 experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
             ),
-            runs=runs.assign(status="FINISHED"),
+            runs=runs.assign(run_id=runs.index, status="FINISHED", epochs_run=101),
             summary=pd.DataFrame([*known, unknown]),
             curves=pd.DataFrame(),
             config_cols=["hidden_dim", "lr"],
@@ -330,3 +343,40 @@ def test_an_answer_about_part_of_a_sweep_says_so_first() -> None:
     agg.selection.unfinished, agg.selection.running = 0, True
     first = report.leader_text(agg).splitlines()[0]
     assert first.startswith("not ended: the sweep's parent run is RUNNING"), first
+
+
+def test_the_count_of_runs_names_jobs_that_made_none() -> None:
+    """report.md said "4 runs: 4 finished, 0 failed or killed" above the answer's
+    "incomplete: 2 of the sweep's 6 jobs": those 2 jobs never made a run (helper-36)."""
+    agg = answer_of("tail_loss", {1.0: [0.1, 0.11], 3.0: [0.5, 0.52]})
+    agg.selection.superseded = agg.selection.reused = 0
+    assert report.run_counts(agg) == (
+        "4 runs: 4 finished (0 of them diverged), 0 failed or killed, 0 still running"
+    )
+    agg.selection.unfinished, agg.selection.jobs = 2, 6
+    assert report.run_counts(agg).endswith(
+        "0 still running; 2 of the sweep's 6 jobs have no finished run"
+    )
+
+
+def test_runs_too_short_to_judge_are_named() -> None:
+    """Runs shorter than regime.min_epochs are "stable" by definition: the boundary said
+    "oscillation or divergence none up to lr=1" of 3-epoch runs (helper-35)."""
+    agg = answer_of("tail_loss", {1.0: [0.1, 0.11], 3.0: [0.5, 0.52]})
+    assert report.too_short_line(agg) == ""
+    agg.runs["epochs_run"] = 3
+    agg.selection.runs = [
+        SimpleNamespace(info=SimpleNamespace(run_id=i), data=SimpleNamespace(params={}))
+        for i in agg.runs["run_id"]
+    ]
+    line = "too short to judge: 4 runs of 3 epochs (regime.min_epochs is 4) count as stable"
+    assert report.too_short_line(agg).startswith(line)
+    assert line in report.leader_text(agg).splitlines()[-1]
+    for run in agg.selection.runs:
+        run.data.params["regime.min_epochs"] = "3"
+    assert report.too_short_line(agg) == ""
+    agg.runs["epochs_run"] = 1
+    assert report.too_short_line(agg).endswith(
+        "of 1 epoch (regime.min_epochs is 3) count as stable without a test for oscillation; "
+        "a run of 1 epoch's outcome is its loss before any update"
+    )

@@ -180,6 +180,8 @@ def leader_text(agg: Aggregate) -> str:
                     for _, r in rows.iterrows()
                 )
             )
+    if short := too_short_line(agg):
+        lines.append(short)
     if worse := ended_above_start(agg):
         # Neither diverged nor oscillating, such runs counted as "stable": at chance accuracy.
         lines.append(
@@ -278,6 +280,45 @@ def ended_above_start(agg: Aggregate) -> list[tuple[str, float, float]]:
     both = both[both["tail_loss"] > both["mean"]]
     label = _labeller(agg)
     return [(label(r), r["tail_loss"], r["mean"]) for _, r in both.iterrows()]
+
+
+def too_short(agg: Aggregate) -> pd.DataFrame:
+    """The finished runs that neither diverged nor ran `regime.min_epochs` epochs, with their
+    min_epochs: their regime is "stable" by definition, not judged."""
+    runs = agg.runs
+    min_epochs = pd.Series(
+        {
+            r.info.run_id: float(r.data.params.get("regime.min_epochs", 4))
+            for r in agg.selection.runs
+        }
+    )
+    runs = runs.assign(min_epochs=runs["run_id"].map(min_epochs))
+    return runs[
+        (runs["status"] == FINISHED) & ~runs["diverged"] & (runs["epochs_run"] < runs["min_epochs"])
+    ]
+
+
+def _epochs_words(short: pd.DataFrame) -> str:
+    """'3 epochs, under regime.min_epochs (4)', of the runs too short to judge."""
+    ran = ", ".join(f"{v:g}" for v in sorted(short["epochs_run"].unique()))
+    least = ", ".join(f"{v:g}" for v in sorted(short["min_epochs"].unique()))
+    return f"{ran} {'epoch' if ran == '1' else 'epochs'} (regime.min_epochs is {least})"
+
+
+def too_short_line(agg: Aggregate) -> str:
+    """A line when some runs were too short for their regime to be judged: they count as
+    stable, which the boundary would otherwise report as "none up to" their rates."""
+    short = too_short(agg)
+    if short.empty:
+        return ""
+    line = (
+        f"too short to judge: {len(short)} {'run' if len(short) == 1 else 'runs'} of "
+        f"{_epochs_words(short)} count as stable without a test for oscillation"
+    )
+    if (short["epochs_run"] == 1).any():
+        # The loss of epoch e is taken before that epoch's update, as in the tutorial.
+        line += "; a run of 1 epoch's outcome is its loss before any update"
+    return line
 
 
 def _all_diverged(c: pd.DataFrame) -> pd.Series:
@@ -394,6 +435,25 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
         return f"between lr={cell(good)} and lr={cell(bad)}"
 
     st = agg.stability
+    oscillation = [
+        bracket(g, b)
+        for g, b in zip(st["no_oscillation_lr_max"], st["oscillates_at_lr"], strict=True)
+    ]
+    short = too_short(agg)
+    if not short.empty:
+        # A group with runs too short to judge says so, not "none up to" their rates.
+        groups = boundary_groups(agg.config_cols)
+        words = pd.DataFrame(
+            [
+                {**dict(zip(groups, key, strict=True)), "_words": _epochs_words(sub)}
+                for key, sub in short.groupby(groups, dropna=False)
+            ]
+        )
+        flagged = st[groups].merge(words, on=groups, how="left")
+        oscillation = [
+            f"not judged: runs of {w}" if isinstance(w, str) else text
+            for w, text in zip(flagged["_words"], oscillation, strict=True)
+        ]
     return pd.DataFrame(
         {
             **{c: st[c] for c in stability_cols(agg)},
@@ -401,10 +461,7 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
                 bracket(g, b)
                 for g, b in zip(st["stable_lr_max"], st["diverges_at_lr"], strict=True)
             ],
-            "oscillation or divergence sets in": [
-                bracket(g, b)
-                for g, b in zip(st["no_oscillation_lr_max"], st["oscillates_at_lr"], strict=True)
-            ],
+            "oscillation or divergence sets in": oscillation,
         }
     )
 
@@ -669,9 +726,32 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
     )
 
 
-def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
+def run_counts(agg: Aggregate) -> str:
+    """'12 runs: 10 finished (2 of them diverged), ...': report.md's count of the runs."""
     sel, runs = agg.selection, agg.runs
     counts = runs["status"].value_counts()
+    return (
+        f"{len(runs)} runs: {counts.get('FINISHED', 0)} finished "
+        f"({int(runs['diverged'].sum())} of them diverged), "
+        f"{sum(counts.get(s, 0) for s in UNFINISHED)} failed or killed, "
+        f"{counts.get('RUNNING', 0)} still running"
+        # Jobs that never made a run are in no count above.
+        + (
+            f"; {sel.unfinished} of the sweep's {sel.jobs} jobs have no finished run"
+            if sel.unfinished
+            else ""
+        )
+        + (f"; {sel.superseded} earlier attempts superseded by reruns" if sel.superseded else "")
+        + (
+            f"; {sel.reused} of them made outside this sweep (same configuration) and reused here"
+            if sel.reused
+            else ""
+        )
+    )
+
+
+def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
+    sel, runs = agg.selection, agg.runs
     source = (
         f"sweep `{sel.sweep_id}` (parent run `{sel.parent_run_id}`)"
         if sel.parent_run_id
@@ -682,16 +762,7 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"Source: {source}, tracking URI `{sel.uri}`.",
         "",
-        f"{len(runs)} runs: {counts.get('FINISHED', 0)} finished "
-        f"({int(runs['diverged'].sum())} of them diverged), "
-        f"{sum(counts.get(s, 0) for s in UNFINISHED)} failed or killed, "
-        f"{counts.get('RUNNING', 0)} still running"
-        + (f"; {sel.superseded} earlier attempts superseded by reruns" if sel.superseded else "")
-        + (
-            f"; {sel.reused} of them made outside this sweep (same configuration) and reused here"
-            if sel.reused
-            else ""
-        )
+        run_counts(agg)
         + ". Loss and accuracy statistics use finished, non-diverged runs only (`used`); "
         "std and the 95% confidence interval of the mean (t distribution) "
         "are empty below two runs.",
