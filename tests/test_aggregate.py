@@ -617,3 +617,34 @@ def test_tracking_server(small, server: str, tmp_path: Path) -> None:
     assert curves[curves.key == "loss"].sort_values("step")["mean"].tolist() == [0.7, 0.6]
     parent = store.client.get_run(pid)
     assert parent.data.tags["aggregate.leader"] == ""
+
+
+def test_the_configurations_an_incomplete_sweep_never_finished_are_named() -> None:
+    """An answer about part of a sweep said how many jobs had no finished run, not which
+    configurations: those none of whose jobs ran are in no table (helper-36)."""
+    from types import SimpleNamespace
+
+    def run(status: str, **params: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            info=SimpleNamespace(status=status), data=SimpleNamespace(params=params)
+        )
+
+    runs = [
+        run("FINISHED", **{"optim.lr": "0.1", "model.hidden_dim": "8", "seed": "0"}),
+        run("FAILED", **{"optim.lr": "1.0", "model.hidden_dim": "8", "seed": "0"}),
+        run("FINISHED", **{"optim.lr": "1.0", "model.hidden_dim": "32", "seed": "1"}),
+        run("RUNNING"),  # killed before it logged its params
+    ]
+    sweep = "model.hidden_dim=8,32 optim.lr=0.1,1 seed=range(2) tracking.uri=sqlite:///x.db"
+    assert aggregate.not_finished(sweep, runs) == ["hidden_dim=8 lr=1", "hidden_dim=32 lr=0.1"]
+    assert aggregate.not_finished(sweep, runs, most=1) == ["hidden_dim=8 lr=1", "1 more"]
+    # A value with a space in it, as the tag joins the command line.
+    features = {"data.features": "[0, 1]", "optim.lr": "0.1"}
+    spaced = [run("FINISHED", **features)]
+    assert aggregate.not_finished("data.features=[0, 1],[2, 3] optim.lr=0.1", spaced) == [
+        "features=[2,3]"
+    ]
+    # What cannot be told is not guessed: another sweeper's grammar, a swept group.
+    assert aggregate.not_finished("optim.lr=interval(0.1,1)", runs) == []
+    assert aggregate.not_finished("optim=glob(*) seed=0,1", runs) == []
+    assert aggregate.not_finished("seed=0,1", runs) == []

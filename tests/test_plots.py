@@ -269,7 +269,13 @@ def test_write_plots_draws_the_comparison(tmp_path: Path) -> None:
     comparison = compare(runs, COLS)
     agg = Aggregate(
         selection=SimpleNamespace(
-            experiment="exp", sweep_id="s1", runs=[], unfinished=0, jobs=0, running=False
+            experiment="exp",
+            sweep_id="s1",
+            runs=[],
+            unfinished=0,
+            jobs=0,
+            running=False,
+            not_finished=[],
         ),
         runs=runs,
         summary=counts(runs),

@@ -42,7 +42,13 @@ def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.0
     )
     return Aggregate(
         selection=SimpleNamespace(
-            experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
+            experiment="e",
+            sweep_id="s",
+            runs=[],
+            unfinished=0,
+            jobs=0,
+            running=False,
+            not_finished=[],
         ),
         runs=runs,
         summary=summary,
@@ -185,7 +191,13 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
     summary = runs.groupby(cols).size().rename("runs").reset_index()
     agg = Aggregate(
         selection=SimpleNamespace(
-            experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
+            experiment="e",
+            sweep_id="s",
+            runs=[],
+            unfinished=0,
+            jobs=0,
+            running=False,
+            not_finished=[],
         ),
         runs=runs.assign(
             run_id=runs.index,
@@ -233,7 +245,13 @@ def test_jobs_without_params_vary_no_configuration() -> None:
         unknown = {"hidden_dim": math.nan, "lr": math.nan, **counts, "stable": 0}
         return Aggregate(
             selection=SimpleNamespace(
-                experiment="e", sweep_id="s", runs=[], unfinished=0, jobs=0, running=False
+                experiment="e",
+                sweep_id="s",
+                runs=[],
+                unfinished=0,
+                jobs=0,
+                running=False,
+                not_finished=[],
             ),
             runs=runs.assign(run_id=runs.index, status="FINISHED", epochs_run=101),
             summary=pd.DataFrame([*known, unknown]),

@@ -103,11 +103,15 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch, capsys):
     # The answer, where people look, says it is about part of the sweep; and so does
     # fnnlab-aggregate's, made again from the FAILED parent's counts.
     incomplete = "incomplete: 1 of the sweep's 4 jobs have no finished run"
+    which = "configurations with no finished run: hidden_dim=8 lr=0.01"
     assert incomplete in parents[0].data.tags["mlflow.note.content"]
-    assert incomplete in capsys.readouterr().out
+    assert which in parents[0].data.tags["mlflow.note.content"]
+    out = capsys.readouterr().out
+    assert incomplete in out and f"\n{which}\n" in out
     again = [f"tracking.uri={store.uri}", f"tracking.experiment={store.experiment}"]
     assert run_in_process(monkeypatch, cli.aggregate, *again, f"hydra.run.dir={store.root}/a") == 0
-    assert incomplete in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert incomplete in out and f"\n{which}\n" in out
     by_name = {r.info.run_name: r for r in children}
     assert set(by_name) == {"h4-lr0.01-s0", "h8-lr0.01-s0", "h4-lr1000-s0", "h8-lr1000-s0"}
 
@@ -135,6 +139,7 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch, capsys):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert "error" not in parents[0].data.tags
     assert "incomplete" not in parents[0].data.tags["mlflow.note.content"]
+    assert "no finished run" not in parents[0].data.tags["mlflow.note.content"]
     assert parents[0].data.metrics["sweep/skipped"] == 3
     statuses = sorted((r.info.run_name, r.info.status) for r in children)
     assert statuses == [

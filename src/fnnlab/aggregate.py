@@ -10,15 +10,18 @@ so that the curves of a sweep take the same memory whatever its number of runs.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from scipy import stats
@@ -75,6 +78,9 @@ class Selection:
     jobs: int = 0
     # Its parent is RUNNING: the sweep is in progress, or its process was killed.
     running: bool = False
+    # With unfinished jobs: the configurations the sweep names that have no finished run, so
+    # are in no table of its answer (empty when they cannot be told: see not_finished).
+    not_finished: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +214,11 @@ def select(
         if parent.info.status in UNFINISHED:  # its counts, from when it ended
             unfinished, jobs = unfinished_jobs(parent.data.metrics)
     running = parent is not None and parent.info.status == RUNNING
+    missing = (
+        not_finished(parent.data.tags.get(Tag.SWEEP_OVERRIDES, ""), kept)
+        if parent is not None and (unfinished or running) and not filter_string
+        else []
+    )
     return Selection(
         client=client,
         uri=uri,
@@ -222,7 +233,64 @@ def select(
         unfinished=unfinished,
         jobs=jobs,
         running=running,
+        not_finished=missing,
     )
+
+
+def not_finished(overrides: str, runs: list[SlimRun], most: int = 10) -> list[str]:
+    """The configurations a sweep's overrides (its tag sweep_overrides) name that no FINISHED
+    run of `runs` has, as 'lr=1 hidden_dim=8', at most `most` and then 'k more'. Empty when
+    that cannot be told: a sweep in another sweeper's grammar, a swept config group or a key
+    no run has a param of."""
+    # The tag joins the command line's overrides with spaces: a piece without "=" is the
+    # rest of a value with a space in it ("data.features=[0, 1]").
+    lines: list[str] = []
+    for piece in overrides.split():
+        if lines and "=" not in piece and not piece.startswith(("~", "+")):
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    swept: dict[str, list[str]] = {}
+    try:
+        for o in OverridesParser.create().parse_overrides(lines):
+            key = o.key_or_group
+            if (
+                not o.is_sweep_override()
+                or key in ("seed", "hydra")
+                or key.startswith(("hydra.", "hydra/", "tracking."))
+            ):
+                continue
+            if not o.is_discrete_sweep() or o.package is not None:
+                return []
+            swept[key] = list(o.sweep_string_iterator())
+    except HydraException:  # glob(...) of a config group, which needs Hydra's loader
+        return []
+    if not swept or not all(any(k in r.data.params for r in runs) for k in swept):
+        return []
+
+    def canonical(value: str | None) -> str | float | None:
+        # 1 and 1.0, [0,1] and [0, 1] are one value: the typed one and the logged param.
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return value.replace(" ", "").lower()
+
+    finished = {
+        tuple(canonical(r.data.params.get(k)) for k in swept)
+        for r in runs
+        if r.info.status == FINISHED
+    }
+    names = _short_names(list(swept))
+    missing = [
+        " ".join(f"{names[k]}={v}" for k, v in zip(swept, values, strict=True))
+        for values in itertools.product(*swept.values())
+        if tuple(canonical(v) for v in values) not in finished
+    ]
+    if len(missing) > most:
+        missing = [*missing[:most], f"{len(missing) - most} more"]
+    return missing
 
 
 def unfinished_jobs(counts: Mapping[str, float]) -> tuple[int, int]:

@@ -196,16 +196,24 @@ def _partial_lines(sel: Selection) -> list[str]:
     """A line when the answer is about part of the sweep: an interrupted sweep's answer read
     as a whole one (the configurations it never ran are in no table)."""
     again = "the sweep's fnnlab-train command, run again, runs them"
+    # Those with a failed run are in the summary; the others are in no table at all.
+    missing = (
+        [f"configurations with no finished run: {'; '.join(sel.not_finished)}"]
+        if sel.not_finished
+        else []
+    )
     if sel.unfinished:
         return [
             f"incomplete: {sel.unfinished} of the sweep's {sel.jobs} jobs have no finished run "
-            f"({again}); this answer is about the runs that finished"
+            f"({again}); this answer is about the runs that finished",
+            *missing,
         ]
     if sel.running:
         return [
             "not ended: the sweep's parent run is RUNNING (in progress, or its process was "
             "killed: the sweep's fnnlab-train command, run again, resumes it); this answer is "
-            "about the runs that finished so far"
+            "about the runs that finished so far",
+            *missing,
         ]
     return []
 

@@ -815,6 +815,8 @@ class Sweep:
             # The parent ends after the answer: the counts are this end's, not a stored one's.
             sel.unfinished, sel.jobs = aggregate.unfinished_jobs({**counts, "jobs": self.jobs or 0})
             sel.running = False
+            if not sel.unfinished:
+                sel.not_finished = []
             agg = aggregate.aggregate(sel)
             _, text = report.publish(agg, Path(self.dir) / "aggregate", self.base)
         except Exception as exc:
