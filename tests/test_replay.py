@@ -5,6 +5,7 @@ bad input; provenance tags and a dirty tree's diff; resume by code identity."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import scipy
 import torch
+import yaml
 from conftest import TmpStore, run_in_process, run_script
 from mlflow.entities import Metric, Run, RunInfo
 
@@ -93,6 +95,27 @@ def test_runs_replay_identical_and_are_tagged(made: TmpStore) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     (logged,) = made.runs(f"tags.`replay.of` = '{ref.info.run_id}'")
     assert logged.data.metrics["final/loss"] == ref.data.metrics["final/loss"]
+    # What the replay found is not in replay.status: a replay of the logged run would
+    # overwrite it (helper-37).
+    assert logged.data.tags["replay.of_status"] == "identical"
+    assert "replay.status" not in logged.data.tags
+    # Its output folder cannot be made: one line, and no half-made FAILED run (helper-37).
+    blocked = made.root / "blocked"
+    blocked.mkdir()
+    (blocked / ref.info.run_id).write_text("a file where the folder would be")
+    before = len(made.runs())
+    out = run_script(
+        "fnnlab-replay",
+        f"replay.run={ref.info.run_id}",
+        "replay.log=true",
+        *made.overrides()[:2],
+        f"hydra.run.dir={blocked}",
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stdout.strip().startswith(
+        f"{ref.info.run_name} ({ref.info.run_id}): identical (not logged: "
+    ), out.stdout
+    assert len(made.runs()) == before
 
 
 def test_an_altered_value_differs_at_its_epoch_and_metric(made: TmpStore) -> None:
@@ -143,6 +166,60 @@ def test_an_altered_value_differs_at_its_epoch_and_metric(made: TmpStore) -> Non
     ]
 
 
+def test_every_stored_value_of_a_summary_metric_is_checked(made: TmpStore) -> None:
+    """A summary metric's history and the latest values (MLflow's other table, which its
+    runs table and charts show) were not compared: a value logged again, or a value changed
+    in one table only, replayed identical (helper-37)."""
+    once, both = made.runs("tags.role = 'job' and tags.diverged = 'false'")[1:3]
+    made.client.log_batch(once.info.run_id, [Metric("final/loss", 0.5, 1, 0)])  # an old time
+    db = sqlite3.connect(made.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE latest_metrics SET value = value + 1 WHERE key = 'loss' AND run_uuid = ?",
+            (both.info.run_id,),
+        )
+        db.execute(
+            "UPDATE metrics SET value = value + 1 WHERE key = 'tail/loss' AND run_uuid = ?",
+            (both.info.run_id,),
+        )
+    db.close()
+    out = replay(made, f"replay.run={once.info.run_id}")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert lines(out)[once.info.run_id].startswith("differs at epoch 39 final/loss stored 2 times")
+    out = replay(made, f"replay.run={both.info.run_id}")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    tags = made.client.get_run(both.info.run_id).data.tags
+    latest = both.data.metrics["loss"]
+    tail = both.data.metrics["tail/loss"]
+    assert tags["replay.diffs"].splitlines() == [
+        f"epoch 39 loss latest value {latest + 1} -> {latest}",
+        f"epoch 39 tail/loss {tail + 1} in its history, {tail} as its latest value",
+    ]
+
+
+def test_a_changed_cpu_vector_path_is_named(made: TmpStore) -> None:
+    """torch's CPU kernels differ in their last bits from one vector path to another
+    (ATEN_CPU_CAPABILITY=default on an AVX512 machine: O(1) differences within 40 epochs),
+    and the replay blamed the code or a dirty tree (helper-37): the path is recorded."""
+    run = made.runs("tags.role = 'job' and tags.diverged = 'false'")[-1]
+    rid, capability = run.info.run_id, torch.backends.cpu.get_cpu_capability()
+    assert run.data.tags["env.cpu_capability"] == capability
+    lowered = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = run_script("fnnlab-replay", f"replay.run={rid}", *made.overrides(), env=lowered)
+    what = lines(out)[rid]
+    if capability == "DEFAULT":
+        assert what == "identical", what
+    else:  # the vector path may not matter to this run
+        assert (
+            what == "identical"
+            or what.endswith(f"torch CPU capability {capability} -> DEFAULT")
+            or f"torch CPU capability {capability} -> DEFAULT;" in what
+        ), what
+    assert provenance.env_diff(
+        {"env.cpu_capability": "AVX512"}, {"env.cpu_capability": "AVX2"}
+    ) == ["torch CPU capability AVX512 -> AVX2"]
+
+
 def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsys) -> None:
     run = made.runs("tags.role = 'job' and tags.diverged = 'true'")[0]
     rid = run.info.run_id
@@ -150,11 +227,34 @@ def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsy
         Path(made.client.get_run(rid).info.artifact_uri.removeprefix("file://")) / "config.yaml"
     )
     config.unlink()
+    made.client.set_tag(rid, "replay.status", "identical")  # an earlier replay's
+    made.client.set_tag(rid, "replay.diffs", "epoch 3 loss (1 of 30 values)")
     out = replay(made, f"replay.run={rid}")
     assert out.returncode == 2
     assert f"({rid}): not replayable: run {rid}: its config.yaml artifact cannot be read" in (
         out.stdout
     )
+    # The earlier replay's "identical" stood (helper-37).
+    tags = made.client.get_run(rid).data.tags
+    assert tags["replay.status"] == "not replayable" and "replay.diffs" not in tags
+    assert tags["replay.why"].startswith(f"run {rid}: its config.yaml artifact cannot be read")
+    # Artifacts in a cloud store whose client library is not installed: one line, not
+    # the ImportError's traceback.
+    other = made.runs("tags.role = 'job' and tags.diverged = 'true'")[1].info.run_id
+    db = sqlite3.connect(made.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute("UPDATE runs SET artifact_uri = 'gs://bucket/x' WHERE run_uuid = ?", (other,))
+    db.close()
+    out = replay(made, f"replay.run={other}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"not replayable: run {other}: its config.yaml artifact cannot be read (" in out.stdout
+    # Weights on the meta device have no values to compare: named, not a traceback.
+    third = made.runs("tags.role = 'job' and tags.diverged = 'true'")[2]
+    weights = artifact(third, "weights.pt")
+    torch.save({k: v.to("meta") for k, v in torch.load(weights).items()}, weights)
+    out = replay(made, f"replay.run={third.info.run_id}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "weights.pt without the dense CPU tensors w1 and w2" in out.stdout, out.stdout
     # Through the console script's entry point, in this process (a process start each
     # costs seconds); the unreachable store below goes through the console script itself.
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # replay sets it
@@ -206,9 +306,14 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     artifact(runs["h32-lr0.1-s3"], "weights.pt").write_text("not a pickle")
     fingerprint = runs["h32-lr0.1-s3"].data.tags["fingerprint"]
     client.set_tag(ids["h32-lr0.1-s3"], "fingerprint", "0" * 16)
-    # As a run made before a key existed: a hash without it, and no param of it.
+    # As a run made before a key existed: a hash without it, no param of it, and a
+    # config.yaml without it.
     old = runs["h32-lr0.1-s2"].data.tags["fingerprint"]
     client.set_tag(ids["h32-lr0.1-s2"], "fingerprint", "1" * 16)
+    config = artifact(runs["h32-lr0.1-s2"], "config.yaml")
+    written = yaml.safe_load(config.read_text())
+    del written["train"]["diverge_factor"], written["model"]["dtype"]
+    config.write_text(yaml.safe_dump(written))
     client.log_batch(ids["h32-lr0.1-s4"], [Metric("loss", 9.9, 0, 4)])  # an earlier time
     weights = artifact(runs["h32-lr1000-s0"], "weights.pt")
     torch.save({k: v.double() for k, v in torch.load(weights).items()}, weights)
@@ -222,6 +327,10 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
             "DELETE FROM params WHERE key IN ('train.diverge_factor', 'model.dtype') "
             "AND run_uuid = ?",
             (ids["h32-lr0.1-s2"],),
+        )
+        # A param deleted: config.yaml still has it (helper-37 found this missed).
+        db.execute(
+            "DELETE FROM params WHERE key = 'optim.lr' AND run_uuid = ?", (ids["h32-lr0.1-s1"],)
         )
     db.close()
     client.log_metric(ids["h32-lr1000-s3"], "best/loss", 0.5)  # a diverged run has none
@@ -240,7 +349,8 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     found = lines(out)
     expected = {
         "h32-lr0.1-s0": "differs at epoch 29 final/loss 0.1 -> ",
-        "h32-lr0.1-s1": "differs at epoch 29 regime ",
+        "h32-lr0.1-s1": "differs at epoch 0 param optim.lr not stored, config.yaml '0.1', "
+        "largest difference inf; also epoch 29 regime ",
         "h32-lr0.1-s2": f"differs at epoch 0 fingerprint {'1' * 16}, config.yaml {old} (keys ",
         "h32-lr0.1-s3": f"differs at epoch 0 fingerprint {'0' * 16}, config.yaml {fingerprint}, "
         "largest difference inf; also epoch 30 weights.pt unreadable (",
@@ -284,6 +394,7 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
     assert client.get_run(ids["h32-lr0.1-s0"]).data.tags["replay.diffs"].splitlines() == [
         "epoch 0 param extra.key '1', not in config.yaml",
         f"epoch 29 final/loss 0.1 -> {runs['h32-lr0.1-s0'].data.metrics['final/loss']}",
+        "epoch 29 final/loss stored 2 times",
     ]
 
 
@@ -363,6 +474,15 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    # Without the tag (an older fnnlab's answer, or deleted), what is not checked is said:
+    # it read as all checked (helper-37).
+    store.client.delete_tag(pid, "aggregate.files")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == (
+        head + "identical (its report and figures not checked: no tag aggregate.files)"
+    )
+    store.client.set_tag(pid, "aggregate.files", tags["aggregate.files"])
     # Its options not recorded, so made with the defaults (which make it): a file changed
     # since is a difference, not a sign that the defaults are not the options it had.
     for key in ("aggregate.alpha", "aggregate.min_effect"):

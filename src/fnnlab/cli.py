@@ -262,24 +262,30 @@ def replay_app(cfg: DictConfig) -> None:
     except MlflowException as exc:
         fail("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
     out = Path(HydraConfig.get().runtime.output_dir)
-    counts = {"identical": 0, "differs": 0, "not replayable": 0}
+    counts = {"identical": 0, "differs": 0, "not replayable": 0, "not logged": 0}
     bar = tqdm(runs, unit="run", disable=r.run is not None or not runs, file=sys.stderr)
     for run in bar:
         try:
             result = replay.replay_run(store, run)
         except replay.NotReplayable as exc:
             counts["not replayable"] += 1
+            replay.record_unchecked(store, run, "not replayable", str(exc))
             bar.write(f"{run.info.run_name} ({run.info.run_id}): not replayable: {exc}")
             continue
         replay.record(store, result)
         counts[result.status] += 1
         line = result.line()
         if r.log:
-            new_run = replay.log_replay(store, result, result.cfg, out / run.info.run_id)
-            line += f" (logged as run {new_run})"
+            try:
+                new_run = replay.log_replay(store, result, result.cfg, out / run.info.run_id)
+                line += f" (logged as run {new_run})"
+            except OSError as exc:  # its output folder, before any run is made
+                counts["not logged"] += 1
+                line += f" (not logged: {reason(exc)})"
         bar.write(line)
     for run in others:
         counts["not replayable"] += 1
+        replay.record_unchecked(store, run, "not replayable", f"it is {run.info.status}")
         print(f"{run.info.run_name} ({run.info.run_id}): not replayable: it is {run.info.status}")
     if r.sweep is not None:
         print(
@@ -290,6 +296,7 @@ def replay_app(cfg: DictConfig) -> None:
             check = replay.check_answer(store, parent)
         except replay.NotCheckable as exc:
             counts["not replayable"] += 1
+            replay.record_unchecked(store, parent, "not checkable", str(exc))
             print(f"{replay.answer_head(parent)}not checkable: {exc}")
         else:
             if check is None:
@@ -298,7 +305,7 @@ def replay_app(cfg: DictConfig) -> None:
                 replay.record_answer(store, check)
                 counts[check.status] += 1
                 print(check.line())
-    if counts["not replayable"]:  # not everything could be checked
+    if counts["not replayable"] or counts["not logged"]:  # not everything could be done
         sys.exit(2)
     if counts["differs"]:
         sys.exit(1)

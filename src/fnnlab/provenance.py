@@ -145,6 +145,9 @@ def env_tags(data: str) -> dict[str, str]:
         "env.torch_threads": str(torch.get_num_threads()),
         "env.torch_deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
         "env.omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        # The vector kernels torch picked (ATEN_CPU_CAPABILITY can lower them): another
+        # path gives other last bits, so a run from another CPU would not replay exactly.
+        "env.cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "env.data": data,
     }
 
@@ -229,6 +232,7 @@ _NAMES = {
     "env.torch_threads": "torch threads",
     "env.torch_deterministic": "torch deterministic",
     "env.omp_num_threads": "OMP_NUM_THREADS",
+    "env.cpu_capability": "torch CPU capability",
     "env.code": "code",
     "env.data": "data",
     "env.git_commit": "commit",

@@ -3,12 +3,13 @@
 A run's config is rebuilt from its own `config.yaml` artifact (the resolved config it ran
 with), never from Hydra's output folders, so runs from other machines or a tracking server
 replay the same way. It is retrained with today's code, and what the run stored is compared
-exactly with what the job would store now: every per-epoch value at every stored step, the
-summary metrics, the tags that say what happened in training, the params and the
-fingerprint tag (against the rebuilt config) and the final weights, dtype included. When
-something differs, every difference is named (a metric with the epoch it first differs at
-and how many of its values differ, a summary metric, a tag, a param, the weights), with
-the largest difference and what changed in the environment since (fnnlab.provenance).
+exactly with what the job would store now: every per-epoch value at every stored step and
+its latest value, the summary metrics (each value of their history too), the tags that say
+what happened in training, the params and the fingerprint tag (against the rebuilt config)
+and the final weights, dtype included. When something differs, every difference is named (a
+metric with the epoch it first differs at and how many of its values differ, a summary
+metric, a tag, a param, the weights), with the largest difference and what changed in the
+environment since (fnnlab.provenance).
 
 A sweep's answer (the tables, metrics and tags its end or fnnlab-aggregate stored on the
 parent run) is checked the same way: made again from the runs the store holds, with the
@@ -154,24 +155,25 @@ def cut_lines(lines: list[str]) -> str:
     return text
 
 
-def rebuild_config(store: Store, run: Run) -> DictConfig:
-    """The run's resolved config from its config.yaml artifact, checked as a new run's is."""
+def rebuild_config(store: Store, run: Run) -> tuple[DictConfig, dict[str, str]]:
+    """The run's resolved config from its config.yaml artifact, checked as a new run's is,
+    and the values config.yaml itself has, as params (today's config may add keys)."""
     rid = run.info.run_id
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = store.client.download_artifacts(rid, "config.yaml", tmp)
             stored = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (MlflowException, OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (MlflowException, OSError, ImportError, UnicodeDecodeError, yaml.YAMLError) as exc:
         why = reason(exc)
         raise NotReplayable(f"run {rid}: its config.yaml artifact cannot be read ({why})") from None
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainAppConfig), _literal(stored))
         check_values(cfg)
-        flatten(cfg)  # every value resolves (the params are compared with them)
+        now = {k: str(v) for k, v in flatten(cfg).items()}  # every value resolves
     except Exception as exc:
         why = reason(exc)
         raise NotReplayable(f"run {rid}: its config cannot be rebuilt today ({why})") from None
-    return cfg
+    return cfg, {k: now[k] for k in flatten(OmegaConf.create(_literal(stored)))}
 
 
 def _literal(node: object) -> object:
@@ -190,15 +192,17 @@ def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
         with tempfile.TemporaryDirectory() as tmp:
             path = store.client.download_artifacts(run.info.run_id, "weights.pt", tmp)
             weights = torch.load(path)  # weights_only: a file cannot run code here
-    except (MlflowException, OSError):
+    except (MlflowException, OSError, ImportError):
         return "weights.pt missing"
     except Exception as exc:  # not a file torch.save wrote
         return f"weights.pt unreadable ({type(exc).__name__})"
     if not isinstance(weights, dict) or not all(
-        isinstance(w := weights.get(k), torch.Tensor) and w.layout == torch.strided
+        isinstance(w := weights.get(k), torch.Tensor)
+        and w.layout == torch.strided
+        and w.device.type == "cpu"
         for k in ("w1", "w2")
     ):
-        return "weights.pt without the dense tensors w1 and w2"
+        return "weights.pt without the dense CPU tensors w1 and w2"
     return weights
 
 
@@ -209,13 +213,14 @@ def replay_run(store: Store, run: Run) -> Replay:
             f"run {run.info.run_id} ({run.info.run_name}) is {run.info.status}: only FINISHED "
             "runs have a complete record to compare with"
         )
-    cfg = rebuild_config(store, run)
+    cfg, written = rebuild_config(store, run)
     history = train_model(cfg)
     now_env = provenance.env_tags(data_hash(cfg))
     stored_env = {k: v for k, v in run.data.tags.items() if k.startswith("env.")}
     diffs = [
-        *_params_diffs(run, cfg),
+        *_params_diffs(run, cfg, written),
         *_end_diffs(run, history, cfg),
+        *_summary_history_diffs(store, run, history, cfg),
         *_curve_diffs(store, run, history, cfg),
         *_weights_diffs(store, run, history),
     ]
@@ -227,26 +232,34 @@ def replay_run(store: Store, run: Run) -> Replay:
     )
 
 
-def _params_diffs(run: Run, cfg: DictConfig) -> list[Diff]:
-    """Params that do not say what config.yaml says (either was changed after the run), and
-    params config.yaml does not have (logged to the run afterwards). A key only config.yaml
-    has is left out: `cfg` holds today's defaults too, and a key added since is not a
-    difference (MLflow cannot delete a param). The fingerprint tag too, against the
-    config's: a resumed sweep finds a configuration's runs by it."""
+def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> list[Diff]:
+    """Params that do not say what config.yaml says (either was changed after the run),
+    params config.yaml does not have (logged to the run afterwards), and keys config.yaml has
+    that the run has no param of (deleted from the store). A key only today's config has
+    (`cfg` holds today's defaults, `written` config.yaml's keys) is not a difference: it was
+    added since. The fingerprint tag too, against the config's: a resumed sweep finds a
+    configuration's runs by it."""
     stored = run.data.params
     now = {k: str(v) for k, v in flatten(cfg).items()}
-    diffs = [
-        Diff(0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
-        for k in sorted(stored.keys() & now.keys())
-        if stored[k] != now[k]
-    ] + [
-        Diff(0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
-        for k in sorted(stored.keys() - now.keys())
-    ]
+    diffs = (
+        [
+            Diff(0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
+            for k in sorted(stored.keys() & now.keys())
+            if stored[k] != now[k]
+        ]
+        + [
+            Diff(0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
+            for k in sorted(stored.keys() - now.keys())
+        ]
+        + [
+            Diff(0, -2, f"param {k} not stored, config.yaml {written[k]!r}", math.inf)
+            for k in sorted(written.keys() - stored.keys())
+        ]
+    )
     tag, now_tag = run.data.tags.get(Tag.FINGERPRINT), fingerprint(cfg)
     if tag != now_tag:
-        # Keys the hash covers that the run has no param of: today's config added them.
-        added = sorted(k for k in now.keys() - stored.keys() if k.split(".")[0] in TRAINING_KEYS)
+        # Keys the hash covers that the run's config.yaml lacks: today's config added them.
+        added = sorted(k for k in now.keys() - written.keys() if k.split(".")[0] in TRAINING_KEYS)
         why = f" (keys added since the run: {', '.join(added)})" if added else ""
         diffs.insert(0, Diff(0, -2, f"fingerprint {tag}, config.yaml {now_tag}{why}", math.inf))
     return diffs
@@ -284,6 +297,25 @@ def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
     return diffs
 
 
+def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]:
+    """A summary metric is logged once: a value more in its history (which MLflow's UI plots,
+    and which _end_diffs, reading the latest values, does not see), or a history that is
+    not its latest value (one of MLflow's two tables changed), is a difference."""
+    keys = tuple(sorted((run.data.metrics.keys() - set(METRICS)) | summarize(history, cfg).keys()))
+    stored = read_curves(store.uri, store.client, [run.info.run_id], keys, keep_repeats=True)
+    where = (max(history.epochs_run - 1, 0), len(METRICS) + 1)
+    diffs = []
+    for key in keys:
+        values = stored.loc[stored["key"] == key, "value"].tolist()
+        latest = run.data.metrics.get(key)
+        if len(values) > 1:
+            diffs.append(Diff(*where, f"{key} stored {len(values)} times", math.inf))
+        elif values and latest is not None and not _same(values[0], latest):
+            what = f"{key} {values[0]} in its history, {latest} as its latest value"
+            diffs.append(Diff(*where, what, abs(values[0] - latest)))
+    return diffs
+
+
 def _as_stored(value: float) -> float:
     """A value as MLflow stores it: +-inf as the largest float."""
     value = float(value)
@@ -310,6 +342,15 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
             diffs.append(Diff((odd or repeated or [0])[0], order, what, math.inf))
             keep = steps < len(now)
             steps, values = steps[keep], values[keep]
+        latest = run.data.metrics.get(key)
+        if expected and expected[-1] < len(now):
+            # The latest value, which MLflow's runs table and charts show, is a table of its
+            # own: the last logged epoch's value.
+            last = _as_stored(now[expected[-1]])
+            if latest is None or not _same(latest, last):
+                gap = math.inf if latest is None else abs(latest - last)
+                what = f"{key} latest value {latest} -> {last}"
+                diffs.append(Diff(expected[-1], order, what, math.inf if math.isnan(gap) else gap))
         if len(steps):
             ours = now[steps]
             # A NaN reads back as NaN (MLflow's is_nan) and is the same as a NaN now.
@@ -355,6 +396,8 @@ def _weight_diff(weights: dict, history) -> float:
 
 # Tags of a replay that differed, removed when a later replay is identical.
 DIFF_TAGS = ("replay.first_diff", "replay.diffs")
+# Why the last replay could not be made, removed when a later one is.
+WHY_TAG = "replay.why"
 
 
 def record(store: Store, replay: Replay) -> None:
@@ -374,10 +417,29 @@ def _record(store: Store, run: Run, first: str, lines: list[str]) -> None:
         tags["replay.first_diff"] = cut_lines([first])
         tags["replay.diffs"] = cut_lines(lines)
     log_values(store, run.info.run_id, tags=tags)
-    if not lines:
+    # An earlier replay's difference, or reason, is no longer so.
+    for key in (WHY_TAG, *(() if lines else DIFF_TAGS)):
+        if key in run.data.tags:
+            store.client.delete_tag(run.info.run_id, key)
+
+
+def record_unchecked(store: Store, run: Run, status: str, why: str) -> None:
+    """replay.status `status` ("not replayable", "not checkable"), replay.at and replay.why
+    on a run or a sweep's parent that could not be checked: an earlier replay's "identical"
+    would stand otherwise. Nothing when the store cannot be written either (the line
+    printed says why)."""
+    tags = {
+        "replay.status": status,
+        "replay.at": datetime.now(UTC).isoformat(timespec="seconds"),
+        WHY_TAG: cut_lines([why]),
+    }
+    try:
+        log_values(store, run.info.run_id, tags=tags)
         for key in DIFF_TAGS:
-            if key in run.data.tags:  # an earlier replay's difference is no longer so
+            if key in run.data.tags:
                 store.client.delete_tag(run.info.run_id, key)
+    except MlflowException:
+        pass
 
 
 # --- a sweep's answer ---------------------------------------------------------------
@@ -395,6 +457,7 @@ class AnswerCheck:
     parent: Run
     diffs: list[str] = field(default_factory=list)  # a table or value each; none when identical
     defaults: bool = False  # made before alpha and min_effect were recorded: defaults assumed
+    unhashed: bool = False  # no tag of its files' hashes: its report and figures unchecked
     env: list[str] | None = None  # what changed since it was made; None: not recorded with it
 
     @property
@@ -409,6 +472,9 @@ class AnswerCheck:
         head = f"{answer_head(self.parent)}{self.status}"
         if self.defaults:
             head += " (alpha and min_effect were not recorded with it: their defaults taken)"
+        if self.unhashed:
+            # An older fnnlab's answer, or the tag was deleted: the tables are still compared.
+            head += f" (its report and figures not checked: no {FILES})"
         if self.identical:
             return head
         first, *rest = self.diffs
@@ -441,7 +507,7 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     tags = parent.data.tags
     try:
         stored_files = {Path(f.path).name for f in store.client.list_artifacts(pid, "aggregate")}
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, OSError, ImportError) as exc:
         raise NotCheckable(f"its tables cannot be listed ({reason(exc)})") from None
     if "aggregate.outcome" not in tags:
         if "runs.csv" in stored_files:
@@ -453,7 +519,7 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     options = _answer_options(tags)
     # Stored before its alpha and min_effect were recorded (both, or it is a changed tag).
     defaults = not {"aggregate.alpha", "aggregate.min_effect"} & tags.keys()
-    check = AnswerCheck(parent, defaults=defaults)
+    check = AnswerCheck(parent, defaults=defaults, unhashed=provenance.FILES_TAG not in tags)
     with tempfile.TemporaryDirectory() as tmp:
         stored_file = _reader(store, pid, tmp)
         # The files first: one changed since is named even when the answer cannot be made.
@@ -525,7 +591,7 @@ def _reader(store: Store, run_id: str, tmp: str) -> Callable[[str], bytes]:
             try:
                 path = store.client.download_artifacts(run_id, f"aggregate/{name}", tmp)
                 got[name] = Path(path).read_bytes()
-            except (MlflowException, OSError) as exc:
+            except (MlflowException, OSError, ImportError) as exc:
                 raise NotCheckable(f"aggregate/{name} cannot be read ({reason(exc)})") from None
         return got[name]
 
@@ -604,7 +670,10 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
     """The replay as a new run of the same config, tagged replay.of=<run id>."""
     from fnnlab.job import run
 
-    tags = {"replay.of": replay.run.info.run_id, "replay.status": replay.status}
+    # Not replay.status: a replay of this run records its own there.
+    tags = {"replay.of": replay.run.info.run_id, "replay.of_status": replay.status}
+    # Before the run exists: a folder that cannot be made left a FAILED half-made run.
+    output_dir.mkdir(parents=True, exist_ok=True)
     return run(cfg, output_dir, store=store, sweep_tags=tags).run_id
 
 
