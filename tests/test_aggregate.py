@@ -642,8 +642,20 @@ def test_the_configurations_an_incomplete_sweep_never_finished_are_named() -> No
     features = {"data.features": "[0, 1]", "optim.lr": "0.1"}
     spaced = [run("FINISHED", **features)]
     assert aggregate.not_finished("data.features=[0, 1],[2, 3] optim.lr=0.1", spaced) == [
-        "features=[2,3]"
+        "features=[2, 3]"
     ]
+    # Values typed otherwise than the config holds them: quoted, a bool as 1 or yes
+    # (helper-38: every configuration was named).
+    typed = [
+        run("FINISHED", **{"model.backprop": "exact", "data.normalize": "True", "seed": "0"}),
+        run("FINISHED", **{"model.backprop": "exact", "data.normalize": "False", "seed": "0"}),
+        run("FINISHED", **{"model.backprop": "tutorial", "data.normalize": "True", "seed": "0"}),
+    ]
+    for swept in (
+        "model.backprop='exact','tutorial' data.normalize=1,0",
+        "model.backprop=exact,tutorial data.normalize=yes,off",
+    ):
+        assert aggregate.not_finished(swept, typed) == ["backprop=tutorial normalize=False"]
     # What cannot be told is not guessed: another sweeper's grammar, a swept group.
     assert aggregate.not_finished("optim.lr=interval(0.1,1)", runs) == []
     assert aggregate.not_finished("optim=glob(*) seed=0,1", runs) == []

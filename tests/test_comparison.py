@@ -169,19 +169,30 @@ def test_a_loss_that_rose_and_stayed_high_is_named(store: TmpStore):
 
 def test_runs_too_short_to_judge_have_no_oscillation_boundary(store: TmpStore):
     """Runs under regime.min_epochs (4) are "stable" without a test: the boundary said
-    "oscillation or divergence none up to lr=1" of 3-epoch runs (helper-35). Runs long
-    enough, in the same sweep, keep their boundary."""
+    "oscillation or divergence none up to lr=1" of 3-epoch runs (helper-35). A rate at which
+    they diverged bounds it from above only: at a smaller rate they may still diverge or
+    oscillate later (helper-38: "divergence between lr=0.1 and lr=1000" beside "oscillation
+    or divergence not judged"). Runs long enough, in the same sweep, keep their boundary."""
     from fnnlab import report
 
-    sweep(store, "train.epochs=3,20", "optim.lr=0.1,1", "seed=range(2)")
+    sweep(store, "train.epochs=3,20", "optim.lr=0.1,1000", "seed=range(2)")
     agg = latest(store)
+    short = "(not judged below it: runs of 3 epochs, fewer than regime.min_epochs=4)"
     assert report.stability_lines(agg)[1:] == [
-        "  hidden_dim=32 epochs=3: divergence none up to lr=1; "
-        "oscillation or divergence not judged: runs of 3 epochs (regime.min_epochs is 4)",
-        "  hidden_dim=32 epochs=20: divergence none up to lr=1; "
+        f"  hidden_dim=32 epochs=3: divergence at or below lr=1000 {short}; "
+        f"oscillation or divergence at or below lr=1000 {short}",
+        "  hidden_dim=32 epochs=20: divergence between lr=0.1 and lr=1000; "
         "oscillation or divergence already at lr=0.1 (the smallest swept)",
     ]
     assert (
-        "too short to judge: 4 runs of 3 epochs (regime.min_epochs is 4) count as stable "
-        "without a test for oscillation"
+        "too short to judge: 2 runs of 3 epochs, fewer than regime.min_epochs=4, count as "
+        "stable: neither oscillation nor a divergence after their last epoch can be seen in them"
     ) in report.leader_text(agg).splitlines()
+    # Without a rate where they went bad, nothing is bounded.
+    sweep(store, "train.epochs=3", "optim.lr=0.1,1", "seed=range(2)")
+    (line,) = report.stability_lines(latest(store))[1:]
+    assert line == (
+        "  hidden_dim=32: divergence not judged: runs of 3 epochs, fewer than "
+        "regime.min_epochs=4; oscillation or divergence not judged: runs of 3 epochs, fewer "
+        "than regime.min_epochs=4"
+    )

@@ -170,7 +170,9 @@ def test_every_stored_value_of_a_summary_metric_is_checked(made: TmpStore) -> No
     """A summary metric's history and the latest values (MLflow's other table, which its
     runs table and charts show) were not compared: a value logged again, or a value changed
     in one table only, replayed identical (helper-37)."""
-    once, both = made.runs("tags.role = 'job' and tags.diverged = 'false'")[1:3]
+    # Runs of the sweep (40 epochs), not the reference run; test_a_changed_cpu_vector_path
+    # takes the first.
+    once, both, last = made.runs("tags.diverged = 'false' and params.reference = 'False'")[1:4]
     made.client.log_batch(once.info.run_id, [Metric("final/loss", 0.5, 1, 0)])  # an old time
     db = sqlite3.connect(made.uri.removeprefix("sqlite:///"))
     with db:
@@ -185,7 +187,10 @@ def test_every_stored_value_of_a_summary_metric_is_checked(made: TmpStore) -> No
     db.close()
     out = replay(made, f"replay.run={once.info.run_id}")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
-    assert lines(out)[once.info.run_id].startswith("differs at epoch 39 final/loss stored 2 times")
+    what = lines(out)[once.info.run_id]
+    assert what.startswith("differs at epoch 39 final/loss stored 2 times, largest difference ")
+    gap = abs(0.5 - once.data.metrics["final/loss"])
+    assert f"largest difference {gap:.3g};" in what, what  # not inf (helper-38)
     out = replay(made, f"replay.run={both.info.run_id}")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     tags = made.client.get_run(both.info.run_id).data.tags
@@ -195,13 +200,28 @@ def test_every_stored_value_of_a_summary_metric_is_checked(made: TmpStore) -> No
         f"epoch 39 loss latest value {latest + 1} -> {latest}",
         f"epoch 39 tail/loss {tail + 1} in its history, {tail} as its latest value",
     ]
+    # The last epoch's value changed in both tables: one difference, not a second for the
+    # latest value (helper-38).
+    db = sqlite3.connect(made.uri.removeprefix("sqlite:///"))
+    with db:
+        for table in ("metrics", "latest_metrics"):
+            db.execute(
+                f"UPDATE {table} SET value = value + 1 WHERE key = 'loss' AND step = 39 "
+                "AND run_uuid = ?",
+                (last.info.run_id,),
+            )
+    db.close()
+    out = replay(made, f"replay.run={last.info.run_id}")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    diffs = made.client.get_run(last.info.run_id).data.tags["replay.diffs"].splitlines()
+    assert diffs == ["epoch 39 loss (1 of 40 values, largest 1)"], diffs
 
 
 def test_a_changed_cpu_vector_path_is_named(made: TmpStore) -> None:
     """torch's CPU kernels differ in their last bits from one vector path to another
     (ATEN_CPU_CAPABILITY=default on an AVX512 machine: O(1) differences within 40 epochs),
     and the replay blamed the code or a dirty tree (helper-37): the path is recorded."""
-    run = made.runs("tags.role = 'job' and tags.diverged = 'false'")[-1]
+    run = made.runs("tags.diverged = 'false' and params.reference = 'False'")[0]
     rid, capability = run.info.run_id, torch.backends.cpu.get_cpu_capability()
     assert run.data.tags["env.cpu_capability"] == capability
     lowered = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}

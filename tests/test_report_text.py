@@ -387,7 +387,7 @@ def test_runs_too_short_to_judge_are_named() -> None:
         SimpleNamespace(info=SimpleNamespace(run_id=i), data=SimpleNamespace(params={}))
         for i in agg.runs["run_id"]
     ]
-    line = "too short to judge: 4 runs of 3 epochs (regime.min_epochs is 4) count as stable"
+    line = "too short to judge: 4 runs of 3 epochs, fewer than regime.min_epochs=4, count as"
     assert report.too_short_line(agg).startswith(line)
     assert line in report.leader_text(agg).splitlines()[-1]
     for run in agg.selection.runs:
@@ -395,6 +395,7 @@ def test_runs_too_short_to_judge_are_named() -> None:
     assert report.too_short_line(agg) == ""
     agg.runs["epochs_run"] = 1
     assert report.too_short_line(agg).endswith(
-        "of 1 epoch (regime.min_epochs is 3) count as stable without a test for oscillation; "
-        "a run of 1 epoch's outcome is its loss before any update"
+        "of 1 epoch, fewer than regime.min_epochs=3, count as stable: neither oscillation nor "
+        "a divergence after their last epoch can be seen in them; a run of 1 epoch's outcome "
+        "is its loss before any update"
     )

@@ -24,12 +24,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from scipy import stats
 from tqdm import tqdm
 
 from fnnlab import storeguard
-from fnnlab.compare import compare, regime_fractions, stability_boundary
-from fnnlab.config import ConfigValueError, check_uri
+from fnnlab.compare import compare, leader_label, regime_fractions, stability_boundary
+from fnnlab.config import ConfigValueError, TrainAppConfig, check_uri
 from fnnlab.errortext import first_line, reason
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
@@ -250,9 +252,19 @@ def not_finished(overrides: str, runs: list[SlimRun], most: int = 10) -> list[st
             lines[-1] += " " + piece
         else:
             lines.append(piece)
+    parser = OverridesParser.create()
+    schema = OmegaConf.structured(TrainAppConfig)
+
+    def as_param(key: str, text: str) -> str:
+        # The value a job gets (Hydra parses each job's "key=value" again: 'exact' loses its
+        # quotes) after the config's types (1 -> True for a bool), as its param is logged.
+        OmegaConf.update(schema, key, parser.parse_override(f"{key}={text}").value())
+        value = OmegaConf.select(schema, key)
+        return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+
     swept: dict[str, list[str]] = {}
     try:
-        for o in OverridesParser.create().parse_overrides(lines):
+        for o in parser.parse_overrides(lines):
             key = o.key_or_group
             if (
                 not o.is_sweep_override()
@@ -262,14 +274,16 @@ def not_finished(overrides: str, runs: list[SlimRun], most: int = 10) -> list[st
                 continue
             if not o.is_discrete_sweep() or o.package is not None:
                 return []
-            swept[key] = list(o.sweep_string_iterator())
-    except HydraException:  # glob(...) of a config group, which needs Hydra's loader
+            swept[key] = [as_param(key, text) for text in o.sweep_string_iterator()]
+    except (HydraException, OmegaConfBaseException):
+        # glob(...) of a config group, which needs Hydra's loader; a key or value the config
+        # does not take.
         return []
     if not swept or not all(any(k in r.data.params for r in runs) for k in swept):
         return []
 
     def canonical(value: str | None) -> str | float | None:
-        # 1 and 1.0, [0,1] and [0, 1] are one value: the typed one and the logged param.
+        # 1 and 1.0, [0,1] and [0, 1] are one value.
         if value is None:
             return None
         try:
@@ -284,13 +298,24 @@ def not_finished(overrides: str, runs: list[SlimRun], most: int = 10) -> list[st
     }
     names = _short_names(list(swept))
     missing = [
-        " ".join(f"{names[k]}={v}" for k, v in zip(swept, values, strict=True))
+        # Named as the answer's tables name configurations (lr=1, not lr=1.0).
+        leader_label(
+            {names[k]: _number_or_text(v) for k, v in zip(swept, values, strict=True)},
+            [names[k] for k in swept],
+        )
         for values in itertools.product(*swept.values())
         if tuple(canonical(v) for v in values) not in finished
     ]
     if len(missing) > most:
         missing = [*missing[:most], f"{len(missing) - most} more"]
     return missing
+
+
+def _number_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def unfinished_jobs(counts: Mapping[str, float]) -> tuple[int, int]:

@@ -301,7 +301,8 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
     """A summary metric is logged once: a value more in its history (which MLflow's UI plots,
     and which _end_diffs, reading the latest values, does not see), or a history that is
     not its latest value (one of MLflow's two tables changed), is a difference."""
-    keys = tuple(sorted((run.data.metrics.keys() - set(METRICS)) | summarize(history, cfg).keys()))
+    now = summarize(history, cfg)
+    keys = tuple(sorted((run.data.metrics.keys() - set(METRICS)) | now.keys()))
     stored = read_curves(store.uri, store.client, [run.info.run_id], keys, keep_repeats=True)
     where = (max(history.epochs_run - 1, 0), len(METRICS) + 1)
     diffs = []
@@ -309,7 +310,10 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
         values = stored.loc[stored["key"] == key, "value"].tolist()
         latest = run.data.metrics.get(key)
         if len(values) > 1:
-            diffs.append(Diff(*where, f"{key} stored {len(values)} times", math.inf))
+            b = now.get(key)
+            gaps = [abs(v - _as_stored(b)) for v in values] if b is not None else [math.inf]
+            gap = max(math.inf if math.isnan(g) else g for g in gaps)
+            diffs.append(Diff(*where, f"{key} stored {len(values)} times", gap))
         elif values and latest is not None and not _same(values[0], latest):
             what = f"{key} {values[0]} in its history, {latest} as its latest value"
             diffs.append(Diff(*where, what, abs(values[0] - latest)))
@@ -343,11 +347,14 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
             keep = steps < len(now)
             steps, values = steps[keep], values[keep]
         latest = run.data.metrics.get(key)
+        at_last = values[steps == expected[-1]] if expected else values[:0]
         if expected and expected[-1] < len(now):
             # The latest value, which MLflow's runs table and charts show, is a table of its
-            # own: the last logged epoch's value.
+            # own: the last logged epoch's value. Named when it alone differs (a history
+            # that differs there is named below).
             last = _as_stored(now[expected[-1]])
-            if latest is None or not _same(latest, last):
+            history_same = len(at_last) == 1 and _same(float(at_last[0]), last)
+            if history_same and (latest is None or not _same(latest, last)):
                 gap = math.inf if latest is None else abs(latest - last)
                 what = f"{key} latest value {latest} -> {last}"
                 diffs.append(Diff(expected[-1], order, what, math.inf if math.isnan(gap) else gap))

@@ -307,10 +307,10 @@ def too_short(agg: Aggregate) -> pd.DataFrame:
 
 
 def _epochs_words(short: pd.DataFrame) -> str:
-    """'3 epochs, under regime.min_epochs (4)', of the runs too short to judge."""
+    """'3 epochs, fewer than regime.min_epochs=4', of the runs too short to judge."""
     ran = ", ".join(f"{v:g}" for v in sorted(short["epochs_run"].unique()))
     least = ", ".join(f"{v:g}" for v in sorted(short["min_epochs"].unique()))
-    return f"{ran} {'epoch' if ran == '1' else 'epochs'} (regime.min_epochs is {least})"
+    return f"{ran} {'epoch' if ran == '1' else 'epochs'}, fewer than regime.min_epochs={least}"
 
 
 def too_short_line(agg: Aggregate) -> str:
@@ -321,7 +321,8 @@ def too_short_line(agg: Aggregate) -> str:
         return ""
     line = (
         f"too short to judge: {len(short)} {'run' if len(short) == 1 else 'runs'} of "
-        f"{_epochs_words(short)} count as stable without a test for oscillation"
+        f"{_epochs_words(short)}, count as stable: neither oscillation nor a divergence "
+        "after their last epoch can be seen in them"
     )
     if (short["epochs_run"] == 1).any():
         # The loss of epoch e is taken before that epoch's update, as in the tutorial.
@@ -443,33 +444,40 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
         return f"between lr={cell(good)} and lr={cell(bad)}"
 
     st = agg.stability
-    oscillation = [
-        bracket(g, b)
-        for g, b in zip(st["no_oscillation_lr_max"], st["oscillates_at_lr"], strict=True)
-    ]
+    groups = boundary_groups(agg.config_cols)
     short = too_short(agg)
-    if not short.empty:
-        # A group with runs too short to judge says so, not "none up to" their rates.
-        groups = boundary_groups(agg.config_cols)
-        words = pd.DataFrame(
-            [
-                {**dict(zip(groups, key, strict=True)), "_words": _epochs_words(sub)}
-                for key, sub in short.groupby(groups, dropna=False)
-            ]
-        )
-        flagged = st[groups].merge(words, on=groups, how="left")
-        oscillation = [
-            f"not judged: runs of {w}" if isinstance(w, str) else text
-            for w, text in zip(flagged["_words"], oscillation, strict=True)
-        ]
+    words = pd.DataFrame(
+        [
+            {**dict(zip(groups, key, strict=True)), "_words": _epochs_words(sub)}
+            for key, sub in short.groupby(groups, dropna=False)
+        ],
+        columns=[*groups, "_words"],
+    )
+    # Per boundary row: the words of its runs too short to judge, or NaN.
+    flagged = st[groups].merge(words, on=groups, how="left")["_words"]
+
+    def judged(good: float, bad: float, short_words: Any) -> str:
+        if not isinstance(short_words, str):
+            return bracket(good, bad)
+        # Short runs at smaller rates may still go bad later: only the first bad rate seen
+        # bounds it.
+        if cell(bad):
+            return f"at or below lr={cell(bad)} (not judged below it: runs of {short_words})"
+        return f"not judged: runs of {short_words}"
+
     return pd.DataFrame(
         {
             **{c: st[c] for c in stability_cols(agg)},
             "divergence sets in": [
-                bracket(g, b)
-                for g, b in zip(st["stable_lr_max"], st["diverges_at_lr"], strict=True)
+                judged(g, b, w)
+                for g, b, w in zip(st["stable_lr_max"], st["diverges_at_lr"], flagged, strict=True)
             ],
-            "oscillation or divergence sets in": oscillation,
+            "oscillation or divergence sets in": [
+                judged(g, b, w)
+                for g, b, w in zip(
+                    st["no_oscillation_lr_max"], st["oscillates_at_lr"], flagged, strict=True
+                )
+            ],
         }
     )
 
