@@ -399,3 +399,6 @@ def test_runs_too_short_to_judge_are_named() -> None:
         "a divergence after their last epoch can be seen in them; a run of 1 epoch's outcome "
         "is its loss before any update"
     )
+    # A param changed in the store to text: nothing judged, not a ValueError.
+    agg.selection.runs[0].data.params["regime.min_epochs"] = "four"
+    assert report.too_short_line(agg).startswith("too short to judge: 3 runs of 1 epoch, ")

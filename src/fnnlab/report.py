@@ -295,12 +295,11 @@ def too_short(agg: Aggregate) -> pd.DataFrame:
     min_epochs: their regime is "stable" by definition, not judged."""
     runs = agg.runs
     min_epochs = pd.Series(
-        {
-            r.info.run_id: float(r.data.params.get("regime.min_epochs", 4))
-            for r in agg.selection.runs
-        }
+        {r.info.run_id: r.data.params.get("regime.min_epochs", "4") for r in agg.selection.runs},
+        dtype=object,
     )
-    runs = runs.assign(min_epochs=runs["run_id"].map(min_epochs))
+    # A param changed in the store to text judges nothing (NaN), as a missing epochs_run.
+    runs = runs.assign(min_epochs=pd.to_numeric(runs["run_id"].map(min_epochs), errors="coerce"))
     return runs[
         (runs["status"] == FINISHED) & ~runs["diverged"] & (runs["epochs_run"] < runs["min_epochs"])
     ]
