@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.colors import LogNorm
 from PIL import Image
+from test_report_text import finished_selection
 
 from fnnlab import plots, report
 from fnnlab.aggregate import Aggregate
@@ -268,15 +269,7 @@ def test_write_plots_draws_the_comparison(tmp_path: Path) -> None:
     runs = sweep_runs()
     comparison = compare(runs, COLS)
     agg = Aggregate(
-        selection=SimpleNamespace(
-            experiment="exp",
-            sweep_id="s1",
-            runs=[],
-            unfinished=0,
-            jobs=0,
-            running=False,
-            not_finished=[],
-        ),
+        selection=finished_selection(experiment="exp", sweep_id="s1"),
         runs=runs,
         summary=counts(runs),
         curves=mean_curves(peak_of_lr1=60.0),

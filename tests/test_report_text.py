@@ -17,6 +17,13 @@ from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import MAX_TAG_VALUE
 
 
+def finished_selection(**fields) -> SimpleNamespace:
+    """The fields of a Selection the answer's text and files read, of a sweep that ended
+    with every job finished."""
+    done = {"runs": [], "unfinished": 0, "jobs": 0, "running": False, "not_finished": []}
+    return SimpleNamespace(**{"experiment": "e", "sweep_id": "s", **done, **fields})
+
+
 def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.05) -> Aggregate:
     """An Aggregate over learning rates whose runs have these outcomes (NaN: diverged)."""
     runs = pd.DataFrame(
@@ -41,15 +48,7 @@ def answer_of(outcome: str, values: dict[float, list[float]], alpha: float = 0.0
         .assign(stable=lambda f: f["runs"] - f["diverged"], oscillating=0)
     )
     return Aggregate(
-        selection=SimpleNamespace(
-            experiment="e",
-            sweep_id="s",
-            runs=[],
-            unfinished=0,
-            jobs=0,
-            running=False,
-            not_finished=[],
-        ),
+        selection=finished_selection(),
         runs=runs,
         summary=summary,
         curves=pd.DataFrame(),
@@ -190,15 +189,7 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
     cols = ["hidden_dim", "backprop", "lr"]
     summary = runs.groupby(cols).size().rename("runs").reset_index()
     agg = Aggregate(
-        selection=SimpleNamespace(
-            experiment="e",
-            sweep_id="s",
-            runs=[],
-            unfinished=0,
-            jobs=0,
-            running=False,
-            not_finished=[],
-        ),
+        selection=finished_selection(),
         runs=runs.assign(
             run_id=runs.index,
             status="FINISHED",
@@ -244,15 +235,7 @@ def test_jobs_without_params_vary_no_configuration() -> None:
         known = [{"hidden_dim": h, "lr": lr, **counts} for h, lr in configs]
         unknown = {"hidden_dim": math.nan, "lr": math.nan, **counts, "stable": 0}
         return Aggregate(
-            selection=SimpleNamespace(
-                experiment="e",
-                sweep_id="s",
-                runs=[],
-                unfinished=0,
-                jobs=0,
-                running=False,
-                not_finished=[],
-            ),
+            selection=finished_selection(),
             runs=runs.assign(run_id=runs.index, status="FINISHED", epochs_run=101),
             summary=pd.DataFrame([*known, unknown]),
             curves=pd.DataFrame(),
