@@ -244,6 +244,33 @@ def test_heatmap_panels_per_other_swept_param(tmp_path: Path) -> None:
     assert sum(t.endswith("leader") for t in texts) == 1
 
 
+def test_near_ties_get_near_colours(tmp_path: Path) -> None:
+    """Means 0.1% apart are not drawn at the two ends of the colour scale: a span under a
+    factor of MIN_COLOUR_SPAN is widened about its middle; a wider one is kept."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {"hidden_dim": w, "lr": lr, "seed": s, "outcome": level + 1e-4 * rng.standard_normal()}
+        for (w, lr, level) in ((4, 0.1, 0.3), (8, 0.1, 0.3003), (4, 1.0, 0.3001), (8, 1.0, 0.3002))
+        for s in SEEDS
+    ]
+    runs = pd.DataFrame(rows).assign(diverged=False, regime="stable")
+    comparison = compare(runs, COLS)
+    fig = plots.sweep_heatmap(comparison, tmp_path / "h.png", COLS, "t", counts=counts(runs))
+    (im,) = fig.axes[0].get_images()
+    low, high = comparison["mean"].min(), comparison["mean"].max()
+    assert im.norm.vmax / im.norm.vmin == pytest.approx(plots.MIN_COLOUR_SPAN)
+    assert np.sqrt(im.norm.vmin * im.norm.vmax) == pytest.approx(np.sqrt(low * high))
+    colours = im.cmap(im.norm(im.get_array()))[..., :3].reshape(-1, 3)
+    assert np.abs(colours - colours[0]).max() < 0.02
+
+    wide = runs.assign(outcome=runs["outcome"] * np.where(runs["hidden_dim"] == 4, 1, 10))
+    comparison = compare(wide, COLS)
+    fig = plots.sweep_heatmap(comparison, tmp_path / "w.png", COLS, "t", counts=counts(wide))
+    (im,) = fig.axes[0].get_images()
+    assert im.norm.vmin == pytest.approx(comparison["mean"].min())
+    assert im.norm.vmax == pytest.approx(comparison["mean"].max())
+
+
 def test_regime_heatmap_has_colour_bars(tmp_path: Path) -> None:
     fractions = regime_fractions(sweep_runs(), "hidden_dim", "lr")
     path = tmp_path / "heatmap_regimes.png"

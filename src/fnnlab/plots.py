@@ -514,6 +514,10 @@ def _cell_mean(row: pd.Series | None) -> float:
     return float(row["mean"])
 
 
+# The outcome heatmap's colour scale spans at least this factor (see sweep_heatmap).
+MIN_COLOUR_SPAN = 4.0
+
+
 def sweep_heatmap(
     comparison: pd.DataFrame,
     path: Path,
@@ -529,7 +533,8 @@ def sweep_heatmap(
     n; the leader has a thick red border, configurations tied with it a dashed one.
     `counts` (the summary: config columns, diverged, oscillating), when given, marks cells
     with diverged runs (hatched, "k div.") or oscillating ones ("k osc."). Cells without an
-    outcome (every run diverged or failed, or no run) are grey."""
+    outcome (every run diverged or failed, or no run) are grey. The colour scale spans the
+    means, and at least a factor of MIN_COLOUR_SPAN."""
     frame = comparison
     if counts is not None:
         extra = counts[[*config_cols, "diverged", "oscillating"]]
@@ -550,8 +555,12 @@ def sweep_heatmap(
     means = frame["mean"].to_numpy(dtype=float)
     means = means[np.isfinite(means) & (means > 0)]
     vmin, vmax = (means.min(), means.max()) if means.size else (1.0, 10.0)
-    if vmin == vmax:
-        vmin, vmax = vmin / 2, vmax * 2
+    # Colours show ratios of means: a span under MIN_COLOUR_SPAN is widened about its
+    # geometric middle, so that means a fraction of a percent apart look alike, not like
+    # the two ends of the scale.
+    if vmax < MIN_COLOUR_SPAN * vmin:
+        middle = np.sqrt(vmin) * np.sqrt(vmax)
+        vmin, vmax = middle / np.sqrt(MIN_COLOUR_SPAN), middle * np.sqrt(MIN_COLOUR_SPAN)
     norm = LogNorm(vmin, vmax)
     # Bright is good; grey is no outcome.
     cmap = "viridis" if outcome in HIGHER_IS_BETTER else "viridis_r"
