@@ -158,7 +158,7 @@ def test_sweep_compared_in_mlflow_ui(swept: TmpStore, ui: UiProcess) -> None:
     children = swept.runs(f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 * len(WIDTHS) * len(LRS)
     names = {r.info.run_name for r in children}
-    assert names == {f"h{w}-lr{lr:g}-s{s}" for w in WIDTHS for lr in LRS for s in (0, 1)}
+    assert names == {f"h{w}-lr{lr:g}-s{s}-epochs20" for w in WIDTHS for lr in LRS for s in (0, 1)}
     # fnnlab-ui compares exactly the sweep's runs, in one experiment, on its own port.
     base = urls[swept.experiment].split("/#")[0]
     assert {"parent run", "report", "side by side", "loss curves", "gradient norms"} <= set(urls)

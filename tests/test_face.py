@@ -15,10 +15,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import BIN, TmpStore, run_script
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import cli, links, progress, ui
+from fnnlab.config import TrainAppConfig, fingerprint
 from fnnlab.data import load_iris2
-from fnnlab.job import JobResult
+from fnnlab.job import JobResult, run_name
 from fnnlab.model import ScratchFNN
 from fnnlab.tracking import end_run, open_store, start_run
 from fnnlab.train import History, fit
@@ -147,7 +151,7 @@ def test_single_run_ends_with_one_line(store: TmpStore) -> None:
     assert m, out.stdout
     (run,) = store.runs()
     assert (m["name"], m["run"], m["exp"]) == (
-        "h32-lr0.001-s0",
+        "h32-lr0.001-s0-epochs7",
         run.info.run_id,
         run.info.experiment_id,
     )
@@ -187,7 +191,7 @@ def test_sweep_prints_a_progress_line_per_job(store: TmpStore) -> None:
         # A diverged run has no final/loss: the line shows its last finite loss.
         assert float(run_line["loss"]) == pytest.approx(run.data.metrics["loss"], abs=5e-7)
         assert run_line["at"] == run.data.tags.get("diverged_at")
-    assert run_line["name"] == "h4-lr1000-s0" and run_line["at"] is not None
+    assert run_line["name"] == "h4-lr1000-s0-epochs6" and run_line["at"] is not None
 
 
 def test_progress_counts_failed_and_diverged_once() -> None:
@@ -313,3 +317,49 @@ def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:
         "fnnlab-ui: error: ui.sweep=0123abc: matches none of this experiment's sweeps"
     )
     assert "Uvicorn" not in out.stderr  # no server was started
+
+
+def train_cfg(values: dict[str, object]) -> DictConfig:
+    """fnnlab-train's schema with these dotted keys set: what run_name reads."""
+    cfg = OmegaConf.structured(TrainAppConfig)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_run_names_spell_every_training_key_off_its_default() -> None:
+    assert run_name(train_cfg({})) == "h32-lr0.001-s0"
+    assert run_name(train_cfg({"model.backprop": "exact"})) == "h32-lr0.001-s0-exact"
+    long_run = {"model.dtype": "float64", "train.epochs": 2000, "optim.lr": 0.1}
+    assert run_name(train_cfg(long_run)) == "h32-lr0.1-s0-float64-epochs2000"
+    odd = {
+        "model.init_discard_draws": 1,
+        "data.features": [0, 2],
+        "data.normalize": False,
+        "train.diverge_factor": 50.0,
+    }
+    assert run_name(train_cfg(odd)) == (
+        "h32-lr0.001-s0-init_discard_draws1-features0,2-normalizeFalse-diverge_factor50"
+    )
+    # Keys that do not decide the numbers stay out of the name.
+    assert run_name(train_cfg({"tracking.plots": False, "reference": True})) == "h32-lr0.001-s0"
+
+
+SOME_CONFIGS = st.fixed_dictionaries(
+    {
+        "model.backprop": st.sampled_from(["tutorial", "exact"]),
+        "model.dtype": st.sampled_from(["float32", "float64"]),
+        "train.epochs": st.sampled_from([1, 101, 2000]),
+        "data.features": st.sampled_from([[0, 1], [2, 3]]),
+        "optim.lr": st.sampled_from([0.001, 0.1]),
+        "seed": st.integers(0, 2),
+    }
+)
+
+
+@given(a=SOME_CONFIGS, b=SOME_CONFIGS)
+@settings(max_examples=40, deadline=None)
+def test_runs_that_compute_differently_are_named_apart(a, b) -> None:
+    first, second = train_cfg(a), train_cfg(b)
+    same_numbers = fingerprint(first) == fingerprint(second)
+    assert (run_name(first) == run_name(second)) == same_numbers

@@ -113,17 +113,22 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert incomplete in out and f"\n{which}\n" in out
     by_name = {r.info.run_name: r for r in children}
-    assert set(by_name) == {"h4-lr0.01-s0", "h8-lr0.01-s0", "h4-lr1000-s0", "h8-lr1000-s0"}
+    assert set(by_name) == {
+        "h4-lr0.01-s0-epochs30",
+        "h8-lr0.01-s0-epochs30",
+        "h4-lr1000-s0-epochs30",
+        "h8-lr1000-s0-epochs30",
+    }
 
-    failed = by_name["h8-lr0.01-s0"]
+    failed = by_name["h8-lr0.01-s0-epochs30"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["error"] == "RuntimeError: injected fault"
     assert (failed.data.params["model.hidden_dim"], failed.data.params["optim.lr"]) == ("8", "0.01")
-    assert by_name["h4-lr0.01-s0"].info.status == "FINISHED"
-    assert by_name["h4-lr0.01-s0"].data.tags["diverged"] == "false"
+    assert by_name["h4-lr0.01-s0-epochs30"].info.status == "FINISHED"
+    assert by_name["h4-lr0.01-s0-epochs30"].data.tags["diverged"] == "false"
 
     client = store.client
-    for name in ("h4-lr1000-s0", "h8-lr1000-s0"):
+    for name in ("h4-lr1000-s0-epochs30", "h8-lr1000-s0-epochs30"):
         run = by_name[name]
         assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
         stop = int(run.data.tags["diverged_at"])
@@ -143,11 +148,11 @@ def test_failing_and_diverging_jobs_in_one_sweep(store, monkeypatch, capsys):
     assert parents[0].data.metrics["sweep/skipped"] == 3
     statuses = sorted((r.info.run_name, r.info.status) for r in children)
     assert statuses == [
-        ("h4-lr0.01-s0", "FINISHED"),
-        ("h4-lr1000-s0", "FINISHED"),
-        ("h8-lr0.01-s0", "FAILED"),
-        ("h8-lr0.01-s0", "FINISHED"),
-        ("h8-lr1000-s0", "FINISHED"),
+        ("h4-lr0.01-s0-epochs30", "FINISHED"),
+        ("h4-lr1000-s0-epochs30", "FINISHED"),
+        ("h8-lr0.01-s0-epochs30", "FAILED"),
+        ("h8-lr0.01-s0-epochs30", "FINISHED"),
+        ("h8-lr1000-s0-epochs30", "FINISHED"),
     ]
 
 
@@ -200,7 +205,7 @@ def test_single_run_records_the_reference_deviation(store):
     (run,) = store.runs()
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
     assert run.data.metrics["reference/max_abs_dev"] <= 1e-6
-    assert run.info.run_name == "h32-lr0.001-s2"
+    assert run.info.run_name == "h32-lr0.001-s2-init_discard_draws1"
     assert "loss.png" in artifact_paths(store.client, run.info.run_id)
 
 

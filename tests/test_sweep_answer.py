@@ -36,7 +36,7 @@ def test_sweep_ends_with_its_answer_and_links_on_the_ui_port(store: TmpStore) ->
     pid, exp = parent.info.run_id, parent.info.experiment_id
     lines = out.stdout.strip().splitlines()
     # Every run line points at the UI's port.
-    run_links = [line for line in lines if re.match(r"h\d+-lr[\d.]+-s\d: loss ", line)]
+    run_links = [line for line in lines if re.match(r"h\d+-lr[\d.]+-s\d-epochs30: loss ", line)]
     assert len(run_links) == 12
     assert all(" http://127.0.0.1:5123/#/experiments/" in line for line in run_links)
     # After the closing line: the table, the leader and its ties, the boundary, the links.

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import claims, plots, population, provenance, reference
-from fnnlab.config import check_values, fingerprint, flatten
+from fnnlab.config import TRAINING_KEYS, TrainAppConfig, check_values, fingerprint, flatten
 from fnnlab.data import load_iris2
 from fnnlab.errortext import first_line
 from fnnlab.internals import to_yaml
@@ -65,9 +65,29 @@ class JobResult:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """Short and readable in the MLflow UI, e.g. h32-lr0.001-s0 (-exact for that mode)."""
+    """Short and readable in the MLflow UI, e.g. h32-lr0.001-s0, then each other key that
+    decides the numbers and is not at its default, e.g. h8-lr0.1-s0-exact-float64-epochs2000:
+    runs that compute different numbers are named apart (floats to 6 significant digits)."""
     name = f"h{cfg.model.hidden_dim}-lr{cfg.optim.lr:g}-s{cfg.seed}"
-    return name if cfg.model.backprop == "tutorial" else f"{name}-{cfg.model.backprop}"
+    defaults = _training_defaults()
+    for key, value in flatten(cfg, TRAINING_KEYS).items():
+        if key in ("model.hidden_dim", "optim.lr", "seed") or value == defaults.get(key):
+            continue
+        # A mode or dtype says what it is; other values need their key's last part.
+        label = "" if key in ("model.backprop", "model.dtype") else key.rsplit(".", 1)[-1]
+        name += f"-{label}{_name_text(value)}"
+    return name
+
+
+def _name_text(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(_name_text, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@functools.cache
+def _training_defaults() -> dict[str, object]:
+    return flatten(OmegaConf.structured(TrainAppConfig), TRAINING_KEYS)
 
 
 def one_thread() -> None:
