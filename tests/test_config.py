@@ -137,6 +137,55 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(
     check_refused(store, before, status, capsys.readouterr().err, named)
 
 
+PROC = "cannot make a folder in /proc: No such file or directory"
+FOLDERS = [
+    ("hydra.run.dir=/proc/fnnlab-none", f"hydra.run.dir=/proc/fnnlab-none: {PROC}"),
+    ("hydra.run.dir=<file>/run", "hydra.run.dir=<file>/run: <file> is a file"),
+    ("hydra.run.dir=<file>", "hydra.run.dir=<file>: it is a file"),
+    # Resolved as Hydra's job resolves it.
+    (
+        "hydra.run.dir=<file>/${hydra:job.config_name}",
+        "hydra.run.dir=<file>/train: <file> is a file",
+    ),
+    ("hydra.run.dir=<link>", "hydra.run.dir=<link>: it is a link to no folder"),
+    ("hydra.run.dir=<link>/run", "hydra.run.dir=<link>/run: <link> is a link to no folder"),
+    ("hydra.sweep.dir=<file>/sweep", "hydra.sweep.dir=<file>/sweep: <file> is a file"),
+    ("hydra.sweep.dir=/proc/fnnlab-none/a", f"hydra.sweep.dir=/proc/fnnlab-none/a: {PROC}"),
+]
+
+
+@pytest.mark.parametrize(("folder", "line"), FOLDERS)
+def test_an_output_folder_that_cannot_be_made_is_refused(
+    store_with_a_run, folder, line, tmp_path, monkeypatch, capsys
+):
+    """Before any file or run is written, a sweep's parent included (Hydra raised from
+    inside its job, with the parent already open)."""
+    store = store_with_a_run
+    before = store.db_bytes()
+    (tmp_path / "file").touch()
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere" / "deeper")
+    for name in ("file", "link"):
+        folder, line = (text.replace(f"<{name}>", str(tmp_path / name)) for text in (folder, line))
+    sweep = ["-m", "seed=0,1"] if folder.startswith("hydra.sweep") else []
+    status = run_in_process(monkeypatch, cli.train, *sweep, *store.overrides(), folder)
+    err = capsys.readouterr().err
+    check_refused(store, before, status, err, line.split(":")[0])
+    assert err.strip() == f"fnnlab-train: error: {line}"
+    assert status == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
+
+
+@pytest.mark.parametrize("script", ["fnnlab-aggregate", "fnnlab-replay", "fnnlab-ui"])
+def test_the_other_commands_refuse_an_output_folder_that_cannot_be_made(
+    store_with_a_run, script, tmp_path
+):
+    store = store_with_a_run
+    (tmp_path / "file").touch()
+    folder = f"hydra.run.dir={tmp_path / 'file'}"
+    proc = run_script(script, *store.overrides(), folder)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"{script}: error: {folder}: it is a file", proc.stderr
+
+
 def test_the_checks_before_a_runs_folder_leave_the_store_to_the_run(store, monkeypatch):
     """The values of a single run are checked before Hydra makes its folder, on a copy of
     the config, where ${now:...} is another time: the store is opened by the run alone, so

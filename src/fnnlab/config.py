@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -300,6 +302,61 @@ class RefusePassword(Callback):
             # Hydra turns an Exception from a callback into a warning; run_cli reports this
             # one's cause in one line.
             raise SweepRefused(str(exc)) from exc
+
+
+class CheckOutputFolder(Callback):
+    """hydra.callbacks.output_folder in conf/*.yaml: an output folder Hydra cannot make
+    refuses the command in one line (its key and value) before any file or run is written.
+    Hydra itself would raise a traceback from inside its job, after a sweep's parent run was
+    opened. The folder is not made here, so that a run refused later for a value leaves
+    none behind."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra's run_job reads the folder with HydraConfig set to this config, which
+        # ${hydra:job.name} needs; it sets it again itself.
+        hydra_config = HydraConfig.instance()
+        before = hydra_config.cfg
+        try:
+            hydra_config.set_config(config)
+            self._check("hydra.run.dir", config)
+        finally:
+            hydra_config.cfg = before
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check("hydra.sweep.dir", config)
+
+    @staticmethod
+    def _check(key: str, config: DictConfig) -> None:
+        try:
+            # The config Hydra's job gets: ${now:} is cached in it, so this is its value.
+            path = Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True)))
+        except Exception:
+            return  # a value that does not resolve: Hydra's own error says why
+        why = folder_problem(path)
+        if why is not None:
+            from fnnlab.sweep import SweepRefused
+
+            refused = ConfigValueError(key, path, why)
+            raise SweepRefused(str(refused)) from refused
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be made and written into, or None. It is not left made: the check
+    makes and removes a folder in its nearest existing ancestor."""
+    path = path.absolute()
+    try:
+        # lexists: a link to nowhere is in the way too.
+        existing = next(p for p in (path, *path.parents) if os.path.lexists(p))
+        if not existing.is_dir():
+            what = "a link to no folder" if existing.is_symlink() else "a file"
+            return f"{existing} is {what}" if existing != path else f"it is {what}"
+    except OSError as exc:  # a parent that cannot be read
+        return f"cannot look into {exc.filename}: {exc.strerror or exc}"
+    try:
+        Path(tempfile.mkdtemp(prefix=".fnnlab-probe-", dir=existing)).rmdir()
+    except OSError as exc:
+        return f"cannot make a folder in {existing}: {exc.strerror or exc}"
+    return None
 
 
 # A tracking.uri override, as Hydra takes it: plain, + or ++, the value quoted or not.
