@@ -339,27 +339,34 @@ def test_run_names_spell_every_training_key_off_its_default() -> None:
         "train.diverge_factor": 50.0,
     }
     assert run_name(train_cfg(odd)) == (
-        "h32-lr0.001-s0-init_discard_draws1-features0,2-normalizeFalse-diverge_factor50"
+        "h32-lr0.001-s0-init_discard_draws1-features0+2-normalizeFalse-diverge_factor50"
     )
+    # Floats as short as they read exactly: not the default's name for a value next to it.
+    near = {"optim.lr": 0.0010000001, "train.diverge_factor": 100.0000001}
+    assert run_name(train_cfg(near)) == "h32-lr0.0010000001-s0-diverge_factor100.0000001"
     # Keys that do not decide the numbers stay out of the name.
     assert run_name(train_cfg({"tracking.plots": False, "reference": True})) == "h32-lr0.001-s0"
 
 
-SOME_CONFIGS = st.fixed_dictionaries(
-    {
-        "model.backprop": st.sampled_from(["tutorial", "exact"]),
-        "model.dtype": st.sampled_from(["float32", "float64"]),
-        "train.epochs": st.sampled_from([1, 101, 2000]),
-        "data.features": st.sampled_from([[0, 1], [2, 3]]),
-        "optim.lr": st.sampled_from([0.001, 0.1]),
-        "seed": st.integers(0, 2),
-    }
+CHOICES = {
+    "model.backprop": ["tutorial", "exact"],
+    "model.dtype": ["float32", "float64"],
+    "train.epochs": [1, 101, 2000],
+    "data.features": [[0, 1], [2, 3]],
+    "optim.lr": [0.001, 0.0010000001, 0.1, 1000.0],
+    "train.diverge_factor": [100.0, 100.0000001, 50.0],
+    "seed": [0, 1, 2],
+}
+
+
+@given(
+    config=st.fixed_dictionaries({k: st.sampled_from(v) for k, v in CHOICES.items()}),
+    change=st.sampled_from([(k, v) for k, values in CHOICES.items() for v in values]),
 )
-
-
-@given(a=SOME_CONFIGS, b=SOME_CONFIGS)
-@settings(max_examples=40, deadline=None)
-def test_runs_that_compute_differently_are_named_apart(a, b) -> None:
-    first, second = train_cfg(a), train_cfg(b)
+@settings(max_examples=60, deadline=None)
+def test_runs_that_compute_differently_are_named_apart(config, change) -> None:
+    """A config and the same with one value set (maybe to what it was): the names differ
+    exactly when the numbers may (the fingerprints)."""
+    first, second = train_cfg(config), train_cfg(config | dict([change]))
     same_numbers = fingerprint(first) == fingerprint(second)
     assert (run_name(first) == run_name(second)) == same_numbers

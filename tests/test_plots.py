@@ -263,6 +263,13 @@ def test_near_ties_get_near_colours(tmp_path: Path) -> None:
     colours = im.cmap(im.norm(im.get_array()))[..., :3].reshape(-1, 3)
     assert np.abs(colours - colours[0]).max() < 0.02
 
+    # Accuracies near 1: the scale ends at 1, not above what an accuracy can be.
+    accurate = runs.assign(outcome=runs["outcome"] + 0.69)
+    comparison = compare(accurate, COLS, higher_is_better=True)
+    fig = plots.sweep_heatmap(comparison, tmp_path / "a.png", COLS, "t", outcome="final_accuracy")
+    (im,) = fig.axes[0].get_images()
+    assert (im.norm.vmin, im.norm.vmax) == (0.25, 1.0)
+
     wide = runs.assign(outcome=runs["outcome"] * np.where(runs["hidden_dim"] == 4, 1, 10))
     comparison = compare(wide, COLS)
     fig = plots.sweep_heatmap(comparison, tmp_path / "w.png", COLS, "t", counts=counts(wide))

@@ -67,8 +67,8 @@ class JobResult:
 def run_name(cfg: DictConfig) -> str:
     """Short and readable in the MLflow UI, e.g. h32-lr0.001-s0, then each other key that
     decides the numbers and is not at its default, e.g. h8-lr0.1-s0-exact-float64-epochs2000:
-    runs that compute different numbers are named apart (floats to 6 significant digits)."""
-    name = f"h{cfg.model.hidden_dim}-lr{cfg.optim.lr:g}-s{cfg.seed}"
+    runs that compute different numbers are named apart."""
+    name = f"h{cfg.model.hidden_dim}-lr{_name_text(cfg.optim.lr)}-s{cfg.seed}"
     defaults = _training_defaults()
     for key, value in flatten(cfg, TRAINING_KEYS).items():
         if key in ("model.hidden_dim", "optim.lr", "seed") or value == defaults.get(key):
@@ -80,9 +80,14 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def _name_text(value: object) -> str:
+    """A value as short as it reads exactly: 0.001, 1000, 0.0010000001; a list's items
+    joined by + (the answer lists names joined by commas)."""
     if isinstance(value, list):
-        return ",".join(map(_name_text, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
+        return "+".join(map(_name_text, value))
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 @functools.cache

@@ -561,6 +561,9 @@ def sweep_heatmap(
     if vmax < MIN_COLOUR_SPAN * vmin:
         middle = np.sqrt(vmin) * np.sqrt(vmax)
         vmin, vmax = middle / np.sqrt(MIN_COLOUR_SPAN), middle * np.sqrt(MIN_COLOUR_SPAN)
+        if outcome == "final_accuracy" and vmax > 1:  # no accuracy passes 1: widen downward
+            vmax = max(1.0, means.max())
+            vmin = vmax / MIN_COLOUR_SPAN
     norm = LogNorm(vmin, vmax)
     # Bright is good; grey is no outcome.
     cmap = "viridis" if outcome in HIGHER_IS_BETTER else "viridis_r"
