@@ -522,7 +522,9 @@ def start_ray(ray_settings: DictConfig) -> bool:
 
 
 class _HeldRecords(logging.Filter):
-    """A filter that holds back every record its handlers get, to show them later."""
+    """A filter that holds back every record its handlers get, to show them later. While
+    ray.init runs, Ray logs its own errors for a setting it refuses: held back, a refused
+    setting ends in fnnlab's one line alone, and they are shown once Ray has started."""
 
     def __init__(self) -> None:
         super().__init__()
