@@ -326,6 +326,12 @@ def test_single_seed_gives_empty_std(swept: TmpStore, tmp_path: Path) -> None:
     assert parent.data.tags["aggregate.leader"] == ""
     note = parent.data.tags["mlflow.note.content"]
     assert note.startswith("Only the runs matching `params.seed = '1'` (aggregate.filter).")
+    # So do the report and the terminal, which said "sweep ..., 4 runs" alone.
+    only = "Only the runs matching `params.seed = '1'` (aggregate.filter): not the whole sweep."
+    assert only in (tmp_path / "report.md").read_text().split("## The answer")[0]
+    assert res.stdout.splitlines()[0].endswith(
+        ", 4 runs matching params.seed = '1' (aggregate.filter)"
+    )
     for key in ("mean", "n", "ci_low", "ci_high"):
         assert math.isnan(parent.data.metrics[f"aggregate/leader_{key}"]), key
     # Aggregated again without the filter: the whole sweep's answer is back.

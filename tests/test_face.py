@@ -268,6 +268,26 @@ def test_sweep_views_per_width_without_diverged_runs() -> None:
         assert json.loads(q["runs"]) == want and q["y_axis_scale"] == "log"
     few = dict(links.sweep_views(base, "7", "p1", runs[:6]))
     assert json.loads(_query(few["loss curves"])["runs"]) == [r.run_id for r in runs[:6]]
+    # Every run diverged: no links to empty charts.
+    gone = [r._replace(diverged=True) for r in runs[:6]]
+    assert [label for label, _ in links.sweep_views(base, "7", "p1", gone)] == [
+        "parent run",
+        "report",
+        "side by side",
+    ]
+
+
+def test_the_group_hint_names_what_the_configurations_differ_in() -> None:
+    run = {"model.hidden_dim": "8", "optim.lr": "0.1", "seed": "0", "tracking.uri": "a"}
+    dtypes = [
+        run | {"model.dtype": d, "seed": s, "tracking.uri": s} for d in ("f32", "f64") for s in "01"
+    ]
+    hint = links.group_hint([*dtypes, {}])  # {}: a run killed before its params
+    assert hint.endswith("Group by -> Parameters -> model.dtype (and the Chart view)")
+    widths = [run | {"model.hidden_dim": w, "optim.lr": lr} for w in "48" for lr in ("0.1", "1")]
+    assert "Parameters -> model.hidden_dim, optim.lr (" in links.group_hint(widths)
+    seeds = [run | {"seed": s} for s in "012"]
+    assert "Parameters -> model.hidden_dim (" in links.group_hint(seeds)
 
 
 def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:

@@ -385,3 +385,12 @@ def test_runs_too_short_to_judge_are_named() -> None:
     # A param changed in the store to text: nothing judged, not a ValueError.
     agg.selection.runs[0].data.params["regime.min_epochs"] = "four"
     assert report.too_short_line(agg).startswith("too short to judge: 3 runs of 1 epoch, ")
+
+
+def test_one_configuration_has_no_leader_and_no_ties() -> None:
+    """'leader' and 'tied with the leader: none' claimed a comparison with nothing."""
+    agg = answer_of("tail_loss", {0.1: [0.1, 0.11, 0.12]})
+    lines = report.leader_text(agg).splitlines()
+    assert lines[0].startswith("one configuration, nothing to compare it with: lr=0.1: mean ")
+    assert not any("leader" in line for line in lines), lines
+    assert verdicts(agg) == {0.1: "only one"}

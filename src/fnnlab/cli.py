@@ -147,7 +147,7 @@ def ui_app(cfg: DictConfig) -> None:
                 print(f"  {label + ':':<{width}} {view}")
             if sweep.diverged():
                 print(f"  diverged, left out of the curve links: {', '.join(sweep.diverged())}")
-            print(f"  {links.GROUP_HINT}")
+            print(f"  {links.group_hint(r.data.params for r in sweep.children)}")
         elif cfg.ui.sweep is not None:
             print("no sweep in this experiment yet (fnnlab-train -m ... makes one)")
         sys.stdout.flush()
@@ -225,7 +225,8 @@ def aggregate_app(cfg: DictConfig) -> None:
     logged = a.log_to_parent and sel.parent_run_id is not None
     files, answer = report.publish(agg, out, base, with_plots=a.plots, log=a.log_to_parent)
     where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
-    print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs", flush=True)
+    only = f" matching {sel.filter} (aggregate.filter)" if sel.filter else ""
+    print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs{only}", flush=True)
     print(answer)
     print(f"wrote {len(files)} files to {out}" + (", logged on the parent run" if logged else ""))
 

@@ -9,6 +9,7 @@ with URL-encoded JSON lists as values.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -81,11 +82,23 @@ class RunRef(NamedTuple):
 # Above this many runs, one curve link per width: MLflow's legend and colours stop telling
 # runs apart.
 CURVES_PER_LINK = 12
-# MLflow cannot group runs by parameters through a URL; the clicks, in one line.
-GROUP_HINT = (
-    "to see mean and range per configuration: in the experiment's runs table, Group by -> "
-    "Parameters -> model.hidden_dim, optim.lr (and the Chart view)"
-)
+
+
+def group_hint(params: Iterable[Mapping[str, str]]) -> str:
+    """MLflow cannot group runs by parameters through a URL: the clicks, in one line. A
+    configuration is the params the runs differ in, but the seed (and where they are
+    tracked); runs that logged no params (killed before) are left out."""
+    rows = [p for p in params if p]
+    keys = sorted({k for p in rows for k in p})
+    varying = [
+        k
+        for k in keys
+        if k != "seed" and not k.startswith("tracking.") and len({p.get(k) for p in rows}) > 1
+    ]
+    return (
+        "to see mean and range per configuration: in the experiment's runs table, Group by -> "
+        f"Parameters -> {', '.join(varying or ['model.hidden_dim'])} (and the Chart view)"
+    )
 
 
 def sweep_views(
@@ -105,7 +118,8 @@ def sweep_views(
         return views
     views.append(("side by side", compare_url(base, experiment_id, [r.run_id for r in runs])))
     kept = [r for r in runs if not r.diverged]
-    groups: dict[str, list[str]] = {"": [r.run_id for r in kept]}
+    # No curve links when every run diverged: they would open empty charts.
+    groups: dict[str, list[str]] = {"": [r.run_id for r in kept]} if kept else {}
     if len(kept) > CURVES_PER_LINK:
         groups = {}
         for r in kept:

@@ -234,6 +234,10 @@ def _leader_lines(
         mean = f"{_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
     else:  # every seed gave one value
         mean = f"{leader['mean']:.4g} ({seeds}, all equal: no interval)"
+    if len(c) == 1:  # "leader" and "tied with the leader: none" would claim a comparison
+        return [
+            f"one configuration, nothing to compare it with: {label(leader)}: mean {what} {mean}"
+        ]
     lines = [f"leader: {label(leader)}: mean {what} {mean}"]
     tied = c[c["tied"].fillna(False).astype(bool)]
     if tied.empty:
@@ -350,7 +354,7 @@ def _seeds(row: pd.Series) -> str:
 def verdict(row: pd.Series, agg: Aggregate) -> str:
     """A row of the comparison with its counts (_with_counts)."""
     if row["leader"]:
-        return "leader"
+        return "leader" if len(agg.comparison) > 1 else "only one"
     if pd.isna(row["tied"]):
         return "all diverged" if 0 < row["diverged"] == row["runs"] else "no claim"
     return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
@@ -597,7 +601,7 @@ def answer_text(agg: Aggregate, views: list[tuple[str, str]]) -> str:
         lines += [f"{label + ':':<{width}} {url}" for label, url in views]
         if diverged:
             lines.append(f"diverged, left out of the curve links: {', '.join(diverged)}")
-        lines.append(links.GROUP_HINT)
+        lines.append(links.group_hint(r.data.params for r in agg.selection.runs))
     return "\n".join(lines)
 
 
@@ -777,6 +781,11 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"Source: {source}, tracking URI `{sel.uri}`.",
         "",
+        *(
+            [f"Only the runs matching `{sel.filter}` (aggregate.filter): not the whole sweep.", ""]
+            if sel.filter
+            else []
+        ),
         run_counts(agg)
         + ". Loss and accuracy statistics use finished, non-diverged runs only (`used`); "
         "std and the 95% confidence interval of the mean (t distribution) "
