@@ -538,8 +538,9 @@ def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "named", "why"),
     [
-        ("aggregate.alpha=0", "aggregate.alpha=0", "must be in (0, 1)"),
-        ("aggregate.alpha=nan", "aggregate.alpha=nan", "must be in (0, 1)"),
+        ("aggregate.alpha=0", "aggregate.alpha=0", "must be in (0, 0.5]"),
+        ("aggregate.alpha=nan", "aggregate.alpha=nan", "must be in (0, 0.5]"),
+        ("aggregate.alpha=0.999", "aggregate.alpha=0.999", "must be in (0, 0.5]"),
         ("aggregate.min_effect=-1", "aggregate.min_effect=-1", "must be a finite number 0 or more"),
         # YAML reads 1e400 as infinity, a margin that ties everything: named as typed.
         (

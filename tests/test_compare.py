@@ -287,7 +287,7 @@ def test_fewer_than_two_seeds_get_no_claim():
     for cfg, n in (("one", 1), ("none", 0)):
         r = row_of(out, cfg)
         assert r["n"] == n and r["tied"] is pd.NA and r["test"] == ""
-        assert r["note"] == "fewer than 2 seeds: no claim"
+        assert r["note"] == "fewer than 2 seeds with an outcome: no claim"
         assert math.isnan(r["ci_low"]) and math.isnan(r["p_adj"])
         assert r["seeds_needed"] is pd.NA
     assert row_of(out, "one")["diff_vs_leader"] == pytest.approx(0.1 - 0.55)

@@ -764,8 +764,9 @@ def aggregate(
         raise ConfigValueError(
             "aggregate.outcome", outcome, f"must be one of {', '.join(OUTCOMES)}"
         )
-    if not 0 < alpha < 1:
-        raise ConfigValueError("aggregate.alpha", alpha, "must be in (0, 1)")
+    # A confidence of 1 - alpha below 50% would call most differences beyond seed noise.
+    if not 0 < alpha <= 0.5:
+        raise ConfigValueError("aggregate.alpha", alpha, "must be in (0, 0.5]")
     if min_effect is not None and not (math.isfinite(min_effect) and min_effect >= 0):
         raise ConfigValueError(
             "aggregate.min_effect", min_effect, "must be a finite number 0 or more, or null"

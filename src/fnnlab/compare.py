@@ -490,12 +490,12 @@ def compare(
                 "seeds_needed": pd.NA,
                 "test": "",
                 "p": math.nan,
-                "note": "fewer than 2 seeds: no claim",
+                "note": "fewer than 2 seeds with an outcome: no claim",
             }
         )
     if lead is None:
         for row in rows:
-            row["note"] = "no configuration has 2 seeds: no leader, no claim"
+            row["note"] = "no configuration has 2 seeds with an outcome: no leader, no claim"
         return _frame(rows, config_cols)
 
     leader = groups[lead]
