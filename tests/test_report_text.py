@@ -210,6 +210,13 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
         "  hidden_dim=8 backprop=tutorial: divergence between lr=1 and lr=10; "
         "oscillation or divergence between lr=1 and lr=10",
     ]
+    # A rate as the answer's other lines write it: lr=1000000, not lr=1e+06.
+    big = runs.assign(lr=runs["lr"] * 1e5)
+    agg.stability = stability_boundary(big, ["hidden_dim", "backprop"])
+    assert report.stability_lines(agg)[2] == (
+        "  hidden_dim=8 backprop=tutorial: divergence between lr=100000 and lr=1000000; "
+        "oscillation or divergence between lr=100000 and lr=1000000"
+    )
     # One configuration: the boundary is per width, not per every column it has.
     one = runs[runs["backprop"] == "exact"]
     agg.summary = one.groupby(cols).size().rename("runs").reset_index()

@@ -434,6 +434,11 @@ def stability_per(agg: Aggregate) -> str:
     return "width" if cols == ["hidden_dim"] else ", ".join(cols)
 
 
+def _lr(value: float) -> str:
+    """'lr=...' as the answer names a configuration's rate (lr=1000000, not lr=1e+06)."""
+    return leader_label({"lr": value}, ["lr"])
+
+
 def stability_text(agg: Aggregate) -> pd.DataFrame | None:
     """The stability bracket per width (and mode, ...), as text."""
     if agg.stability is None:
@@ -441,10 +446,10 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
 
     def bracket(good: float, bad: float) -> str:
         if not cell(bad):
-            return f"none up to lr={cell(good)}"
+            return f"none up to {_lr(good)}"
         if not cell(good):
-            return f"already at lr={cell(bad)} (the smallest swept)"
-        return f"between lr={cell(good)} and lr={cell(bad)}"
+            return f"already at {_lr(bad)} (the smallest swept)"
+        return f"between {_lr(good)} and {_lr(bad)}"
 
     st = agg.stability
     groups = boundary_groups(agg.config_cols)
@@ -465,7 +470,7 @@ def stability_text(agg: Aggregate) -> pd.DataFrame | None:
         # Short runs at smaller rates may still go bad later: only the first bad rate seen
         # bounds it.
         if cell(bad):
-            return f"at or below lr={cell(bad)} (not judged below it: runs of {short_words})"
+            return f"at or below {_lr(bad)} (not judged below it: runs of {short_words})"
         return f"not judged: runs of {short_words}"
 
     return pd.DataFrame(
