@@ -217,6 +217,13 @@ def test_the_stability_boundary_is_per_backprop_mode() -> None:
         "  hidden_dim=8 backprop=tutorial: divergence between lr=100000 and lr=1000000; "
         "oscillation or divergence between lr=100000 and lr=1000000"
     )
+    # One learning rate: no boundary in it can be seen, and the heading says which.
+    single = runs[runs["lr"] == 1.0]
+    agg.summary = single.groupby(cols).size().rename("runs").reset_index()
+    agg.stability = stability_boundary(single, ["hidden_dim", "backprop"])
+    assert report.stability_lines(agg)[0] == (
+        "stability boundary (learning rates, per hidden_dim, backprop; only lr=1 was run):"
+    )
     # One configuration: the boundary is per width, not per every column it has.
     one = runs[runs["backprop"] == "exact"]
     agg.summary = one.groupby(cols).size().rename("runs").reset_index()
@@ -401,3 +408,29 @@ def test_one_configuration_has_no_leader_and_no_ties() -> None:
     assert lines[0].startswith("one configuration, nothing to compare it with: lr=0.1: mean ")
     assert not any("leader" in line for line in lines), lines
     assert verdicts(agg) == {0.1: "only one"}
+
+
+def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
+    """The description's width x lr grid said '61.33 (n=1: no interval), n=1'."""
+    runs = pd.DataFrame(
+        [
+            {"hidden_dim": h, "lr": lr, "seed": s, "outcome": 0.3 + h / 100 + s / 1000}
+            for h in (4, 8)
+            for lr in (0.1, 1.0)
+            for s in range(1 if (h, lr) == (8, 1.0) else 3)
+        ]
+    ).assign(diverged=False)
+    cols = ["hidden_dim", "lr"]
+    summary = runs.groupby(cols).size().rename("runs").reset_index()
+    agg = Aggregate(
+        selection=finished_selection(),
+        runs=runs,
+        summary=summary.assign(oscillating=0, diverged=0),
+        curves=pd.DataFrame(),
+        config_cols=cols,
+        outcome="tail_loss",
+        comparison=compare(runs, cols),
+    )
+    grid = report.comparison_grid(agg).set_index("hidden_dim")
+    assert grid.loc[8, "lr=1"] == "0.38 (n=1: no interval)"
+    assert grid.loc[8, "lr=0.1"] == "0.381 [0.3785, 0.3835], n=3"

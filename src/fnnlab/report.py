@@ -429,9 +429,12 @@ def stability_cols(agg: Aggregate) -> list[str]:
 
 
 def stability_per(agg: Aggregate) -> str:
-    """'width', or the columns the boundary is given per: 'hidden_dim, backprop'."""
+    """'width', or the columns the boundary is given per: 'hidden_dim, backprop'; and, when
+    the runs have one learning rate, that one: no boundary in it can be seen."""
     cols = stability_cols(agg)
-    return "width" if cols == ["hidden_dim"] else ", ".join(cols)
+    per = "width" if cols == ["hidden_dim"] else ", ".join(cols)
+    rates = agg.summary["lr"].dropna().unique() if "lr" in agg.summary else []
+    return f"{per}; only {_lr(rates[0])} was run" if len(rates) == 1 else per
 
 
 def _lr(value: float) -> str:
@@ -562,7 +565,9 @@ def comparison_grid(
         return None
 
     def text(r: pd.Series) -> str:
-        parts = [_mean_ci(r) if int(r["n"]) else "no outcome", f"n={int(r['n'])}"]
+        n = int(r["n"])
+        # Below 2 seeds _mean_ci says "n=1: no interval" itself.
+        parts = [_mean_ci(r), f"n={n}"] if n > 1 else [_mean_ci(r)] if n else ["no outcome", "n=0"]
         if r["leader"] or pd.notna(r["tied"]) and r["tied"]:
             parts.append("**leader**" if r["leader"] else "tied")
         for key, short in (("oscillating", "osc."), ("diverged", "div.")):
