@@ -90,11 +90,15 @@ def test_runs_replay_identical_and_are_tagged(made: TmpStore) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == f"{ref.info.run_name} ({ref.info.run_id}): identical"
     assert len(made.runs()) == before
-    # replay.log=true: the replay is a new run pointing at the original.
+    # replay.log=true: the replay is a new run pointing at the original, named as it is,
+    # also when an earlier fnnlab named it otherwise.
+    made.client.update_run(ref.info.run_id, name="h32-lr0.001-s2")
     out = replay(made, f"replay.run={ref.info.run_id}", "replay.log=true")
+    made.client.update_run(ref.info.run_id, name=ref.info.run_name)
     assert out.returncode == 0, out.stderr[-3000:]
     (logged,) = made.runs(f"tags.`replay.of` = '{ref.info.run_id}'")
     assert logged.data.metrics["final/loss"] == ref.data.metrics["final/loss"]
+    assert logged.info.run_name == "h32-lr0.001-s2"
     # What the replay found is not in replay.status: a replay of the logged run would
     # overwrite it (helper-37).
     assert logged.data.tags["replay.of_status"] == "identical"

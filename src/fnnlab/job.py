@@ -192,16 +192,18 @@ def run(
     sweep_tags: dict[str, str] | None = None,
     on_epoch: Callable[[int], object] | None = None,
     claim: str | None = None,
+    name: str | None = None,
 ) -> JobResult | Claimed:
     """Validate, train, and record one run. Raises ConfigValueError before any run exists.
 
     With `claim` (a sweep's resume_match: code or config), the job first claims its
     configuration (fnnlab.claims): when another invocation has it, there is no run of this
-    job, and the other's run is counted in this job's sweep."""
+    job, and the other's run is counted in this job's sweep. `name`: the run's, when not
+    run_name(cfg)."""
     check_values(cfg)
     if store is None:
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
-    name = run_name(cfg)
+    name = name or run_name(cfg)
     one_thread()  # before env.torch_threads records it
     tags = {
         Tag.ROLE: ROLE_JOB,

@@ -681,7 +681,9 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
     tags = {"replay.of": replay.run.info.run_id, "replay.of_status": replay.status}
     # Before the run exists: a folder that cannot be made left a FAILED half-made run.
     output_dir.mkdir(parents=True, exist_ok=True)
-    return run(cfg, output_dir, store=store, sweep_tags=tags).run_id
+    # The original's name: one made by an earlier fnnlab may be spelled otherwise.
+    name = replay.run.info.run_name
+    return run(cfg, output_dir, store=store, sweep_tags=tags, name=name).run_id
 
 
 def find_run(client: MlflowClient, run_id: str) -> Run:
