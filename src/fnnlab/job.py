@@ -155,8 +155,9 @@ def end_tags(history: History, cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None:
-    """The run's config files, weights and plots, in its artifact folder."""
+def write_files(history: History, cfg: DictConfig, out: Path, art: Path, name: str) -> None:
+    """The run's config files, weights and plots (titled with its name), in its artifact
+    folder."""
     (art / "config.yaml").write_text(to_yaml(cfg, resolve=True))
     hydra_dir = out / ".hydra"
     if hydra_dir.is_dir():
@@ -167,7 +168,7 @@ def write_files(history: History, cfg: DictConfig, out: Path, art: Path) -> None
         (art / provenance.DIFF_ARTIFACT).write_bytes(diff)
     if cfg.tracking.plots:
         published = reference.published_losses() if cfg.reference else None
-        plots.draw_run(plots.Curves.of(history), art, run_name(cfg), published)
+        plots.draw_run(plots.Curves.of(history), art, name, published)
 
 
 def _end_with_error(
@@ -243,7 +244,7 @@ def run(
         )
         art = output_dir / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
-        write_files(history, cfg, output_dir, art)
+        write_files(history, cfg, output_dir, art, name)
         upload_artifacts(store, run_id, str(art))
     except BaseException as exc:
         _end_with_error(store, run_id, name, params, exc)

@@ -234,7 +234,7 @@ def _leader_lines(
         mean = f"{_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
     else:  # every seed gave one value
         mean = f"{leader['mean']:.4g} ({seeds}, all equal: no interval)"
-    if len(c) == 1:  # "leader" and "tied with the leader: none" would claim a comparison
+    if one_configuration(agg):  # "leader" and "tied with the leader: none" would claim one
         return [
             f"one configuration, nothing to compare it with: {label(leader)}: mean {what} {mean}"
         ]
@@ -351,10 +351,15 @@ def _seeds(row: pd.Series) -> str:
     return f"{k} diverged" if n == 0 else f"{n} {'seed' if n == 1 else 'seeds'}, {k} diverged"
 
 
+def one_configuration(agg: Aggregate) -> bool:
+    """The answer has one configuration: nothing to compare it with, so no leader."""
+    return len(agg.comparison) == 1
+
+
 def verdict(row: pd.Series, agg: Aggregate) -> str:
     """A row of the comparison with its counts (_with_counts)."""
     if row["leader"]:
-        return "leader" if len(agg.comparison) > 1 else "only one"
+        return "only one" if one_configuration(agg) else "leader"
     if pd.isna(row["tied"]):
         return "all diverged" if 0 < row["diverged"] == row["runs"] else "no claim"
     return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
