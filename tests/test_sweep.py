@@ -294,9 +294,9 @@ def test_the_error_line_comes_before_the_parent_is_closed(store, monkeypatch, ca
             raise MlflowException("injected store fault")
         return real_train(cfg, *args, **kwargs)
 
-    def close_open(after_error):
+    def close_open(after_error, error=None):
         printed_before_closing.append(capsys.readouterr().err)
-        real_close(after_error)
+        real_close(after_error, error)
 
     monkeypatch.setattr(job, "train_model", fail_one)
     monkeypatch.setattr(sweep, "close_open", close_open)
@@ -308,6 +308,50 @@ def test_the_error_line_comes_before_the_parent_is_closed(store, monkeypatch, ca
     assert line not in capsys.readouterr().err  # printed once
     parents, _ = split_runs(store)
     assert [p.info.status for p in parents] == ["FAILED"]
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        [],  # fnnlab's, its jobs trained together in the sweep's process
+        ["hydra.launcher.n_jobs=2"],  # fnnlab's, in worker processes
+        ["hydra/launcher=basic"],
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        pytest.param(
+            [
+                "hydra/launcher=ray",
+                "+hydra.launcher.ray.init.num_cpus=2",
+                "+hydra.launcher.ray.init.include_dashboard=false",
+            ],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["fnnlab", "fnnlab-workers", "basic", "joblib", "ray"],
+)
+def test_a_jobs_folder_that_cannot_be_made_stops_the_sweep_in_one_line(store, tmp_path, launcher):
+    """A file where job 1's .hydra folder goes, in a sweep folder that exists: the sweep's
+    own folder passes its check, and the job's is made by the launcher, outside the job.
+    Hydra's traceback left the parent KILLED without a word; now one line names the folder
+    and hydra.sweep.subdir, and the parent ends FAILED with it as its error. Job 0's run, if
+    it ran, is complete."""
+    folder = tmp_path / "sweep"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / ".hydra").write_text("not a folder")
+    args = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false", *launcher]
+    proc = run_script("fnnlab-train", *args, *store.overrides(), f"hydra.sweep.dir={folder}")
+    line = (
+        "fnnlab-train: error: hydra.sweep.subdir=${hydra.job.num}: a job's folder cannot be "
+        f"made or written: {folder}/1/.hydra: it is a file; the sweep stopped"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == line, proc.stderr
+    assert "Traceback" not in proc.stderr
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert parents[0].data.tags["error"] == line.removeprefix("fnnlab-train: error: ")
+    assert {c.data.params["seed"] for c in children} <= {"0"}
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert (folder / "1" / ".hydra").read_text() == "not a folder"
 
 
 @pytest.mark.slow

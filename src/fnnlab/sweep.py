@@ -15,8 +15,8 @@ invocation's life in the process that runs the sweep:
   finished run (the command then exits 1), with counts read from the store, so jobs that
   ran in other processes or machines count;
 - an error before that ends the parent FAILED when a job of this invocation failed (Hydra's
-  basic sweeper raises a failed job's error: fnnlab.cli.run_cli calls close_open),
-  KILLED otherwise;
+  basic sweeper raises a failed job's error: fnnlab.cli.run_cli calls close_open) or a
+  job's output folder could not be made (JobFolderFailed), KILLED otherwise;
 - anything else (Ctrl-C, SIGTERM) ends the parent KILLED on the way out.
 
 The sweep id is a hash of the command's overrides, so running the same sweep again finds
@@ -48,7 +48,13 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import claims, internals, links, progress, storeguard
-from fnnlab.config import TRAINING_KEYS, ConfigValueError, check_values, fingerprint
+from fnnlab.config import (
+    TRAINING_KEYS,
+    ConfigValueError,
+    check_values,
+    fingerprint,
+    folder_problem,
+)
 from fnnlab.errortext import first_line
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
@@ -76,6 +82,36 @@ class SweepRefused(BaseException):
 class SweepFailed(BaseException):
     """Some configurations of the sweep have no finished run: the parent run is FAILED and
     the command exits 1 (a BaseException for the same reason as SweepRefused)."""
+
+
+class JobFolderFailed(RuntimeError):
+    """A job's output folder inside the sweep's could not be made or written (a file named
+    like it there): the launcher raised it outside the job's task, so the sweep stopped.
+    Its parent ends FAILED with this line as its error."""
+
+
+def job_folder_failed(exc: BaseException) -> JobFolderFailed | None:
+    """For an OSError about a path inside the folder of this process's open sweep (Hydra's
+    run_job, any launcher's (Ray's too), making a job's folder or its .hydra files), the error that
+    names the folder, why, and hydra.sweep.subdir as given; None for any other error.
+    hydra.sweep.dir itself is checked before the sweep starts (CheckOutputFolder), but a
+    job's folder depends on its number and values, and the sweep's folder may exist."""
+    # Ray's launcher raises a RayTaskError(FileExistsError) without the file's name; the
+    # error itself is its `cause`.
+    errors = [e for e in (exc, getattr(exc, "cause", None)) if isinstance(e, OSError)]
+    exc = next((e for e in errors if e.filename is not None), None)
+    if exc is None or not isinstance(exc.filename, str | bytes | os.PathLike):
+        return None
+    name = exc.filename
+    path = Path(os.fsdecode(name)).absolute()
+    sweep = next((s for s in _open if path.is_relative_to(Path(s.dir).absolute())), None)
+    if sweep is None:
+        return None
+    why = folder_problem(path) or exc.strerror or str(exc)
+    return JobFolderFailed(
+        f"hydra.sweep.subdir={sweep.subdir}: a job's folder cannot be made or written: "
+        f"{path}: {why}; the sweep stopped"
+    )
 
 
 # --- identity and the jobs of a sweep -----------------------------------------------------
@@ -720,6 +756,7 @@ class Sweep:
             raise SweepRefused(str(cause)) from cause
         self.id = sweep_id(arguments, experiment)
         self.dir = str(config.hydra.sweep.dir)
+        self.subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
         self.launcher = config.hydra.launcher
         self.experiment = experiment
         # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
@@ -826,11 +863,12 @@ class Sweep:
             return None
         return text
 
-    def abandon(self, after_error: bool = False) -> None:
+    def abandon(self, after_error: bool = False, error: str | None = None) -> None:
         """The sweep did not reach its end (an interrupt, an error): runs of workers torn
         down with it end KILLED, and so does the parent, or FAILED after an error when a
-        job of this invocation failed. Not after the sweep stopped because the store failed:
-        the next invocation does it, once the store works."""
+        job of this invocation failed or `error` says why the sweep stopped. Not after the
+        sweep stopped because the store failed: the next invocation does it, once the store
+        works."""
         if os.getpid() != self.pid or storeguard.FAULTS.stopped:
             return
         if self.ray:
@@ -849,7 +887,7 @@ class Sweep:
             while self.ray and left and time.monotonic() < deadline:
                 time.sleep(0.2)
                 left = reap_dead_runs(self.store, self.id, float("inf"), mine)[1]
-            failed = after_error and (self.first_error or self._first_run_error())
+            failed = after_error and (error or self.first_error or self._first_run_error())
             counts = sweep_counts(self.store, self.parent, self.prints)
             self._close(counts, FAILED if failed else KILLED, failed or None)
         except Exception as exc:  # the store went away: the next invocation reaps
@@ -883,14 +921,15 @@ RAY_EXIT_S = 10.0
 _open: list[Sweep] = []
 
 
-def close_open(after_error: bool) -> None:
+def close_open(after_error: bool, error: str | None = None) -> None:
     """Close the parents of this process's open sweeps now, as abandon does at exit. After
     an error, not an interrupt, that ends the command before the sweep's end (Hydra's basic
     sweeper raises the first failed job's error when its batch ends): FAILED as a sweep
-    with a failed job ends (KILLED when no job failed: a dead worker, say). A Ctrl-C during
-    these writes leaves the sweep to abandon, at exit."""
+    with a failed job ends, or with `error` (why the sweep stopped, JobFolderFailed's) as
+    its error; KILLED otherwise (a dead worker, say). A Ctrl-C during these writes leaves
+    the sweep to abandon, at exit."""
     for sweep in list(_open):
-        sweep.abandon(after_error=after_error)
+        sweep.abandon(after_error=after_error, error=error)
         sweep.mark_closed()
 
 
