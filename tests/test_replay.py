@@ -379,7 +379,7 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         "h32-lr0.1-s2": f"differs at epoch 0 fingerprint {'1' * 16}, config.yaml {old} (keys ",
         "h32-lr0.1-s3": f"differs at epoch 0 fingerprint {'0' * 16}, config.yaml {fingerprint}, "
         "largest difference inf; also epoch 30 weights.pt unreadable (",
-        "h32-lr0.1-s4": "differs at epoch 4 loss (values stored twice), ",
+        "h32-lr0.1-s4": "differs at epoch 4 loss (step 4 stored twice), ",
         "h32-lr1000-s0": "differs at epoch 1 final weights w1 dtype torch.float64 -> torch.float32",
         "h32-lr1000-s1": "identical",
         "h32-lr1000-s2": "differs at epoch 0 param optim.lr '0.5', config.yaml '1000.0', ",
@@ -421,6 +421,81 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         f"epoch 29 final/loss 0.1 -> {runs['h32-lr0.1-s0'].data.metrics['final/loss']}",
         "epoch 29 final/loss stored 2 times",
     ]
+
+
+def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
+    """Values only one of MLflow's two metric tables holds, tensors and steps a run does not
+    have, and the runs of an answer's table: each replayed "identical", or was named without
+    saying what (helper-41)."""
+    train(store, "-m", "seed=range(6)", "train.epochs=20")
+    runs = {r.data.params["seed"]: r for r in store.runs("tags.role = 'job'")}
+    ids = {seed: run.info.run_id for seed, run in runs.items()}
+    parent = store.runs("tags.role = 'sweep'")[0]
+    pid = parent.info.run_id
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        # A summary metric's history gone, its latest value kept.
+        db.execute("DELETE FROM metrics WHERE key = 'best/loss' AND run_uuid = ?", (ids["0"],))
+        # A metric in the history alone.
+        db.execute("INSERT INTO metrics VALUES ('foo', 1.0, 0, ?, 0, 0)", (ids["1"],))
+        # A negative step: it was compared with the last epoch's value.
+        db.execute(
+            "UPDATE metrics SET step = -1 WHERE key = 'loss' AND step = 0 AND run_uuid = ?",
+            (ids["3"],),
+        )
+        db.execute(
+            "DELETE FROM metrics WHERE key = 'accuracy' AND step IN (10, 12) AND run_uuid = ?",
+            (ids["3"],),
+        )
+        # The answer: a metric's history changed alone, and a run deleted since.
+        db.execute(
+            "UPDATE metrics SET value = 4 WHERE key = 'aggregate/used' AND run_uuid = ?", (pid,)
+        )
+    db.close()
+    store.client.delete_run(ids["5"])
+    weights = artifact(runs["2"], "weights.pt")
+    torch.save({**torch.load(weights), "w3": torch.zeros(2)}, weights)
+    weights = artifact(runs["4"], "weights.pt")
+    saved = torch.load(weights)
+    torch.save({**saved, "w1": saved["w1"][:, :8]}, weights)
+
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    diffs = {seed: store.client.get_run(ids[seed]).data.tags.get("replay.diffs") for seed in ids}
+    best = runs["0"].data.metrics["best/loss"]
+    assert diffs["0"] == f"epoch 19 best/loss {best} as its latest value, no history"
+    assert diffs["1"] == "epoch 19 foo 1.0 in its history, no latest value"
+    assert diffs["2"] == "epoch 20 weights.pt holds more than w1 and w2: w3"
+    assert diffs["3"].splitlines() == [
+        "epoch -1 loss (step 0 missing; step -1 extra)",
+        "epoch 10 accuracy (2 steps missing, first 10)",
+    ]
+    assert diffs["4"] == "epoch 20 final weights w1 shape (2, 8) -> (2, 32)"
+    answer = out.stdout.strip().splitlines()[-1]
+    used = parent.data.metrics["aggregate/used"]
+    assert answer.startswith(f"the sweep's answer (parent run {pid}): differs: "), answer
+    tags = store.client.get_run(pid).data.tags
+    assert (
+        f"runs.csv: 6 rows stored, 5 made now (stored only: {ids['5']})"
+        in tags["replay.diffs"].splitlines()
+    ), tags["replay.diffs"]
+    assert (
+        f"metric aggregate/used {used} as its latest value, its history holds 4.0"
+        in tags["replay.diffs"].splitlines()
+    ), tags["replay.diffs"]
+
+
+def test_a_logged_replay_of_a_changed_config_is_named_by_it(store: TmpStore) -> None:
+    """replay.log=true gives the new run the original's name only when config.yaml still
+    makes the original's run: else the name says what it trained (helper-41)."""
+    train(store, "train.epochs=5")
+    run = store.runs()[0]
+    config = artifact(run, "config.yaml")
+    config.write_text(config.read_text().replace("lr: 0.001", "lr: 0.2"))
+    out = replay(store, f"replay.run={run.info.run_id}", "replay.log=true")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    logged = [r for r in store.runs() if r.data.tags.get("replay.of") == run.info.run_id]
+    assert [r.info.run_name for r in logged] == ["h32-lr0.2-s0-epochs5"]
 
 
 def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> None:

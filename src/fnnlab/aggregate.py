@@ -417,6 +417,23 @@ def _curves_sql(
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def history_keys(uri: str, run_id: str) -> set[str] | None:
+    """Every metric key of the run's history (MLflow's metrics table), also one without a
+    latest value, which no client call lists; None where the store is not a database this
+    process reads (a tracking server)."""
+    if uri.split(":", 1)[0].split("+")[0].lower() not in SQL_SCHEMES:
+        return None
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT DISTINCT key FROM metrics WHERE run_uuid = :run")
+            return {row[0] for row in conn.execute(query, {"run": run_id})}
+    finally:
+        engine.dispose()
+
+
 def _rows_frame(rows: list[tuple], types: dict[str, pd.CategoricalDtype]) -> pd.DataFrame:
     """The cursor's rows (run_id, key, step, value, is_nan, timestamp) of the keys in
     types["key"] as a frame, column by column: pandas' inference over the row tuples took

@@ -6,10 +6,10 @@ replay the same way. It is retrained with today's code, and what the run stored 
 exactly with what the job would store now: every per-epoch value at every stored step and
 its latest value, the summary metrics (each value of their history too), the tags that say
 what happened in training, the params and the fingerprint tag (against the rebuilt config)
-and the final weights, dtype included. When something differs, every difference is named (a
-metric with the epoch it first differs at and how many of its values differ, a summary
-metric, a tag, a param, the weights), with the largest difference and what changed in the
-environment since (fnnlab.provenance).
+and the final weights, shape and dtype included. When something differs, every difference
+is named (a metric with the epoch it first differs at and how many of its values differ, a
+summary metric, a tag, a param, the weights), with the largest difference and what changed
+in the environment since (fnnlab.provenance).
 
 A sweep's answer (the tables, metrics and tags its end or fnnlab-aggregate stored on the
 parent run) is checked the same way: made again from the runs the store holds, with the
@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import provenance
-from fnnlab.aggregate import connect, read_curves
+from fnnlab.aggregate import connect, history_keys, read_curves
 from fnnlab.config import (
     TRAINING_KEYS,
     ConfigValueError,
@@ -302,7 +302,9 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
     and which _end_diffs, reading the latest values, does not see), or a history that is
     not its latest value (one of MLflow's two tables changed), is a difference."""
     now = summarize(history, cfg)
-    keys = tuple(sorted((run.data.metrics.keys() - set(METRICS)) | now.keys()))
+    # A key only in the history has no latest value, which is all run.data lists.
+    in_history = history_keys(store.uri, run.info.run_id) or set()
+    keys = tuple(sorted((run.data.metrics.keys() | in_history) - set(METRICS) | now.keys()))
     stored = read_curves(store.uri, store.client, [run.info.run_id], keys, keep_repeats=True)
     where = (max(history.epochs_run - 1, 0), len(METRICS) + 1)
     diffs = []
@@ -317,6 +319,11 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
         elif values and latest is not None and not _same(values[0], latest):
             what = f"{key} {values[0]} in its history, {latest} as its latest value"
             diffs.append(Diff(*where, what, abs(values[0] - latest)))
+        elif latest is not None and not values:
+            diffs.append(Diff(*where, f"{key} {latest} as its latest value, no history", math.inf))
+        elif values and latest is None and key not in now:  # else _end_diffs names it
+            what = f"{key} {values[0]} in its history, no latest value"
+            diffs.append(Diff(*where, what, math.inf))
     return diffs
 
 
@@ -340,11 +347,19 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
         steps, values = stored["step"].to_numpy(), stored["value"].to_numpy()
         now = history.metrics[key]
         if list(steps) != expected:
-            odd = sorted(set(expected) ^ set(steps.tolist()))
+            missing = sorted(set(expected) - set(steps.tolist()))
+            extra = sorted(set(steps.tolist()) - set(expected))
             repeated = sorted({s for s in steps.tolist() if (steps == s).sum() > 1})
-            what = f"{key} (steps)" if odd else f"{key} (values stored twice)"
-            diffs.append(Diff((odd or repeated or [0])[0], order, what, math.inf))
-            keep = steps < len(now)
+            parts = [
+                _steps(missing, "missing"),
+                _steps(extra, "extra"),
+                _steps(repeated, "stored twice"),
+            ]
+            what = f"{key} ({'; '.join(p for p in parts if p)})"
+            first = min(missing[:1] + extra[:1]) if missing or extra else repeated[0]
+            diffs.append(Diff(first, order, what, math.inf))
+            # A step outside the run's epochs has no value now (and -1 is not the last).
+            keep = (steps >= 0) & (steps < len(now))
             steps, values = steps[keep], values[keep]
         latest = run.data.metrics.get(key)
         at_last = values[steps == expected[-1]] if expected else values[:0]
@@ -374,19 +389,34 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
     return diffs
 
 
+def _steps(steps: list[int], how: str) -> str:
+    """As "step 10 missing" or "3 steps extra, first -1"; "" for none."""
+    if len(steps) > 1:
+        return f"{len(steps)} steps {how}, first {steps[0]}"
+    return f"step {steps[0]} {how}" if steps else ""
+
+
 def _weights_diffs(store: Store, run: Run, history) -> list[Diff]:
     weights = _stored_weights(store, run)
     where = (history.epochs_run, len(METRICS))
     if isinstance(weights, str):
         return [Diff(*where, weights, math.inf)]
+    diffs = []
+    if more := sorted(set(weights) - {"w1", "w2"}, key=str):
+        what = f"weights.pt holds more than w1 and w2: {', '.join(map(str, more))}"
+        diffs.append(Diff(*where, what, math.inf))
     pairs = (("w1", history.w1), ("w2", history.w2))
+    for key, now in pairs:
+        if weights[key].shape != now.shape:
+            was, shape = tuple(weights[key].shape), tuple(now.shape)
+            return [*diffs, Diff(*where, f"final weights {key} shape {was} -> {shape}", math.inf)]
     for key, now in pairs:
         if weights[key].dtype != now.dtype:
             what = f"final weights {key} dtype {weights[key].dtype} -> {now.dtype}"
-            return [Diff(*where, what, _weight_diff(weights, history))]
+            return [*diffs, Diff(*where, what, _weight_diff(weights, history))]
     if all(torch.equal(weights[key], now) for key, now in pairs):
-        return []
-    return [Diff(*where, "final weights", _weight_diff(weights, history))]
+        return diffs
+    return [*diffs, Diff(*where, "final weights", _weight_diff(weights, history))]
 
 
 def _weight_diff(weights: dict, history) -> float:
@@ -559,10 +589,16 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             if stored != now:
                 check.diffs.append(_table_diff(name, stored, now, agg.config_cols))
     metrics, now_tags = report.parent_values(agg)
+    # Each answer stored adds to a metric's history; the latest value must be one of it.
+    history = read_curves(store.uri, store.client, [pid], tuple(metrics), keep_repeats=True)
     for key, value in metrics.items():
         was = parent.data.metrics.get(key)
         if was is None or not _same(was, _as_stored(value)):
             check.diffs.append(f"metric {key} {was} -> {value}")
+        values = history.loc[history["key"] == key, "value"].tolist()
+        if was is not None and not any(_same(v, was) for v in values):
+            stored = f"its history holds {_few(list(map(str, values)))}" if values else "no history"
+            check.diffs.append(f"metric {key} {was} as its latest value, {stored}")
     for key, value in now_tags.items():
         if defaults and key in ("aggregate.alpha", "aggregate.min_effect"):
             continue
@@ -633,7 +669,13 @@ def _table_diff(name: str, stored: bytes, now: bytes, config_cols: list[str]) ->
         new = [c for c in b.columns if c not in a.columns]
         return f"{name}: columns {gone or 'none'} stored, {new or 'none'} made now"
     if len(a) != len(b):
-        return f"{name}: {len(a)} rows stored, {len(b)} made now"
+        rows = f"{name}: {len(a)} rows stored, {len(b)} made now"
+        if "run_id" not in a.columns:
+            return rows
+        # Which runs: one deleted from the store, or added to the sweep, since.
+        gone, new = (sorted(set(x["run_id"]) - set(y["run_id"])) for x, y in ((a, b), (b, a)))
+        only = [f"{w} only: {_few(ids)}" for w, ids in (("stored", gone), ("now", new)) if ids]
+        return f"{rows} ({'; '.join(only)})" if only else rows
     differ = ~((a == b) | (a.isna() & b.isna()))
     count = int(differ.to_numpy().sum())
     if count == 0:
@@ -646,6 +688,12 @@ def _table_diff(name: str, stored: bytes, now: bytes, config_cols: list[str]) ->
         f"{name}: {count} of {a.size} values differ, first {where} {column} "
         f"{_cell(a.iat[row, col])} -> {_cell(b.iat[row, col])}"
     )
+
+
+def _few(ids: list[str]) -> str:
+    """At most three of the items (run ids, values), and how many more."""
+    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+    return ", ".join(map(str, ids[:3])) + more
 
 
 def _cell(value: object) -> str:
@@ -681,8 +729,11 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
     tags = {"replay.of": replay.run.info.run_id, "replay.of_status": replay.status}
     # Before the run exists: a folder that cannot be made left a FAILED half-made run.
     output_dir.mkdir(parents=True, exist_ok=True)
-    # The original's name: one made by an earlier fnnlab may be spelled otherwise.
-    name = replay.run.info.run_name
+    # The original's name: one made by an earlier fnnlab may be spelled otherwise. Not when
+    # its config.yaml makes another run (changed since): runs that compute differently are
+    # named apart.
+    same = replay.run.data.tags.get(Tag.FINGERPRINT) == fingerprint(cfg)
+    name = replay.run.info.run_name if same else None
     return run(cfg, output_dir, store=store, sweep_tags=tags, name=name).run_id
 
 
