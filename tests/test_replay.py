@@ -436,8 +436,17 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     with db:
         # A summary metric's history gone, its latest value kept.
         db.execute("DELETE FROM metrics WHERE key = 'best/loss' AND run_uuid = ?", (ids["0"],))
-        # A metric in the history alone.
+        # A metric in the history alone, and one in the latest values alone.
         db.execute("INSERT INTO metrics VALUES ('foo', 1.0, 0, ?, 0, 0)", (ids["1"],))
+        db.execute(
+            "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+            "VALUES ('bogus', 1.0, 0, 0, 0, ?)",
+            (ids["0"],),
+        )
+        # A summary metric's latest value gone, its history kept.
+        db.execute(
+            "DELETE FROM latest_metrics WHERE key = 'best/epoch' AND run_uuid = ?", (ids["1"],)
+        )
         # A negative step: it was compared with the last epoch's value.
         db.execute(
             "UPDATE metrics SET step = -1 WHERE key = 'loss' AND step = 0 AND run_uuid = ?",
@@ -469,11 +478,18 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     diffs = {seed: store.client.get_run(ids[seed]).data.tags.get("replay.diffs") for seed in ids}
     best = runs["0"].data.metrics["best/loss"]
-    assert diffs["0"] == f"epoch 19 best/loss {best} as its latest value, no history"
-    assert diffs["1"] == "epoch 19 foo 1.0 in its history, no latest value"
+    assert diffs["0"].splitlines() == [
+        "epoch 19 bogus 1.0 -> None",  # named once (helper-42)
+        f"epoch 19 best/loss {best} as its latest value, no history",
+    ]
+    epoch = runs["1"].data.metrics["best/epoch"]
+    assert diffs["1"].splitlines() == [
+        f"epoch 19 best/epoch no latest value -> {epoch}",
+        "epoch 19 foo 1.0 in its history, no latest value",
+    ]
     assert diffs["2"] == "epoch 20 weights.pt holds more than w1 and w2: w3"
     assert diffs["3"].splitlines() == [
-        "epoch -1 loss (step 0 missing; step -1 extra)",
+        "epoch 0 loss (step 0 missing; step -1 extra)",  # -1 is no epoch (helper-42)
         "epoch 10 accuracy (2 steps missing, first 10)",
     ]
     assert diffs["4"] == "epoch 20 final weights w1 shape (2, 8) -> (2, 32)"
@@ -488,6 +504,34 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     diffs = tags["replay.diffs"].splitlines()
     assert diffs[0] == "tag aggregate.files does not list report.md: not checked", diffs
     assert f"metric aggregate/used {used} as its latest value, its history holds 4.0" in diffs
+
+
+def test_a_metrics_history_is_checked_whatever_options_made_the_answer(store: TmpStore):
+    """An answer stored before its alpha and min_effect were recorded is made again with
+    their defaults; a history changed since is still named as such, not as options that
+    do not make the answer again (helper-42)."""
+    train(store, "-m", "seed=0,1", "train.epochs=5")
+    parent = store.runs("tags.role = 'sweep'")[0]
+    pid = parent.info.run_id
+    for key in ("aggregate.alpha", "aggregate.min_effect"):
+        store.client.delete_tag(pid, key)
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE metrics SET value = 4 WHERE key = 'aggregate/used' AND run_uuid = ?", (pid,)
+        )
+    db.close()
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"the sweep's answer (parent run {pid}): differs (alpha and min_effect were not "
+            "recorded with it: their defaults taken): metric aggregate/used 2.0 as its latest "
+            "value, its history holds 4.0; since then: "
+        )
+    ), out.stdout
 
 
 def test_a_logged_replay_of_a_changed_config_is_named_by_it(store: TmpStore) -> None:

@@ -331,17 +331,17 @@ def test_the_error_line_comes_before_the_parent_is_closed(store, monkeypatch, ca
 def test_a_jobs_folder_that_cannot_be_made_stops_the_sweep_in_one_line(store, tmp_path, launcher):
     """A file where job 1's .hydra folder goes, in a sweep folder that exists: the sweep's
     own folder passes its check, and the job's is made by the launcher, outside the job.
-    Hydra's traceback left the parent KILLED without a word; now one line names the folder
-    and hydra.sweep.subdir, and the parent ends FAILED with it as its error. Job 0's run, if
-    it ran, is complete."""
+    Hydra's traceback left the parent KILLED without a word; now one line names the folder's
+    keys and the path, and the parent ends FAILED with it as its error. Job 0's run, if it
+    ran, is complete."""
     folder = tmp_path / "sweep"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / ".hydra").write_text("not a folder")
     args = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false", *launcher]
     proc = run_script("fnnlab-train", *args, *store.overrides(), f"hydra.sweep.dir={folder}")
     line = (
-        "fnnlab-train: error: hydra.sweep.subdir=${hydra.job.num}: a job's folder cannot be "
-        f"made or written: {folder}/1/.hydra: it is a file; the sweep stopped"
+        f"fnnlab-train: error: hydra.sweep.dir={folder}, hydra.sweep.subdir=${{hydra.job.num}}: "
+        f"cannot make or write {folder}/1/.hydra: it is a file; the sweep stopped"
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == line, proc.stderr
@@ -352,6 +352,40 @@ def test_a_jobs_folder_that_cannot_be_made_stops_the_sweep_in_one_line(store, tm
     assert {c.data.params["seed"] for c in children} <= {"0"}
     assert all(c.info.status == "FINISHED" for c in children)
     assert (folder / "1" / ".hydra").read_text() == "not a folder"
+
+
+def test_only_what_no_job_raised_is_named_as_the_sweep_folders(store, tmp_path):
+    """A folder where Hydra's basic sweeper writes multirun.yaml is the sweep's, not a job's; a
+    job's own error about a file in its folder (Hydra's basic sweeper raises it) stays that
+    job's, as the parent's error too (helper-42)."""
+    folder = tmp_path / "sweep"
+    (folder / "multirun.yaml").mkdir(parents=True)
+    args = ["-m", "hydra/sweeper=basic", "seed=0,1", "train.epochs=5", *store.overrides()]
+    proc = run_script("fnnlab-train", *args, f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 1
+    line = (
+        f"hydra.sweep.dir={folder}, hydra.sweep.subdir=${{hydra.job.num}}: cannot make or "
+        f"write {folder}/multirun.yaml: Is a directory; the sweep stopped"
+    )
+    assert proc.stderr.strip().splitlines()[-1] == f"fnnlab-train: error: {line}", proc.stderr
+    parents, children = split_runs(store)
+    assert [(p.info.status, p.data.tags["error"]) for p in parents] == [("FAILED", line)]
+    assert children == []
+
+    folder = tmp_path / "sweep2"
+    (folder / "1" / "artifacts" / "config.yaml").mkdir(parents=True)
+    args = ["-m", "hydra/sweeper=basic", "seed=0,1", "model.hidden_dim=4", "train.epochs=5"]
+    proc = run_script("fnnlab-train", *args, *store.overrides(), f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 1
+    assert "cannot make or write" not in proc.stderr, proc.stderr
+    parent = [
+        p for p in store.runs("tags.role = 'sweep'") if p.info.run_id != parents[0].info.run_id
+    ]
+    failed = [c for c in store.runs("tags.role = 'job'") if c.info.status == "FAILED"]
+    assert len(parent) == 1 and len(failed) == 1
+    error = failed[0].data.tags["error"]
+    assert error.startswith("IsADirectoryError: ") and "config.yaml" in error, error
+    assert (parent[0].info.status, parent[0].data.tags["error"]) == ("FAILED", error)
 
 
 @pytest.mark.slow

@@ -397,11 +397,11 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from fnnlab import heap, storeguard, tracking
     from fnnlab.sweep import (
-        JobFolderFailed,
         SweepFailed,
+        SweepFolderFailed,
         SweepRefused,
         close_open,
-        job_folder_failed,
+        sweep_folder_failed,
     )
 
     user_wants_trace = "HYDRA_FULL_ERROR" in os.environ
@@ -431,10 +431,10 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
                 sys.exit(1)
             # The line before the sweep is closed: that writes to the store, which can be
             # slow to answer (a hung server). A Ctrl-C during it is handled below.
-            exc = job_folder_failed(exc) or exc
+            exc = sweep_folder_failed(exc) or exc
             status = report(prog, exc, user_wants_trace)
             close_open(
-                after_error=True, error=str(exc) if isinstance(exc, JobFolderFailed) else None
+                after_error=True, error=str(exc) if isinstance(exc, SweepFolderFailed) else None
             )
             if status is None:
                 raise
@@ -529,7 +529,7 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
     from joblib.externals.loky.process_executor import TerminatedWorkerError
     from mlflow.exceptions import MlflowException
 
-    from fnnlab.sweep import JobFolderFailed, launch_timed_out
+    from fnnlab.sweep import SweepFolderFailed, launch_timed_out
     from hydra_plugins.fnnlab._core import WorkerDied
 
     if isinstance(exc, ConfigValueError):
@@ -542,7 +542,7 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
         if user_wants_trace:
             return None
         message, status = f"error: {passed_on}", 2
-    elif isinstance(exc, WorkerDied | JobFolderFailed):
+    elif isinstance(exc, WorkerDied | SweepFolderFailed):
         message, status = f"error: {exc}", 1
     elif isinstance(exc, TerminatedWorkerError):  # Hydra's joblib launcher's worker died
         message, status = f"error: {WorkerDied(exc)}", 1

@@ -293,7 +293,8 @@ def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
             where = (max(shorter - 1, 0), -1)
         else:
             where = (last, len(METRICS) + 1)
-        diffs.append(Diff(*where, f"{key} {a} -> {b}", gap))
+        was = "no latest value" if a is None else a  # its history may hold one
+        diffs.append(Diff(*where, f"{key} {was} -> {b}", gap))
     return diffs
 
 
@@ -319,7 +320,7 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
         elif values and latest is not None and not _same(values[0], latest):
             what = f"{key} {values[0]} in its history, {latest} as its latest value"
             diffs.append(Diff(*where, what, abs(values[0] - latest)))
-        elif latest is not None and not values:
+        elif latest is not None and not values and key in now:  # else _end_diffs names it
             diffs.append(Diff(*where, f"{key} {latest} as its latest value, no history", math.inf))
         elif values and latest is None and key not in now:  # else _end_diffs names it
             what = f"{key} {values[0]} in its history, no latest value"
@@ -357,7 +358,8 @@ def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]
             ]
             what = f"{key} ({'; '.join(p for p in parts if p)})"
             first = min(missing[:1] + extra[:1]) if missing or extra else repeated[0]
-            diffs.append(Diff(first, order, what, math.inf))
+            # At epoch 0 for a negative step, which is no epoch (its text names it).
+            diffs.append(Diff(max(first, 0), order, what, math.inf))
             # A step outside the run's epochs has no value now (and -1 is not the last).
             keep = (steps >= 0) & (steps < len(now))
             steps, values = steps[keep], values[keep]
@@ -604,16 +606,10 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             if stored != now:
                 check.diffs.append(_table_diff(name, stored, now, agg.config_cols))
     metrics, now_tags = report.parent_values(agg)
-    # Each answer stored adds to a metric's history; the latest value must be one of it.
-    history = read_curves(store.uri, store.client, [pid], tuple(metrics), keep_repeats=True)
     for key, value in metrics.items():
         was = parent.data.metrics.get(key)
         if was is None or not _same(was, _as_stored(value)):
             check.diffs.append(f"metric {key} {was} -> {value}")
-        values = history.loc[history["key"] == key, "value"].tolist()
-        if was is not None and not any(_same(v, was) for v in values):
-            stored = f"its history holds {_few(list(map(str, values)))}" if values else "no history"
-            check.diffs.append(f"metric {key} {was} as its latest value, {stored}")
     for key, value in now_tags.items():
         if defaults and key in ("aggregate.alpha", "aggregate.min_effect"):
             continue
@@ -626,9 +622,31 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             f"again ({check.diffs[0]}){_and_files(files)}"
         )
     check.diffs[:0] = files  # named first: they may be why the answer differs
+    check.diffs += _history_diffs(store, parent, tuple(metrics), files)
     if check.diffs:
         check.env = provenance.answer_env_diff(tags)
     return check
+
+
+def _history_diffs(store: Store, parent: Run, keys: tuple[str, ...], files: list[str]) -> list[str]:
+    """The parent's metrics whose latest value is not in their history (one of MLflow's two
+    tables changed), whatever options made the answer: each answer stored adds to it."""
+    try:
+        history = read_curves(
+            store.uri, store.client, [parent.info.run_id], keys, keep_repeats=True
+        )
+    except Exception as exc:  # the store went away
+        raise NotCheckable(
+            f"its metrics' history cannot be read ({reason(exc)}){_and_files(files)}"
+        ) from None
+    diffs = []
+    for key in keys:
+        was = parent.data.metrics.get(key)
+        values = history.loc[history["key"] == key, "value"].tolist()
+        if was is not None and not any(_same(v, was) for v in values):
+            stored = f"its history holds {_few(list(map(str, values)))}" if values else "no history"
+            diffs.append(f"metric {key} {was} as its latest value, {stored}")
+    return diffs
 
 
 def _and_files(files: list[str]) -> str:

@@ -16,7 +16,7 @@ invocation's life in the process that runs the sweep:
   ran in other processes or machines count;
 - an error before that ends the parent FAILED when a job of this invocation failed (Hydra's
   basic sweeper raises a failed job's error: fnnlab.cli.run_cli calls close_open) or a
-  job's output folder could not be made (JobFolderFailed), KILLED otherwise;
+  file in the sweep's folder could not be made (SweepFolderFailed), KILLED otherwise;
 - anything else (Ctrl-C, SIGTERM) ends the parent KILLED on the way out.
 
 The sweep id is a hash of the command's overrides, so running the same sweep again finds
@@ -84,33 +84,37 @@ class SweepFailed(BaseException):
     the command exits 1 (a BaseException for the same reason as SweepRefused)."""
 
 
-class JobFolderFailed(RuntimeError):
-    """A job's output folder inside the sweep's could not be made or written (a file named
-    like it there): the launcher raised it outside the job's task, so the sweep stopped.
-    Its parent ends FAILED with this line as its error."""
+class SweepFolderFailed(RuntimeError):
+    """A file or folder in the sweep's folder could not be made or written outside any job's
+    task (a job's folder, or its .hydra files, which the launcher makes, with a file named
+    like it in the way): the sweep stopped. Its parent ends FAILED with this line as its
+    error."""
 
 
-def job_folder_failed(exc: BaseException) -> JobFolderFailed | None:
-    """For an OSError about a path inside the folder of this process's open sweep (Hydra's
-    run_job, any launcher's (Ray's too), making a job's folder or its .hydra files), the error that
-    names the folder, why, and hydra.sweep.subdir as given; None for any other error.
-    hydra.sweep.dir itself is checked before the sweep starts (CheckOutputFolder), but a
-    job's folder depends on its number and values, and the sweep's folder may exist."""
+def sweep_folder_failed(exc: BaseException) -> SweepFolderFailed | None:
+    """For an OSError about a path inside the folder of this process's open sweep, the error
+    that names the path, why, and the folder's keys (hydra.sweep.dir and subdir, as given);
+    None for any other error, and for one a job's task raised (Hydra's basic sweeper raises
+    a failed job's error: it is that job's run's, and stays so). hydra.sweep.dir itself is
+    checked before the sweep starts (CheckOutputFolder), but a job's folder depends on its
+    number and values, and the sweep's folder may exist."""
     # Ray's launcher raises a RayTaskError(FileExistsError) without the file's name; the
     # error itself is its `cause`.
     errors = [e for e in (exc, getattr(exc, "cause", None)) if isinstance(e, OSError)]
     exc = next((e for e in errors if e.filename is not None), None)
     if exc is None or not isinstance(exc.filename, str | bytes | os.PathLike):
         return None
-    name = exc.filename
-    path = Path(os.fsdecode(name)).absolute()
+    path = Path(os.fsdecode(exc.filename)).absolute()
     sweep = next((s for s in _open if path.is_relative_to(Path(s.dir).absolute())), None)
     if sweep is None:
         return None
+    # A run ends with its task's error in its tag as "<type>: <message>" (fnnlab.job).
+    if any(error == f"{type(exc).__name__}: {exc}" for _, error in sweep.run_errors()):
+        return None
     why = folder_problem(path) or exc.strerror or str(exc)
-    return JobFolderFailed(
-        f"hydra.sweep.subdir={sweep.subdir}: a job's folder cannot be made or written: "
-        f"{path}: {why}; the sweep stopped"
+    return SweepFolderFailed(
+        f"hydra.sweep.dir={sweep.dir}, hydra.sweep.subdir={sweep.subdir}: cannot make or "
+        f"write {path}: {why}; the sweep stopped"
     )
 
 
@@ -828,18 +832,23 @@ class Sweep:
     def _first_run_error(self) -> str | None:
         """The error of this invocation's first FAILED run, from its tag: a job that ran in
         a worker process ended there, and its error was not seen here."""
+        errors = self.run_errors()
+        return min(errors)[1].splitlines()[0][:300] if errors else None
+
+    def run_errors(self) -> list[tuple[int, str]]:
+        """(start time, error tag) of this invocation's FAILED runs; none when the store
+        fails (the messages that use them say where to look instead)."""
         try:
             parent = self.store.client.get_run(self.parent)
             keep = partial(slim, tags=(Tag.ERROR,), data=False)
             failed = sweep_runs(self.store, parent, f"attributes.status = '{FAILED}'", keep)
-        except Exception:  # the store failed: the message says where to look instead
-            return None
-        errors = [
+        except Exception:
+            return []
+        return [
             (r.info.start_time, r.data.tags[Tag.ERROR])
             for r in failed
             if r.info.start_time >= self.started_ms and r.data.tags.get(Tag.ERROR)
         ]
-        return min(errors)[1].splitlines()[0][:300] if errors else None
 
     def answer(self, counts: Counter) -> str | None:
         """What fnnlab-aggregate says about this sweep (all its runs, also those of earlier
@@ -925,7 +934,7 @@ def close_open(after_error: bool, error: str | None = None) -> None:
     """Close the parents of this process's open sweeps now, as abandon does at exit. After
     an error, not an interrupt, that ends the command before the sweep's end (Hydra's basic
     sweeper raises the first failed job's error when its batch ends): FAILED as a sweep
-    with a failed job ends, or with `error` (why the sweep stopped, JobFolderFailed's) as
+    with a failed job ends, or with `error` (why the sweep stopped, SweepFolderFailed's) as
     its error; KILLED otherwise (a dead worker, say). A Ctrl-C during these writes leaves
     the sweep to abandon, at exit."""
     for sweep in list(_open):
