@@ -94,6 +94,8 @@ BAD = [
     (["-m", "optim.lr=0.1,1e-1"], "optim.lr=0.1,1e-1"),
     (["-m", "optim.lr=0.1,0.3", "train.epochs=20,020"], "train.epochs=020"),
     (["-m", "hydra/sweeper=basic", "tracking.log_every=1,2"], "tracking.log_every=2"),
+    # No job number in a single run: refused as the job would.
+    (["model.hidden_dim=${hydra:job.num}"], "model.hidden_dim=${hydra:job.num}"),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
     (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),
@@ -194,6 +196,17 @@ def test_the_checks_before_a_runs_folder_leave_the_store_to_the_run(store, monke
     assert run_in_process(monkeypatch, cli.train, *store.overrides(), *named) == 0
     experiments = [e.name for e in store.client.search_experiments()]
     assert len(experiments) == 2 and "Default" in experiments, experiments
+
+
+def test_a_value_only_the_running_job_sets_is_checked_in_the_job(store, monkeypatch):
+    """${hydra:runtime.output_dir} is set by Hydra's run_job, after the checks before the
+    folder: the run is checked by train_app instead, and trains."""
+    named = ["tracking.experiment=${hydra:runtime.output_dir}", "train.epochs=2"]
+    args = [*store.overrides(), *named, "tracking.plots=false"]
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    (folder,) = (store.root / "outputs").iterdir()
+    experiments = [e.name for e in store.client.search_experiments()]
+    assert str(folder) in experiments, experiments
 
 
 @pytest.mark.parametrize(
@@ -356,6 +369,18 @@ def test_bad_input_to_the_console_script(store_with_a_run, args, named):
     before = store.db_bytes()
     proc = run_script("fnnlab-train", *args, *store.overrides())
     check_refused(store, before, proc.returncode, proc.stderr, named)
+
+
+def test_a_value_that_resolves_as_in_the_job_leaves_the_checks_on(store_with_a_run):
+    """${hydra:job.name} in a value turned off the checks before a single run's folder: a
+    bad value was refused after Hydra made it, and it was left behind. A console script: in
+    this process an earlier command's HydraConfig is still set."""
+    store = store_with_a_run
+    before = store.db_bytes()
+    # After the store's overrides, which name the experiment too.
+    job_name = "tracking.experiment=${hydra:job.name}"
+    proc = run_script("fnnlab-train", "optim.lr=-1", *store.overrides(), job_name)
+    check_refused(store, before, proc.returncode, proc.stderr, "optim.lr=-1")
 
 
 def test_defaults_follow_the_contract():

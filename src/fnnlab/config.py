@@ -8,6 +8,7 @@ Both happen before any MLflow run exists.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ import re
 import sys
 import tempfile
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -312,15 +313,9 @@ class CheckOutputFolder(Callback):
     none behind."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Hydra's run_job reads the folder with HydraConfig set to this config, which
-        # ${hydra:job.name} needs; it sets it again itself.
-        hydra_config = HydraConfig.instance()
-        before = hydra_config.cfg
-        try:
-            hydra_config.set_config(config)
+        # Hydra's run_job reads the folder with HydraConfig set to this config.
+        with as_in_its_job(config):
             self._check("hydra.run.dir", config)
-        finally:
-            hydra_config.cfg = before
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check("hydra.sweep.dir", config)
@@ -338,6 +333,20 @@ class CheckOutputFolder(Callback):
 
             refused = ConfigValueError(key, path, why)
             raise SweepRefused(str(refused)) from refused
+
+
+@contextlib.contextmanager
+def as_in_its_job(config: DictConfig) -> Iterator[None]:
+    """HydraConfig set to a single run's config, as Hydra's run_job sets it (and sets it
+    again itself) before its job reads a value: ${hydra:job.name} resolves then, and a check
+    before the job sees what the job would. The one before is put back."""
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        hydra_config.set_config(config)
+        yield
+    finally:
+        hydra_config.cfg = before
 
 
 def folder_problem(path: Path) -> str | None:

@@ -51,6 +51,7 @@ from fnnlab import claims, internals, links, progress, storeguard
 from fnnlab.config import (
     TRAINING_KEYS,
     ConfigValueError,
+    as_in_its_job,
     check_values,
     fingerprint,
     folder_problem,
@@ -211,9 +212,11 @@ def job_only_value(
 
 
 def needs_running_job(exc: BaseException) -> bool:
-    """The error of a value that resolves only inside a running job (${hydra:job.num})."""
+    """The error of a value that resolves only inside a running job (${hydra:job.num}
+    outside any job; ${hydra:runtime.output_dir}, which the job sets, before it)."""
     causes = (exc, exc.__cause__, exc.__context__)
-    return any("HydraConfig was not set" in str(e) for e in causes if e is not None)
+    signs = ("HydraConfig was not set", "${hydra:runtime.", "hydra.runtime.")
+    return any(sign in str(e) for e in causes if e is not None for sign in signs)
 
 
 def _first_hydra_value(node: Any, key: str = "") -> str | None:
@@ -1021,11 +1024,12 @@ class SweepCallback(Callback):
         """A single run's values, checked as train_app checks them but before Hydra makes
         the run's output folder: a run refused for one leaves none behind. Not its store:
         the variables of hydra.job.env_set (a password, say) are set only for the job, and a
-        value such as ${now:...} resolves to another time in a copy of the config. A config
-        with a value that resolves only inside the running job (${hydra:...}) is left to
-        train_app."""
+        value such as ${now:...} resolves to another time in a copy of the config. Values of
+        ${hydra:job.name} and the like resolve as in the job; one of what only the running
+        job sets (${hydra:runtime.output_dir}) leaves the check to train_app."""
         try:
-            check_values(internals.without_hydra(config))
+            with as_in_its_job(config):
+                check_values(internals.without_hydra(config))
         except Exception as exc:
             if not needs_running_job(exc):
                 raise SweepRefused(str(exc)) from exc
