@@ -430,7 +430,8 @@ def run_cli(prog: str, app: Callable[[], object]) -> None:
                 close_open(after_error=False)
                 sys.exit(1)
             # The line before the sweep is closed: that writes to the store, which can be
-            # slow to answer (a hung server). A Ctrl-C during it is handled below.
+            # slow to answer (a hung server). A Ctrl-C during it is handled below. (Telling
+            # an error of the sweep's folder from a job's reads the store's failed runs.)
             exc = sweep_folder_failed(exc) or exc
             status = report(prog, exc, user_wants_trace)
             close_open(

@@ -527,16 +527,6 @@ class AnswerCheck:
 
 # How a line names the tag of the answer's files and their hashes.
 FILES = f"tag {provenance.FILES_TAG}"
-# The files every answer writes (fnnlab.report.write_outputs).
-ALWAYS_WRITTEN = (
-    "runs.csv",
-    "summary.csv",
-    "comparison.csv",
-    "curves.csv",
-    "stability.csv",
-    "report.md",
-    "report.html",
-)
 
 
 def answer_head(parent: Run) -> str:
@@ -581,7 +571,7 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
                 files.append(f"aggregate/{name} is not the file the answer wrote ({FILES})")
         # Every answer writes these: a tag without one was changed, and would leave it
         # unchecked without a word.
-        unlisted = [n for n in ALWAYS_WRITTEN if n not in written]
+        unlisted = [n for n in (*report.TABLES, *report.REPORTS) if n not in written]
         if provenance.FILES_TAG in tags and unlisted:
             files.append(f"{FILES} does not list {', '.join(unlisted)}: not checked")
         try:

@@ -926,18 +926,20 @@ def write_plots(agg: Aggregate, out: Path) -> list[str]:
     return [*written, "curves_grad_norm.png"]
 
 
+# The answer's tables, and the files every answer writes (fnnlab.replay checks that the
+# answer's tag of its files' hashes lists them).
+TABLES = ("runs.csv", "summary.csv", "comparison.csv", "curves.csv", "stability.csv")
+REPORTS = ("report.md", "report.html")
+
+
 def tables(agg: Aggregate) -> dict[str, pd.DataFrame]:
     """The answer's tables by file name (fnnlab.replay makes them again and compares). Always
     the same files: an earlier answer's cannot be deleted from the parent run, so a table
     with nothing to say (no stability boundary when no run finished) is its header alone."""
     no_boundary = pd.DataFrame(columns=[*boundary_groups(agg.config_cols), *BOUNDARY_COLUMNS])
-    return {
-        "runs.csv": agg.runs,
-        "summary.csv": agg.summary,
-        "comparison.csv": agg.comparison,
-        "curves.csv": agg.curves,
-        "stability.csv": no_boundary if agg.stability is None else agg.stability,
-    }
+    stability = no_boundary if agg.stability is None else agg.stability
+    frames = (agg.runs, agg.summary, agg.comparison, agg.curves, stability)
+    return dict(zip(TABLES, frames, strict=True))
 
 
 def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Path]:
@@ -946,9 +948,10 @@ def write_outputs(agg: Aggregate, out: Path, with_plots: bool = True) -> list[Pa
     for name, frame in names.items():
         frame.to_csv(out / name, index=False)
     plot_files = write_plots(agg, out) if with_plots else []
-    (out / "report.md").write_text(markdown_report(agg, plot_files))
-    (out / "report.html").write_text(html_report(agg, out, plot_files))
-    return [out / n for n in (*names, "report.md", "report.html", *plot_files)]
+    markdown, html = REPORTS
+    (out / markdown).write_text(markdown_report(agg, plot_files))
+    (out / html).write_text(html_report(agg, out, plot_files))
+    return [out / n for n in (*names, *REPORTS, *plot_files)]
 
 
 def _rounded(value: float) -> float:
