@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from fnnlab import job, plots, tracking
+from fnnlab import job, plots, replay, tracking
 from fnnlab.data import load_iris2
 from fnnlab.model import ScratchFNN, bce_with_logits, mean_bce
 from fnnlab.train import METRICS, fit
@@ -275,6 +275,20 @@ def test_any_configuration_runs_to_a_complete_run_on_sqlite(values, sqlite_store
     cfg = config(sqlite_store.overrides(), **values)
     run_id = train_and_log(cfg, tmp_path)
     check_run(sqlite_store.client, run_id, values["train.epochs"], values["tracking.log_every"])
+
+
+@settings(max_examples=8, suppress_health_check=SLOW_EXAMPLES)
+@given(values=RUNS)
+@example(values=corner(1024, 5000, 1000.0, "exact", "float64"))
+@example(values=corner(1, 3000, 1e-5, "tutorial", "float32", every=3))
+def test_any_configuration_replays_bit_for_bit(values, sqlite_store, tmp_path):
+    """Every stored number can be checked, over the configuration space and not its default
+    point: a run its job stored replays identical (fnnlab.replay), diverged or not."""
+    cfg = config(sqlite_store.overrides(), **values)
+    run_id = train_and_log(cfg, tmp_path)
+    store = tracking.open_store(str(cfg.tracking.uri), str(cfg.tracking.experiment))
+    result = replay.replay_run(store, store.client.get_run(run_id))
+    assert result.identical, result.line()
 
 
 @pytest.mark.server
