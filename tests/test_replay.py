@@ -536,7 +536,8 @@ def test_a_metrics_history_is_checked_whatever_options_made_the_answer(store: Tm
 
 def test_a_logged_replay_of_a_changed_config_is_named_by_it(store: TmpStore) -> None:
     """replay.log=true gives the new run the original's name only when config.yaml still
-    makes the original's run: else the name says what it trained (helper-41)."""
+    makes the original's run: else the name says what it trained (helper-41). A run made
+    before a training key existed (its fingerprint differs for that alone) keeps its name."""
     train(store, "train.epochs=5")
     run = store.runs()[0]
     config = artifact(run, "config.yaml")
@@ -545,6 +546,25 @@ def test_a_logged_replay_of_a_changed_config_is_named_by_it(store: TmpStore) -> 
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     logged = [r for r in store.runs() if r.data.tags.get("replay.of") == run.info.run_id]
     assert [r.info.run_name for r in logged] == ["h32-lr0.2-s0-epochs5"]
+
+    train(store, "train.epochs=5", "seed=1")
+    (run,) = store.runs("params.seed = '1'")
+    old = run.info.run_id
+    # As a run made before model.dtype existed, and named by the fnnlab of then.
+    config = artifact(run, "config.yaml")
+    written = yaml.safe_load(config.read_text())
+    del written["model"]["dtype"]
+    config.write_text(yaml.safe_dump(written))
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute("DELETE FROM params WHERE key = 'model.dtype' AND run_uuid = ?", (old,))
+    db.close()
+    store.client.set_tag(old, "fingerprint", "1" * 16)
+    store.client.update_run(old, name="h32-lr0.001-s1")
+    out = replay(store, f"replay.run={old}", "replay.log=true")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    logged = [r for r in store.runs() if r.data.tags.get("replay.of") == old]
+    assert [r.info.run_name for r in logged] == ["h32-lr0.001-s1"]
 
 
 def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> None:

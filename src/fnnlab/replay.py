@@ -93,6 +93,9 @@ class Replay:
     diffs: list[Diff] = field(default_factory=list)  # in order of epoch; none when identical
     env: list[str] = field(default_factory=list)  # what changed since the run was made
     cfg: DictConfig | None = None  # the rebuilt config it was retrained with
+    # The rebuilt config trains the run its params say: no param differs, and a fingerprint
+    # that differs has keys added since to explain it.
+    same_config: bool = True
 
     @property
     def identical(self) -> bool:
@@ -217,8 +220,9 @@ def replay_run(store: Store, run: Run) -> Replay:
     history = train_model(cfg)
     now_env = provenance.env_tags(data_hash(cfg))
     stored_env = {k: v for k, v in run.data.tags.items() if k.startswith("env.")}
+    params, same_config = _params_diffs(run, cfg, written)
     diffs = [
-        *_params_diffs(run, cfg, written),
+        *params,
         *_end_diffs(run, history, cfg),
         *_summary_history_diffs(store, run, history, cfg),
         *_curve_diffs(store, run, history, cfg),
@@ -229,16 +233,19 @@ def replay_run(store: Store, run: Run) -> Replay:
         diffs=sorted(diffs, key=lambda d: (d.epoch, d.order)),
         env=provenance.env_diff(stored_env, now_env),
         cfg=cfg,
+        same_config=same_config,
     )
 
 
-def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> list[Diff]:
+def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> tuple[list[Diff], bool]:
     """Params that do not say what config.yaml says (either was changed after the run),
     params config.yaml does not have (logged to the run afterwards), and keys config.yaml has
     that the run has no param of (deleted from the store). A key only today's config has
     (`cfg` holds today's defaults, `written` config.yaml's keys) is not a difference: it was
     added since. The fingerprint tag too, against the config's: a resumed sweep finds a
-    configuration's runs by it."""
+    configuration's runs by it. With them, whether the config trains the run its params say
+    (Replay.same_config): no param differs, and a fingerprint that differs has keys added
+    since to explain it."""
     stored = run.data.params
     now = {k: str(v) for k, v in flatten(cfg).items()}
     diffs = (
@@ -256,13 +263,15 @@ def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> list[Di
             for k in sorted(written.keys() - stored.keys())
         ]
     )
+    same = not diffs
     tag, now_tag = run.data.tags.get(Tag.FINGERPRINT), fingerprint(cfg)
     if tag != now_tag:
         # Keys the hash covers that the run's config.yaml lacks: today's config added them.
         added = sorted(k for k in now.keys() - written.keys() if k.split(".")[0] in TRAINING_KEYS)
         why = f" (keys added since the run: {', '.join(added)})" if added else ""
         diffs.insert(0, Diff(0, -2, f"fingerprint {tag}, config.yaml {now_tag}{why}", math.inf))
-    return diffs
+        same = same and bool(added)
+    return diffs, same
 
 
 def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
@@ -753,10 +762,9 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
     # Before the run exists: a folder that cannot be made left a FAILED half-made run.
     output_dir.mkdir(parents=True, exist_ok=True)
     # The original's name: one made by an earlier fnnlab may be spelled otherwise. Not when
-    # its config.yaml makes another run (changed since): runs that compute differently are
+    # its config.yaml trains another run (changed since): runs that compute differently are
     # named apart.
-    same = replay.run.data.tags.get(Tag.FINGERPRINT) == fingerprint(cfg)
-    name = replay.run.info.run_name if same else None
+    name = replay.run.info.run_name if replay.same_config else None
     return run(cfg, output_dir, store=store, sweep_tags=tags, name=name).run_id
 
 
