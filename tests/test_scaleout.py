@@ -34,7 +34,13 @@ LAUNCHERS = {
         "+hydra.launcher.ray.init.num_cpus=2",
         "+hydra.launcher.ray.init.include_dashboard=false",
     ],
-    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+    # submitit_folder as the README gives it: with the plugin's %j a job can fail to start
+    # (test_sweep.test_submitits_local_jobs_start_whatever_the_submitting_process_waits).
+    "submitit_local": [
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.submitit_folder=${hydra.sweep.dir}/.submitit",
+    ],
 }
 # Jobs slow enough (about a second) that a test can catch one in flight; few metrics. Each
 # of its own width: jobs of one shape would train together before any of them tracks its

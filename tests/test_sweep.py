@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import shlex
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -352,6 +354,55 @@ def test_a_jobs_folder_that_cannot_be_made_stops_the_sweep_in_one_line(store, tm
     assert {c.data.params["seed"] for c in children} <= {"0"}
     assert all(c.info.status == "FINISHED" for c in children)
     assert (folder / "1" / ".hydra").read_text() == "not a folder"
+
+
+def readme_submitit_local_launcher() -> list[str]:
+    """The launcher overrides of the README's submitit_local command."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("fnnlab-train -m hydra/launcher=submitit_local")
+    command = text[start : text.index("\n", text.index("seed=", start))].replace("\\\n", " ")
+    return [a for a in shlex.split(command) if a.startswith(("hydra/launcher=", "hydra.launcher."))]
+
+
+def controller_started(paths) -> None:
+    """Wait until submitit's controller for this job has opened its log, or has exited."""
+    stat = Path(f"/proc/{paths.job_id}/stat")
+    deadline = time.monotonic() + 120  # a bound so a broken controller fails the test, not hangs
+    while not paths.stdout.exists():
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return
+        assert time.monotonic() < deadline, f"controller {paths.job_id} neither logs nor exits"
+        time.sleep(0.01)
+
+
+def test_submitits_local_jobs_start_whatever_the_submitting_process_waits(
+    store, tmp_path, monkeypatch
+):
+    """submitit starts a local job's controller, then makes the job's folder; a controller that
+    opens its log in it first exits, and the sweep fails with "has not produced any output"
+    (CI saw it once). Held here until each controller has logged or exited, the README's
+    command (submitit_folder without %j) still finishes every run; the plugin's default
+    folder fails every time."""
+    from submitit.core.utils import JobPaths
+
+    move = JobPaths.move_temporary_file
+
+    def after_the_controller(paths, *args, **kwargs):
+        controller_started(paths)
+        return move(paths, *args, **kwargs)
+
+    monkeypatch.setattr(JobPaths, "move_temporary_file", after_the_controller)
+    launcher = readme_submitit_local_launcher()
+    assert any(a.startswith("hydra.launcher.submitit_folder=") for a in launcher), launcher
+    args = ["-m", *launcher, "hydra.launcher.timeout_min=10", "seed=0,1", "train.epochs=5"]
+    args += ["tracking.plots=false", *store.overrides(), f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted((c.data.params["seed"], c.info.status) for c in children) == [
+        ("0", "FINISHED"),
+        ("1", "FINISHED"),
+    ]
 
 
 def test_only_what_no_job_raised_is_named_as_the_sweep_folders(store, tmp_path):
