@@ -870,10 +870,17 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
     diffs = store.client.get_run(parent.info.run_id).data.tags["replay.diffs"].splitlines()
     assert diffs[1].startswith("summary.csv: "), diffs
     store.client.delete_tag(parent.info.run_id, "aggregate.outcome")
-    assert answer() == head + (
+    untagged = head + (
         "not checkable: it has tables but no aggregate.outcome tag (an older fnnlab's answer, "
         "or one that stopped half-way)"
     )
+    assert answer() == untagged
+    # Any of its tables says an answer was stored, not runs.csv alone.
+    runs_csv = artifact(parent, "aggregate") / "runs.csv"
+    kept = runs_csv.read_bytes()
+    runs_csv.unlink()
+    assert answer() == untagged
+    runs_csv.write_bytes(kept)
     # An option that no longer makes an answer (a tag changed by hand).
     store.client.set_tag(parent.info.run_id, "aggregate.outcome", "bogus")
     # The file changed by hand is named all the same.

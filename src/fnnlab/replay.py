@@ -558,7 +558,7 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     except (MlflowException, OSError, ImportError) as exc:
         raise NotCheckable(f"its tables cannot be listed ({reason(exc)})") from None
     if "aggregate.outcome" not in tags:
-        if "runs.csv" in stored_files:
+        if stored_files & {*report.TABLES}:
             raise NotCheckable(
                 "it has tables but no aggregate.outcome tag (an older fnnlab's answer, or one "
                 "that stopped half-way)"

@@ -746,8 +746,7 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
             'style="max-width:100%">',
         ]
     parts.append(
-        "<p>Every number per run and per configuration: runs.csv, summary.csv, "
-        "comparison.csv, stability.csv, curves.csv beside this file.</p>"
+        f"<p>Every number per run and per configuration: {', '.join(TABLES)} beside this file.</p>"
     )
     style = (
         "body{font-family:sans-serif;margin:1.5em;max-width:1100px}"
