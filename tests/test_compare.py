@@ -25,6 +25,7 @@ from scipy import stats
 
 from fnnlab.compare import (
     MAX_SEEDS,
+    ONLY_ONE,
     _Group,
     _pair_p_values,
     _test,
@@ -281,7 +282,9 @@ def test_leader_among_diverging_configurations_when_all_diverged():
 def test_fewer_than_two_seeds_get_no_claim():
     nan = math.nan
     out = compare(
-        runs_frame({"a": [0.5, 0.6, 0.55], "one": [0.1], "none": [nan, nan]}),
+        runs_frame(
+            {"a": [0.5, 0.6, 0.55], "b": [0.9, 1.0, 0.95], "one": [0.1], "none": [nan, nan]}
+        ),
         ["cfg"],
     )
     for cfg, n in (("one", 1), ("none", 0)):
@@ -292,6 +295,18 @@ def test_fewer_than_two_seeds_get_no_claim():
         assert r["seeds_needed"] is pd.NA
     assert row_of(out, "one")["diff_vs_leader"] == pytest.approx(0.1 - 0.55)
     assert row_of(out, "a")["leader"] and row_of(out, "a")["tied"] is np.False_
+
+
+@strict
+def test_a_configuration_compared_with_nothing_is_no_leader():
+    """The only configuration with 2 seeds was the leader, and the answer read "tied with the
+    leader: none" beside configurations of one seed or none (helper-43)."""
+    nan = math.nan
+    out = compare(runs_frame({"a": [0.5, 0.6, 0.55], "one": [0.1], "none": [nan, nan]}), ["cfg"])
+    assert not out["leader"].any()
+    assert row_of(out, "a")["note"] == ONLY_ONE
+    assert out["tied"].isna().all() and out["diff_vs_leader"].isna().all()
+    assert row_of(out, "a")["mean"] == pytest.approx(0.55)
 
 
 @strict
@@ -348,6 +363,27 @@ def test_identical_runs_are_tied_with_p_one():
     assert b["test"] == "paired" and b["p"] == 1.0 and b["p_adj"] == 1.0
     assert (b["diff_ci_low"], b["diff_ci_high"]) == (0.0, 0.0)
     assert b["tied"] and b["note"] == "identical to the leader" and b["seeds_needed"] is pd.NA
+
+
+@strict
+def test_equal_accuracies_seed_by_seed_are_not_the_same_runs():
+    """float32 and float64 runs with the same accuracies seed by seed (their losses differ)
+    were "identical to the leader", +0 [+0, +0] (helper-43): equal values of a coarse outcome
+    are not the same runs. Welch's test: p = 1, with the interval the spread gives."""
+    from fnnlab.aggregate import comparisons
+
+    values = [0.98, 0.99, 0.97]
+    runs = runs_frame({"a": values, "b": list(values)})
+    out = compare(runs, ["cfg"], higher_is_better=True, min_effect=0, coarse=True)
+    b = out.loc[~out["leader"]].iloc[0]
+    assert b["test"] == "welch" and b["p"] == 1.0 and b["tied"]
+    assert b["diff_ci_low"] < 0 < b["diff_ci_high"]
+    assert b["note"] == "not significant; no difference observed"
+    frame = runs.assign(status="FINISHED", used=True, final_accuracy=runs["outcome"])
+    out = comparisons(frame, ["cfg"], outcome="final_accuracy", min_effect=0)
+    assert out.loc[~out["leader"], "test"].tolist() == ["welch"]
+    out = comparisons(frame.assign(tail_loss=runs["outcome"]), ["cfg"], min_effect=0)
+    assert out.loc[~out["leader"], "note"].tolist() == ["identical to the leader"]
 
 
 def permutation_p(x, y) -> float:
@@ -564,7 +600,8 @@ def test_configuration_columns_and_label():
     )
     assert leader_label({"w": 32.0}, ["w"]) == "w=32"
     one = compare(frame[frame["hidden_dim"] == 8], [])
-    assert one["leader"].tolist() == [True] and list(one.columns[:2]) == ["n", "mean"]
+    assert one["leader"].tolist() == [False] and list(one.columns[:2]) == ["n", "mean"]
+    assert one["note"].tolist() == [ONLY_ONE]
 
 
 # --- null experiments: how often is a difference claimed when there is none? ----------
@@ -907,8 +944,9 @@ def test_a_configuration_far_from_the_others_scale_leaves_theirs_as_they_were(
         ["cfg"],
         higher_is_better=higher_is_better,
     )
-    same = ["cfg", "n", "mean", "ci_low", "ci_high", "diff_vs_leader"]
-    same += ["diff_ci_low", "diff_ci_high", "leader", "test", "p"]
+    same = ["cfg", "n", "mean", "ci_low", "ci_high"]
+    if base["leader"].any():  # none when only one configuration could be compared
+        same += ["diff_vs_leader", "diff_ci_low", "diff_ci_high", "leader", "test", "p"]
     pd.testing.assert_frame_equal(out[same].iloc[:-1], base[same], check_exact=True)
     row = out.iloc[-1]
     assert row["cfg"] == "far" and not row["leader"]

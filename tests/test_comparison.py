@@ -10,6 +10,7 @@ import pytest
 from conftest import TmpStore, run_script
 
 from fnnlab import aggregate
+from fnnlab.compare import ONLY_ONE
 
 pytestmark = pytest.mark.slow
 
@@ -77,9 +78,11 @@ def test_regimes_of_real_runs_and_diverged_runs_out_of_rankings(store: TmpStore)
     st = agg.stability.iloc[0]
     assert (st.stable_lr_max, st.diverges_at_lr) == (0.1, 1000.0)
     assert math.isnan(st.no_oscillation_lr_max) and st.oscillates_at_lr == 0.1
-    # Diverged configurations have no outcome, so no mean: lr=1000 is not the leader.
+    # Diverged configurations have no outcome, so no mean: lr=1000 is not the leader, and
+    # lr=0.1, compared with nothing, is none either (helper-43).
     c = agg.comparison
-    assert row(c, lr=1000.0).n == 0 and row(c, lr=0.1).leader
+    assert row(c, lr=1000.0).n == 0 and not c.leader.any()
+    assert row(c, lr=0.1).note == ONLY_ONE
 
 
 def test_other_initial_draws_are_a_true_null_and_lr_is_not(store: TmpStore):

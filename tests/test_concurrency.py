@@ -137,6 +137,30 @@ def test_a_later_sweep_reuses_and_links_finished_runs(store):
     assert any("2 of them made outside this sweep" in t for t in texts)
 
 
+def test_a_reused_run_is_of_its_configuration_whatever_its_other_values(store):
+    """A run made with another ui.port, regime.swing or limits.memory_gb trains what the
+    sweep's job would (config.fingerprint) and is reused; the answer made it a configuration
+    of its own, leaving its configuration one seed short (helper-43)."""
+    from fnnlab.aggregate import aggregate, select
+
+    other = ["ui.port=5001", "regime.swing=0.5", "limits.memory_gb=8"]
+    single = ["model.hidden_dim=4", "optim.lr=1", "seed=0", "train.epochs=20", *other]
+    first = run_script("fnnlab-train", *single, *store.overrides())
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep = ["-m", "model.hidden_dim=4", "optim.lr=0.1,1", "seed=0,1", "train.epochs=20"]
+    second = run_script("fnnlab-train", *sweep, *store.overrides())
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "4 finished (0 diverged, 1 reused from outside this sweep)" in second.stdout
+    assert not re.search(r"\b(port|swing|memory_gb)\b", second.stdout), second.stdout
+    parent = store.runs(f"tags.{Tag.ROLE} = 'sweep'")[0]
+    agg = aggregate(select(store.uri, store.experiment, parent_run_id=parent.info.run_id))
+    assert agg.config_cols == ["hidden_dim", "lr", "backprop"]
+    assert sorted(zip(agg.comparison["lr"], agg.comparison["n"], strict=True)) == [
+        (0.1, 2),
+        (1.0, 2),
+    ]
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()

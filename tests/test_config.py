@@ -188,6 +188,34 @@ def test_the_other_commands_refuse_an_output_folder_that_cannot_be_made(
     assert proc.stderr.strip() == f"{script}: error: {folder}: it is a file", proc.stderr
 
 
+def test_a_folder_for_the_answer_that_cannot_be_made_is_refused(
+    store_with_a_run, store, tmp_path, monkeypatch, capsys
+):
+    """A sweep whose <sweep dir>/aggregate is a file trained every run and ended with "no
+    summary", exit 0; aggregate.out_dir under a file gave a traceback (helper-43)."""
+    before = store_with_a_run.db_bytes()
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "aggregate").touch()
+    sweep = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false"]
+    at = f"hydra.sweep.dir={folder}"
+    status = run_in_process(monkeypatch, cli.train, *sweep, *store_with_a_run.overrides(), at)
+    err = capsys.readouterr().err
+    check_refused(store_with_a_run, before, status, err, at)
+    assert err.strip() == f"fnnlab-train: error: {at}: cannot make {folder}/aggregate: it is a file"
+    out = f"aggregate.out_dir={folder / 'aggregate' / 'answer'}"
+    # Its own hydra.run.dir: Hydra makes that before the command starts.
+    agg_run = f"hydra.run.dir={tmp_path / 'aggregate'}"
+    proc = run_script("fnnlab-aggregate", *store_with_a_run.overrides(), agg_run, out)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"fnnlab-aggregate: error: {out}: {folder}/aggregate is a file"
+    assert store_with_a_run.db_bytes() == before
+    # Without an answer, nothing needs the folder (in a store of its own: the other tests
+    # count store_with_a_run's runs).
+    summarize = "hydra.sweeper.summarize=false"
+    assert run_in_process(monkeypatch, cli.train, *sweep, *store.overrides(), summarize, at) == 0
+
+
 def test_the_checks_before_a_runs_folder_leave_the_store_to_the_run(store, monkeypatch):
     """The values of a single run are checked before Hydra makes its folder, on a copy of
     the config, where ${now:...} is another time: the store is opened by the run alone, so

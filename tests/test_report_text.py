@@ -410,6 +410,36 @@ def test_one_configuration_has_no_leader_and_no_ties() -> None:
     assert verdicts(agg) == {0.1: "only one"}
 
 
+def test_the_only_configuration_with_seeds_is_no_leader_beside_ones_without() -> None:
+    """Beside configurations of one seed or none, the only one of several seeds was the
+    "leader", "tied with the leader: none", and so on the parent run's tag (helper-43)."""
+    nan = math.nan
+    agg = answer_of("tail_loss", {0.1: [0.1, 0.11, 0.12], 1.0: [0.5], 80.0: [nan, nan]})
+    lines = report.leader_text(agg).splitlines()
+    assert lines[0].startswith(
+        "one configuration with 2 or more runs with a tail loss, nothing to compare it with: "
+        "lr=0.1: mean "
+    )
+    assert "no claim (fewer than 2 seeds with an outcome): lr=1" in lines
+    assert not any("leader" in line for line in lines), lines
+    assert verdicts(agg) == {0.1: "only one", 1.0: "no claim", 80.0: "all diverged"}
+    agg.runs = agg.runs.assign(used=~agg.runs["diverged"], regime="stable", error="")
+    agg.selection.filter = None
+    metrics, tags = report.parent_values(agg)
+    assert tags["aggregate.leader"] == "" and math.isnan(metrics["aggregate/leader_mean"])
+
+
+def test_a_claim_at_another_alpha_names_it() -> None:
+    values = {0.1: [0.1, 0.11, 0.12], 1.0: [0.3, 0.32, 0.35]}
+    assert "worse than the leader beyond seed noise: lr=1" in report.leader_text(
+        answer_of("tail_loss", values)
+    )
+    agg = answer_of("tail_loss", values, alpha=0.5)
+    assert "worse than the leader beyond seed noise (adjusted p < alpha=0.5): lr=1" in (
+        report.leader_text(agg)
+    )
+
+
 def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
     """The description's width x lr grid said '61.33 (n=1: no interval), n=1'."""
     runs = pd.DataFrame(

@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 from fnnlab import storeguard
 from fnnlab.compare import compare, leader_label, regime_fractions, stability_boundary
-from fnnlab.config import ConfigValueError, TrainAppConfig, check_uri
+from fnnlab.config import ConfigValueError, TrainAppConfig, check_uri, trains
 from fnnlab.errortext import first_line, reason
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
-from fnnlab.outcome import HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
+from fnnlab.outcome import COARSE, HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
     MAX_TAG_VALUE,
     SlimRun,
@@ -514,13 +514,11 @@ def runs_frame(sel: Selection) -> tuple[pd.DataFrame, list[str]]:
     What comes from the curves (largest gradient norms; the regime and tail loss of runs
     logged before runs recorded them) is added by from_curves."""
     params = pd.DataFrame([r.data.params for r in sel.runs])
-    # Params that vary across the selection, plus the contract keys; tracking.* is not training.
-    varying = [c for c in params.columns if params[c].nunique() > 1]
-    keys = [
-        c
-        for c in (*CONTRACT, *varying, "seed")
-        if c in params.columns and not c.startswith("tracking.")
-    ]
+    # Training params that vary across the selection, plus the contract keys. Others (ui.*,
+    # regime.*, limits.*) vary only where a sweep reused a run made with other values of
+    # them: the same training (config.fingerprint), so the same configuration.
+    varying = [c for c in params.columns if params[c].nunique() > 1 and trains(c)]
+    keys = [c for c in (*CONTRACT, *varying, "seed") if c in params.columns]
     keys = list(dict.fromkeys(keys))
     names = _short_names(keys)
     rows = []
@@ -748,6 +746,7 @@ def comparisons(
         higher_is_better=outcome in HIGHER_IS_BETTER,
         alpha=alpha,
         min_effect=min_effect,
+        coarse=outcome in COARSE,
     )
 
 

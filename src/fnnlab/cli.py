@@ -33,6 +33,7 @@ from fnnlab.config import (
     ConfigValueError,
     check_port,
     check_values,
+    folder_problem,
     password_to_env,
     project_root,
 )
@@ -208,8 +209,12 @@ def aggregate_app(cfg: DictConfig) -> None:
     from fnnlab import aggregate, links, report
 
     a = cfg.aggregate
+    out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
+    out = out if out.is_absolute() else project_root() / out
     try:
         check_port(cfg.ui.port)
+        if a.out_dir and (why := folder_problem(out)):  # Hydra made and checked its own
+            raise ConfigValueError("aggregate.out_dir", a.out_dir, why)
         sel = aggregate.select(
             cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
         )
@@ -219,8 +224,6 @@ def aggregate_app(cfg: DictConfig) -> None:
         fail("fnnlab-aggregate", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:
         fail("fnnlab-aggregate", f"error: {reason(exc)}", 1)
-    out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
-    out = out if out.is_absolute() else project_root() / out
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
     logged = a.log_to_parent and sel.parent_run_id is not None
     files, answer = report.publish(agg, out, base, with_plots=a.plots, log=a.log_to_parent)

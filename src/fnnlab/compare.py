@@ -221,7 +221,7 @@ def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
     return _Test("welch", diff, float(res.pvalue), (float(low), float(high)), False, sds=sds)
 
 
-def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
+def _test(other: _Group, leader: _Group, confidence: float, coarse: bool = False) -> _Test:
     """other minus leader: paired by seed when possible, Welch otherwise; a permutation test
     when a group has no spread. At the pair's unit (see _unit); whether a group has spread at
     its own (at the pair's, a group 1e-200 of the other's would have none)."""
@@ -231,13 +231,14 @@ def _test(other: _Group, leader: _Group, confidence: float) -> _Test:
         replace(leader, values=leader.values / unit),
         confidence,
         *(_spreadless(g.values / g.unit) for g in (other, leader)),
+        coarse,
     )
     test.unit = unit
     return test
 
 
 def _test_at_unit(
-    other: _Group, leader: _Group, confidence: float, const_x: bool, const_y: bool
+    other: _Group, leader: _Group, confidence: float, const_x: bool, const_y: bool, coarse: bool
 ) -> _Test:
     scale = max(float(np.max(np.abs(other.values))), float(np.max(np.abs(leader.values))))
     x, y = other.values, leader.values
@@ -251,8 +252,9 @@ def _test_at_unit(
     if const_x and const_y and abs(diff) <= _ROUNDING * scale:
         return _Test("permutation", diff, 1.0, (math.nan, math.nan), False, sds=(0.0, 0.0))
     # Only groups that both have spread can be the same runs: a test with one constant group
-    # depends on the values alone, not on which seed gave which.
-    if not (const_x or const_y) and paired and _constant(x - y, scale):
+    # depends on the values alone, not on which seed gave which. A coarse outcome's equal
+    # values seed by seed (two accuracies of 0.98, 0.99, 0.97) are not the same runs either.
+    if not (const_x or const_y or coarse) and paired and _constant(x - y, scale):
         same = _identical("paired", diff, scale)
         if same:
             return same
@@ -428,6 +430,7 @@ def compare(
     alpha: float = 0.05,
     min_effect: float | None = None,
     power: float = 0.8,
+    coarse: bool = False,
 ) -> pd.DataFrame:
     """One row per configuration: its mean outcome over seeds and how it compares with the
     leader's.
@@ -441,7 +444,9 @@ def compare(
 
     tied = p_adj >= alpha or |diff_vs_leader| < margin, with margin = min_effect, or 1% of
     the leader's |mean| when None (min_effect=0: no margin). `tied` is False for the leader
-    and NA where nothing can be claimed (fewer than 2 finite outcomes, or no leader).
+    and NA where nothing can be claimed (fewer than 2 finite outcomes, or no leader). A
+    leader needs a configuration it is compared with: when only one has 2 or more finite
+    outcomes there is none (its note: ONLY_ONE).
     `seeds_needed` (per configuration) is given only for ties not explained by the margin:
     the seeds at which a level-alpha test would detect the observed difference, with the
     observed spread, with probability `power`, at level alpha / m for m pairs (NA beyond
@@ -453,7 +458,9 @@ def compare(
     finite outcomes, each once; a configuration that lost one seed is compared by Welch's
     test, which ignores the shared seeds and is then conservative. Spreads below rounding
     (1e-12 of the values) count as none: runs identical seed by seed give p = 1 and CI
-    [0, 0]. A group without spread (a coarse outcome such as accuracy: 1.0 for every seed) has
+    [0, 0]; not with `coarse` (an outcome of few values, such as an accuracy: different runs
+    often give equal ones), where they get Welch's test, p = 1 with its interval. A group
+    without spread (a coarse outcome such as accuracy: 1.0 for every seed) has
     no interval of its mean and gets an exact permutation test (`test` "permutation", no
     interval; p = 1 against an equal constant; see _no_spread): two constant
     groups of n seeds cannot go below 2 / C(2n, n) (1/3 for 2 against 2;
@@ -497,6 +504,10 @@ def compare(
         for row in rows:
             row["note"] = "no configuration has 2 seeds with an outcome: no leader, no claim"
         return _frame(rows, config_cols)
+    if len(eligible) == 1:
+        # Nothing was compared with it: the "best" of one is no leader.
+        rows[lead]["note"] = ONLY_ONE
+        return _frame(rows, config_cols)
 
     leader = groups[lead]
     rows[lead].update(diff_vs_leader=0.0, leader=True, tied=False, note="leader")
@@ -506,7 +517,7 @@ def compare(
             rows[i]["diff_vs_leader"] = g.mean - leader.mean
 
     compared = [i for i in eligible if i != lead]
-    tests = {i: _test(groups[i], leader, confidence) for i in compared}
+    tests = {i: _test(groups[i], leader, confidence, coarse) for i in compared}
     # The leader is the best of several means, chosen by the data: adjusted over its own
     # comparisons only, equal configurations are called worse than it more often than alpha.
     # Holm over every pair bounds the chance of any false difference at alpha, whichever wins.
@@ -554,6 +565,9 @@ def compare(
                 row["seeds_needed"] = needed
                 row["note"] = f"not significant; {needed} seeds for {power:.0%} power"
     return _frame(rows, config_cols)
+
+
+ONLY_ONE = "the only configuration with 2 seeds with an outcome: nothing to compare it with"
 
 
 def _frame(rows: list[dict[str, Any]], config_cols: list[str]) -> pd.DataFrame:

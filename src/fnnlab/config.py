@@ -176,6 +176,12 @@ class AggregateAppConfig:
 TRAINING_KEYS = ("model", "optim", "data", "train", "seed")
 
 
+def trains(param: str) -> bool:
+    """A run's param (a dotted key) is one of what it computes (TRAINING_KEYS): a
+    configuration is told by these, and a run reused by its fingerprint may differ in others."""
+    return param.split(".", 1)[0] in TRAINING_KEYS
+
+
 # torch's CPU generator keeps 32 bits of a seed: seeds outside this range repeat ones inside.
 SEED_RANGE = 2**32
 # Measured peak of a fit: about 5 arrays of rows x hidden_dim values at once (6 with margin),

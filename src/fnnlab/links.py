@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 from urllib.parse import quote
 
+from fnnlab.config import trains
+
 # Where fnnlab-ui serves an embedded store unless ui.port says otherwise (conf/ui.yaml).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -86,15 +88,11 @@ CURVES_PER_LINK = 12
 
 def group_hint(params: Iterable[Mapping[str, str]]) -> str:
     """MLflow cannot group runs by parameters through a URL: the clicks, in one line. A
-    configuration is the params the runs differ in, but the seed (and where they are
-    tracked); runs that logged no params (killed before) are left out."""
+    configuration is the training params the runs differ in, but the seed; runs that logged
+    no params (killed before) are left out."""
     rows = [p for p in params if p]
     keys = sorted({k for p in rows for k in p})
-    varying = [
-        k
-        for k in keys
-        if k != "seed" and not k.startswith("tracking.") and len({p.get(k) for p in rows}) > 1
-    ]
+    varying = [k for k in keys if k != "seed" and trains(k) and len({p.get(k) for p in rows}) > 1]
     return (
         "to see mean and range per configuration: in the experiment's runs table, Group by -> "
         f"Parameters -> {', '.join(varying or ['model.hidden_dim'])} (and the Chart view)"

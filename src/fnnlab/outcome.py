@@ -28,6 +28,8 @@ import numpy as np
 
 OUTCOMES = ("tail_loss", "final_loss", "best_loss", "final_accuracy")
 HIGHER_IS_BETTER = {"final_accuracy"}
+# Outcomes of few values (a fraction of 100 samples): different runs often give equal ones.
+COARSE = {"final_accuracy"}
 
 
 def _ceil_fraction(fraction: float, n: int) -> int:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from fnnlab import links, plots, provenance, reference
 from fnnlab.aggregate import Aggregate, Selection, boundary_groups
-from fnnlab.compare import BOUNDARY_COLUMNS, is_whole, leader_label
+from fnnlab.compare import BOUNDARY_COLUMNS, ONLY_ONE, is_whole, leader_label
+from fnnlab.config import AggregateConfig
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import MAX_TAG_VALUE, Store, log_values
@@ -130,6 +131,12 @@ def _with_counts(agg: Aggregate) -> pd.DataFrame:
     return c.assign(**{k: c[k].fillna(0).astype(int) if k in c else 0 for k in COUNTS})
 
 
+def margin_text(agg: Aggregate) -> str:
+    if agg.min_effect is None:
+        return "1% of the leader's mean, the default"
+    return "0: no margin" if agg.min_effect == 0 else f"{agg.min_effect:g}"
+
+
 def ci_name(agg: Aggregate) -> str:
     """The comparison's intervals, at confidence 1 - aggregate.alpha: "95% CI" by default."""
     return f"{(1 - agg.alpha) * 100:.4g}% CI"
@@ -151,7 +158,20 @@ def leader_text(agg: Aggregate) -> str:
     what = OUTCOME_NAMES[agg.outcome]
     lines = _partial_lines(agg.selection)
     all_diverged = _all_diverged(c)
-    if leader is None:
+    only = c[c["note"] == ONLY_ONE]
+    if leader is not None:
+        lines += _leader_lines(agg, c, leader, what, label)
+    elif not only.empty:  # "leader" and "tied with the leader: none" would claim a comparison
+        row = only.iloc[0]
+        head = (
+            "one configuration"
+            if len(c) == 1
+            else f"one configuration with 2 or more runs with a {agg.outcome.replace('_', ' ')}"
+        )
+        lines.append(
+            f"{head}, nothing to compare it with: {label(row)}: mean {what} {_mean_text(agg, row)}"
+        )
+    else:
         lines.append(
             "no leader: every run diverged"
             if all_diverged.all() and not c.empty
@@ -159,16 +179,16 @@ def leader_text(agg: Aggregate) -> str:
             f"{agg.outcome.replace('_', ' ')} (finished, not diverged), so nothing can be told "
             "from seed noise"
         )
-    else:
-        lines += _leader_lines(agg, c, leader, what, label)
     # Every seed diverged is the clearest answer there is, not missing data.
-    no_claim = c[c["tied"].isna() & ~c["leader"]]
+    no_claim = c[c["tied"].isna() & ~c["leader"] & (c["note"] != ONLY_ONE)]
     gone = c[all_diverged]
     for rows, head in (
         (gone, "every seed diverged"),
-        # Without a leader, the line above says it of every configuration.
+        # Without a configuration to compare with, the line above says it of every one.
         (
-            no_claim.drop(gone.index, errors="ignore") if leader is not None else c.iloc[:0],
+            no_claim.drop(gone.index, errors="ignore")
+            if leader is not None or not only.empty
+            else c.iloc[:0],
             "no claim (fewer than 2 seeds with an outcome)",
         ),
     ):
@@ -218,6 +238,16 @@ def _partial_lines(sel: Selection) -> list[str]:
     return []
 
 
+def _mean_text(agg: Aggregate, row: pd.Series) -> str:
+    """A configuration's mean outcome, its interval and seeds (row: with its counts)."""
+    seeds = f"{int(row['n'])} seeds"
+    if diverged := row["diverged"]:
+        seeds += f"; {diverged} more diverged and {'is' if diverged == 1 else 'are'} left out"
+    if cell(row["ci_low"]):
+        return f"{_mean_ci(row)} ({ci_name(agg)}, {seeds})"
+    return f"{row['mean']:.4g} ({seeds}, all equal: no interval)"  # every seed gave one value
+
+
 def _leader_lines(
     agg: Aggregate,
     c: pd.DataFrame,
@@ -227,18 +257,7 @@ def _leader_lines(
 ) -> list[str]:
     """The leader, its ties, and what is worse or better beyond seed noise (c: the comparison
     with its counts)."""
-    seeds = f"{int(leader['n'])} seeds"
-    if diverged := leader["diverged"]:
-        seeds += f"; {diverged} more diverged and {'is' if diverged == 1 else 'are'} left out"
-    if cell(leader["ci_low"]):
-        mean = f"{_mean_ci(leader)} ({ci_name(agg)}, {seeds})"
-    else:  # every seed gave one value
-        mean = f"{leader['mean']:.4g} ({seeds}, all equal: no interval)"
-    if one_configuration(agg):  # "leader" and "tied with the leader: none" would claim one
-        return [
-            f"one configuration, nothing to compare it with: {label(leader)}: mean {what} {mean}"
-        ]
-    lines = [f"leader: {label(leader)}: mean {what} {mean}"]
+    lines = [f"leader: {label(leader)}: mean {what} {_mean_text(agg, leader)}"]
     tied = c[c["tied"].fillna(False).astype(bool)]
     if tied.empty:
         lines.append("tied with the leader: none")
@@ -255,6 +274,8 @@ def _leader_lines(
         lines.append("tied with the leader: " + "; ".join(parts))
     others = c[~c["leader"] & (c["tied"] == False)]  # noqa: E712 (NA: no claim)
     better = [_better(r, agg) for _, r in others.iterrows()]
+    # "Beyond seed noise" is at level alpha: one other than the default is named.
+    level = "" if agg.alpha == AggregateConfig.alpha else f" (adjusted p < alpha={agg.alpha:g})"
     for rows, head in (
         (others[[not b for b in better]], "worse than the leader beyond seed noise"),
         # Only a configuration with diverged seeds, which cannot lead, can be better.
@@ -262,7 +283,7 @@ def _leader_lines(
     ):
         if not rows.empty:
             lines.append(
-                f"{head}: "
+                f"{head}{level}: "
                 + "; ".join(
                     f"{label(r)} ({r['diff_vs_leader']:+.3g}{_lost(r)})" for _, r in rows.iterrows()
                 )
@@ -351,15 +372,12 @@ def _seeds(row: pd.Series) -> str:
     return f"{k} diverged" if n == 0 else f"{n} {'seed' if n == 1 else 'seeds'}, {k} diverged"
 
 
-def one_configuration(agg: Aggregate) -> bool:
-    """The answer has one configuration: nothing to compare it with, so no leader."""
-    return len(agg.comparison) == 1
-
-
 def verdict(row: pd.Series, agg: Aggregate) -> str:
     """A row of the comparison with its counts (_with_counts)."""
     if row["leader"]:
-        return "only one" if one_configuration(agg) else "leader"
+        return "leader"
+    if row["note"] == ONLY_ONE:
+        return "only one"
     if pd.isna(row["tied"]):
         return "all diverged" if 0 < row["diverged"] == row["runs"] else "no claim"
     return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
@@ -813,8 +831,8 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
         "paired t-test when both have the same seeds, Welch's otherwise, Holm-adjusted over "
         "every pair of configurations (the leader is chosen from the data). Tied: adjusted p "
-        "at or above `aggregate.alpha`, or a difference below the margin "
-        "`aggregate.min_effect` (default 1% of the leader's mean). `seeds needed`: seeds per "
+        f"at or above `aggregate.alpha` ({agg.alpha:g}), or a difference below the margin "
+        f"`aggregate.min_effect` ({margin_text(agg)}). `seeds needed`: seeds per "
         "configuration for 80% power at the observed difference and spread, at alpha over "
         "the number of pairs.",
         "",

@@ -753,6 +753,13 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
+            summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
+            answer_dir = Path(str(config.hydra.sweep.dir)) / "aggregate"
+            if summarize and (why := folder_problem(answer_dir)):
+                # Else the runs all train, and the sweep ends without its answer.
+                raise ConfigValueError(
+                    "hydra.sweep.dir", config.hydra.sweep.dir, f"cannot make {answer_dir}: {why}"
+                )
             # Ray's settings refused before any write.
             self.ray = is_ray_launcher(config.hydra.launcher) and start_ray(
                 config.hydra.launcher.ray
@@ -767,7 +774,7 @@ class Sweep:
         self.launcher = config.hydra.launcher
         self.experiment = experiment
         # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
-        self.summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
+        self.summarize = summarize
         self.base = links.base_url(config.tracking.uri, config.ui.host, config.ui.port)
         self.jobs = len(jobs) if jobs is not None else None
         self.remote_after = remote_dead_after_s
