@@ -233,6 +233,21 @@ def test_combined_moments_are_the_moments_of_all_values(data, cuts) -> None:
         np.testing.assert_allclose(moments[col], direct[col], rtol=1e-9, atol=atol)
 
 
+def test_a_curve_keeps_the_epochs_every_run_of_its_configuration_logged() -> None:
+    """A run reused from one logged every 2nd epoch, beside two logged at every epoch: the
+    mean curve alternated between 2 seeds and 3 (helper-43: 2.016, 1.642, 2.874 at epochs
+    24-26)."""
+    frame = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "lr": [0.1, 0.1, 0.1, 1.0], "used": True})
+    steps = {"a": range(5), "b": range(5), "c": (0, 2, 4), "d": range(5)}
+    rows = [(r, "loss", s, float(s + i)) for i, r in enumerate(steps) for s in steps[r]]
+    curves = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    curves["run_id"] = curves["run_id"].astype("category")
+    out = aggregate.mean_curves(frame, curves, ["lr"])
+    assert out.loc[out["lr"] == 0.1, "step"].tolist() == [0, 2, 4]
+    assert (out.loc[out["lr"] == 0.1, "n"] == 3).all()
+    assert out.loc[out["lr"] == 1.0, "step"].tolist() == list(range(5))
+
+
 @pytest.mark.slow
 def test_failed_diverged_running_and_reruns(store: TmpStore) -> None:
     # At width 8, lr=100 diverges at epoch 1 for seeds 0 and 1 (tutorial update); lr=0.1 does not.

@@ -689,13 +689,19 @@ def combine_moments(parts: list[pd.DataFrame]) -> pd.DataFrame | None:
 
 
 def finish_moments(moments: pd.DataFrame | None, config_cols: list[str]) -> pd.DataFrame:
-    """Mean, std and count per configuration, metric and epoch, in that order."""
+    """Mean, std and count per configuration, metric and epoch, in that order: the epochs
+    every run of the configuration has a value at."""
     if moments is None or moments.empty:
         cols = {c: pd.Series(dtype=object) for c in config_cols}
         cols |= {"key": pd.Series(dtype=str), "step": pd.Series(dtype="int64")}
         cols |= {c: pd.Series(dtype=float) for c in ("mean", "std")}
         return pd.DataFrame(cols | {"n": pd.Series(dtype="int64")})
     out = moments.sort_index().reset_index()
+    # Runs of one configuration logged at other epochs (a run reused from one with another
+    # tracking.log_every): the mean of another set of seeds at every other epoch drew a saw.
+    # A curve keeps the epochs every run of its configuration logged.
+    every = out.groupby([*config_cols, "key"], dropna=False, observed=True)["n"].transform("max")
+    out = out[out["n"] == every].reset_index(drop=True)
     out["std"] = np.sqrt(out.pop("var"))
     out["n"] = out.pop("n")
     return out.astype({"key": str})
