@@ -248,6 +248,26 @@ def test_a_curve_keeps_the_epochs_every_run_of_its_configuration_logged() -> Non
     assert out.loc[out["lr"] == 1.0, "step"].tolist() == list(range(5))
 
 
+def test_an_answer_not_logged_names_its_sweep_and_leaves_the_parent(store: TmpStore, tmp_path):
+    """aggregate.log_to_parent=false was untested; its first line read "selection", not which
+    sweep `latest` was (helper-43)."""
+    sweep(
+        store, "model.hidden_dim=4", "seed=0,1", "train.epochs=5", "hydra.sweeper.summarize=false"
+    )
+    parent = store.runs("tags.role = 'sweep'")[0]
+    res = run_aggregate(store, tmp_path / "out", "aggregate.log_to_parent=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    sid, pid = parent.data.tags["sweep_id"], parent.info.run_id
+    assert res.stdout.splitlines()[0] == (
+        f"test: sweep {sid} (parent run {pid}; aggregate.log_to_parent=false: not logged on it), "
+        "2 runs"
+    )
+    assert (tmp_path / "out" / "report.md").exists()
+    after = store.client.get_run(pid)
+    assert not [k for k in after.data.tags if k.startswith("aggregate")]
+    assert not store.client.list_artifacts(pid)
+
+
 @pytest.mark.slow
 def test_failed_diverged_running_and_reruns(store: TmpStore) -> None:
     # At width 8, lr=100 diverges at epoch 1 for seeds 0 and 1 (tutorial update); lr=0.1 does not.

@@ -227,7 +227,13 @@ def aggregate_app(cfg: DictConfig) -> None:
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
     logged = a.log_to_parent and sel.parent_run_id is not None
     files, answer = report.publish(agg, out, base, with_plots=a.plots, log=a.log_to_parent)
-    where = f"sweep {sel.sweep_id} (parent run {sel.parent_run_id})" if logged else "selection"
+    where = (
+        f"sweep {sel.sweep_id} (parent run {sel.parent_run_id}"
+        + ("" if logged else "; aggregate.log_to_parent=false: not logged on it")
+        + ")"
+        if sel.parent_run_id is not None
+        else "selection"
+    )
     only = f" matching {sel.filter} (aggregate.filter)" if sel.filter else ""
     print(f"{cfg.tracking.experiment}: {where}, {len(agg.runs)} runs{only}", flush=True)
     print(answer)
