@@ -263,6 +263,8 @@ def test_an_answer_not_logged_names_its_sweep_and_leaves_the_parent(store: TmpSt
         "2 runs"
     )
     assert (tmp_path / "out" / "report.md").exists()
+    # No link to the parent's report: not this answer's (here, none).
+    assert "parent run:" in res.stdout and "report:" not in res.stdout
     after = store.client.get_run(pid)
     assert not [k for k in after.data.tags if k.startswith("aggregate")]
     assert not store.client.list_artifacts(pid)

@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Run, RunInfo
 from fnnlab import cli, provenance
 from fnnlab.names import METRICS
 from fnnlab.replay import MAX_DIFF_LINE, SHOWN_DIFFS, Diff, Replay, cut_lines
+from fnnlab.report import TABLES
 from fnnlab.tracking import MAX_TAG_VALUE
 
 pytestmark = pytest.mark.slow
@@ -754,6 +755,12 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
             "do not make it again (comparison.csv: "
         )
     )
+    # Or fnnlab changed since: said too (an older answer read as if its options were to blame).
+    code = store.client.get_run(pid).data.tags["aggregate.env.code"]
+    store.client.set_tag(pid, "aggregate.env.code", "0123456789abcdef")
+    out = replay(store, "replay.sweep=latest")
+    assert f"; since then: code 0123456789abcdef -> {code}" in out.stdout, out.stdout
+    store.client.set_tag(pid, "aggregate.env.code", code)
     store.client.set_tag(pid, "aggregate.alpha", "0.1")  # one of the two: a changed tag
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
@@ -875,12 +882,16 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
         "or one that stopped half-way)"
     )
     assert answer() == untagged
-    # Any of its tables says an answer was stored, not runs.csv alone.
-    runs_csv = artifact(parent, "aggregate") / "runs.csv"
-    kept = runs_csv.read_bytes()
-    runs_csv.unlink()
+    # Any file every answer writes says one was stored, not runs.csv alone (helper-44).
+    tables = [artifact(parent, "aggregate") / name for name in TABLES]
+    kept = [t.read_bytes() for t in tables]
+    tables[0].unlink()
     assert answer() == untagged
-    runs_csv.write_bytes(kept)
+    for t in tables[1:]:
+        t.unlink()
+    assert answer() == untagged  # its report.md and report.html
+    for t, data in zip(tables, kept, strict=True):
+        t.write_bytes(data)
     # An option that no longer makes an answer (a tag changed by hand).
     store.client.set_tag(parent.info.run_id, "aggregate.outcome", "bogus")
     # The file changed by hand is named all the same.

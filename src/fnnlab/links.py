@@ -100,18 +100,20 @@ def group_hint(params: Iterable[Mapping[str, str]]) -> str:
 
 
 def sweep_views(
-    base: str, experiment_id: str, parent_run_id: str, runs: list[RunRef]
+    base: str,
+    experiment_id: str,
+    parent_run_id: str,
+    runs: list[RunRef],
+    with_report: bool = True,
 ) -> list[tuple[str, str]]:
-    """(label, URL) of the pages that answer a sweep's question: its parent run and report,
-    the runs side by side, and loss and gradient-norm curves (log axis) of the runs that did
-    not diverge, one link per width when there are many runs."""
-    views = [
-        ("parent run", run_url(base, experiment_id, parent_run_id)),
-        (
-            "report",
-            artifact_url(base, experiment_id, parent_run_id, "aggregate/report.html"),
-        ),
-    ]
+    """(label, URL) of the pages that answer a sweep's question: its parent run and report
+    (unless this answer is not logged on it: the parent's would be another's, or none), the
+    runs side by side, and loss and gradient-norm curves (log axis) of the runs that did not
+    diverge, one link per width when there are many runs."""
+    views = [("parent run", run_url(base, experiment_id, parent_run_id))]
+    if with_report:
+        report = artifact_url(base, experiment_id, parent_run_id, "aggregate/report.html")
+        views.append(("report", report))
     if not runs:
         return views
     views.append(("side by side", compare_url(base, experiment_id, [r.run_id for r in runs])))

@@ -558,7 +558,7 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     except (MlflowException, OSError, ImportError) as exc:
         raise NotCheckable(f"its tables cannot be listed ({reason(exc)})") from None
     if "aggregate.outcome" not in tags:
-        if stored_files & {*report.TABLES}:
+        if stored_files & {*report.TABLES, *report.REPORTS}:
             raise NotCheckable(
                 "it has tables but no aggregate.outcome tag (an older fnnlab's answer, or one "
                 "that stopped half-way)"
@@ -615,10 +615,12 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
         was, now_tag = tags.get(key), value[:MAX_TAG_VALUE]  # as log_values stores it
         if was != now_tag:
             check.diffs.append(f"tag {key} {was!r} -> {now_tag!r}")
-    if defaults and check.diffs:  # other options may have made it
+    if defaults and check.diffs:  # other options may have made it, or fnnlab changed since
+        env = provenance.answer_env_diff(tags)
+        since = f"; since then: {'; '.join(env)}" if env else ""
         raise NotCheckable(
             "its alpha and min_effect were not recorded, and their defaults do not make it "
-            f"again ({check.diffs[0]}){_and_files(files)}"
+            f"again ({check.diffs[0]}){since}{_and_files(files)}"
         )
     check.diffs[:0] = files  # named first: they may be why the answer differs
     check.diffs += _history_diffs(store, parent, tuple(metrics), files)

@@ -617,11 +617,11 @@ def run_refs(agg: Aggregate) -> list[links.RunRef]:
     ]
 
 
-def sweep_views(agg: Aggregate, base: str) -> list[tuple[str, str]]:
+def sweep_views(agg: Aggregate, base: str, logged: bool = True) -> list[tuple[str, str]]:
     sel = agg.selection
     if sel.parent_run_id is None:
         return []
-    return links.sweep_views(base, sel.experiment_id, sel.parent_run_id, run_refs(agg))
+    return links.sweep_views(base, sel.experiment_id, sel.parent_run_id, run_refs(agg), logged)
 
 
 def answer_text(agg: Aggregate, views: list[tuple[str, str]]) -> str:
@@ -1044,7 +1044,7 @@ def publish(
     """Files in `out`, logged with the answer onto the parent run (when `log`); returns the
     files and the answer as text. The one path of fnnlab-aggregate and a sweep's end."""
     files = write_outputs(agg, out, with_plots)
-    views = sweep_views(agg, base)
+    views = sweep_views(agg, base, logged=log)
     if log:
         log_to_parent(agg, files, views)
     return files, answer_text(agg, views)
