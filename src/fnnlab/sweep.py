@@ -753,6 +753,7 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
+            # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
             summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
             answer_dir = Path(str(config.hydra.sweep.dir)) / "aggregate"
             if summarize and (why := folder_problem(answer_dir)):
@@ -773,7 +774,6 @@ class Sweep:
         self.subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
         self.launcher = config.hydra.launcher
         self.experiment = experiment
-        # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
         self.summarize = summarize
         self.base = links.base_url(config.tracking.uri, config.ui.host, config.ui.port)
         self.jobs = len(jobs) if jobs is not None else None
