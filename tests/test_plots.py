@@ -230,6 +230,19 @@ def test_heatmap_marks_leader_ties_and_bad_runs(tmp_path: Path) -> None:
     assert width >= 800 and height >= 560
 
 
+def test_the_heatmap_legend_names_only_what_its_cells_show(tmp_path: Path) -> None:
+    """Its legend named "leader" and "tied" when no cell was either: no leader, or one
+    configuration compared with nothing (helper-44)."""
+    runs = sweep_runs()
+    cells = list(zip(runs["hidden_dim"], runs["lr"], strict=True))
+    only = runs[[cell in {(8, 0.1), (4, 1.0)} for cell in cells]]  # the other diverged
+    comparison = compare(only, COLS)
+    assert not comparison["leader"].any()
+    fig = plots.sweep_heatmap(comparison, tmp_path / "h.png", COLS, "t", counts=counts(only))
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert legend == {"runs diverged", "no outcome"}, legend
+
+
 def test_heatmap_panels_per_other_swept_param(tmp_path: Path) -> None:
     runs = pd.concat([sweep_runs().assign(backprop=b) for b in ("exact", "tutorial")])
     cols = [*COLS, "backprop"]

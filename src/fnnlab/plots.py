@@ -568,6 +568,7 @@ def sweep_heatmap(
     # Bright is good; grey is no outcome.
     cmap = "viridis" if outcome in HIGHER_IS_BETTER else "viridis_r"
     cmap = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
+    shown: set[str] = set()  # the cells' marks, for the legend
     for ax, fk in zip(axes, facets, strict=True):
         sub = frame
         for k, v in zip(facet_cols, fk, strict=True):
@@ -582,6 +583,7 @@ def sweep_heatmap(
         for (i, rv), (j, cv) in product(enumerate(rows), enumerate(cols)):
             text, marks = _cell_text(by_cell.get((rv, cv)))
             v = cells[i, j]
+            shown |= {*marks, *([] if np.isfinite(v) else ["no outcome"])}
             r, g, b = cmap(norm(v))[:3] if np.isfinite(v) else (0.85, 0.85, 0.85)
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
             colour = "white" if dark else "black"
@@ -597,11 +599,20 @@ def sweep_heatmap(
                 ax.add_patch(Rectangle(**box, hatch="//", edgecolor="0.5", linewidth=0, alpha=0.5))
         bar = fig.colorbar(im, ax=ax, label=f"mean {outcome} (log scale)")
         _log_labels(bar.ax.yaxis)
+    # Only what some cell shows: a legend of "leader" and "tied" where neither is (no leader,
+    # or one configuration compared with nothing) read as if they were.
     keys = [
-        Patch(fill=False, edgecolor="tab:red", linewidth=3, label="leader"),
-        Patch(fill=False, edgecolor="tab:red", linewidth=1.5, linestyle="--", label="tied"),
-        Patch(fill=False, edgecolor="0.5", hatch="//", label="runs diverged"),
-        Patch(facecolor="0.85", edgecolor="0.5", label="no outcome"),
+        key
+        for key, mark in (
+            (Patch(fill=False, edgecolor="tab:red", linewidth=3, label="leader"), "leader"),
+            (
+                Patch(fill=False, edgecolor="tab:red", linewidth=1.5, linestyle="--", label="tied"),
+                "tied",
+            ),
+            (Patch(fill=False, edgecolor="0.5", hatch="//", label="runs diverged"), "div."),
+            (Patch(facecolor="0.85", edgecolor="0.5", label="no outcome"), "no outcome"),
+        )
+        if any(m.endswith(mark) for m in shown)
     ]
     _finish(fig, title if facet_cols else None, keys, [k.get_label() for k in keys])
     return _save(fig, path)
