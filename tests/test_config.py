@@ -7,7 +7,16 @@ import os
 import subprocess
 
 import pytest
-from conftest import BIN, TmpStore, as_a_command, compose_train, run_in_process, run_script
+from conftest import (
+    BIN,
+    TmpStore,
+    as_a_command,
+    compose_train,
+    default_run_dir,
+    run_in_process,
+    run_script,
+)
+from server_fixtures import stop_group
 
 from fnnlab import cli, model
 from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
@@ -509,3 +518,64 @@ def test_a_port_no_socket_can_have_is_refused(store_with_a_run, script):
         f"{script}: error: ui.port={'9' * 400}: must be a TCP port, 1 to 65535 (0: any free one)"
     ]
     assert store.db_bytes() == before
+
+
+OTHER_COMMANDS = [
+    (
+        "aggregate",
+        ["+aggregate.bogus=1"],
+        "aggregate.bogus=1: not a key of the config (aggregate has sweep, parent_run_id, "
+        "filter, out_dir, log_to_parent, plots, outcome, alpha, min_effect)",
+    ),
+    (
+        "aggregate",
+        ["++bogus=1"],
+        "bogus=1: not a key of the config (the top level has tracking, aggregate, ui)",
+    ),
+    (
+        "replay",
+        ["replay.sweep=latest", "+replay.bogus=1"],
+        "replay.bogus=1: not a key of the config (replay has run, sweep, sample, seed, log)",
+    ),
+    # Each selects a sweep: the parent run won without a word (helper-43).
+    (
+        "aggregate",
+        ["aggregate.sweep=all", f"aggregate.parent_run_id={'0' * 32}"],
+        f"aggregate.sweep=all: aggregate.parent_run_id={'0' * 32} selects a sweep too; "
+        "give one of them",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "line"), OTHER_COMMANDS, ids=[" ".join(a) for _, a, _ in OTHER_COMMANDS]
+)
+def test_the_other_commands_refuse_what_nothing_reads(
+    store_with_a_run, command, args, line, monkeypatch, capsys
+):
+    """They ran as if an unknown key were not there (`+aggregate.bogus=1`: exit 0)."""
+    store = store_with_a_run
+    before = store.db_bytes()
+    status = run_in_process(monkeypatch, getattr(cli, command), *args, *store.overrides())
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.strip().splitlines() == [f"fnnlab-{command}: error: {line}"]
+    assert store.db_bytes() == before
+
+
+def test_the_ui_refuses_a_key_nothing_reads_before_it_serves(store_with_a_run):
+    # In a process group of its own: had the key been let through, the UI would serve on,
+    # and stop_group stops it and its server.
+    args = ["+ui.bogus=x", "ui.port=0", *store_with_a_run.overrides()]
+    argv = [str(BIN / "fnnlab-ui"), *args, *default_run_dir("fnnlab-ui", args)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "fnnlab-ui: error: ui.bogus=x: not a key of the config (ui has host, port, sweep, open)"
+    ]

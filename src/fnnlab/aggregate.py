@@ -161,6 +161,13 @@ def select(
     """The job runs of one sweep (latest, by sweep id or parent run), or all with sweep=all."""
     client, exp_id = connect(uri, experiment)
     sid = None
+    if parent_run_id and sweep != "latest":
+        # Each selects a sweep: which one was meant cannot be guessed.
+        raise ConfigValueError(
+            "aggregate.sweep",
+            sweep,
+            f"aggregate.parent_run_id={parent_run_id} selects a sweep too; give one of them",
+        )
     if parent_run_id:
         _check_id("aggregate.parent_run_id", parent_run_id)
         try:

@@ -30,7 +30,11 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from fnnlab.config import (
+    AggregateAppConfig,
     ConfigValueError,
+    ReplayAppConfig,
+    UiAppConfig,
+    check_known_keys,
     check_port,
     check_values,
     folder_problem,
@@ -114,6 +118,7 @@ def ui_app(cfg: DictConfig) -> None:
 
     serve = not links.is_server(cfg.tracking.uri)  # a tracking server is its own UI
     try:
+        check_known_keys(cfg, UiAppConfig)
         if cfg.ui.host not in ("127.0.0.1", "localhost"):
             raise ConfigValueError("ui.host", cfg.ui.host, "the UI binds to 127.0.0.1 only")
         check_port(cfg.ui.port)
@@ -212,6 +217,7 @@ def aggregate_app(cfg: DictConfig) -> None:
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
     out = out if out.is_absolute() else project_root() / out
     try:
+        check_known_keys(cfg, AggregateAppConfig)
         check_port(cfg.ui.port)
         if a.out_dir and (why := folder_problem(out)):  # Hydra made and checked its own
             raise ConfigValueError("aggregate.out_dir", a.out_dir, why)
@@ -252,6 +258,7 @@ def replay_app(cfg: DictConfig) -> None:
     # One line per run: MLflow's per-download progress bars would bury them.
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
+        check_known_keys(cfg, ReplayAppConfig)
         if (r.run is None) == (r.sweep is None):
             raise ConfigValueError(
                 "replay.run", r.run, "give one of replay.run=<run id> or replay.sweep=<id|latest>"

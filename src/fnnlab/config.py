@@ -130,7 +130,8 @@ class UiAppConfig:
 class AggregateConfig:
     # latest: the experiment's most recent sweep; a sweep id; or all: every job run.
     sweep: str = "latest"
-    # A parent run id; takes precedence over sweep.
+    # A parent run id: selects the sweep instead (with aggregate.sweep other than latest:
+    # refused, as it cannot be told which was meant).
     parent_run_id: str | None = None
     # An MLflow filter string ANDed to the selection, e.g. "params.`model.backprop` = 'exact'".
     filter: str | None = None
@@ -263,8 +264,24 @@ def _unknown_key(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> str |
 
 
 @cache
-def _train_schema() -> DictConfig:
-    return OmegaConf.structured(TrainAppConfig)
+def _schema(app: type) -> DictConfig:
+    return OmegaConf.structured(app)
+
+
+def check_known_keys(cfg: DictConfig, app: type) -> None:
+    """Raise ConfigValueError for the first key of cfg that the app's schema does not have:
+    nothing reads it, so a command must not run as if it did."""
+    schema = _schema(app)
+    unknown = _unknown_key(cfg, schema)
+    if unknown is not None:
+        section = unknown.rpartition(".")[0]
+        known = OmegaConf.select(schema, section) if section else schema
+        raise ConfigValueError(
+            unknown,
+            OmegaConf.select(cfg, unknown),
+            f"not a key of the config ({section or 'the top level'} has "
+            f"{', '.join(str(k) for k in known)})",
+        )
 
 
 def masked_uri(uri: str) -> str:
@@ -440,16 +457,7 @@ def check_values(cfg: DictConfig) -> None:
     """Raise ConfigValueError for the first unusable value or unknown key."""
     check_uri(str(cfg.tracking.uri))
     check_port(cfg.ui.port)
-    unknown = _unknown_key(cfg, _train_schema())
-    if unknown is not None:
-        section = unknown.rpartition(".")[0]
-        known = OmegaConf.select(_train_schema(), section) if section else _train_schema()
-        raise ConfigValueError(
-            unknown,
-            OmegaConf.select(cfg, unknown),
-            f"not a key of the config ({section or 'the top level'} has "
-            f"{', '.join(str(k) for k in known)})",
-        )
+    check_known_keys(cfg, TrainAppConfig)
     checks = [
         ("model.hidden_dim", cfg.model.hidden_dim >= 1, "must be at least 1"),
         (
