@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -18,7 +21,7 @@ from conftest import (
 )
 from server_fixtures import stop_group
 
-from fnnlab import cli, model
+from fnnlab import cli, model, tracking
 from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
 
 BAD = [
@@ -105,6 +108,16 @@ BAD = [
     (["-m", "hydra/sweeper=basic", "tracking.log_every=1,2"], "tracking.log_every=2"),
     # No job number in a single run: refused as the job would.
     (["model.hidden_dim=${hydra:job.num}"], "model.hidden_dim=${hydra:job.num}"),
+    # Links to port 0: only fnnlab-ui takes it, for any free port.
+    (["ui.port=0"], "ui.port=0"),
+    # Nothing reads it: the run trained on iris2 and stored data.name=mnist (helper-45).
+    (["data.name=mnist"], "data.name=mnist"),
+    # A sweep of no jobs ended "FINISHED" with 0 runs, exit 0 (helper-45).
+    (["-m", "seed=range(0)"], "seed=range(0)"),
+    (["-m", "hydra/sweeper=basic", "seed=range(0,3,-1)"], "seed=range(0,3,-1)"),
+    # Another sweeper's grammar: refused once the parent run existed (helper-45).
+    (["-m", "seed=interval(0,1)"], "seed=interval(0,1)"),
+    (["-m", "hydra/sweeper=basic", "seed=interval(0,1)"], "seed=interval(0,1)"),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
     (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),
@@ -514,8 +527,10 @@ def test_a_port_no_socket_can_have_is_refused(store_with_a_run, script):
     before = store.db_bytes()
     proc = run_script(script, "ui.port=" + "9" * 400, *store.overrides()[:2])
     assert proc.returncode == 2 and proc.stdout == ""
+    # Port 0 (any free one) only where the UI starts; elsewhere links would point at it.
+    why = " (0: any free one)" if script == "fnnlab-ui" else ": where fnnlab-ui serves, for links"
     assert proc.stderr.strip().splitlines() == [
-        f"{script}: error: ui.port={'9' * 400}: must be a TCP port, 1 to 65535 (0: any free one)"
+        f"{script}: error: ui.port={'9' * 400}: must be a TCP port, 1 to 65535{why}"
     ]
     assert store.db_bytes() == before
 
@@ -563,19 +578,99 @@ def test_the_other_commands_refuse_what_nothing_reads(
     assert store.db_bytes() == before
 
 
-def test_the_ui_refuses_a_key_nothing_reads_before_it_serves(store_with_a_run):
-    # In a process group of its own: had the key been let through, the UI would serve on,
-    # and stop_group stops it and its server.
-    args = ["+ui.bogus=x", "ui.port=0", *store_with_a_run.overrides()]
-    argv = [str(BIN / "fnnlab-ui"), *args, *default_run_dir("fnnlab-ui", args)]
+def refused_by_the_ui(*args: str, cwd: Path | None = None) -> str:
+    """fnnlab-ui's error line for a command it must refuse (exit 2, nothing on stdout). In a
+    process group of its own: had the command been let through, the UI would serve on, and
+    stop_group stops it and its server."""
+    argv = [str(BIN / "fnnlab-ui"), "ui.port=0", *args, *default_run_dir("fnnlab-ui", args)]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=cwd,
     )
     try:
         out, err = proc.communicate(timeout=120)
     finally:
         stop_group(proc)
-    assert proc.returncode == 2 and out == ""
-    assert err.strip().splitlines() == [
+    assert proc.returncode == 2 and out == "", err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_the_ui_refuses_a_key_nothing_reads_before_it_serves(store_with_a_run):
+    line = refused_by_the_ui("+ui.bogus=x", *store_with_a_run.overrides())
+    assert line == (
         "fnnlab-ui: error: ui.bogus=x: not a key of the config (ui has host, port, sweep, open)"
-    ]
+    )
+
+
+def test_an_empty_tracking_uri_is_refused_by_every_command(tmp_path, monkeypatch, capsys):
+    """MLflow takes an empty URI for its default store: fnnlab-train trained into
+    ./mlflow.db, the others made it before refusing (helper-45)."""
+    monkeypatch.chdir(tmp_path)
+    why = "tracking.uri=: empty: give a store (sqlite:///<file>, a tracking server's "
+    for command, args in (("train", []), ("aggregate", []), ("replay", ["replay.sweep=latest"])):
+        run_dir = f"hydra.run.dir={tmp_path}/{command}"
+        status = run_in_process(monkeypatch, getattr(cli, command), *args, "tracking.uri=", run_dir)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            status == 2 and len(err) == 1 and err[0].startswith(f"fnnlab-{command}: error: {why}")
+        )
+    line = refused_by_the_ui("tracking.uri=", cwd=tmp_path)
+    assert line.startswith(f"fnnlab-ui: error: {why}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_deleted_experiment_is_refused_by_every_command(store, monkeypatch, capsys):
+    """MLflow refused each run in it with a traceback, exit 1 (helper-45)."""
+    assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *store.overrides()) == 0
+    exp = store.client.get_experiment_by_name(store.experiment)
+    store.client.delete_experiment(exp.experiment_id)
+    tracking.open_store_once.cache_clear()  # as a new process would: open it again
+    before = store_dump(store)
+    line = (
+        f"tracking.experiment={store.experiment}: is deleted in this store (experiment "
+        f"{exp.experiment_id}): restore it (`mlflow experiments restore -x {exp.experiment_id}` "
+        "with MLFLOW_TRACKING_URI set to the store) or choose another name"
+    )
+    for command, args in (
+        ("train", []),
+        ("train", ["-m", "seed=0,1"]),
+        ("aggregate", []),
+        ("replay", ["replay.sweep=latest"]),
+    ):
+        status = run_in_process(monkeypatch, getattr(cli, command), *args, *store.overrides())
+        assert status == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"fnnlab-{command}: error: {line}"]
+    assert refused_by_the_ui(*store.overrides()) == f"fnnlab-ui: error: {line}"
+    # What it holds, not its bytes: the UI's process may move the log into the database.
+    assert store_dump(store) == before
+
+
+def store_dump(store: TmpStore) -> list[str]:
+    with contextlib.closing(sqlite3.connect(store.root / "mlruns" / "mlflow.db")) as db:
+        return list(db.iterdump())
+
+
+def test_an_experiment_name_mlflow_refuses_is_named_in_one_line(store, monkeypatch, capsys):
+    """Hydra's job-failure banner, then MLflow's reason as the tracking store's, exit 1."""
+    name = "x" * 600
+    args = [*store.overrides(), f"tracking.experiment={name}"]
+    assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fnnlab-train: error: tracking.experiment={name}: ")
+    assert "maximum length" in line
+    assert store.runs() == []
+
+
+def test_a_ui_sweep_in_no_store_creates_none(tmp_path):
+    """fnnlab-ui made the database (and an experiment for a typo) before refusing ui.sweep
+    (helper-45); with no sweep named it still makes the store, as `mlflow ui` would."""
+    db = tmp_path / "new.db"
+    line = refused_by_the_ui(f"tracking.uri=sqlite:///{db}", "ui.sweep=abc123", cwd=tmp_path)
+    assert line == f"fnnlab-ui: error: tracking.uri=sqlite:///{db}: no database file at {db}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

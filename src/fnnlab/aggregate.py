@@ -29,22 +29,20 @@ from omegaconf.errors import OmegaConfBaseException
 from scipy import stats
 from tqdm import tqdm
 
-from fnnlab import storeguard
 from fnnlab.compare import compare, leader_label, regime_fractions, stability_boundary
-from fnnlab.config import ConfigValueError, TrainAppConfig, check_uri, trains
-from fnnlab.errortext import first_line, reason
+from fnnlab.config import ConfigValueError, TrainAppConfig, trains
+from fnnlab.errortext import reason
 from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import COARSE, HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
     MAX_TAG_VALUE,
     SlimRun,
     Store,
-    check_reachable,
+    connect,
     find_sweep_parent,
     one_run_per_config,
     search_all,
     slim,
-    sqlite_path,
     sweep_runs,
 )
 
@@ -112,36 +110,6 @@ class Aggregate:
 
 
 # --- selecting runs -------------------------------------------------------------------
-
-
-def connect(uri: str, experiment: str | None) -> tuple[MlflowClient, str | None]:
-    """A client and the experiment id (None without an experiment name); one-line errors
-    for an unreachable or unknown store.
-
-    Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
-    since opening a missing one would create an empty database).
-    """
-    check_uri(uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
-    if db is not None and db.stat().st_size == 0:  # MLflow would make it a store
-        raise ConfigValueError("tracking.uri", uri, f"{db} is an empty file, not a store")
-    check_reachable(uri)
-    try:
-        # A corrupt or unreadable file is refused at once; a schema being created waits.
-        with storeguard.first_use(uri, db, write=False):
-            client = MlflowClient(tracking_uri=uri)
-        exp = None if experiment is None else client.get_experiment_by_name(experiment)
-    except ConfigValueError:
-        raise
-    except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
-        raise ConfigValueError("tracking.uri", uri, first_line(exc)) from None
-    if experiment is None:
-        return client, None
-    if exp is None:
-        raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
-    return client, exp.experiment_id
 
 
 def _check_id(key: str, value: str) -> str:

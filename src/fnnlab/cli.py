@@ -114,14 +114,14 @@ def train_app(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")
 def ui_app(cfg: DictConfig) -> None:
     from fnnlab import links, ui
-    from fnnlab.tracking import open_store
+    from fnnlab.tracking import connect, open_store
 
     serve = not links.is_server(cfg.tracking.uri)  # a tracking server is its own UI
     try:
         check_known_keys(cfg, UiAppConfig)
         if cfg.ui.host not in ("127.0.0.1", "localhost"):
             raise ConfigValueError("ui.host", cfg.ui.host, "the UI binds to 127.0.0.1 only")
-        check_port(cfg.ui.port)
+        check_port(cfg.ui.port, any_free=True)
         port = cfg.ui.port or ui.free_port(cfg.ui.host)
         if serve and not ui.port_free(cfg.ui.host, port):
             # Its URLs would open whatever listens there, perhaps another store.
@@ -131,6 +131,10 @@ def ui_app(cfg: DictConfig) -> None:
                 f"something already listens on {cfg.ui.host}:{port}; "
                 "stop it, or choose another port (ui.port=0: any free one)",
             )
+        if cfg.ui.sweep not in (None, "latest"):
+            # A sweep named in a store or experiment that does not exist: refused without
+            # making either (open_store would).
+            connect(cfg.tracking.uri, cfg.tracking.experiment)
         store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
         # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
         sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None

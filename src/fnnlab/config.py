@@ -294,7 +294,15 @@ def masked_uri(uri: str) -> str:
 def check_uri(uri: str) -> None:
     """Refuse a tracking URI with a password that password_to_env() did not take out (it came
     from a config file or an interpolation): it would be stored in every run (params, config
-    files) and printed in logs. The error masks it."""
+    files) and printed in logs. The error masks it. Refuse an empty one too: MLflow would take
+    its own default store, not the one the user meant."""
+    if not uri.strip():
+        raise ConfigValueError(
+            "tracking.uri",
+            uri,
+            "empty: give a store (sqlite:///<file>, a tracking server's http://... URL, "
+            "or tracking=server)",
+        )
     if masked_uri(uri) != uri:
         raise ConfigValueError(
             "tracking.uri",
@@ -447,10 +455,16 @@ def _move_password(uri: str, environ: MutableMapping[str, str]) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_port(port: int) -> None:
-    """Refuse ui.port outside what a socket can have: every printed link would hold it."""
-    if not 0 <= port <= 65535:
+def check_port(port: int, any_free: bool = False) -> None:
+    """Refuse ui.port outside what a socket can have: every printed link would hold it. 0
+    (any free port) only where the UI is started (any_free), which then links to the port
+    it got; elsewhere the links would point at port 0."""
+    if any_free and not 0 <= port <= 65535:
         raise ConfigValueError("ui.port", port, "must be a TCP port, 1 to 65535 (0: any free one)")
+    if not any_free and not 1 <= port <= 65535:
+        raise ConfigValueError(
+            "ui.port", port, "must be a TCP port, 1 to 65535: where fnnlab-ui serves, for links"
+        )
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -507,6 +521,8 @@ def check_values(cfg: DictConfig) -> None:
             cfg.limits.memory_gb is None or cfg.limits.memory_gb > 0,
             "must be a number > 0, or null for half of this machine's memory",
         ),
+        # The one data set there is: another name would be stored as a param it is not.
+        ("data.name", cfg.data.name == "iris2", "must be iris2, the only data set"),
         (
             "data.features",
             len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import provenance
-from fnnlab.aggregate import connect, history_keys, read_curves
+from fnnlab.aggregate import history_keys, read_curves
 from fnnlab.config import (
     TRAINING_KEYS,
     ConfigValueError,
@@ -54,6 +54,7 @@ from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
 from fnnlab.tracking import (
     MAX_TAG_VALUE,
     Store,
+    connect,
     log_values,
     logged_steps,
     one_run_per_config,

@@ -139,6 +139,9 @@ def expand(arguments: list[str], loader: Any = None) -> list[list[str]] | None:
             lists.append([f"{key}={override.get_value_element_as_str()}"])
         elif override.is_discrete_sweep():
             values = list(override.sweep_string_iterator())
+            if not values:
+                typed = (override.input_line or "").partition("=")[2]
+                raise ConfigValueError(key, typed, "sweeps no values: the sweep has no jobs")
             if len(set(values)) < len(values):
                 # Two jobs of one configuration: the second would only find the first's run.
                 twice = next(v for i, v in enumerate(values) if v in values[:i])
@@ -148,6 +151,26 @@ def expand(arguments: list[str], loader: Any = None) -> list[list[str]] | None:
         else:
             return None
     return [list(job) for job in itertools.product(*lists)]
+
+
+# The sweepers (hydra/sweeper=...) whose jobs expand() lists: the basic grammar is all they
+# take.
+BASIC_GRAMMAR_SWEEPERS = ("fnnlab", "basic")
+
+
+def not_basic_grammar(arguments: list[str], loader: Any = None) -> ConfigValueError:
+    """The error for the first override of `arguments` that is not in Hydra's basic sweep
+    grammar (interval(...), tag(...)), which a basic-grammar sweeper cannot run."""
+    for override in OverridesParser.create(config_loader=loader).parse_overrides(arguments):
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            key = override.get_key_element()
+            return ConfigValueError(
+                key,
+                (override.input_line or "").partition("=")[2],
+                "not in Hydra's basic sweep grammar (a=1,2 b='range(3)'), all this sweeper "
+                "takes; choose another sweeper (hydra/sweeper=...) for it",
+            )
+    raise ValueError(f"every override of {arguments} is in the basic grammar")
 
 
 def check_jobs(loader: Any, master: DictConfig, jobs: list[list[str]]) -> list[str]:
@@ -744,6 +767,9 @@ class Sweep:
                 instantiate(config.hydra[plugin])
             check_hydra_plugins(config.hydra)
             jobs = expand(arguments, loader)
+            sweeper = OmegaConf.select(config, "hydra.runtime.choices").get("hydra/sweeper")
+            if jobs is None and sweeper in BASIC_GRAMMAR_SWEEPERS:
+                raise not_basic_grammar(arguments, loader)
             check_values(task)
             # Every configuration the sweep must end with a run of (None: the sweeper's).
             self.prints = None if jobs is None else set(check_jobs(loader, config, jobs))

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import sqlalchemy
-from mlflow.entities import Metric, Param, Run, RunInfo, RunTag, ViewType
+from mlflow.entities import Experiment, Metric, Param, Run, RunInfo, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -158,7 +158,7 @@ def open_store(uri: str, experiment: str) -> Store:
     """Client and experiment id, creating the database folder and experiment if needed.
 
     A store that cannot be used is a one-line StoreUnusable (a ConfigValueError) at once."""
-    from fnnlab.config import check_uri
+    from fnnlab.config import ConfigValueError, check_uri
 
     check_uri(uri)
     check_reachable(uri)
@@ -173,15 +173,64 @@ def open_store(uri: str, experiment: str) -> Store:
     if exp is None:
         try:
             exp_id = client.create_experiment(experiment, artifact_location=artifact_location(uri))
-        except MlflowException:
-            # Another worker created it first.
+        except MlflowException as exc:
+            # Another worker created it first, or MLflow refuses the name (too long, say).
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
-                raise
+                raise ConfigValueError("tracking.experiment", experiment, first_line(exc)) from exc
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+    if exp is not None:
+        check_active(exp)
     return Store(client=client, experiment_id=exp_id, uri=uri, sql=sql)
+
+
+def check_active(exp: Experiment) -> None:
+    """Refuse a deleted experiment: MLflow refuses every run in it, each with a traceback."""
+    from fnnlab.config import ConfigValueError
+
+    if exp.lifecycle_stage != "active":
+        raise ConfigValueError(
+            "tracking.experiment",
+            exp.name,
+            f"is deleted in this store (experiment {exp.experiment_id}): restore it (`mlflow "
+            f"experiments restore -x {exp.experiment_id}` with MLFLOW_TRACKING_URI set to the "
+            "store) or choose another name",
+        )
+
+
+def connect(uri: str, experiment: str | None) -> tuple[MlflowClient, str | None]:
+    """A client and the experiment id (None without an experiment name); one-line errors
+    for an unreachable or unknown store.
+
+    Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
+    since opening a missing one would create an empty database).
+    """
+    from fnnlab.config import ConfigValueError, check_uri
+
+    check_uri(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigValueError("tracking.uri", uri, f"no database file at {db}")
+    if db is not None and db.stat().st_size == 0:  # MLflow would make it a store
+        raise ConfigValueError("tracking.uri", uri, f"{db} is an empty file, not a store")
+    check_reachable(uri)
+    try:
+        # A corrupt or unreadable file is refused at once; a schema being created waits.
+        with storeguard.first_use(uri, db, write=False):
+            client = MlflowClient(tracking_uri=uri)
+        exp = None if experiment is None else client.get_experiment_by_name(experiment)
+    except ConfigValueError:
+        raise
+    except Exception as exc:  # a missing driver, a refused database login, a bad URI ...
+        raise ConfigValueError("tracking.uri", uri, first_line(exc)) from None
+    if experiment is None:
+        return client, None
+    if exp is None:
+        raise ConfigValueError("tracking.experiment", experiment, f"no such experiment at {uri}")
+    check_active(exp)
+    return client, exp.experiment_id
 
 
 @lru_cache(maxsize=4)
