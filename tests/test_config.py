@@ -118,6 +118,24 @@ BAD = [
     # Another sweeper's grammar: refused once the parent run existed (helper-45).
     (["-m", "seed=interval(0,1)"], "seed=interval(0,1)"),
     (["-m", "hydra/sweeper=basic", "seed=interval(0,1)"], "seed=interval(0,1)"),
+    # A setting a plugin or the sweep callback does not have, named as a key: it was the
+    # constructor's "unexpected keyword argument", or (joblib) ignored (helper-45).
+    (["-m", "+hydra.launcher.bogus=1", "seed=0,1"], "hydra.launcher.bogus=1"),
+    (["-m", "hydra/launcher=joblib", "+hydra.launcher.bogus=1", "seed=0,1"], "launcher.bogus=1"),
+    (["-m", "+hydra.sweeper.bogus=1", "seed=0,1"], "hydra.sweeper.bogus=1"),
+    (["-m", "+hydra.callbacks.sweep.bogus=1", "seed=0,1"], "hydra.callbacks.sweep.bogus=1"),
+    (["+hydra.callbacks.sweep.bogus=1"], "hydra.callbacks.sweep.bogus=1"),
+    # The callback's settings have no schema: "abc" was taken as true, or as seconds.
+    (["-m", "hydra.callbacks.sweep.summarize=abc", "seed=0,1"], "sweep.summarize=abc"),
+    (["-m", "hydra.callbacks.sweep.remote_dead_after_s=abc", "seed=0,1"], "after_s=abc"),
+    (["-m", "hydra.callbacks.sweep.remote_dead_after_s=-5", "seed=0,1"], "after_s=-5"),
+    (["-m", "hydra.callbacks.sweep.store_failures=1.5", "seed=0,1"], "store_failures=1.5"),
+    # A traceback once the parent run existed.
+    (
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=/proc/no/%j"]
+        + ["seed=0,1"],
+        "hydra.launcher.submitit_folder=/proc/no/%j",
+    ),
     # In a sweep, one bad value stops the whole sweep before any run, parent included.
     (["-m", "model.hidden_dim=8,0"], "model.hidden_dim=0"),
     (["-m", "optim.lr=0.1,-0.5"], "optim.lr=-0.5"),
@@ -566,12 +584,15 @@ OTHER_COMMANDS = [
     ("command", "args", "line"), OTHER_COMMANDS, ids=[" ".join(a) for _, a, _ in OTHER_COMMANDS]
 )
 def test_the_other_commands_refuse_what_nothing_reads(
-    store_with_a_run, command, args, line, monkeypatch, capsys
+    store_with_a_run, command, args, line, monkeypatch, capsys, tmp_path
 ):
     """They ran as if an unknown key were not there (`+aggregate.bogus=1`: exit 0)."""
     store = store_with_a_run
     before = store.db_bytes()
-    status = run_in_process(monkeypatch, getattr(cli, command), *args, *store.overrides())
+    # Its own output folder: Hydra makes it (with an empty cli.log) before the command runs,
+    # and the other tests count the store's.
+    args = [*args, *store.overrides()[:2], f"hydra.run.dir={tmp_path}/out"]
+    status = run_in_process(monkeypatch, getattr(cli, command), *args)
     captured = capsys.readouterr()
     assert status == 2 and captured.out == ""
     assert captured.err.strip().splitlines() == [f"fnnlab-{command}: error: {line}"]
@@ -674,3 +695,22 @@ def test_a_ui_sweep_in_no_store_creates_none(tmp_path):
     line = refused_by_the_ui(f"tracking.uri=sqlite:///{db}", "ui.sweep=abc123", cwd=tmp_path)
     assert line == f"fnnlab-ui: error: tracking.uri=sqlite:///{db}: no database file at {db}"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["seed=abc", "seed=1"], "seed=abc: Value 'abc' of type 'str' could not be converted"),
+        (["train.epochs=1e3", "train.epochs=5"], "train.epochs=1e3: Value '1000.0' of type"),
+    ],
+)
+def test_a_key_given_twice_is_named_with_the_value_refused(
+    store_with_a_run, args, line, monkeypatch, capsys
+):
+    """Hydra stops at the first value it cannot take; the line named the last one given
+    ("seed=1: Value 'abc' ...", helper-45)."""
+    before = store_with_a_run.db_bytes()
+    status = run_in_process(monkeypatch, cli.train, *args, *store_with_a_run.overrides())
+    err = capsys.readouterr().err
+    check_refused(store_with_a_run, before, status, err, args[0])
+    assert err.startswith(f"fnnlab-train: error: {line}"), err

@@ -315,6 +315,8 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
     assert [r.info.run_id for r in latest.children] == [kids[0], kids[2]]
     assert ui.find_sweep(s, "abc1").parent.info.run_id == parents["abc111000000"]
     assert ui.find_sweep(s, "abc1").children == []
+    # An id copied in capitals is the same id (it was "not a sweep id"; helper-45).
+    assert ui.find_sweep(s, "ABC2").parent.info.run_id == parents["abc222000000"]
     with pytest.raises(ValueError, match="ui.sweep=abc: matches 2: abc111000000, abc222000000"):
         ui.find_sweep(s, "abc")
     with pytest.raises(ValueError, match="ui.sweep=fff: matches none"):

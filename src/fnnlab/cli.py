@@ -350,18 +350,37 @@ def _key_value(exc: BaseException) -> str | None:
     for e in (exc, exc.__cause__, exc.__context__):
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             # A refused deletion is about the '~key', whatever sets the key after it.
-            return _override(e.full_key, deletion="does not support deletion" in str(e))
+            deletion = "does not support deletion" in str(e)
+            return _override(e.full_key, deletion, getattr(e, "value", None))
     return None
 
 
-def _override(key: str, deletion: bool = False) -> str:
+def _override(key: str, deletion: bool = False, refused: object = None) -> str:
     """'key=value' as the command line gave it (the last, as Hydra takes it; a deletion
-    as '~key'), or the key alone. With `deletion`, the last '~key' only."""
-    for arg in reversed(sys.argv[1:]):
-        name, _, value = arg.lstrip("+~").partition("=")
-        if name == key and (arg.startswith("~") or not deletion):
-            return arg if arg.startswith("~") else f"{key}={value}"
+    as '~key'), or the key alone. With `deletion`, the last '~key' only. With the value an
+    error `refused`, the first that gives it: Hydra stops at the first value it cannot take,
+    and a later one for the same key was never set (`seed=abc seed=1`)."""
+    given = [arg for arg in sys.argv[1:] if arg.lstrip("+~").partition("=")[0] == key]
+    if refused is not None and not deletion:
+        for arg in given:
+            value = arg.lstrip("+~").partition("=")[2]
+            if not arg.startswith("~") and _reads_as(value, refused):
+                return f"{key}={value}"
+    for arg in reversed(given):
+        if arg.startswith("~") or not deletion:
+            return arg if arg.startswith("~") else f"{key}={arg.lstrip('+').partition('=')[2]}"
     return key
+
+
+def _reads_as(typed: str, value: object) -> bool:
+    """Whether a value typed on the command line is `value` as a config error reports it
+    ('1e3' is 1000.0)."""
+    if typed == str(value):
+        return True
+    try:
+        return isinstance(value, float) and float(typed) == value
+    except ValueError:
+        return False
 
 
 def _as_typed(exc: ConfigValueError) -> str:

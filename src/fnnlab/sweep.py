@@ -29,6 +29,7 @@ import atexit
 import hashlib
 import itertools
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -39,6 +40,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
@@ -514,6 +516,36 @@ def wait_for_others(store: Store, parent_run_id: str, sweep_dir: str, remote_aft
 # --- one invocation ---------------------------------------------------------------------------
 
 
+def unknown_plugin_setting(hydra: DictConfig, plugin: str) -> ConfigValueError | None:
+    """The error for a key of hydra.<plugin> (launcher or sweeper) that its class does not
+    take (`+hydra.launcher.bogus=1`), named as a key; None if there is none, or if the class
+    takes any keyword."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    node = hydra[plugin]
+    choice = hydra.runtime.choices.get(f"hydra/{plugin}")
+    params = inspect.signature(get_class(node._target_).__init__).parameters
+    known = [name for name in params if name != "self"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        # Any keyword (Hydra's joblib and submitit launchers): the keys of the plugin's own
+        # config, as it registered it.
+        try:
+            schema = ConfigStore.instance().load(f"hydra/{plugin}/{choice}.yaml").node
+        except Exception:  # a plugin configured from a file of its own: not known here
+            return None
+        known = [key for key in schema if key != "_target_"]
+    unknown = next((key for key in node if key != "_target_" and key not in known), None)
+    if unknown is None:
+        return None
+    return ConfigValueError(
+        f"hydra.{plugin}.{unknown}",
+        node[unknown],
+        f"not a setting of hydra/{plugin}={choice} (it has {', '.join(known)})",
+    )
+
+
 def check_hydra_plugins(hydra: DictConfig) -> None:
     """Settings that Hydra's own sweeper and launchers take without a word and fail on only
     once the sweep has begun, its parent run made (fnnlab's plugins refuse them when they
@@ -627,6 +659,13 @@ def check_submitit_local(launcher: DictConfig) -> None:
         value = launcher.get(key)
         if value is not None and value < 1:
             raise ConfigValueError(f"hydra.launcher.{key}", value, why)
+    # Its jobs' folders: one that cannot be made failed the launch with a traceback.
+    folder = str(launcher.get("submitit_folder") or "")
+    if folder:
+        made = folder.split("%", 1)[0]  # %j and the like: the job's own part
+        made_dir = Path(made) if made.endswith("/") or made == folder else Path(made).parent
+        if why := folder_problem(made_dir):
+            raise ConfigValueError("hydra.launcher.submitit_folder", folder, why)
 
 
 def check_ray(ray: DictConfig) -> None:
@@ -764,6 +803,8 @@ class Sweep:
             # The launcher and sweeper settings: their constructors refuse bad ones (say
             # hydra.launcher.n_jobs=0), but Hydra makes them only after this callback.
             for plugin in ("launcher", "sweeper"):
+                if unknown := unknown_plugin_setting(config.hydra, plugin):
+                    raise unknown
                 instantiate(config.hydra[plugin])
             check_hydra_plugins(config.hydra)
             jobs = expand(arguments, loader)
@@ -1029,12 +1070,35 @@ class SweepCallback(Callback):
     its output folder exists."""
 
     def __init__(
-        self, remote_dead_after_s: float = 86400.0, summarize: bool = True, store_failures: int = 3
+        self,
+        remote_dead_after_s: float = 86400.0,
+        summarize: bool = True,
+        store_failures: int = 3,
+        **unknown: Any,
     ) -> None:
-        if store_failures < 1:
-            raise ValueError(
-                f"hydra.callbacks.sweep.store_failures={store_failures}: must be at least 1"
+        # Hydra makes callbacks without a schema: a setting of the wrong type would be taken
+        # as it is ("abc" as true, as a number of seconds).
+        def refuse(key: str, value: Any, why: str) -> None:
+            raise ConfigValueError(f"hydra.callbacks.sweep.{key}", value, why)
+
+        for key, value in unknown.items():
+            refuse(
+                key,
+                value,
+                "not a setting of the sweep callback (it has "
+                "remote_dead_after_s, summarize, store_failures)",
             )
+        if not isinstance(summarize, bool):
+            refuse("summarize", summarize, "must be true or false")
+        if isinstance(store_failures, bool) or not isinstance(store_failures, int):
+            refuse("store_failures", store_failures, "must be a whole number, at least 1")
+        if store_failures < 1:
+            refuse("store_failures", store_failures, "must be at least 1")
+        number = isinstance(remote_dead_after_s, int | float) and not isinstance(
+            remote_dead_after_s, bool
+        )
+        if not (number and math.isfinite(remote_dead_after_s) and remote_dead_after_s > 0):
+            refuse("remote_dead_after_s", remote_dead_after_s, "must be a number of seconds > 0")
         # A RUNNING job recorded on another host without a lease (fnnlab.claims) counts as
         # dead (KILLED, rerun) after this.
         self.remote_dead_after_s = remote_dead_after_s

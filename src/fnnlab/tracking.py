@@ -372,9 +372,10 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
         found = search_all(store, query, order)
         return found[0] if found else None
     # Sweep ids are hex: anything else would be a LIKE pattern or break the filter.
-    if not re.fullmatch(r"[0-9a-f]{1,12}", which):
+    if not re.fullmatch(r"[0-9a-fA-F]{1,12}", which):
         raise ConfigValueError(key, which, "not a sweep id (up to 12 hex digits, or latest)")
-    found = search_all(store, f"{query} and tags.{Tag.SWEEP_ID} LIKE '{which}%'", order)
+    # Stored in lowercase; an id copied in capitals is the same id.
+    found = search_all(store, f"{query} and tags.{Tag.SWEEP_ID} LIKE '{which.lower()}%'", order)
     ids = {p.data.tags[Tag.SWEEP_ID] for p in found}
     if len(ids) != 1:
         matches = f"matches {len(ids)}: {', '.join(sorted(ids))}" if ids else "matches none"
