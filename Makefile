@@ -24,9 +24,10 @@ run: setup
 	@echo "The sweep's summary (CSV, report.md, plots) is also on its parent run, under aggregate/."
 
 # Two test processes (pytest-xdist), one per core of the CI machine; a test file stays in
-# one process, so its module fixtures (a sweep per launcher, a store) are made once.
+# one process, so its module fixtures (a sweep per launcher, a store) are made once. The 20
+# slowest tests are listed at the end: the suite has to stay well inside CI's time.
 test: setup lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"

@@ -328,6 +328,7 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
 
 
 def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:
+    open_store(store.uri, store.experiment)  # the experiment, with no sweep in it
     out = run_script(
         "fnnlab-ui",
         f"tracking.uri={store.uri}",
