@@ -119,9 +119,8 @@ BAD = [
     (["-m", "seed=interval(0,1)"], "seed=interval(0,1)"),
     (["-m", "hydra/sweeper=basic", "seed=interval(0,1)"], "seed=interval(0,1)"),
     # A setting a plugin or the sweep callback does not have, named as a key: it was the
-    # constructor's "unexpected keyword argument", or (joblib) ignored (helper-45).
+    # constructor's "unexpected keyword argument" (helper-45).
     (["-m", "+hydra.launcher.bogus=1", "seed=0,1"], "hydra.launcher.bogus=1"),
-    (["-m", "hydra/launcher=joblib", "+hydra.launcher.bogus=1", "seed=0,1"], "launcher.bogus=1"),
     (["-m", "+hydra.sweeper.bogus=1", "seed=0,1"], "hydra.sweeper.bogus=1"),
     (["-m", "+hydra.callbacks.sweep.bogus=1", "seed=0,1"], "hydra.callbacks.sweep.bogus=1"),
     (["+hydra.callbacks.sweep.bogus=1"], "hydra.callbacks.sweep.bogus=1"),
@@ -702,6 +701,11 @@ def test_a_ui_sweep_in_no_store_creates_none(tmp_path):
     [
         (["seed=abc", "seed=1"], "seed=abc: Value 'abc' of type 'str' could not be converted"),
         (["train.epochs=1e3", "train.epochs=5"], "train.epochs=1e3: Value '1000.0' of type"),
+        # Parsed as Hydra parses them, of the same type (helper-46).
+        (["seed=true", "seed=1"], "seed=true: Value 'True' of type 'bool'"),
+        (["seed=1", "seed=true"], "seed=true: Value 'True' of type 'bool'"),
+        (["seed=null", "seed=1"], "seed=null: field 'seed' is not Optional"),
+        (["seed='abc'", "seed=1"], "seed='abc': Value 'abc' of type 'str'"),
     ],
 )
 def test_a_key_given_twice_is_named_with_the_value_refused(store, args, line, monkeypatch, capsys):
@@ -712,3 +716,85 @@ def test_a_key_given_twice_is_named_with_the_value_refused(store, args, line, mo
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"fnnlab-train: error: {line}"), err
     assert store.runs() == [] and not (store.root / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["+hydra.launcher.bogus=1"], "hydra.launcher.bogus=1: not a setting of hydra/launcher="),
+        (["hydra/sweeper=basic", "+hydra.sweeper.bogus=1"], "hydra.sweeper.bogus=1: not a"),
+        # Hydra's joblib and submitit launchers pass every key on, to joblib.Parallel (a
+        # backend's setting) and submitit's executor: refused by this check once (helper-46).
+        (["hydra/launcher=joblib", "+hydra.launcher.idle_worker_timeout=60"], None),
+        (["hydra/launcher=submitit_local", '+hydra.launcher.setup=["export X=1"]'], None),
+    ],
+)
+def test_plugin_settings_are_checked_where_the_plugin_names_them(overrides, refused):
+    from hydra import compose, initialize_config_dir
+
+    from fnnlab import sweep
+
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    errors = [sweep.unknown_plugin_setting(cfg.hydra, p) for p in ("launcher", "sweeper")]
+    lines = [str(e) for e in errors if e is not None]
+    assert lines == [] if refused is None else lines[0].startswith(refused), lines
+
+
+def test_the_sweep_callback_reads_strings_as_hydra_reads_overrides():
+    """A setting from ${oc.env:...} is a string: 'false' was refused as not true or false
+    (helper-46), and before that "abc" was taken as true."""
+    from fnnlab.sweep import SweepCallback
+
+    callback = SweepCallback(summarize="false", remote_dead_after_s="60", store_failures="2")
+    assert (callback.summarize, callback.remote_dead_after_s, callback.store_failures) == (
+        False,
+        60,
+        2,
+    )
+    for setting, value in (("summarize", "abc"), ("remote_dead_after_s", "soon")):
+        with pytest.raises(ValueError, match=f"hydra.callbacks.sweep.{setting}={value}: must"):
+            SweepCallback(**{setting: value})
+
+
+def test_a_submitit_folder_in_the_home_folder_is_checked_there(
+    store_with_a_run, tmp_path, monkeypatch, capsys
+):
+    """submitit reads ~ as the home folder; the check read it as a folder named ~ and let a
+    file there through, to a traceback after the parent run (helper-46)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "afile").touch()
+    store = store_with_a_run
+    before = store.db_bytes()
+    folder = "hydra.launcher.submitit_folder=~/afile/%j"
+    quoted = "hydra.launcher.submitit_folder='~/afile/%j'"
+    args = ["-m", "hydra/launcher=submitit_local", quoted, "seed=0,1", *store.overrides()]
+    status = run_in_process(monkeypatch, cli.train, *args)
+    err = capsys.readouterr().err
+    check_refused(store, before, status, err, folder)
+    assert err.strip() == f"fnnlab-train: error: {folder}: it is a file"
+
+
+@pytest.mark.parametrize(
+    ("params", "line"),
+    [
+        ("seed: range(0)", "seed=range(0): sweeps no values: the sweep has no jobs"),
+        ("seed: interval(0,1)", "seed=interval(0,1): not in Hydra's basic sweep grammar"),
+    ],
+)
+def test_the_basic_sweepers_params_are_checked_as_its_overrides(
+    store_with_a_run, params, line, tmp_path, monkeypatch, capsys
+):
+    """hydra.sweeper.params in a config file (the command line cannot set them: Hydra
+    refuses a dict over their null): the checks read only the command line, and a FAILED
+    or KILLED parent run was left (helper-46)."""
+    (tmp_path / "experiment").mkdir()
+    yaml = f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      {params}\n"
+    (tmp_path / "experiment" / "swept.yaml").write_text(yaml)
+    store = store_with_a_run
+    before = store.db_bytes()
+    args = ["-m", "--config-dir", str(tmp_path), "experiment=swept", "hydra/sweeper=basic"]
+    status = run_in_process(monkeypatch, cli.train, *args, *store.overrides())
+    err = capsys.readouterr().err
+    check_refused(store, before, status, err, line.partition(":")[0])
+    assert err.strip().startswith(f"fnnlab-train: error: {line}"), err

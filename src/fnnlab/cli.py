@@ -24,6 +24,7 @@ from typing import NoReturn, TextIO
 import hydra
 import omegaconf
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -345,26 +346,30 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None
     raise RuntimeError(f"mlflow server did not answer at {url} within {timeout:.0f} s")
 
 
+# No value known (a config error's value may be None: `seed=null`).
+_UNKNOWN = object()
+
+
 def _key_value(exc: BaseException) -> str | None:
     """'key=value' of the override a config error is about, from the command line."""
     for e in (exc, exc.__cause__, exc.__context__):
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             # A refused deletion is about the '~key', whatever sets the key after it.
             deletion = "does not support deletion" in str(e)
-            return _override(e.full_key, deletion, getattr(e, "value", None))
+            return _override(e.full_key, deletion, getattr(e, "value", _UNKNOWN))
     return None
 
 
-def _override(key: str, deletion: bool = False, refused: object = None) -> str:
+def _override(key: str, deletion: bool = False, refused: object = _UNKNOWN) -> str:
     """'key=value' as the command line gave it (the last, as Hydra takes it; a deletion
     as '~key'), or the key alone. With `deletion`, the last '~key' only. With the value an
     error `refused`, the first that gives it: Hydra stops at the first value it cannot take,
     and a later one for the same key was never set (`seed=abc seed=1`)."""
     given = [arg for arg in sys.argv[1:] if arg.lstrip("+~").partition("=")[0] == key]
-    if refused is not None and not deletion:
+    if refused is not _UNKNOWN and not deletion:
         for arg in given:
             value = arg.lstrip("+~").partition("=")[2]
-            if not arg.startswith("~") and _reads_as(value, refused):
+            if not arg.startswith("~") and _reads_as(arg.lstrip("+"), refused):
                 return f"{key}={value}"
     for arg in reversed(given):
         if arg.startswith("~") or not deletion:
@@ -372,15 +377,14 @@ def _override(key: str, deletion: bool = False, refused: object = None) -> str:
     return key
 
 
-def _reads_as(typed: str, value: object) -> bool:
-    """Whether a value typed on the command line is `value` as a config error reports it
-    ('1e3' is 1000.0)."""
-    if typed == str(value):
-        return True
+def _reads_as(override: str, value: object) -> bool:
+    """Whether an override ('seed=1e3') gives `value` as Hydra parses it (1000.0; 'true' is
+    True, 'null' None, "'abc'" 'abc'), of the same type: 1 is not True."""
     try:
-        return isinstance(value, float) and float(typed) == value
-    except ValueError:
+        parsed = OverridesParser.create().parse_override(override).value()
+    except Exception:  # not one Hydra parses on its own (a glob(...) of a config group)
         return False
+    return type(parsed) is type(value) and parsed == value
 
 
 def _as_typed(exc: ConfigValueError) -> str:

@@ -40,7 +40,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
@@ -158,6 +157,18 @@ def expand(arguments: list[str], loader: Any = None) -> list[list[str]] | None:
 # The sweepers (hydra/sweeper=...) whose jobs expand() lists: the basic grammar is all they
 # take.
 BASIC_GRAMMAR_SWEEPERS = ("fnnlab", "basic")
+
+
+def _sweeper(config: DictConfig) -> str | None:
+    return OmegaConf.select(config, "hydra.runtime.choices").get("hydra/sweeper")
+
+
+def sweep_arguments(config: DictConfig) -> list[str]:
+    """The sweep's overrides: the command line's, after the basic sweeper's own
+    hydra.sweeper.params (`seed: range(5)` in a config file), as that sweeper joins them."""
+    arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    params = config.hydra.sweeper.get("params") if _sweeper(config) == "basic" else None
+    return [f"{key}={value}" for key, value in (params or {}).items()] + arguments
 
 
 def not_basic_grammar(arguments: list[str], loader: Any = None) -> ConfigValueError:
@@ -527,15 +538,11 @@ def unknown_plugin_setting(hydra: DictConfig, plugin: str) -> ConfigValueError |
     node = hydra[plugin]
     choice = hydra.runtime.choices.get(f"hydra/{plugin}")
     params = inspect.signature(get_class(node._target_).__init__).parameters
-    known = [name for name in params if name != "self"]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        # Any keyword (Hydra's joblib and submitit launchers): the keys of the plugin's own
-        # config, as it registered it.
-        try:
-            schema = ConfigStore.instance().load(f"hydra/{plugin}/{choice}.yaml").node
-        except Exception:  # a plugin configured from a file of its own: not known here
-            return None
-        known = [key for key in schema if key != "_target_"]
+        # Hydra's joblib and submitit launchers pass every key on, to joblib.Parallel and
+        # submitit's executors, which take more than the plugins' schemas list.
+        return None
+    known = [name for name in params if name != "self"]
     unknown = next((key for key in node if key != "_target_" and key not in known), None)
     if unknown is None:
         return None
@@ -663,7 +670,9 @@ def check_submitit_local(launcher: DictConfig) -> None:
     folder = str(launcher.get("submitit_folder") or "")
     if folder:
         made = folder.split("%", 1)[0]  # %j and the like: the job's own part
-        made_dir = Path(made) if made.endswith("/") or made == folder else Path(made).parent
+        # As submitit reads it: ~ is the home folder.
+        made_dir = Path(made).expanduser()
+        made_dir = made_dir if made.endswith("/") or made == folder else made_dir.parent
         if why := folder_problem(made_dir):
             raise ConfigValueError("hydra.launcher.submitit_folder", folder, why)
 
@@ -792,7 +801,7 @@ class Sweep:
         from hydra.core.global_hydra import GlobalHydra
         from hydra.utils import instantiate
 
-        arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        arguments = sweep_arguments(config)
         loader = internals.config_loader(GlobalHydra.instance().config_loader())
         try:
             task = internals.without_hydra(config)
@@ -808,8 +817,7 @@ class Sweep:
                 instantiate(config.hydra[plugin])
             check_hydra_plugins(config.hydra)
             jobs = expand(arguments, loader)
-            sweeper = OmegaConf.select(config, "hydra.runtime.choices").get("hydra/sweeper")
-            if jobs is None and sweeper in BASIC_GRAMMAR_SWEEPERS:
+            if jobs is None and _sweeper(config) in BASIC_GRAMMAR_SWEEPERS:
                 raise not_basic_grammar(arguments, loader)
             check_values(task)
             # Every configuration the sweep must end with a run of (None: the sweeper's).
@@ -1064,6 +1072,17 @@ def _import_answer() -> None:
         pass
 
 
+def _as_typed(value: Any) -> Any:
+    """A string as Hydra would read it typed on the command line ('false' is False, '60' is
+    60); anything else, or a string Hydra cannot read alone, as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return OverridesParser.create().parse_override(f"v={value}").value()
+    except Exception:
+        return value
+
+
 class SweepCallback(Callback):
     """hydra.callbacks.sweep in conf/train.yaml: what a sweep means in fnnlab, for any
     sweeper and launcher (see the module docstring), and a single run's value checks before
@@ -1081,6 +1100,14 @@ class SweepCallback(Callback):
         def refuse(key: str, value: Any, why: str) -> None:
             raise ConfigValueError(f"hydra.callbacks.sweep.{key}", value, why)
 
+        given = {
+            "summarize": summarize,
+            "store_failures": store_failures,
+            "remote_dead_after_s": remote_dead_after_s,
+        }
+        # A string, from ${oc.env:...} say, read as Hydra reads an override's value ("false",
+        # "60").
+        summarize, store_failures, remote_dead_after_s = (_as_typed(v) for v in given.values())
         for key, value in unknown.items():
             refuse(
                 key,
@@ -1089,16 +1116,17 @@ class SweepCallback(Callback):
                 "remote_dead_after_s, summarize, store_failures)",
             )
         if not isinstance(summarize, bool):
-            refuse("summarize", summarize, "must be true or false")
+            refuse("summarize", given["summarize"], "must be true or false")
         if isinstance(store_failures, bool) or not isinstance(store_failures, int):
-            refuse("store_failures", store_failures, "must be a whole number, at least 1")
+            refuse("store_failures", given["store_failures"], "must be a whole number, at least 1")
         if store_failures < 1:
-            refuse("store_failures", store_failures, "must be at least 1")
+            refuse("store_failures", given["store_failures"], "must be at least 1")
         number = isinstance(remote_dead_after_s, int | float) and not isinstance(
             remote_dead_after_s, bool
         )
         if not (number and math.isfinite(remote_dead_after_s) and remote_dead_after_s > 0):
-            refuse("remote_dead_after_s", remote_dead_after_s, "must be a number of seconds > 0")
+            why = "must be a number of seconds > 0"
+            refuse("remote_dead_after_s", given["remote_dead_after_s"], why)
         # A RUNNING job recorded on another host without a lease (fnnlab.claims) counts as
         # dead (KILLED, rerun) after this.
         self.remote_dead_after_s = remote_dead_after_s
