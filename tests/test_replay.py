@@ -911,9 +911,9 @@ def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, ca
     """A typo in tracking.uri or tracking.experiment is one line and exit 2, with nothing
     left behind; replay.run replays in that run's own experiment, whatever
     tracking.experiment says, and logs a replay there."""
-    train(store, "train.epochs=5", "data.name=iris2\\${x}")  # "${" in a value: text
+    train(store, "train.epochs=5", "ui.host=127.0.0.1\\${x}")  # "${" in a value: text
     (run,) = store.runs()
-    assert run.data.params["data.name"] == "iris2${x}"
+    assert run.data.params["ui.host"] == "127.0.0.1${x}"
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # replay sets it
     missing = tmp_path / "nothing" / "mlflow.db"
     empty = tmp_path / "empty.db"

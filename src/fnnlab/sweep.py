@@ -537,7 +537,7 @@ def unknown_plugin_setting(hydra: DictConfig, plugin: str) -> ConfigValueError |
 
     node = hydra[plugin]
     choice = hydra.runtime.choices.get(f"hydra/{plugin}")
-    params = inspect.signature(get_class(node._target_).__init__).parameters
+    params = inspect.signature(get_class(node.get("_target_")).__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         # Hydra's joblib and submitit launchers pass every key on, to joblib.Parallel and
         # submitit's executors, which take more than the plugins' schemas list.
