@@ -24,7 +24,6 @@ from typing import NoReturn, TextIO
 import hydra
 import omegaconf
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -39,6 +38,7 @@ from fnnlab.config import (
     check_port,
     check_values,
     folder_problem,
+    override_value,
     password_to_env,
     project_root,
 )
@@ -369,7 +369,7 @@ def _override(key: str, deletion: bool = False, refused: object = _UNKNOWN) -> s
     if refused is not _UNKNOWN and not deletion:
         for arg in given:
             value = arg.lstrip("+~").partition("=")[2]
-            if not arg.startswith("~") and _reads_as(arg.lstrip("+"), refused):
+            if not arg.startswith("~") and _reads_as(value, refused):
                 return f"{key}={value}"
     for arg in reversed(given):
         if arg.startswith("~") or not deletion:
@@ -377,12 +377,12 @@ def _override(key: str, deletion: bool = False, refused: object = _UNKNOWN) -> s
     return key
 
 
-def _reads_as(override: str, value: object) -> bool:
-    """Whether an override ('seed=1e3') gives `value` as Hydra parses it (1000.0; 'true' is
-    True, 'null' None, "'abc'" 'abc'), of the same type: 1 is not True."""
+def _reads_as(typed: str, value: object) -> bool:
+    """Whether a value typed on the command line ('1e3') is `value` as Hydra reads it
+    (1000.0; 'true' is True, 'null' None, "'abc'" 'abc'), of the same type: 1 is not True."""
     try:
-        parsed = OverridesParser.create().parse_override(override).value()
-    except Exception:  # not one Hydra parses on its own (a glob(...) of a config group)
+        parsed = override_value(typed)
+    except ValueError:  # not one Hydra reads alone (a glob(...) of a config group)
         return False
     return type(parsed) is type(value) and parsed == value
 

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -453,6 +454,15 @@ def _move_password(uri: str, environ: MutableMapping[str, str]) -> str:
             )
     environ.update(moved)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def override_value(text: str) -> Any:
+    """`text` as Hydra reads a value typed on the command line: 'false' is False, '60' 60,
+    '1e3' 1000.0, 'null' None, "'abc'" 'abc'. ValueError if Hydra cannot read it alone."""
+    try:
+        return OverridesParser.create().parse_override(f"v={text}").value()
+    except Exception as exc:  # Hydra's OverrideParseException, among others
+        raise ValueError(f"{text}: {exc}") from None
 
 
 def check_port(port: int, any_free: bool = False) -> None:

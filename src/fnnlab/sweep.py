@@ -56,6 +56,7 @@ from fnnlab.config import (
     check_values,
     fingerprint,
     folder_problem,
+    override_value,
 )
 from fnnlab.errortext import first_line
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
@@ -1072,14 +1073,12 @@ def _import_answer() -> None:
         pass
 
 
-def _as_typed(value: Any) -> Any:
-    """A string as Hydra would read it typed on the command line ('false' is False, '60' is
-    60); anything else, or a string Hydra cannot read alone, as it is."""
-    if not isinstance(value, str):
-        return value
+def _read_as_typed(value: Any) -> Any:
+    """A string as the command line's value would be read (config.override_value);
+    anything else, or a string that cannot be read alone, as it is."""
     try:
-        return OverridesParser.create().parse_override(f"v={value}").value()
-    except Exception:
+        return override_value(value) if isinstance(value, str) else value
+    except ValueError:
         return value
 
 
@@ -1107,7 +1106,7 @@ class SweepCallback(Callback):
         }
         # A string, from ${oc.env:...} say, read as Hydra reads an override's value ("false",
         # "60").
-        summarize, store_failures, remote_dead_after_s = (_as_typed(v) for v in given.values())
+        summarize, store_failures, remote_dead_after_s = map(_read_as_typed, given.values())
         for key, value in unknown.items():
             refuse(
                 key,
