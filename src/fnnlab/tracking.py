@@ -204,8 +204,9 @@ def connect(uri: str, experiment: str | None) -> tuple[MlflowClient, str | None]
     """A client and the experiment id (None without an experiment name); one-line errors
     for an unreachable or unknown store.
 
-    Nothing is created: aggregation only reads (an sqlite URI is checked for its file first,
-    since opening a missing one would create an empty database).
+    Nothing is created: the commands that need an existing store (fnnlab-aggregate,
+    fnnlab-replay, fnnlab-ui with a sweep named) check it with this first (an sqlite URI is
+    checked for its file first, since opening a missing one would create an empty database).
     """
     from fnnlab.config import ConfigValueError, check_uri
 
