@@ -585,7 +585,7 @@ OTHER_COMMANDS = [
 def test_the_other_commands_refuse_what_nothing_reads(
     store_with_a_run, command, args, line, monkeypatch, capsys, tmp_path
 ):
-    """They ran as if an unknown key were not there (`+aggregate.bogus=1`: exit 0)."""
+    """Before: they ran as if an unknown key were not there (`+aggregate.bogus=1`: exit 0)."""
     store = store_with_a_run
     before = store.db_bytes()
     # Its own output folder: Hydra makes it (with an empty cli.log) before the command runs,
@@ -677,7 +677,8 @@ def store_dump(store: TmpStore) -> list[str]:
 
 
 def test_an_experiment_name_mlflow_refuses_is_named_in_one_line(store, monkeypatch, capsys):
-    """Hydra's job-failure banner, then MLflow's reason as the tracking store's, exit 1."""
+    """Before: Hydra's job-failure banner, then MLflow's reason as the tracking store's,
+    exit 1 (helper-45)."""
     name = "x" * 600
     args = [*store.overrides(), f"tracking.experiment={name}"]
     assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *args) == 2
