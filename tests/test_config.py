@@ -676,16 +676,26 @@ def store_dump(store: TmpStore) -> list[str]:
         return list(db.iterdump())
 
 
-def test_an_experiment_name_mlflow_refuses_is_named_in_one_line(store, monkeypatch, capsys):
+@pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
+def test_an_experiment_name_mlflow_refuses_is_named_in_one_line(
+    store, tmp_path, sweep, monkeypatch, capsys
+):
     """Before: Hydra's job-failure banner, then MLflow's reason as the tracking store's,
-    exit 1 (helper-45)."""
+    exit 1 (helper-45); then one line, but after the new store's database was made."""
     name = "x" * 600
     args = [*store.overrides(), f"tracking.experiment={name}"]
-    assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *args) == 2
+    assert run_in_process(monkeypatch, cli.train, *sweep, "train.epochs=2", *args) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fnnlab-train: error: tracking.experiment={name}: ")
     assert "maximum length" in line
     assert store.runs() == []
+    new = tmp_path / "new-store"
+    uri = f"sqlite:///{new}/mlflow.db"
+    args = [f"tracking.uri={uri}", f"tracking.experiment={name}", f"hydra.run.dir={tmp_path}/o"]
+    args.append(f"hydra.sweep.dir={tmp_path}/m")
+    assert run_in_process(monkeypatch, cli.train, *sweep, "train.epochs=2", *args) == 2
+    assert "maximum length" in capsys.readouterr().err
+    assert not new.exists()
 
 
 def test_a_ui_sweep_in_no_store_creates_none(tmp_path):

@@ -17,10 +17,11 @@ of a sweep's time (measured, README "Speed"):
   "Speed" has what it saves). Validated before the transaction, and on SQLite inserted
   through the driver, so that SQLite's one write lock is held for the inserts alone.
 
-It also holds the three other private names fnnlab needs: the SQLAlchemy engine of the
+It also holds the four other private names fnnlab needs: the SQLAlchemy engine of the
 store a client opened (to make the embedded store durable, see durable_sqlite), the
-exception of a failed Hydra job (JobReturn.return_value raises it, after printing a line)
-and how Hydra's joblib launcher converts its settings for joblib (to check them up front).
+exception of a failed Hydra job (JobReturn.return_value raises it, after printing a line),
+how Hydra's joblib launcher converts its settings for joblib, and MLflow's check of an
+experiment name (both to check them up front).
 
 Each was written for the versions in constraints.txt and is checked here, at import: with
 other versions installed, or FNNLAB_FAST_PATHS=0, every function below takes the public
@@ -369,6 +370,22 @@ def sql_store(client: Any) -> Any:
 
     store = client._tracking_client.store
     return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def experiment_name_problem(name: str) -> str | None:
+    """Why MLflow's stores refuse this experiment name (MLflow's own check, which they run
+    when they create it), or None. Asked before the store is opened, so that a refused name
+    leaves no new database behind. None on the public path: the store refuses it then."""
+    if not FAST:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_experiment_name
+
+    try:
+        _validate_experiment_name(name)
+    except MlflowException as exc:
+        return exc.message
+    return None
 
 
 def durable_sqlite(store: Any) -> None:

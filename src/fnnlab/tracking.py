@@ -161,6 +161,8 @@ def open_store(uri: str, experiment: str) -> Store:
     from fnnlab.config import ConfigValueError, check_uri
 
     check_uri(uri)
+    if (why := internals.experiment_name_problem(experiment)) is not None:
+        raise ConfigValueError("tracking.experiment", experiment, why)
     check_reachable(uri)
     db = sqlite_path(uri)
     with storeguard.first_use(uri, db):
