@@ -464,6 +464,15 @@ def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
     assert "No run finished: no configuration to show." in note and "|" not in note
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t "])
+def test_a_blank_filter_is_no_filter(small, blank) -> None:
+    """Before, " " selected every run, as no filter does, and the answer said it was of the
+    runs "matching   (aggregate.filter)"."""
+    store, _ = small
+    sel = aggregate.select(store.uri, store.experiment, filter_string=blank)
+    assert sel.filter is None and len(sel.runs) == 1
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

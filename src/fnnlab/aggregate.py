@@ -128,6 +128,8 @@ def select(
 ) -> Selection:
     """The job runs of one sweep (latest, by sweep id or parent run), or all with sweep=all."""
     client, exp_id = connect(uri, experiment)
+    # Blank is no filter, as MLflow reads it; the answer would name it as one.
+    filter_string = (filter_string or "").strip() or None
     sid = None
     if parent_run_id and sweep != "latest":
         # Each selects a sweep: which one was meant cannot be guessed.

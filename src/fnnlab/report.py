@@ -394,7 +394,8 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
     """What a person reads of comparison.csv: per configuration, mean ± CI, the difference
     with the leader, the verdict, and the regime counts (the full numbers stay in the CSVs)."""
     c = _with_counts(agg)
-    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}]"
+    # The verdicts are Holm-adjusted and the intervals not: a tie's interval can leave 0 out.
+    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}, unadjusted]"
     varying = varying_cols(agg)
     columns = [*varying, "n", mean, vs, "p_adj", "verdict", "seeds needed"]
     rows = []
