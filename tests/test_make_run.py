@@ -61,9 +61,14 @@ def test_make_run_trains_the_reference_and_a_sweep_and_answers(tmp_path: Path) -
             "SELECT value FROM latest_metrics WHERE key = 'reference/max_abs_dev'"
         ).fetchall()
         leader = db.execute("SELECT value FROM tags WHERE key = 'aggregate.leader'").fetchall()
+        git = db.execute(
+            "SELECT DISTINCT key, value FROM tags WHERE key IN ('env.git_commit', 'env.git_dirty')"
+        ).fetchall()
     roles = sorted((name, role) for name, role, _ in runs)
     assert roles == [("fnnlab", "job")] * 30 + [("fnnlab", "sweep"), ("reference", "job")]
     assert {status for _, _, status in runs} == {"FINISHED"}
     # The published curve, reproduced to 1e-6.
     assert len(deviation) == 1 and deviation[0][0] <= 1e-6
     assert len(leader) == 1 and leader[0][0].startswith("hidden_dim=")
+    # The copy is no git checkout: it said "false", as if a checkout were clean.
+    assert sorted(git) == [("env.git_commit", "none"), ("env.git_dirty", "unknown")]

@@ -129,7 +129,8 @@ def _static_tags() -> dict[str, str]:
         "env.cpu": cpu_model(),
         "env.code": code_hash(),
         "env.git_commit": commit or "none",
-        "env.git_dirty": str(dirty).lower(),
+        # Outside a git checkout nothing says whether the code was changed.
+        "env.git_dirty": str(dirty).lower() if commit else "unknown",
     }
     if dirty:
         tags["env.git_diff_sha256"] = hashlib.sha256(diff).hexdigest()[:16]
