@@ -464,6 +464,21 @@ def test_all_failed_sweep_is_reported(small, tmp_path: Path) -> None:
     assert "No run finished: no configuration to show." in note and "|" not in note
 
 
+def test_a_filter_with_backticks_stays_one_code_span(small) -> None:
+    """A filter naming params.`model.hidden_dim` ended the Markdown code span around it
+    early, in report.md and on the parent run; report.md's method named only the t-tests,
+    though an outcome with no spread gets a permutation test (helper-47)."""
+    store, _ = small
+    flt = "params.seed != '1' and params.`model.hidden_dim` = '4'"
+    assert report.code(flt) == f"``{flt}``"
+    assert report.code("`a`") == "`` `a` ``" and report.code("a") == "`a`"
+    agg = aggregate.aggregate(aggregate.select(store.uri, store.experiment, filter_string=flt))
+    span = f"Only the runs matching ``{flt}`` (aggregate.filter)"
+    assert span in report.description(agg, []) and span in report.markdown_report(agg, [])
+    method = "an exact permutation test when one of them has no spread"
+    assert method in report.markdown_report(agg, [])
+
+
 @pytest.mark.parametrize("blank", ["", " ", "\t "])
 def test_a_blank_filter_is_no_filter(small, blank) -> None:
     """Before, " " selected every run, as no filter does, and the answer said it was of the

@@ -38,7 +38,7 @@ CONTRACT_KEYS = (
 )
 RUN_LINE = re.compile(
     r"^(?P<name>h\S+): loss (?P<loss>\d+\.\d{6}) accuracy (?P<acc>\d\.\d{3})"
-    r"(?: \(diverged at epoch (?P<at>\d+)\))? "
+    r"(?: \(the last before it diverged at epoch (?P<at>\d+)\))? "
     r"(?P<url>http://127\.0\.0\.1:5000/#/experiments/(?P<exp>\w+)/runs/(?P<run>\w+)"
     r"\?workflowType=machine_learning)$"
 )

@@ -12,7 +12,7 @@ from test_compare import regimes_per_mode
 
 from fnnlab import report
 from fnnlab.aggregate import Aggregate
-from fnnlab.compare import compare, stability_boundary
+from fnnlab.compare import IDENTICAL, compare, stability_boundary
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import MAX_TAG_VALUE
 
@@ -308,7 +308,7 @@ def test_the_description_fits_the_tag_and_keeps_what_is_not_of_this_answer() -> 
     assert len(note) <= MAX_TAG_VALUE and note.endswith(tail), note[-500:]
     head, rest = note.split("…\n")
     assert head.startswith("### leader: ") and "\n- tied with the leader: lr=0.002 (" in head
-    assert head.endswith(" (+0, p_adj 1); ") and len(note) > MAX_TAG_VALUE - 100
+    assert head.endswith(" (+0, p_adj 1, the same runs); ") and len(note) > MAX_TAG_VALUE - 100
     assert rest.startswith("\nMore: [report]") and "Sweep over `optim.lr=...`" in rest
 
 
@@ -464,3 +464,11 @@ def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
     grid = report.comparison_grid(agg).set_index("hidden_dim")
     assert grid.loc[8, "lr=1"] == "0.38 (n=1: no interval)"
     assert grid.loc[8, "lr=0.1"] == "0.381 [0.3785, 0.3835], n=3"
+
+
+def test_the_same_runs_are_named_so_in_the_tie_line() -> None:
+    """Two configurations that made the same runs (a setting that changed nothing) read as a
+    plain tie; only comparison.csv's note said so (helper-47)."""
+    agg = answer_of("tail_loss", {0.1: [0.2, 0.3, 0.25], 1.0: [0.2, 0.3, 0.25]})
+    assert agg.comparison.set_index("lr").loc[1.0, "note"] == IDENTICAL
+    assert "tied with the leader: lr=1 (+0, p_adj 1, the same runs)" in report.leader_text(agg)

@@ -540,7 +540,7 @@ def compare(
         tied = bool(p_adj >= alpha or below_margin)
         row["tied"] = tied
         if t.identical:
-            row["note"] = "identical to the leader"
+            row["note"] = IDENTICAL
         elif not tied:
             # Only a configuration with diverged runs (left out of the leader's pool) can be
             # significantly better than the leader.
@@ -567,6 +567,8 @@ def compare(
     return _frame(rows, config_cols)
 
 
+# The note of a configuration whose runs are the leader's, seed by seed.
+IDENTICAL = "identical to the leader"
 ONLY_ONE = "the only configuration with 2 seeds with an outcome: nothing to compare it with"
 
 

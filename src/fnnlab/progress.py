@@ -99,13 +99,14 @@ class EpochBar:
 
 
 def run_line(result: JobResult, base: str) -> str:
-    """The line each run ends with: name, final loss and accuracy, and its page in the UI."""
+    """The line each run ends with: name, final loss and accuracy (of a diverged run, the
+    last before it diverged, which read as where it ended), and its page in the UI."""
     final = result.history.final()
     at = result.history.diverged_at
     return (
         f"{result.run_name}: loss {final.get('loss', float('nan')):.6f} "
         f"accuracy {final.get('accuracy', float('nan')):.3f}"
-        f"{f' (diverged at epoch {at})' if at is not None else ''} "
+        f"{f' (the last before it diverged at epoch {at})' if at is not None else ''} "
         f"{links.run_url(base, result.experiment_id, result.run_id)}"
     )
 

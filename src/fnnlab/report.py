@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pandas as pd
 
 from fnnlab import links, plots, provenance, reference
 from fnnlab.aggregate import Aggregate, Selection, boundary_groups
-from fnnlab.compare import BOUNDARY_COLUMNS, ONLY_ONE, is_whole, leader_label
+from fnnlab.compare import BOUNDARY_COLUMNS, IDENTICAL, ONLY_ONE, is_whole, leader_label
 from fnnlab.config import AggregateConfig
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
@@ -135,6 +136,14 @@ def margin_text(agg: Aggregate) -> str:
     if agg.min_effect is None:
         return "1% of the leader's mean, the default"
     return "0: no margin" if agg.min_effect == 0 else f"{agg.min_effect:g}"
+
+
+def code(text: str) -> str:
+    """Text as a Markdown code span, whatever backticks it holds (a filter names a param as
+    params.`optim.lr`): fenced by one backtick more than its longest run of them."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def ci_name(agg: Aggregate) -> str:
@@ -267,6 +276,7 @@ def _leader_lines(
             # The p-value always: "below the margin" alone read as "shown to be equal".
             why = f"p_adj {r['p_adj']:.2g}"
             why += ", below the margin" if "margin" in str(r["note"]) else ""
+            why += ", the same runs" if r["note"] == IDENTICAL else ""
             need = (
                 f", ~{int(r['seeds_needed'])} seeds to separate" if cell(r["seeds_needed"]) else ""
             )
@@ -704,7 +714,11 @@ def description(
         stale = ["", f"Not of this answer: {names} (an earlier answer's; MLflow keeps them)."]
     if agg.selection.filter:
         # A filtered aggregation replaces the sweep's answer: say it is about a subset.
-        head = [f"Only the runs matching `{agg.selection.filter}` (aggregate.filter).", "", *head]
+        head = [
+            f"Only the runs matching {code(agg.selection.filter)} (aggregate.filter).",
+            "",
+            *head,
+        ]
     for parts in (
         (head, tables, link_line, sweep, stale),
         (head, tables, short, sweep, stale),
@@ -815,7 +829,11 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         f"Source: {source}, tracking URI `{sel.uri}`.",
         "",
         *(
-            [f"Only the runs matching `{sel.filter}` (aggregate.filter): not the whole sweep.", ""]
+            [
+                f"Only the runs matching {code(sel.filter)} (aggregate.filter): "
+                "not the whole sweep.",
+                "",
+            ]
             if sel.filter
             else []
         ),
@@ -830,8 +848,10 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"Outcome: the {OUTCOME_NAMES[agg.outcome]} of each finished, non-diverged run "
         "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
-        "paired t-test when both have the same seeds, Welch's otherwise, Holm-adjusted over "
-        "every pair of configurations (the leader is chosen from the data). Tied: adjusted p "
+        "paired t-test when both have the same seeds, Welch's otherwise, an exact permutation "
+        "test when one of them has no spread (the test column of comparison.csv says which), "
+        "Holm-adjusted over every pair of configurations (the leader is chosen from the data). "
+        "Tied: adjusted p "
         f"at or above `aggregate.alpha` ({agg.alpha:g}), or a difference below the margin "
         f"`aggregate.min_effect` ({margin_text(agg)}). `seeds needed`: seeds per "
         "configuration for 80% power at the observed difference and spread, at alpha over "
