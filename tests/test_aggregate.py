@@ -3,6 +3,7 @@ and every input that must end in one line and a non-zero exit."""
 
 from __future__ import annotations
 
+import html
 import math
 import socket
 import statistics
@@ -475,8 +476,11 @@ def test_a_filter_with_backticks_stays_one_code_span(small) -> None:
     agg = aggregate.aggregate(aggregate.select(store.uri, store.experiment, filter_string=flt))
     span = f"Only the runs matching ``{flt}`` (aggregate.filter)"
     assert span in report.description(agg, []) and span in report.markdown_report(agg, [])
-    method = "an exact permutation test when one of them has no spread"
+    method = "when one of them has no spread, an exact permutation test"
     assert method in report.markdown_report(agg, [])
+    # report.html, which the sweep's "report" link opens, did not say it at all (helper-48).
+    page = report.html_report(agg, Path("."), [])
+    assert f"Only the runs matching <code>{html.escape(flt)}</code> (aggregate.filter)" in page
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\t "])

@@ -12,7 +12,7 @@ from test_compare import regimes_per_mode
 
 from fnnlab import report
 from fnnlab.aggregate import Aggregate
-from fnnlab.compare import IDENTICAL, compare, stability_boundary
+from fnnlab.compare import compare, stability_boundary
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import MAX_TAG_VALUE
 
@@ -173,8 +173,14 @@ def test_equal_accuracies_of_every_seed_are_not_certain() -> None:
     assert leader.endswith("mean final accuracy 0.99 (3 seeds, all equal: no interval)"), leader
     table = report.comparison_table(agg).set_index("lr")
     assert table.loc[1.0, "vs leader [95% CI, unadjusted]"] == "+0 (exact test: no interval)"
-    assert verdicts(agg) == {0.1: "leader", 1.0: "tied"}
+    # Either could have led: lr=0.1 leads by sort order alone (helper-47).
+    assert leader == (
+        "leader: lr=0.1 (the lead shared with lr=1: the same mean): "
+        "mean final accuracy 0.99 (3 seeds, all equal: no interval)"
+    )
+    assert verdicts(agg) == {0.1: "leader", 1.0: "shares lead"}
     assert "identical" not in str(agg.comparison["note"].tolist())
+    assert [r["lr"] for r in report.co_leaders(agg)] == [0.1, 1.0]
 
 
 def test_the_stability_boundary_is_per_backprop_mode() -> None:
@@ -301,14 +307,16 @@ def test_the_description_fits_the_tag_and_keeps_what_is_not_of_this_answer() -> 
 
     # So many tied configurations that the answer's lines alone are too long: they give way
     # after a whole configuration; the links to the report, the sweep and the earlier files stay.
-    agg = answer_of("final_loss", {lr / 1000: [0.3, 0.31, 0.29] for lr in range(1, 301)})
+    # (Of means a little apart: configurations of one mean would all share the lead.)
+    values = {lr / 1000: [0.3, 0.31, 0.29 + lr * 1e-6] for lr in range(1, 301)}
+    agg = answer_of("final_loss", values)
     agg.selection.filter = None
     agg.runs["status"] = "FINISHED"
     note = report.description(agg, views, "optim.lr=...", earlier)
     assert len(note) <= MAX_TAG_VALUE and note.endswith(tail), note[-500:]
     head, rest = note.split("…\n")
     assert head.startswith("### leader: ") and "\n- tied with the leader: lr=0.002 (" in head
-    assert head.endswith(" (+0, p_adj 1, the same runs); ") and len(note) > MAX_TAG_VALUE - 100
+    assert head.endswith(", below the margin); ") and len(note) > MAX_TAG_VALUE - 100
     assert rest.startswith("\nMore: [report]") and "Sweep over `optim.lr=...`" in rest
 
 
@@ -466,9 +474,15 @@ def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
     assert grid.loc[8, "lr=0.1"] == "0.381 [0.3785, 0.3835], n=3"
 
 
-def test_the_same_runs_are_named_so_in_the_tie_line() -> None:
-    """Two configurations that made the same runs (a setting that changed nothing) read as a
-    plain tie; only comparison.csv's note said so (helper-47)."""
-    agg = answer_of("tail_loss", {0.1: [0.2, 0.3, 0.25], 1.0: [0.2, 0.3, 0.25]})
-    assert agg.comparison.set_index("lr").loc[1.0, "note"] == IDENTICAL
-    assert "tied with the leader: lr=1 (+0, p_adj 1, the same runs)" in report.leader_text(agg)
+def test_the_same_runs_share_the_lead() -> None:
+    """Two configurations that made the same runs (a setting that changed nothing): one was
+    the leader, by sort order, and the other a plain tie; only comparison.csv's note said so
+    (helper-47). A third of another mean is still tied or not on its own."""
+    values = {0.1: [0.2, 0.3, 0.25], 1.0: [0.2, 0.3, 0.25], 3.0: [0.21, 0.33, 0.24]}
+    agg = answer_of("tail_loss", values)
+    assert agg.comparison.set_index("lr").loc[1.0, "note"] == "identical to the leader"
+    lines = report.leader_text(agg).splitlines()
+    assert lines[0].startswith("leader: lr=0.1 (the lead shared with lr=1: the same mean): ")
+    assert lines[1].startswith("tied with the leader: lr=3 (+0.01, p_adj ")
+    assert verdicts(agg) == {0.1: "leader", 1.0: "shares lead", 3.0: "tied"}
+    assert [r["lr"] for r in report.co_leaders(agg)] == [0.1, 1.0]

@@ -567,7 +567,8 @@ def compare(
     return _frame(rows, config_cols)
 
 
-# The note of a configuration whose runs are the leader's, seed by seed.
+# The note of a configuration whose outcomes equal the leader's seed by seed (to rounding): the
+# same runs, or runs that share an outcome (a best loss that never fell below epoch 0's).
 IDENTICAL = "identical to the leader"
 ONLY_ONE = "the only configuration with 2 seeds with an outcome: nothing to compare it with"
 

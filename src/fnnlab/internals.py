@@ -20,8 +20,8 @@ of a sweep's time (measured, README "Speed"):
 It also holds the four other private names fnnlab needs: the SQLAlchemy engine of the
 store a client opened (to make the embedded store durable, see durable_sqlite), the
 exception of a failed Hydra job (JobReturn.return_value raises it, after printing a line),
-how Hydra's joblib launcher converts its settings for joblib, and MLflow's check of an
-experiment name (both to check them up front).
+how Hydra's joblib launcher converts its settings for joblib (to check them up front), and
+MLflow's check of an experiment name (so that a new store is not made for a name it refuses).
 
 Each was written for the versions in constraints.txt and is checked here, at import: with
 other versions installed, or FNNLAB_FAST_PATHS=0, every function below takes the public
@@ -373,13 +373,16 @@ def sql_store(client: Any) -> Any:
 
 
 def experiment_name_problem(name: str) -> str | None:
-    """Why MLflow's stores refuse this experiment name (MLflow's own check, which they run
-    when they create it), or None. Asked before the store is opened, so that a refused name
-    leaves no new database behind. None on the public path: the store refuses it then."""
-    if not FAST:
-        return None
+    """Why MLflow's stores refuse this name for a new experiment (MLflow's own check, which
+    they run when they create one), or None. Asked before a new store is made, so that a
+    refused name leaves no database behind; on both paths, as it is no speed trick. None
+    when this MLflow has no such check: the store refuses the name then."""
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_experiment_name
+
+    try:
+        from mlflow.utils.validation import _validate_experiment_name
+    except ImportError:
+        return None
 
     try:
         _validate_experiment_name(name)

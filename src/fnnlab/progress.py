@@ -99,8 +99,9 @@ class EpochBar:
 
 
 def run_line(result: JobResult, base: str) -> str:
-    """The line each run ends with: name, final loss and accuracy (of a diverged run, the
-    last before it diverged, which read as where it ended), and its page in the UI."""
+    """The line each run ends with: name, final loss and accuracy, and its page in the UI.
+    A diverged run's values are the last before it diverged: the line says so, since alone
+    they read as where the run ended."""
     final = result.history.final()
     at = result.history.diverged_at
     return (

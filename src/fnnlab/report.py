@@ -14,7 +14,7 @@ import pandas as pd
 
 from fnnlab import links, plots, provenance, reference
 from fnnlab.aggregate import Aggregate, Selection, boundary_groups
-from fnnlab.compare import BOUNDARY_COLUMNS, IDENTICAL, ONLY_ONE, is_whole, leader_label
+from fnnlab.compare import BOUNDARY_COLUMNS, ONLY_ONE, is_whole, leader_label
 from fnnlab.config import AggregateConfig
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
@@ -139,8 +139,9 @@ def margin_text(agg: Aggregate) -> str:
 
 
 def code(text: str) -> str:
-    """Text as a Markdown code span, whatever backticks it holds (a filter names a param as
-    params.`optim.lr`): fenced by one backtick more than its longest run of them."""
+    """Text (not empty, one line) as a Markdown code span, whatever backticks it holds (a
+    filter names a param as params.`optim.lr`; MLflow takes them in an experiment name):
+    fenced by one backtick more than its longest run of them."""
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
@@ -266,9 +267,15 @@ def _leader_lines(
 ) -> list[str]:
     """The leader, its ties, and what is worse or better beyond seed noise (c: the comparison
     with its counts)."""
-    lines = [f"leader: {label(leader)}: mean {what} {_mean_text(agg, leader)}"]
-    tied = c[c["tied"].fillna(False).astype(bool)]
-    if tied.empty:
+    shared = c[[shares_lead(r, leader) for _, r in c.iterrows()]]
+    lines = [
+        f"leader: {label(leader)}{_shared_text(shared, label)}: mean {what} "
+        f"{_mean_text(agg, leader)}"
+    ]
+    tied = c[c["tied"].fillna(False).astype(bool) & ~c.index.isin(shared.index)]
+    if tied.empty and not shared.empty:
+        lines.append("tied with the leader: none other")
+    elif tied.empty:
         lines.append("tied with the leader: none")
     else:
         parts = []
@@ -276,7 +283,6 @@ def _leader_lines(
             # The p-value always: "below the margin" alone read as "shown to be equal".
             why = f"p_adj {r['p_adj']:.2g}"
             why += ", below the margin" if "margin" in str(r["note"]) else ""
-            why += ", the same runs" if r["note"] == IDENTICAL else ""
             need = (
                 f", ~{int(r['seeds_needed'])} seeds to separate" if cell(r["seeds_needed"]) else ""
             )
@@ -299,6 +305,27 @@ def _leader_lines(
                 )
             )
     return lines
+
+
+def shares_lead(row: pd.Series, leader: pd.Series) -> bool:
+    """A configuration tied with the leader at exactly its mean: the leader leads it only by
+    coming first in sort order. Not one that lost seeds to divergence, which a leader
+    without lost seeds is chosen over. (Rows of the comparison with its counts.)"""
+    return bool(
+        not row["leader"]
+        and pd.notna(row["tied"])
+        and bool(row["tied"])
+        and row["mean"] == leader["mean"]
+        and (row["diverged"] == 0 or leader["diverged"] > 0)
+    )
+
+
+def _shared_text(shared: pd.DataFrame, label: Callable[[pd.Series], str]) -> str:
+    """' (the lead shared with lr=10: the same mean)', or '' when no configuration shares it."""
+    if shared.empty:
+        return ""
+    names = "; ".join(label(r) for _, r in shared.iterrows())
+    return f" (the lead shared with {names}: the same mean)"
 
 
 def ended_above_start(agg: Aggregate) -> list[tuple[str, float, float]]:
@@ -382,10 +409,12 @@ def _seeds(row: pd.Series) -> str:
     return f"{k} diverged" if n == 0 else f"{n} {'seed' if n == 1 else 'seeds'}, {k} diverged"
 
 
-def verdict(row: pd.Series, agg: Aggregate) -> str:
-    """A row of the comparison with its counts (_with_counts)."""
+def verdict(row: pd.Series, agg: Aggregate, leader: pd.Series | None) -> str:
+    """A row of the comparison with its counts (_with_counts), and the leader's such row."""
     if row["leader"]:
         return "leader"
+    if leader is not None and shares_lead(row, leader):
+        return "shares lead"
     if row["note"] == ONLY_ONE:
         return "only one"
     if pd.isna(row["tied"]):
@@ -404,6 +433,7 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
     """What a person reads of comparison.csv: per configuration, mean ± CI, the difference
     with the leader, the verdict, and the regime counts (the full numbers stay in the CSVs)."""
     c = _with_counts(agg)
+    leader = c[c["leader"]].iloc[0] if c["leader"].any() else None
     # The verdicts are Holm-adjusted and the intervals not: a tie's interval can leave 0 out.
     mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}, unadjusted]"
     varying = varying_cols(agg)
@@ -422,7 +452,7 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
                 mean: _mean_ci(r) if int(r["n"]) else "",
                 vs: diff,
                 "p_adj": r["p_adj"],
-                "verdict": verdict(r, agg),
+                "verdict": verdict(r, agg, leader),
                 "seeds needed": int(r["seeds_needed"]) if cell(r["seeds_needed"]) else "",
                 "stable/osc./div.": "/".join(
                     str(int(r[k])) for k in ("stable", "oscillating", "diverged")
@@ -675,7 +705,7 @@ def description(
         table = grid if grid is not None else comparison_table(agg).drop(columns=["p_adj"])
         tables = [
             "",
-            (f"Same in every run: `{fixed}`. " if fixed else "")
+            (f"Same in every run: {code(fixed)}. " if fixed else "")
             + f"Mean {agg.outcome} [{ci_name(agg)}] over seeds:",
             "",
             markdown_table(table),
@@ -703,7 +733,7 @@ def description(
     )
     sweep = [
         "",
-        f"Sweep over `{overrides or '(no overrides)'}`: each child run is one job; running "
+        f"Sweep over {code(overrides or '(no overrides)')}: each child run is one job; running "
         "the same command again resumes it.",
     ]
     stale = []
@@ -754,8 +784,17 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
 
     sel = agg.selection
     title = f"{sel.experiment}: sweep {sel.sweep_id or '(selection)'}"
+    only = (
+        [
+            f"<p>Only the runs matching <code>{html.escape(sel.filter)}</code> (aggregate.filter): "
+            "not the whole sweep.</p>"
+        ]
+        if sel.filter
+        else []
+    )
     parts = [
         f"<h1>{html.escape(title)}</h1>",
+        *only,
         "<h2>The answer</h2><ul>",
         *[f"<li>{html.escape(line)}</li>" for line in leader_text(agg).splitlines()],
         "</ul>",
@@ -824,9 +863,9 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         else "runs selected without a sweep"
     )
     lines = [
-        f"# Sweep summary: experiment `{sel.experiment}`",
+        f"# Sweep summary: experiment {code(sel.experiment)}",
         "",
-        f"Source: {source}, tracking URI `{sel.uri}`.",
+        f"Source: {source}, tracking URI {code(sel.uri)}.",
         "",
         *(
             [
@@ -848,8 +887,10 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         f"Outcome: the {OUTCOME_NAMES[agg.outcome]} of each finished, non-diverged run "
         "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
-        "paired t-test when both have the same seeds, Welch's otherwise, an exact permutation "
-        "test when one of them has no spread (the test column of comparison.csv says which), "
+        "paired t-test when both have the same seeds, Welch's otherwise; when one of them has "
+        "no spread, an exact permutation test (against a group with spread, the larger of its "
+        "p and Welch's, and Welch's alone from 8 seeds each; the test column of comparison.csv "
+        "says which), "
         "Holm-adjusted over every pair of configurations (the leader is chosen from the data). "
         "Tied: adjusted p "
         f"at or above `aggregate.alpha` ({agg.alpha:g}), or a difference below the margin "
@@ -1024,6 +1065,13 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
 
 
+def co_leaders(agg: Aggregate) -> list[pd.Series]:
+    """The leader, then the configurations that share its lead (shares_lead)."""
+    c = _with_counts(agg)
+    leader = c[c["leader"]].iloc[0]
+    return [leader, *(r for _, r in c.iterrows() if shares_lead(r, leader))]
+
+
 def parent_values(agg: Aggregate) -> tuple[dict[str, float], dict[str, str]]:
     """The answer's metrics and tags on the parent run: counts of runs, the leader's mean
     outcome and interval, the leader and its ties (aggregate.leader, aggregate.tied), and the
@@ -1040,7 +1088,8 @@ def parent_values(agg: Aggregate) -> tuple[dict[str, float], dict[str, str]]:
     }
     leader, label = agg.leader, _labeller(agg)
     tags = {
-        "aggregate.leader": "" if leader is None else label(leader),
+        # With configurations of exactly its mean, all of them: which comes first is no answer.
+        "aggregate.leader": "" if leader is None else "; ".join(label(r) for r in co_leaders(agg)),
         "aggregate.tied": "; ".join(label(r) for _, r in agg.tied.iterrows()),
         "aggregate.outcome": agg.outcome,
         "aggregate.filter": sel.filter or "",

@@ -161,10 +161,13 @@ def open_store(uri: str, experiment: str) -> Store:
     from fnnlab.config import ConfigValueError, check_uri
 
     check_uri(uri)
-    if (why := internals.experiment_name_problem(experiment)) is not None:
-        raise ConfigValueError("tracking.experiment", experiment, why)
     check_reachable(uri)
     db = sqlite_path(uri)
+    # A name MLflow would refuse, refused before a new store is made for it. (An existing
+    # store may hold such a name, made by another MLflow: looked up, it is used.)
+    new_store = db is not None and not db.exists()
+    if new_store and (why := internals.experiment_name_problem(experiment)) is not None:
+        raise ConfigValueError("tracking.experiment", experiment, why)
     with storeguard.first_use(uri, db):
         # The client opens MLflow's store, which creates or upgrades the schema: in the lock.
         client = _client(uri)
