@@ -486,3 +486,31 @@ def test_the_same_runs_share_the_lead() -> None:
     assert lines[1].startswith("tied with the leader: lr=3 (+0.01, p_adj ")
     assert verdicts(agg) == {0.1: "leader", 1.0: "shares lead", 3.0: "tied"}
     assert [r["lr"] for r in report.co_leaders(agg)] == [0.1, 1.0]
+
+
+def test_a_grid_cell_that_shares_the_lead_says_so() -> None:
+    """The parent run's width x lr grid called it "tied", unlike the table and the answer."""
+    outcomes = {(4, 0.1): [0.2, 0.3], (8, 0.1): [0.2, 0.3], (4, 1.0): [0.21, 0.33]}
+    outcomes[(8, 1.0)] = [0.6, 0.7]
+    runs = pd.DataFrame(
+        [
+            {"hidden_dim": h, "lr": lr, "seed": s, "outcome": v}
+            for (h, lr), values in outcomes.items()
+            for s, v in enumerate(values)
+        ]
+    ).assign(diverged=False)
+    cols = ["hidden_dim", "lr"]
+    summary = runs.groupby(cols).size().rename("runs").reset_index()
+    agg = Aggregate(
+        selection=finished_selection(),
+        runs=runs,
+        summary=summary.assign(oscillating=0, diverged=0),
+        curves=pd.DataFrame(),
+        config_cols=cols,
+        outcome="tail_loss",
+        comparison=compare(runs, cols),
+    )
+    grid = report.comparison_grid(agg).set_index("hidden_dim")
+    assert grid.loc[4, "lr=0.1"].endswith(", n=2, **leader**")
+    assert grid.loc[8, "lr=0.1"].endswith(", n=2, shares lead")
+    assert grid.loc[4, "lr=1"].endswith(", n=2, tied")

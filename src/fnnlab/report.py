@@ -627,13 +627,18 @@ def comparison_grid(
     c = agg.comparison.merge(counts, on=agg.config_cols, how="left")
     if c.empty:  # no run finished
         return None
+    leader = c[c["leader"]].iloc[0] if c["leader"].any() else None
 
     def text(r: pd.Series) -> str:
         n = int(r["n"])
         # Below 2 seeds _mean_ci says "n=1: no interval" itself.
         parts = [_mean_ci(r), f"n={n}"] if n > 1 else [_mean_ci(r)] if n else ["no outcome", "n=0"]
-        if r["leader"] or pd.notna(r["tied"]) and r["tied"]:
-            parts.append("**leader**" if r["leader"] else "tied")
+        if r["leader"]:
+            parts.append("**leader**")
+        elif leader is not None and shares_lead(r, leader):
+            parts.append("shares lead")
+        elif pd.notna(r["tied"]) and r["tied"]:
+            parts.append("tied")
         for key, short in (("oscillating", "osc."), ("diverged", "div.")):
             if r[key]:
                 parts.append(f"{int(r[key])} {short}")
