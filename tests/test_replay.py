@@ -4,6 +4,8 @@ bad input; provenance tags and a dirty tree's diff; resume by code identity."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -35,7 +37,21 @@ def train(store: TmpStore, *overrides: str) -> None:
 
 
 def replay(store: TmpStore, *overrides: str) -> subprocess.CompletedProcess:
-    return run_script("fnnlab-replay", *overrides, *store.overrides())
+    """fnnlab-replay, called in this process: its start-up (imports) was most of a small
+    replay's time, and this module replays dozens of times. What it printed and its exit
+    status, as a process's. (Replays under another environment, through a server, or of an
+    unreachable store stay separate processes below.)"""
+    args = [*overrides, *store.overrides()]
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        status = run_in_process(monkeypatch, cli.replay, *args)
+    return subprocess.CompletedProcess(
+        ["fnnlab-replay", *args], status, out.getvalue(), err.getvalue()
+    )
 
 
 def lines(out: subprocess.CompletedProcess) -> dict[str, str]:
