@@ -600,6 +600,9 @@ def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
     res = run_aggregate(store, tmp_path / "out", "aggregate.filter=\"params.seed = '99'\"")
     one_line_error(res, "aggregate.filter=params.seed = '99'", "selects no runs")
     assert res.returncode == 2 and not (tmp_path / "out").exists()
+    # A filter of the value as the answer prints it (lr=30 as "30") said only "selects no
+    # runs" (helper-47).
+    assert "(params compare as the text stored: a learning rate of 30 is '30.0')" in res.stderr
 
 
 @pytest.mark.parametrize(

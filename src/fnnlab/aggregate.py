@@ -184,7 +184,11 @@ def select(
     except MlflowException as exc:
         raise ConfigValueError(*where, reason(exc)) from None
     if not runs:
-        raise ConfigValueError(*where, f"selects no runs in experiment {experiment}")
+        why = f"selects no runs in experiment {experiment}"
+        if filter_string and "params." in filter_string:
+            # The answer prints lr=30; MLflow compares the text stored, "30.0".
+            why += " (params compare as the text stored: a learning rate of 30 is '30.0')"
+        raise ConfigValueError(*where, why)
     kept = one_run_per_config(runs)
     superseded = len(runs) - len(kept)
     reused = unfinished = jobs = 0
