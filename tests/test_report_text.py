@@ -448,16 +448,9 @@ def test_a_claim_at_another_alpha_names_it() -> None:
     )
 
 
-def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
-    """The description's width x lr grid said '61.33 (n=1: no interval), n=1'."""
-    runs = pd.DataFrame(
-        [
-            {"hidden_dim": h, "lr": lr, "seed": s, "outcome": 0.3 + h / 100 + s / 1000}
-            for h in (4, 8)
-            for lr in (0.1, 1.0)
-            for s in range(1 if (h, lr) == (8, 1.0) else 3)
-        ]
-    ).assign(diverged=False)
+def width_lr_grid(runs: pd.DataFrame) -> pd.DataFrame:
+    """The description's width x lr grid of runs with these tail losses ("outcome"), indexed
+    by width."""
     cols = ["hidden_dim", "lr"]
     summary = runs.groupby(cols).size().rename("runs").reset_index()
     agg = Aggregate(
@@ -469,7 +462,20 @@ def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
         outcome="tail_loss",
         comparison=compare(runs, cols),
     )
-    grid = report.comparison_grid(agg).set_index("hidden_dim")
+    return report.comparison_grid(agg).set_index("hidden_dim")
+
+
+def test_a_grid_cell_of_one_seed_names_its_n_once() -> None:
+    """The description's width x lr grid said '61.33 (n=1: no interval), n=1'."""
+    runs = pd.DataFrame(
+        [
+            {"hidden_dim": h, "lr": lr, "seed": s, "outcome": 0.3 + h / 100 + s / 1000}
+            for h in (4, 8)
+            for lr in (0.1, 1.0)
+            for s in range(1 if (h, lr) == (8, 1.0) else 3)
+        ]
+    ).assign(diverged=False)
+    grid = width_lr_grid(runs)
     assert grid.loc[8, "lr=1"] == "0.38 (n=1: no interval)"
     assert grid.loc[8, "lr=0.1"] == "0.381 [0.3785, 0.3835], n=3"
 
@@ -499,18 +505,7 @@ def test_a_grid_cell_that_shares_the_lead_says_so() -> None:
             for s, v in enumerate(values)
         ]
     ).assign(diverged=False)
-    cols = ["hidden_dim", "lr"]
-    summary = runs.groupby(cols).size().rename("runs").reset_index()
-    agg = Aggregate(
-        selection=finished_selection(),
-        runs=runs,
-        summary=summary.assign(oscillating=0, diverged=0),
-        curves=pd.DataFrame(),
-        config_cols=cols,
-        outcome="tail_loss",
-        comparison=compare(runs, cols),
-    )
-    grid = report.comparison_grid(agg).set_index("hidden_dim")
+    grid = width_lr_grid(runs)
     assert grid.loc[4, "lr=0.1"].endswith(", n=2, **leader**")
     assert grid.loc[8, "lr=0.1"].endswith(", n=2, shares lead")
     assert grid.loc[4, "lr=1"].endswith(", n=2, tied")
