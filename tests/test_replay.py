@@ -986,7 +986,12 @@ def dirty_repo(tmp_path: Path, monkeypatch):
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "start"], check=True)
     (repo / "model.py").write_text("width = 16\n")
-    caches = (provenance.git_state, provenance._static_tags, provenance.code_hash)
+    caches = (
+        provenance.git_commit,
+        provenance.git_state,
+        provenance._static_tags,
+        provenance.code_hash,
+    )
     for c in caches:
         c.cache_clear()
     monkeypatch.setattr(provenance, "project_root", lambda: repo)
@@ -1012,6 +1017,22 @@ def test_a_run_from_a_dirty_tree_carries_its_diff(dirty_repo, store, monkeypatch
         run.info.run_id, provenance.DIFF_ARTIFACT, str(store.root)
     )
     assert Path(path).read_bytes() == diff
+
+
+def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypatch) -> None:
+    # A damaged index: git still names the commit, but cannot say what changed.
+    (dirty_repo / ".git" / "index").write_bytes(b"not an index")
+    commit, dirty, diff = provenance.git_state()
+    assert len(commit) == 40 and dirty is None and diff == b""
+    assert provenance.diff_artifact() is None
+    status = run_in_process(
+        monkeypatch, cli.train, "train.epochs=5", "tracking.plots=false", *store.overrides()
+    )
+    assert status == 0
+    (run,) = store.runs()
+    tags = run.data.tags
+    assert tags["env.git_dirty"] == "unknown" and tags["env.git_commit"] == commit
+    assert "env.git_diff_sha256" not in tags
 
 
 def test_resume_reruns_jobs_made_by_other_code(store: TmpStore) -> None:

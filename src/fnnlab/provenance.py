@@ -65,20 +65,30 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
 
 
 @cache
-def git_state(root: Path | None = None) -> tuple[str | None, bool, bytes]:
+def git_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit, once per process; None outside a git checkout."""
+    head = _git(root or project_root(), "rev-parse", "HEAD")
+    return head.stdout.decode().strip() if head is not None and head.returncode == 0 else None
+
+
+@cache
+def git_state(root: Path | None = None) -> tuple[str | None, bool | None, bytes]:
     """(commit, dirty, diff against the commit of tracked files) of the checkout at `root`
-    (the project's by default), once per process; (None, False, b"") outside a git
-    checkout. Untracked files make a tree dirty but are not in the diff."""
+    (the project's by default), once per process; (None, None, b"") outside a git
+    checkout. Untracked files make a tree dirty but are not in the diff. dirty is None
+    when git could not tell (a damaged index, a timeout) and nothing it did tell was a
+    change."""
     root = root or project_root()
-    head = _git(root, "rev-parse", "HEAD")
-    if head is None or head.returncode != 0:
-        return None, False, b""
+    commit = git_commit(root)
+    if commit is None:
+        return None, None, b""
     # Text only: a changed image is one "Binary files differ" line, not megabytes.
     diff = _git(root, "diff", "HEAD")
     untracked = _git(root, "ls-files", "--others", "--exclude-standard")
-    text = diff.stdout if diff is not None and diff.returncode == 0 else b""
-    dirty = bool(text) or bool(untracked and untracked.stdout.strip())
-    return head.stdout.decode().strip(), dirty, text
+    answered = [p for p in (diff, untracked) if p is not None and p.returncode == 0]
+    text = diff.stdout if diff in answered else b""
+    dirty = any(p.stdout.strip() for p in answered) or (None if len(answered) < 2 else False)
+    return commit, dirty, text
 
 
 def diff_artifact(root: Path | None = None, cap: int = DIFF_CAP_BYTES) -> bytes | None:
@@ -129,8 +139,8 @@ def _static_tags() -> dict[str, str]:
         "env.cpu": cpu_model(),
         "env.code": code_hash(),
         "env.git_commit": commit or "none",
-        # Outside a git checkout nothing says whether the code was changed.
-        "env.git_dirty": str(dirty).lower() if commit else "unknown",
+        # Outside a git checkout, or when git failed, nothing says whether the code changed.
+        "env.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
     }
     if dirty:
         tags["env.git_diff_sha256"] = hashlib.sha256(diff).hexdigest()[:16]

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -19,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse, urlsplit, urlunsplit
@@ -29,7 +28,7 @@ from mlflow.entities import Experiment, Metric, Param, Run, RunInfo, RunTag, Vie
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fnnlab import internals, storeguard
+from fnnlab import internals, provenance, storeguard
 from fnnlab.config import masked_uri
 from fnnlab.errortext import first_line, reason
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_SWEEP, Tag
@@ -255,28 +254,10 @@ def _client(uri: str) -> MlflowClient:
         raise storeguard.StoreUnusable("tracking.uri", masked_uri(uri), why) from exc
 
 
-@cache
-def git_commit() -> str | None:
-    """The checkout's commit, once per process; None outside a git checkout."""
-    from fnnlab.config import project_root
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=project_root(),
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def process_tags() -> dict[str, str]:
     """Where a run executes, so a later invocation can tell a dead run from a live one."""
     tags = {Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid())}
-    commit = git_commit()
+    commit = provenance.git_commit()
     if commit:
         tags[Tag.GIT_COMMIT] = commit
     return tags
