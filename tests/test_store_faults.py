@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from conftest import BIN, TmpStore, run_script
+from conftest import BIN, TmpStore, run_in_process, run_script
 from faulty_store import command_env, set_read_only, store_files
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
-from fnnlab import storeguard
+from fnnlab import cli, storeguard
 from fnnlab.tracking import open_store
 
 TESTS = Path(__file__).resolve().parent
@@ -115,6 +115,32 @@ def test_concurrent_first_uses_of_a_fresh_postgresql_database(tracking_server, t
         store = open_store(uri, "first-use")
         runs = store.client.search_runs([store.experiment_id], "tags.role = 'job'")
         assert len(runs) == made and {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.server
+def test_a_refused_experiment_name_makes_no_tables_in_a_new_postgresql_database(
+    tracking_server, tmp_path, monkeypatch, capsys
+):
+    """The name was checked before a new SQLite file only: a new PostgreSQL database got
+    MLflow's whole schema before the name was refused."""
+    uri = tracking_server.database_uri(f"fnnlab_refused_name_{os.getpid()}")
+    name = "x" * 600
+    args = ["train.epochs=2", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/o"]
+    assert run_in_process(monkeypatch, cli.train, *args, f"tracking.experiment={name}") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fnnlab-train: error: tracking.experiment={name}: ")
+    assert "maximum length" in line
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+        # Once the database holds a store, the name is looked up there, and still refused.
+        open_store(uri, "first")
+        assert run_in_process(monkeypatch, cli.train, *args, f"tracking.experiment={name}") == 2
+        assert "maximum length" in capsys.readouterr().err
+        names = [e.name for e in MlflowClient(uri).search_experiments()]
+        assert sorted(names) == ["Default", "first"]
+    finally:
+        engine.dispose()
 
 
 # --- stores that cannot be used --------------------------------------------------------------

@@ -153,6 +153,24 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
         raise storeguard.StoreUnusable("tracking.uri", uri, why) from None
 
 
+def holds_a_store(uri: str, db: Path | None) -> bool:
+    """Whether MLflow's tables are there already (the first client of a database makes
+    them): the SQLite file exists, or the database has MLflow's experiments table. A
+    tracking server made its store when it started."""
+    if db is not None:
+        return db.exists()
+    if uri.startswith(("http://", "https://")):
+        return True
+    try:
+        engine = sqlalchemy.create_engine(uri)
+        try:
+            return sqlalchemy.inspect(engine).has_table("experiments")
+        finally:
+            engine.dispose()
+    except sqlalchemy.exc.SQLAlchemyError:
+        return True  # MLflow's client then says why it cannot use it
+
+
 def open_store(uri: str, experiment: str) -> Store:
     """Client and experiment id, creating the database folder and experiment if needed.
 
@@ -164,8 +182,8 @@ def open_store(uri: str, experiment: str) -> Store:
     db = sqlite_path(uri)
     # A name MLflow would refuse, refused before a new store is made for it. (An existing
     # store may hold such a name, made by another MLflow: looked up, it is used.)
-    new_store = db is not None and not db.exists()
-    if new_store and (why := internals.experiment_name_problem(experiment)) is not None:
+    why = internals.experiment_name_problem(experiment)
+    if why is not None and not holds_a_store(uri, db):
         raise ConfigValueError("tracking.experiment", experiment, why)
     with storeguard.first_use(uri, db):
         # The client opens MLflow's store, which creates or upgrades the schema: in the lock.
