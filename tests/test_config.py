@@ -696,6 +696,25 @@ def test_an_experiment_name_mlflow_refuses_is_named_in_one_line(
     assert run_in_process(monkeypatch, cli.train, *sweep, "train.epochs=2", *args) == 2
     assert "maximum length" in capsys.readouterr().err
     assert not new.exists()
+    # An empty file is no store yet either (helper-49: it got MLflow's tables, and a lock).
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    args[0] = f"tracking.uri=sqlite:///{empty}"
+    assert run_in_process(monkeypatch, cli.train, *sweep, "train.epochs=2", *args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "maximum length" in line
+    assert empty.stat().st_size == 0 and sorted(tmp_path.glob("empty.db*")) == [empty]
+
+
+@pytest.mark.parametrize("name", ["fnnlab", "x" * 600])
+def test_a_database_driver_not_installed_is_one_line(tmp_path, name, monkeypatch, capsys):
+    """helper-49: a traceback, for any database but PostgreSQL (whose lock asks the driver
+    first), and with a refused experiment name for PostgreSQL too."""
+    uri = "mssql+pymssql://u@127.0.0.1:1/db"  # a dialect MLflow takes; its driver is not here
+    args = [f"tracking.uri={uri}", f"tracking.experiment={name}", f"hydra.run.dir={tmp_path}/o"]
+    assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fnnlab-train: error: tracking.uri={uri}: ")
 
 
 def test_a_ui_sweep_in_no_store_creates_none(tmp_path):

@@ -155,20 +155,20 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
 
 def holds_a_store(uri: str, db: Path | None) -> bool:
     """Whether MLflow's tables are there already (the first client of a database makes
-    them): the SQLite file exists, or the database has MLflow's experiments table. A
-    tracking server made its store when it started."""
-    if db is not None:
-        return db.exists()
+    them): the database, an SQLite file that exists included, has MLflow's experiments
+    table. A tracking server made its store when it started."""
     if uri.startswith(("http://", "https://")):
         return True
+    if db is not None and not db.exists():
+        return False  # asked before SQLAlchemy would make the file
     try:
         engine = sqlalchemy.create_engine(uri)
         try:
             return sqlalchemy.inspect(engine).has_table("experiments")
         finally:
             engine.dispose()
-    except sqlalchemy.exc.SQLAlchemyError:
-        return True  # MLflow's client then says why it cannot use it
+    except Exception:  # a missing driver, a file that is no database: MLflow's client says
+        return True
 
 
 def open_store(uri: str, experiment: str) -> Store:
@@ -264,10 +264,10 @@ def open_store_once(uri: str, experiment: str) -> Store:
 
 def _client(uri: str) -> MlflowClient:
     """MlflowClient(uri); a store MLflow cannot open is a one-line StoreUnusable (a schema
-    from another MLflow version, a database URI it cannot use)."""
+    from another MLflow version, a database URI it cannot use, a driver not installed)."""
     try:
         return MlflowClient(tracking_uri=uri)
-    except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         why = first_line(exc)
         raise storeguard.StoreUnusable("tracking.uri", masked_uri(uri), why) from exc
 
