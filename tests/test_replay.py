@@ -439,6 +439,22 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         "epoch 29 final/loss stored 2 times",
     ]
 
+    # config.yaml without a key the run has a param of: helper-49 found the default it was
+    # replayed with called config.yaml's, and the key taken for one added since the run.
+    rid = ids["h32-lr1000-s3"]
+    config = artifact(runs["h32-lr1000-s3"], "config.yaml")
+    written = yaml.safe_load(config.read_text())
+    del written["train"]["epochs"]
+    config.write_text(yaml.safe_dump(written))
+    out = replay(store, f"replay.run={rid}")
+    diffs = client.get_run(rid).data.tags["replay.diffs"].splitlines()
+    stored_fingerprint = runs["h32-lr1000-s3"].data.tags["fingerprint"]
+    assert diffs[0].startswith(f"epoch 0 fingerprint {stored_fingerprint}, config.yaml "), diffs
+    assert "added since" not in diffs[0]
+    assert diffs[1] == (
+        "epoch 0 param train.epochs '30', not in config.yaml (replayed with today's default '101')"
+    )
+
 
 def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     """Values only one of MLflow's two metric tables holds, tensors and steps a run does not
@@ -669,6 +685,28 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
         head + "identical (its report and figures not checked: no tag aggregate.files)"
     )
     store.client.set_tag(pid, "aggregate.files", tags["aggregate.files"])
+    # The description MLflow's UI shows on the parent (helper-49: edited, it replayed
+    # identical): checked against its hash, and without the hash, said to be unchecked.
+    note = tags["mlflow.note.content"]
+    store.client.set_tag(pid, "mlflow.note.content", note.replace("leader", "winner", 1))
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            head + "differs: the parent's description (tag mlflow.note.content) is not the one "
+            "the answer wrote (tag aggregate.note_sha256); since then: "
+        )
+    )
+    store.client.set_tag(pid, "mlflow.note.content", note)
+    store.client.delete_tag(pid, "aggregate.note_sha256")
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == (
+        head + "identical (its description not checked: no tag aggregate.note_sha256)"
+    )
+    store.client.set_tag(pid, "aggregate.note_sha256", tags["aggregate.note_sha256"])
     # Its options not recorded, so made with the defaults (which make it): a file changed
     # since is a difference, not a sign that the defaults are not the options it had.
     for key in ("aggregate.alpha", "aggregate.min_effect"):
@@ -686,6 +724,11 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
             "(tag aggregate.files); since then: "
         )
     )
+    # A metric of the answer's kind that today's answer does not make (helper-49: it passed).
+    store.client.log_metric(pid, "aggregate/seeds_needed", 19)
+    out = replay(store, "replay.sweep=latest")
+    diffs = store.client.get_run(pid).data.tags["replay.diffs"].splitlines()
+    assert "metric aggregate/seeds_needed 19.0, not one the answer makes" in diffs, diffs
 
 
 def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
@@ -987,7 +1030,7 @@ def dirty_repo(tmp_path: Path, monkeypatch):
     subprocess.run([*git, "commit", "-qm", "start"], check=True)
     (repo / "model.py").write_text("width = 16\n")
     caches = (
-        provenance.git_commit,
+        provenance.commit_at,
         provenance.git_state,
         provenance._static_tags,
         provenance.code_hash,
@@ -1023,8 +1066,10 @@ def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypa
     # A damaged index: git still names the commit, but cannot say what changed.
     (dirty_repo / ".git" / "index").write_bytes(b"not an index")
     commit, dirty, diff = provenance.git_state()
-    assert len(commit) == 40 and dirty is None and diff == b""
+    assert len(commit) == 40 and dirty is None and diff is None
     assert provenance.diff_artifact() is None
+    # The run's tags and the process tags ask git once.
+    assert provenance.git_commit() == commit and provenance.commit_at.cache_info().currsize == 1
     status = run_in_process(
         monkeypatch, cli.train, "train.epochs=5", "tracking.plots=false", *store.overrides()
     )
@@ -1033,6 +1078,40 @@ def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypa
     tags = run.data.tags
     assert tags["env.git_dirty"] == "unknown" and tags["env.git_commit"] == commit
     assert "env.git_diff_sha256" not in tags
+    base = {"env.git_commit": commit}
+    for then, now, line in (
+        ("unknown", "false", "dirty tree unknown then"),
+        ("false", "unknown", "dirty tree unknown now"),
+        ("unknown", "true", "dirty tree now"),
+    ):
+        said = provenance.env_diff(base | {"env.git_dirty": then}, base | {"env.git_dirty": now})
+        assert line in said, said
+    assert (
+        provenance.env_diff(
+            base | {"env.git_dirty": "unknown"}, base | {"env.git_dirty": "unknown"}
+        )
+        == []
+    )
+
+
+def test_a_diff_git_cannot_make_is_not_stored_as_empty(dirty_repo) -> None:
+    """helper-49: git could list an untracked file but not diff a damaged object; the run
+    was dirty with the hash of an empty diff, and an empty git_diff.patch."""
+    (dirty_repo / "notes.txt").write_text("untracked\n")
+    blob = subprocess.run(
+        ["git", "-C", str(dirty_repo), "rev-parse", "HEAD:model.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    obj = dirty_repo / ".git" / "objects" / blob[:2] / blob[2:]
+    obj.chmod(0o644)
+    obj.write_bytes(b"junk")
+    commit, dirty, diff = provenance.git_state()
+    assert dirty is True and diff is None
+    assert provenance.diff_artifact() is None
+    tags = provenance.env_tags("data")
+    assert tags["env.git_dirty"] == "true" and "env.git_diff_sha256" not in tags
 
 
 def test_resume_reruns_jobs_made_by_other_code(store: TmpStore) -> None:

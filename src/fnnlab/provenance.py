@@ -64,38 +64,43 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
         return None
 
 
-@cache
 def git_commit(root: Path | None = None) -> str | None:
-    """The checkout's commit, once per process; None outside a git checkout."""
-    head = _git(root or project_root(), "rev-parse", "HEAD")
+    """The checkout's commit (the project's by default), once per process; None outside a
+    git checkout."""
+    return commit_at(root or project_root())
+
+
+@cache
+def commit_at(root: Path) -> str | None:
+    head = _git(root, "rev-parse", "HEAD")
     return head.stdout.decode().strip() if head is not None and head.returncode == 0 else None
 
 
 @cache
-def git_state(root: Path | None = None) -> tuple[str | None, bool | None, bytes]:
+def git_state(root: Path | None = None) -> tuple[str | None, bool | None, bytes | None]:
     """(commit, dirty, diff against the commit of tracked files) of the checkout at `root`
-    (the project's by default), once per process; (None, None, b"") outside a git
-    checkout. Untracked files make a tree dirty but are not in the diff. dirty is None
-    when git could not tell (a damaged index, a timeout) and nothing it did tell was a
-    change."""
+    (the project's by default), once per process; (None, None, None) outside a git
+    checkout. Untracked files make a tree dirty but are not in the diff. When git could
+    not tell (a damaged index or object, a timeout): dirty None unless what it did tell
+    was a change, diff None when `git diff` failed."""
     root = root or project_root()
     commit = git_commit(root)
     if commit is None:
-        return None, None, b""
+        return None, None, None
     # Text only: a changed image is one "Binary files differ" line, not megabytes.
     diff = _git(root, "diff", "HEAD")
     untracked = _git(root, "ls-files", "--others", "--exclude-standard")
     answered = [p for p in (diff, untracked) if p is not None and p.returncode == 0]
-    text = diff.stdout if diff in answered else b""
+    text = diff.stdout if diff in answered else None
     dirty = any(p.stdout.strip() for p in answered) or (None if len(answered) < 2 else False)
     return commit, dirty, text
 
 
 def diff_artifact(root: Path | None = None, cap: int = DIFF_CAP_BYTES) -> bytes | None:
-    """A dirty tree's diff for the run's artifacts (None when clean), cut at `cap` bytes
-    with a last line that says so."""
+    """A dirty tree's diff for the run's artifacts (None when clean, or when git could not
+    make it), cut at `cap` bytes with a last line that says so."""
     _, dirty, diff = git_state(root)
-    if not dirty:
+    if not dirty or diff is None:
         return None
     if len(diff) <= cap:
         return diff
@@ -142,7 +147,7 @@ def _static_tags() -> dict[str, str]:
         # Outside a git checkout, or when git failed, nothing says whether the code changed.
         "env.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
     }
-    if dirty:
+    if dirty and diff is not None:
         tags["env.git_diff_sha256"] = hashlib.sha256(diff).hexdigest()[:16]
     return tags
 
@@ -208,6 +213,8 @@ def answer_env_diff(parent_tags: dict[str, str]) -> list[str] | None:
 
 # The parent's tag that lists every file an answer wrote under aggregate/ with its hash.
 FILES_TAG = ANSWER + "files"
+# The hash of the parent's description the answer wrote (sha256 of its UTF-8 text).
+NOTE_TAG = ANSWER + "note_sha256"
 
 
 def file_hash(data: bytes) -> str:
@@ -266,9 +273,12 @@ def env_diff(stored: dict[str, str], now: dict[str, str]) -> list[str]:
                 a, b = (v[:7] if v else v for v in (a, b))
             a, b = (v if v else "unset" for v in (a, b))  # OMP_NUM_THREADS="" is not set
             out.append(f"{name} {a} -> {b}")
-    then, today = stored.get("env.git_dirty") == "true", now.get("env.git_dirty") == "true"
+    was, now_dirty = stored.get("env.git_dirty"), now.get("env.git_dirty")
+    then, today = was == "true", now_dirty == "true"
     if then or today:
         out.append(
             "dirty tree " + ("then and now" if then and today else "then" if then else "now")
         )
+    if stored and was != now_dirty and "unknown" in (was, now_dirty):  # git could not tell
+        out.append("dirty tree unknown " + ("then" if was == "unknown" else "now"))
     return out

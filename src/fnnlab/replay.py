@@ -251,13 +251,13 @@ def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> tuple[l
     now = {k: str(v) for k, v in flatten(cfg).items()}
     diffs = (
         [
-            Diff(0, -2, f"param {k} {stored[k]!r}, config.yaml {now[k]!r}", math.inf)
-            for k in sorted(stored.keys() & now.keys())
-            if stored[k] != now[k]
+            Diff(0, -2, f"param {k} {stored[k]!r}, config.yaml {written[k]!r}", math.inf)
+            for k in sorted(stored.keys() & written.keys())
+            if stored[k] != written[k]
         ]
         + [
-            Diff(0, -2, f"param {k} {stored[k]!r}, not in config.yaml", math.inf)
-            for k in sorted(stored.keys() - now.keys())
+            Diff(0, -2, f"param {k} {stored[k]!r}, not in config.yaml{_default(k, now)}", math.inf)
+            for k in sorted(stored.keys() - written.keys())
         ]
         + [
             Diff(0, -2, f"param {k} not stored, config.yaml {written[k]!r}", math.inf)
@@ -268,11 +268,21 @@ def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> tuple[l
     tag, now_tag = run.data.tags.get(Tag.FINGERPRINT), fingerprint(cfg)
     if tag != now_tag:
         # Keys the hash covers that the run's config.yaml lacks: today's config added them.
-        added = sorted(k for k in now.keys() - written.keys() if k.split(".")[0] in TRAINING_KEYS)
+        # (Not those the run has a param of: config.yaml lost them.)
+        added = sorted(
+            k
+            for k in now.keys() - written.keys() - stored.keys()
+            if k.split(".")[0] in TRAINING_KEYS
+        )
         why = f" (keys added since the run: {', '.join(added)})" if added else ""
         diffs.insert(0, Diff(0, -2, f"fingerprint {tag}, config.yaml {now_tag}{why}", math.inf))
         same = same and bool(added)
     return diffs, same
+
+
+def _default(key: str, now: dict[str, str]) -> str:
+    """What a key config.yaml lacks was replayed with: today's default, if there is one."""
+    return f" (replayed with today's default {now[key]!r})" if key in now else ""
 
 
 def _end_diffs(run: Run, history, cfg: DictConfig) -> list[Diff]:
@@ -507,6 +517,7 @@ class AnswerCheck:
     diffs: list[str] = field(default_factory=list)  # a table or value each; none when identical
     defaults: bool = False  # made before alpha and min_effect were recorded: defaults assumed
     unhashed: bool = False  # no tag of its files' hashes: its report and figures unchecked
+    note_unhashed: bool = False  # no tag of its description's hash: the description unchecked
     env: list[str] | None = None  # what changed since it was made; None: not recorded with it
 
     @property
@@ -524,6 +535,8 @@ class AnswerCheck:
         if self.unhashed:
             # An older fnnlab's answer, or the tag was deleted: the tables are still compared.
             head += f" (its report and figures not checked: no {FILES})"
+        if self.note_unhashed:
+            head += f" (its description not checked: no {NOTE})"
         if self.identical:
             return head
         first, *rest = self.diffs
@@ -537,6 +550,7 @@ class AnswerCheck:
 
 # How a line names the tag of the answer's files and their hashes.
 FILES = f"tag {provenance.FILES_TAG}"
+NOTE = f"tag {provenance.NOTE_TAG}"
 
 
 def answer_head(parent: Run) -> str:
@@ -568,7 +582,12 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     options = _answer_options(tags)
     # Stored before its alpha and min_effect were recorded (both, or it is a changed tag).
     defaults = not {"aggregate.alpha", "aggregate.min_effect"} & tags.keys()
-    check = AnswerCheck(parent, defaults=defaults, unhashed=provenance.FILES_TAG not in tags)
+    check = AnswerCheck(
+        parent,
+        defaults=defaults,
+        unhashed=provenance.FILES_TAG not in tags,
+        note_unhashed=provenance.NOTE_TAG not in tags,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         stored_file = _reader(store, pid, tmp)
         # The files first: one changed since is named even when the answer cannot be made.
@@ -584,6 +603,12 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
         unlisted = [n for n in (*report.TABLES, *report.REPORTS) if n not in written]
         if provenance.FILES_TAG in tags and unlisted:
             files.append(f"{FILES} does not list {', '.join(unlisted)}: not checked")
+        note = tags.get(Tag.NOTE)
+        if provenance.NOTE_TAG in tags and (
+            note is None or provenance.file_hash(note.encode()) != tags[provenance.NOTE_TAG]
+        ):
+            what = "not stored" if note is None else "is not the one the answer wrote"
+            files.append(f"the parent's description (tag {Tag.NOTE}) {what} ({NOTE})")
         try:
             experiment = store.client.get_experiment(parent.info.experiment_id).name
             sel = aggregate.select(
@@ -624,6 +649,10 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             f"again ({check.diffs[0]}){since}{_and_files(files)}"
         )
     check.diffs[:0] = files  # named first: they may be why the answer differs
+    # One an answer no longer makes, or logged by hand: no option of the answer explains it.
+    for key in sorted(parent.data.metrics.keys() - metrics.keys()):
+        if key.startswith("aggregate/"):
+            check.diffs.append(f"metric {key} {parent.data.metrics[key]}, not one the answer makes")
     check.diffs += _history_diffs(store, parent, tuple(metrics), files)
     if check.diffs:
         check.env = provenance.answer_env_diff(tags)

@@ -1046,7 +1046,7 @@ def _rounded(value: float) -> float:
 def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]]) -> None:
     """Report, tables and plots under aggregate/ on the parent, parent_values, the answer
     as the run's description, what made it (aggregate.env.*) and the hash of every file it
-    wrote (aggregate.files)."""
+    wrote (aggregate.files) and of the description (aggregate.note_sha256)."""
     sel = agg.selection
     if sel.parent_run_id is None:
         return
@@ -1067,6 +1067,8 @@ def log_to_parent(agg: Aggregate, files: list[Path], views: list[tuple[str, str]
     tags[Tag.NOTE] = description(agg, views, overrides, earlier)
     tags |= provenance.answer_env_tags()  # what made it, for fnnlab-replay
     tags[provenance.FILES_TAG] = provenance.files_digest({f.name: f.read_bytes() for f in files})
+    # As log_values stores it: MLflow's UI shows the description, which no file holds.
+    tags[provenance.NOTE_TAG] = provenance.file_hash(tags[Tag.NOTE][:MAX_TAG_VALUE].encode())
     log_values(store, sel.parent_run_id, summary=metrics, tags=tags)
 
 
