@@ -325,6 +325,19 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
     for pattern in ("%", "_", "abc%", "x' or '1"):
         with pytest.raises(ValueError, match="not a sweep id"):
             ui.find_sweep(s, pattern)
+    # The parent run's id, which a sweep's last lines print, is pointed to its sweep's id
+    # (helper-49); a run of no sweep is only refused.
+    pid = parents["abc111000000"]
+    hint = ": the id of the parent run of sweep abc111000000; give ui.sweep=abc111000000"
+    with pytest.raises(ValueError) as refused:
+        ui.find_sweep(s, pid)
+    assert (
+        str(refused.value)
+        == f"ui.sweep={pid}: not a sweep id (up to 12 hex digits, or latest){hint}"
+    )
+    with pytest.raises(ValueError) as refused:
+        ui.find_sweep(s, kids[0])
+    assert str(refused.value).endswith("not a sweep id (up to 12 hex digits, or latest)")
 
 
 def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:

@@ -378,7 +378,8 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
         return found[0] if found else None
     # Sweep ids are hex: anything else would be a LIKE pattern or break the filter.
     if not re.fullmatch(r"[0-9a-fA-F]{1,12}", which):
-        raise ConfigValueError(key, which, "not a sweep id (up to 12 hex digits, or latest)")
+        why = "not a sweep id (up to 12 hex digits, or latest)"
+        raise ConfigValueError(key, which, why + _sweep_of_run(store, which, key))
     # Stored in lowercase; an id copied in capitals is the same id.
     found = search_all(store, f"{query} and tags.{Tag.SWEEP_ID} LIKE '{which.lower()}%'", order)
     ids = {p.data.tags[Tag.SWEEP_ID] for p in found}
@@ -386,6 +387,22 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
         matches = f"matches {len(ids)}: {', '.join(sorted(ids))}" if ids else "matches none"
         raise ConfigValueError(key, which, f"{matches} of this experiment's sweeps")
     return found[0]
+
+
+def _sweep_of_run(store: Store, which: str, key: str) -> str:
+    """For a run id given where a sweep id goes (the parent run's id, which the sweep's
+    last lines print): ": the id of a run of sweep <id>; give <key>=<id>", else ""."""
+    if not re.fullmatch(r"[0-9a-f]{32}", which):
+        return ""
+    try:
+        run = store.client.get_run(which)
+    except MlflowException:
+        return ""
+    sid = run.data.tags.get(Tag.SWEEP_ID)
+    if not sid:
+        return ""
+    what = "the parent run" if run.data.tags.get(Tag.ROLE) == ROLE_SWEEP else "a run"
+    return f": the id of {what} of sweep {sid}; give {key}={sid}"
 
 
 def used_by_tag(sid: str) -> str:
