@@ -22,7 +22,7 @@ from conftest import (
 from server_fixtures import stop_group
 
 from fnnlab import cli, model, tracking
-from fnnlab.config import BACKPROP_MODES, fingerprint, flatten, project_root
+from fnnlab.config import BACKPROP_MODES, ConfigValueError, fingerprint, flatten, project_root
 
 BAD = [
     (["model.hidden_dim=abc"], "model.hidden_dim=abc"),
@@ -828,3 +828,9 @@ def test_the_basic_sweepers_params_are_checked_as_its_overrides(
     args = ["-m", "--config-dir", str(tmp_path), "experiment=swept", "hydra/sweeper=basic"]
     refused = refused_in_a_fresh_store(store, monkeypatch, capsys, *args)
     assert refused.startswith(f"fnnlab-train: error: {line}"), refused
+
+
+def test_a_refused_value_is_named_as_typed() -> None:
+    """helper-49: `replay.run=null replay.sweep=null` was refused as `replay.run=None`."""
+    for value, typed in ((None, "null"), (True, "true"), (False, "false"), (0, "0"), ("x", "x")):
+        assert str(ConfigValueError("k", value, "why")) == f"k={typed}: why"

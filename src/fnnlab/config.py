@@ -236,11 +236,19 @@ def members_within_memory(cfg: DictConfig) -> int:
     return max(1, int(min(room / need["train.epochs"], sys.maxsize)))
 
 
+def as_typed(value: Any) -> str:
+    """A value as it is typed on Hydra's command line: null, true and false, not Python's
+    None, True and False."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
 class ConfigValueError(ValueError):
     """A value of the right type that cannot be used; names the key and the value."""
 
     def __init__(self, key: str, value: Any, why: str) -> None:
-        super().__init__(f"{key}={value}: {why}")
+        super().__init__(f"{key}={as_typed(value)}: {why}")
         self.key = key
         self.value = value
         self.why = why
