@@ -999,6 +999,24 @@ def test_replay_creates_no_store_and_no_experiment(store: TmpStore, tmp_path, ca
     assert store.client.get_experiment_by_name("typo") is None
     (logged,) = store.runs(f"tags.`replay.of` = '{run.info.run_id}'")
     assert logged.info.experiment_id == run.info.experiment_id
+    # The run's experiment deleted: named with the key given, not tracking.experiment
+    # (helper-49), and nothing written.
+    eid = run.info.experiment_id
+    store.client.delete_experiment(eid)
+    before = store.db_bytes()
+    capsys.readouterr()
+    assert (
+        run_in_process(monkeypatch, cli.replay, f"replay.run={run.info.run_id}", *typo.overrides())
+        == 2
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"fnnlab-replay: error: replay.run={run.info.run_id}: its experiment {store.experiment} "
+        f"is deleted in this store (experiment {eid}): restore it (`mlflow experiments restore "
+        f"-x {eid}` with MLFLOW_TRACKING_URI set to the store) to replay its runs"
+    )
+    assert store.db_bytes() == before
+    store.client.restore_experiment(eid)
 
 
 def test_replay_through_the_postgres_tracking_server(tracking_server, tmp_path) -> None:

@@ -818,5 +818,15 @@ def existing_store(uri: str, experiment: str, run_id: str | None) -> tuple[Store
     run = None
     if run_id is not None:
         run = find_run(client, run_id)
-        experiment = client.get_experiment(run.info.experiment_id).name
+        exp = client.get_experiment(run.info.experiment_id)
+        if exp.lifecycle_stage != "active":
+            # Named by the key given: tracking.experiment is not the one used here.
+            eid = exp.experiment_id
+            why = (
+                f"its experiment {exp.name} is deleted in this store (experiment {eid}): restore "
+                f"it (`mlflow experiments restore -x {eid}` with MLFLOW_TRACKING_URI set to the "
+                "store) to replay its runs"
+            )
+            raise ConfigValueError("replay.run", run_id, why)
+        experiment = exp.name
     return open_store(uri, experiment), run
