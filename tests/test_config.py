@@ -704,6 +704,11 @@ def test_an_experiment_name_mlflow_refuses_is_named_in_one_line(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "maximum length" in line
     assert empty.stat().st_size == 0 and sorted(tmp_path.glob("empty.db*")) == [empty]
+    # A driver named in the URI: the same file (helper-50: SQLAlchemy made it).
+    args[0] = f"tracking.uri=sqlite+pysqlite:///{tmp_path}/driver.db"
+    assert run_in_process(monkeypatch, cli.train, *sweep, "train.epochs=2", *args) == 2
+    assert "maximum length" in capsys.readouterr().err
+    assert not (tmp_path / "driver.db").exists()
 
 
 @pytest.mark.parametrize("name", ["fnnlab", "x" * 600])

@@ -24,7 +24,7 @@ from fnnlab.config import TrainAppConfig, fingerprint
 from fnnlab.data import load_iris2
 from fnnlab.job import JobResult, run_name
 from fnnlab.model import ScratchFNN
-from fnnlab.tracking import end_run, open_store, start_run
+from fnnlab.tracking import end_run, find_sweep_parent, open_store, start_run
 from fnnlab.train import History, fit
 
 CONTRACT_KEYS = (
@@ -335,9 +335,30 @@ def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:
         str(refused.value)
         == f"ui.sweep={pid}: not a sweep id (up to 12 hex digits, or latest){hint}"
     )
-    with pytest.raises(ValueError) as refused:
-        ui.find_sweep(s, kids[0])
-    assert str(refused.value).endswith("not a sweep id (up to 12 hex digits, or latest)")
+    refused = "not a sweep id (up to 12 hex digits, or latest)"
+
+    def said(which: str, key: str = "ui.sweep") -> str:
+        with pytest.raises(ValueError) as error:
+            find_sweep_parent(s, which, key)
+        return str(error.value).split(refused, 1)[1]
+
+    assert said(pid.upper()) == hint  # copied in capitals
+    assert said(kids[0]) == ""  # a run of no sweep
+    # A job's id: its sweep, and for replay the run itself (helper-50: only the sweep).
+    s.client.set_tag(kids[0], "sweep_id", "abc222000000")
+    assert said(kids[0], "replay.sweep") == (
+        f": the id of a run of sweep abc222000000; give replay.run={kids[0]} to replay this "
+        "run, or replay.sweep=abc222000000 for the sweep"
+    )
+    # Not for a run of another experiment, or a deleted one: that sweep would then be
+    # "matches none" (helper-50).
+    other = open_store(store.uri, "other")
+    assert said(pid) == hint
+    with pytest.raises(ValueError) as error:
+        find_sweep_parent(other, pid, "ui.sweep")
+    assert str(error.value).endswith(refused)
+    s.client.delete_run(pid)
+    assert said(pid) == ""
 
 
 def test_ui_rejects_an_unknown_sweep_in_one_line(store: TmpStore) -> None:

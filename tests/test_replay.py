@@ -20,8 +20,8 @@ import yaml
 from conftest import TmpStore, run_in_process, run_script
 from mlflow.entities import Metric, Run, RunInfo
 
-from fnnlab import cli, provenance
-from fnnlab.names import METRICS
+from fnnlab import cli, provenance, tracking
+from fnnlab.names import METRICS, Tag
 from fnnlab.replay import MAX_DIFF_LINE, SHOWN_DIFFS, Diff, Replay, cut_lines
 from fnnlab.report import TABLES
 from fnnlab.tracking import MAX_TAG_VALUE
@@ -711,6 +711,8 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     # since is a difference, not a sign that the defaults are not the options it had.
     for key in ("aggregate.alpha", "aggregate.min_effect"):
         store.client.delete_tag(pid, key)
+    (tmp_path / "now").mkdir()
+    now = store.client.download_artifacts(pid, "aggregate/report.md", str(tmp_path / "now"))
     (changed / "report.md").write_text("edited")
     store.client.log_artifact(pid, str(changed / "report.md"), "aggregate")
     out = replay(store, "replay.sweep=latest")
@@ -724,11 +726,22 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
             "(tag aggregate.files); since then: "
         )
     )
-    # A metric of the answer's kind that today's answer does not make (helper-49: it passed).
-    store.client.log_metric(pid, "aggregate/seeds_needed", 19)
+    # A metric of the answer's kind that today's answer does not make (helper-49: it passed
+    # unsaid). MLflow cannot delete it, so it is named, not a difference (helper-50: the
+    # answer made again could not clear it).
+    for key in ("alpha", "min_effect"):
+        store.client.set_tag(pid, f"aggregate.{key}", tags[f"aggregate.{key}"])
+    store.client.log_artifact(pid, now, "aggregate")
     out = replay(store, "replay.sweep=latest")
-    diffs = store.client.get_run(pid).data.tags["replay.diffs"].splitlines()
-    assert "metric aggregate/seeds_needed 19.0, not one the answer makes" in diffs, diffs
+    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    store.client.log_metric(pid, "aggregate/seeds_needed", 19)
+    store.client.log_metric(pid, "aggregate/best_mean", 0.5)
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == head + (
+        "identical (not made by the answer, so not checked: metrics aggregate/best_mean, "
+        "aggregate/seeds_needed)"
+    )
 
 
 def test_a_line_names_the_first_differences_and_the_tag_every_one() -> None:
@@ -1087,7 +1100,8 @@ def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypa
     assert len(commit) == 40 and dirty is None and diff is None
     assert provenance.diff_artifact() is None
     # The run's tags and the process tags ask git once.
-    assert provenance.git_commit() == commit and provenance.commit_at.cache_info().currsize == 1
+    assert tracking.process_tags()[Tag.GIT_COMMIT] == commit
+    assert provenance.commit_at.cache_info().currsize == 1
     status = run_in_process(
         monkeypatch, cli.train, "train.epochs=5", "tracking.plots=false", *store.overrides()
     )
@@ -1095,7 +1109,7 @@ def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypa
     (run,) = store.runs()
     tags = run.data.tags
     assert tags["env.git_dirty"] == "unknown" and tags["env.git_commit"] == commit
-    assert "env.git_diff_sha256" not in tags
+    assert tags[Tag.GIT_COMMIT] == commit and "env.git_diff_sha256" not in tags
     base = {"env.git_commit": commit}
     for then, now, line in (
         ("unknown", "false", "dirty tree unknown then"),
@@ -1130,6 +1144,9 @@ def test_a_diff_git_cannot_make_is_not_stored_as_empty(dirty_repo) -> None:
     assert provenance.diff_artifact() is None
     tags = provenance.env_tags("data")
     assert tags["env.git_dirty"] == "true" and "env.git_diff_sha256" not in tags
+    # Replayed once git can make the diff again: unknown then, not none (helper-50).
+    now = tags | {"env.git_diff_sha256": "ff5e6cbfcf32f768"}
+    assert "diff unknown -> ff5e6cbfcf32f768" in provenance.env_diff(tags, now)
 
 
 def test_resume_reruns_jobs_made_by_other_code(store: TmpStore) -> None:

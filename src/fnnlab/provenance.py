@@ -271,6 +271,11 @@ def env_diff(stored: dict[str, str], now: dict[str, str]) -> list[str]:
         if a != b:
             if key == "env.git_commit":
                 a, b = (v[:7] if v else v for v in (a, b))
+            if key == "env.git_diff_sha256":  # dirty with no hash: git could not make the diff
+                a, b = (
+                    "unknown" if v is None and tags.get("env.git_dirty") == "true" else v
+                    for v, tags in ((a, stored), (b, now))
+                )
             a, b = (v if v else "unset" for v in (a, b))  # OMP_NUM_THREADS="" is not set
             out.append(f"{name} {a} -> {b}")
     was, now_dirty = stored.get("env.git_dirty"), now.get("env.git_dirty")

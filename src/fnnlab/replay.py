@@ -518,6 +518,7 @@ class AnswerCheck:
     defaults: bool = False  # made before alpha and min_effect were recorded: defaults assumed
     unhashed: bool = False  # no tag of its files' hashes: its report and figures unchecked
     note_unhashed: bool = False  # no tag of its description's hash: the description unchecked
+    unchecked: list[str] = field(default_factory=list)  # aggregate/* metrics it does not make
     env: list[str] | None = None  # what changed since it was made; None: not recorded with it
 
     @property
@@ -537,6 +538,10 @@ class AnswerCheck:
             head += f" (its report and figures not checked: no {FILES})"
         if self.note_unhashed:
             head += f" (its description not checked: no {NOTE})"
+        if self.unchecked:
+            what = "metric " if len(self.unchecked) == 1 else "metrics "
+            head += f" (not made by the answer, so not checked: {what}"
+            head += ", ".join(self.unchecked) + ")"
         if self.identical:
             return head
         first, *rest = self.diffs
@@ -649,10 +654,11 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
             f"again ({check.diffs[0]}){since}{_and_files(files)}"
         )
     check.diffs[:0] = files  # named first: they may be why the answer differs
-    # One an answer no longer makes, or logged by hand: no option of the answer explains it.
-    for key in sorted(parent.data.metrics.keys() - metrics.keys()):
-        if key.startswith("aggregate/"):
-            check.diffs.append(f"metric {key} {parent.data.metrics[key]}, not one the answer makes")
+    # One an older fnnlab's answer made, or logged by hand: nothing checks it, and MLflow
+    # cannot delete it, so it is named rather than counted as a difference.
+    check.unchecked = sorted(
+        k for k in parent.data.metrics.keys() - metrics.keys() if k.startswith("aggregate/")
+    )
     check.diffs += _history_diffs(store, parent, tuple(metrics), files)
     if check.diffs:
         check.env = provenance.answer_env_diff(tags)
@@ -682,10 +688,10 @@ def _history_diffs(store: Store, parent: Run, keys: tuple[str, ...], files: list
 
 def _and_files(files: list[str]) -> str:
     """The answer's files changed since, after why it cannot be checked: "; and <the first>
-    (and N more files)"."""
+    (and N more)"."""
     if not files:
         return ""
-    more = f" (and {len(files) - 1} more files)" if len(files) > 1 else ""
+    more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
     return f"; and {files[0]}{more}"
 
 

@@ -114,8 +114,8 @@ class Store:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, else None."""
-    if not uri.startswith("sqlite:"):
+    """The database file of a sqlite:/// URI (or sqlite+<driver>:///), else None."""
+    if not re.match(r"sqlite(\+\w+)?:", uri):
         return None
     # As SQLAlchemy reads it: sqlite:////abs/file.db is absolute, sqlite:///rel.db relative.
     return Path(urlparse(uri).path[1:])
@@ -390,19 +390,22 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
 
 
 def _sweep_of_run(store: Store, which: str, key: str) -> str:
-    """For a run id given where a sweep id goes (the parent run's id, which the sweep's
-    last lines print): ": the id of a run of sweep <id>; give <key>=<id>", else ""."""
-    if not re.fullmatch(r"[0-9a-f]{32}", which):
+    """For the id of a run of this experiment given where a sweep id goes (the parent run's
+    id, which the sweep's last lines print): what to give instead, after ": "; else ""."""
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", which):
         return ""
     try:
-        run = store.client.get_run(which)
+        run = store.client.get_run(which.lower())
     except MlflowException:
         return ""
     sid = run.data.tags.get(Tag.SWEEP_ID)
-    if not sid:
+    info = run.info
+    if not sid or info.experiment_id != store.experiment_id or info.lifecycle_stage != "active":
         return ""
-    what = "the parent run" if run.data.tags.get(Tag.ROLE) == ROLE_SWEEP else "a run"
-    return f": the id of {what} of sweep {sid}; give {key}={sid}"
+    if run.data.tags.get(Tag.ROLE) == ROLE_SWEEP:
+        return f": the id of the parent run of sweep {sid}; give {key}={sid}"
+    alone = f"replay.run={which} to replay this run, or " if key == "replay.sweep" else ""
+    return f": the id of a run of sweep {sid}; give {alone}{key}={sid} for the sweep"
 
 
 def used_by_tag(sid: str) -> str:
