@@ -366,6 +366,7 @@ def stored(store: TmpStore) -> dict:
         "mlflow.runName",
         Tag.TRACEBACK,
         Tag.NOTE,
+        provenance.NOTE_TAG,  # the note's hash: the note names runs by id
     }
     out = {}
     for run in store.runs():
