@@ -372,6 +372,9 @@ def basic_auth_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         f"database_uri = sqlite:///{folder}/auth.db\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow's own cache of a checked login: without it every request hashes the
+        # password again (see README "A tracking server on PostgreSQL").
+        "auth_cache_ttl_seconds = 600\n"
     )
     env = clean_env(
         MLFLOW_AUTH_CONFIG_PATH=str(folder / "auth.ini"),
