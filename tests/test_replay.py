@@ -600,6 +600,13 @@ def test_a_logged_replay_of_a_changed_config_is_named_by_it(store: TmpStore) -> 
     assert [r.info.run_name for r in logged] == ["h32-lr0.001-s1"]
 
 
+def answer_line(store: TmpStore, status: int) -> str:
+    """The last line of a replay of the latest sweep (the answer's), after its exit status."""
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == status, out.stdout + out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> None:
     """The parent's tag aggregate.files holds sha256sum's lines for every file the answer
     wrote: `sha256sum -c` accepts the downloaded folder, and a file changed or written again
@@ -626,15 +633,9 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     report = (folder / "report.md").read_text()
     (changed / "report.md").write_text(report.replace("leader", "winner"))
     store.client.log_artifact(pid, str(changed / "report.md"), "aggregate")
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
-    assert (
-        out.stdout.strip()
-        .splitlines()[-1]
-        .startswith(
-            head + "differs: aggregate/report.md is not the file the answer wrote "
-            "(tag aggregate.files); since then: "
-        )
+    assert answer_line(store, 1).startswith(
+        head + "differs: aggregate/report.md is not the file the answer wrote "
+        "(tag aggregate.files); since then: "
     )
     # A table edited: named first, then what differs in it.
     comparison = (folder / "comparison.csv").read_text().splitlines(keepends=True)
@@ -654,9 +655,7 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
         "fnnlab-aggregate", f"aggregate.out_dir={tmp_path / 'again'}", *store.overrides()
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    assert answer_line(store, 0) == head + "identical"
     # Made again without figures: the earlier answer's stay (MLflow cannot delete them), and
     # the description says they are not of this answer.
     out = run_script(
@@ -673,15 +672,11 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     assert tags["mlflow.note.content"].endswith(
         f"Not of this answer: {listed} (an earlier answer's; MLflow keeps them).\n"
     ), tags["mlflow.note.content"]
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    assert answer_line(store, 0) == head + "identical"
     # Without the tag (an older fnnlab's answer, or deleted), what is not checked is said:
     # it read as all checked (helper-37).
     store.client.delete_tag(pid, "aggregate.files")
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == (
+    assert answer_line(store, 0) == (
         head + "identical (its report and figures not checked: no tag aggregate.files)"
     )
     store.client.set_tag(pid, "aggregate.files", tags["aggregate.files"])
@@ -689,21 +684,13 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     # identical): checked against its hash, and without the hash, said to be unchecked.
     note = tags["mlflow.note.content"]
     store.client.set_tag(pid, "mlflow.note.content", note.replace("leader", "winner", 1))
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
-    assert (
-        out.stdout.strip()
-        .splitlines()[-1]
-        .startswith(
-            head + "differs: the parent's description (tag mlflow.note.content) is not the one "
-            "the answer wrote (tag aggregate.note_sha256); since then: "
-        )
+    assert answer_line(store, 1).startswith(
+        head + "differs: the parent's description (tag mlflow.note.content) is not the one "
+        "the answer wrote (tag aggregate.note_sha256); since then: "
     )
     store.client.set_tag(pid, "mlflow.note.content", note)
     store.client.delete_tag(pid, "aggregate.note_sha256")
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == (
+    assert answer_line(store, 0) == (
         head + "identical (its description not checked: no tag aggregate.note_sha256)"
     )
     store.client.set_tag(pid, "aggregate.note_sha256", tags["aggregate.note_sha256"])
@@ -732,13 +719,10 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     for key in ("alpha", "min_effect"):
         store.client.set_tag(pid, f"aggregate.{key}", tags[f"aggregate.{key}"])
     store.client.log_artifact(pid, now, "aggregate")
-    out = replay(store, "replay.sweep=latest")
-    assert out.stdout.strip().splitlines()[-1] == head + "identical"
+    assert answer_line(store, 0) == head + "identical"
     store.client.log_metric(pid, "aggregate/seeds_needed", 19)
     store.client.log_metric(pid, "aggregate/best_mean", 0.5)
-    out = replay(store, "replay.sweep=latest")
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == head + (
+    assert answer_line(store, 0) == head + (
         "identical (not made by the answer, so not checked: metrics aggregate/best_mean, "
         "aggregate/seeds_needed)"
     )
