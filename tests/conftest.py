@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import math
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,17 +161,19 @@ def schema_only_db(tmp_path_factory) -> Path:
     return db
 
 
+def copy_schema(schema_only_db: Path, db: Path) -> None:
+    """A new database at `db` holding MLflow's schema (schema_only_db's) and nothing else."""
+    import sqlite3
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(schema_only_db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # a consistent copy, whatever MLflow's connections left in the log
+
+
 @pytest.fixture
 def store(tmp_path: Path, schema_only_db: Path) -> TmpStore:
     """An embedded store of its own, its schema already made."""
-    import sqlite3
-
-    (tmp_path / "mlruns").mkdir()
-    with (
-        sqlite3.connect(schema_only_db) as src,
-        sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as dst,
-    ):
-        src.backup(dst)  # a consistent copy, whatever MLflow's connections left in the log
+    copy_schema(schema_only_db, tmp_path / "mlruns" / "mlflow.db")
     return TmpStore(root=tmp_path, uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
 
 
@@ -244,3 +248,23 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
             return 0
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
+
+
+def run_command(entry, *args: str) -> subprocess.CompletedProcess:
+    """A console script called in this process, as run_script calls it in its own: what it
+    printed and its exit status. A small command's time is mostly its start-up (imports);
+    tests whose subject is the process itself (signals, workers, its environment, its
+    output's flushing) run it with run_script."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            status = run_in_process(monkeypatch, entry, *args)
+        except Exception:  # as Python ends a process on one: its traceback, status 1
+            traceback.print_exc()
+            status = 1
+    argv = [f"fnnlab-{entry.__name__}", *args]
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())

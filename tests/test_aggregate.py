@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TmpStore, run_script
+from conftest import TmpStore, run_command, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.entities import Metric, Param, Run, RunData, RunTag
 from scipy import stats
 from server_fixtures import stop_group
 
-from fnnlab import aggregate, report
+from fnnlab import aggregate, cli, report
 from fnnlab.cli import wait_until_up
 from fnnlab.config import ConfigValueError
 from fnnlab.names import Tag
@@ -31,12 +31,12 @@ SWEEP = ["model.hidden_dim=4,8", "optim.lr=0.01,0.1", "seed=0,1,2", "train.epoch
 
 
 def sweep(store: TmpStore, *args: str) -> None:
-    res = run_script("fnnlab-train", "-m", *args, *store.overrides())
+    res = run_command(cli.train, "-m", *args, *store.overrides())
     assert res.returncode == 0, res.stderr[-2000:]
 
 
 def run_aggregate(store: TmpStore, out: Path, *args: str):
-    return run_script("fnnlab-aggregate", *store.overrides()[:2], f"aggregate.out_dir={out}", *args)
+    return run_command(cli.aggregate, *store.overrides()[:2], f"aggregate.out_dir={out}", *args)
 
 
 def one_line_error(res, *words: str) -> str:

@@ -7,16 +7,16 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import TmpStore, run_script
+from conftest import TmpStore, run_command
 
-from fnnlab import aggregate
+from fnnlab import aggregate, cli
 from fnnlab.compare import ONLY_ONE
 
 pytestmark = pytest.mark.slow
 
 
 def sweep(store: TmpStore, *overrides: str) -> None:
-    proc = run_script("fnnlab-train", "-m", *overrides, "tracking.plots=false", *store.overrides())
+    proc = run_command(cli.train, "-m", *overrides, "tracking.plots=false", *store.overrides())
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -121,8 +121,8 @@ def test_float32_against_float64_is_tied_below_the_margin(store: TmpStore):
 
 def test_cli_prints_the_leader_its_ties_and_writes_the_comparison(store: TmpStore, tmp_path):
     sweep(store, "model.hidden_dim=4,16", "optim.lr=0.01,0.1", "seed=range(3)")
-    res = run_script(
-        "fnnlab-aggregate",
+    res = run_command(
+        cli.aggregate,
         f"tracking.uri={store.uri}",
         f"tracking.experiment={store.experiment}",
         f"aggregate.out_dir={tmp_path}",
@@ -139,8 +139,8 @@ def test_cli_prints_the_leader_its_ties_and_writes_the_comparison(store: TmpStor
     # Another outcome, and a bad one.
     acc = latest(store, outcome="final_accuracy")
     assert acc.comparison.loc[acc.comparison.leader, "mean"].iloc[0] == acc.comparison["mean"].max()
-    bad = run_script(
-        "fnnlab-aggregate",
+    bad = run_command(
+        cli.aggregate,
         f"tracking.uri={store.uri}",
         f"tracking.experiment={store.experiment}",
         "aggregate.outcome=median",

@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose_train, run_script
+from conftest import compose_train, run_command
 from mlflow.entities import ViewType
 
-from fnnlab import provenance
+from fnnlab import cli, provenance
 from fnnlab.claims import LEASE_S
 from fnnlab.config import fingerprint
 from fnnlab.names import Tag
@@ -120,9 +120,9 @@ def test_overlapping_sweeps_each_count_all_their_configurations(store):
 def test_a_later_sweep_reuses_and_links_finished_runs(store):
     from fnnlab.aggregate import select
 
-    first = run_script("fnnlab-train", "-m", "model.hidden_dim=2,4", *store.overrides())
+    first = run_command(cli.train, "-m", "model.hidden_dim=2,4", *store.overrides())
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_script("fnnlab-train", "-m", "model.hidden_dim=2,4,8", *store.overrides())
+    second = run_command(cli.train, "-m", "model.hidden_dim=2,4,8", *store.overrides())
     assert second.returncode == 0, second.stderr[-2000:]
     assert "3 finished (0 diverged, 2 reused from outside this sweep)" in second.stdout
     one_finished_per_config(store.runs(), 3)
@@ -145,10 +145,10 @@ def test_a_reused_run_is_of_its_configuration_whatever_its_other_values(store):
 
     other = ["ui.port=5001", "regime.swing=0.5", "limits.memory_gb=8"]
     single = ["model.hidden_dim=4", "optim.lr=1", "seed=0", "train.epochs=20", *other]
-    first = run_script("fnnlab-train", *single, *store.overrides())
+    first = run_command(cli.train, *single, *store.overrides())
     assert first.returncode == 0, first.stderr[-2000:]
     sweep = ["-m", "model.hidden_dim=4", "optim.lr=0.1,1", "seed=0,1", "train.epochs=20"]
-    second = run_script("fnnlab-train", *sweep, *store.overrides())
+    second = run_command(cli.train, *sweep, *store.overrides())
     assert second.returncode == 0, second.stderr[-2000:]
     assert "4 finished (0 diverged, 1 reused from outside this sweep)" in second.stdout
     assert not re.search(r"\b(port|swing|memory_gb)\b", second.stdout), second.stdout
@@ -199,7 +199,7 @@ def test_a_claim_whose_holder_died_is_taken_over(store, host, lease):
     hostname = socket.gethostname() if host == "this" else "another-machine"
     until = None if lease is None else time.time() + lease
     held = holder_run(store, job, hostname, dead_pid(), until)
-    out = run_script("fnnlab-train", "-m", *job, "seed=0,1", *store.overrides())
+    out = run_command(cli.train, "-m", *job, "seed=0,1", *store.overrides())
     assert out.returncode == 0, out.stderr[-2000:]
     one_finished_per_config(
         store.runs(f"tags.{Tag.ROLE} = 'job' and attributes.status != 'KILLED'"), 2

@@ -8,7 +8,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import OTHER_APP_CONFIG, compose_train, run_in_process, run_other_app, run_script
+from conftest import (
+    OTHER_APP_CONFIG,
+    compose_train,
+    run_command,
+    run_in_process,
+    run_other_app,
+    run_script,
+)
 from omegaconf import OmegaConf
 
 from fnnlab import cli, config, job, population
@@ -146,7 +153,7 @@ def test_a_sweep_trained_in_groups_replays_identical_alone(launcher, store):
     assert {"diverged", "oscillating"} <= regimes, regimes
     # Every per-epoch value, the stop epoch and the weights of every run, bit for bit the
     # same retrained alone (fnnlab-replay trains one configuration, a population of one).
-    replay = run_script("fnnlab-replay", "replay.sweep=latest", *store.overrides())
+    replay = run_command(cli.replay, "replay.sweep=latest", *store.overrides())
     assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
     count, answer = replay.stdout.strip().splitlines()[-2:]
     assert count.startswith("replayed 60 runs: 60 identical, 0 differ")

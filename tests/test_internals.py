@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy
-from conftest import TmpStore, run_script
+from conftest import TmpStore, copy_schema, run_script
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
@@ -97,6 +97,9 @@ def uri_for(request, tmp_path, monkeypatch):
     one PostgreSQL database for both (their runs are apart)."""
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a database URI
     if request.param == "sqlite":
+        schema = request.getfixturevalue("schema_only_db")
+        for how in ("mlflow", "fnnlab"):
+            copy_schema(schema, tmp_path / how / "mlflow.db")
         return lambda how: f"sqlite:///{tmp_path}/{how}/mlflow.db"
     uri = request.getfixturevalue("tracking_server").database_uri("fnnlab_sql_batch")
     return lambda how: uri

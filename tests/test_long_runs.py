@@ -10,13 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LEARNING_RATES, TmpStore, compose_train, log_uniform_int, run_script
+from conftest import (
+    LEARNING_RATES,
+    TmpStore,
+    compose_train,
+    log_uniform_int,
+    run_command,
+    run_script,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from fnnlab import job, plots, replay, tracking
+from fnnlab import cli, job, plots, replay, tracking
 from fnnlab.data import load_iris2
 from fnnlab.model import ScratchFNN, bce_with_logits, mean_bce
 from fnnlab.train import METRICS, fit
@@ -224,9 +231,7 @@ def test_log_every_thins_the_curves_not_the_summaries(sqlite_store, tmp_path):
 
 
 def test_cli_run_of_2000_epochs_finishes(store: TmpStore):
-    proc = run_script(
-        "fnnlab-train", "train.epochs=2000", "tracking.plots=false", *store.overrides()
-    )
+    proc = run_command(cli.train, "train.epochs=2000", "tracking.plots=false", *store.overrides())
     assert proc.returncode == 0, proc.stderr
     (run,) = store.runs()
     check_run(store.client, run.info.run_id, 2000)

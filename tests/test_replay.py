@@ -4,8 +4,6 @@ bad input; provenance tags and a dirty tree's diff; resume by code identity."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import re
@@ -17,7 +15,7 @@ import pytest
 import scipy
 import torch
 import yaml
-from conftest import TmpStore, run_in_process, run_script
+from conftest import TmpStore, run_command, run_in_process, run_script
 from mlflow.entities import Metric, Run, RunInfo
 
 from fnnlab import cli, provenance, tracking
@@ -32,26 +30,15 @@ LINE = re.compile(r"^(?P<name>\S+) \((?P<run>[0-9a-f]{32})\): (?P<what>.+)$")
 
 
 def train(store: TmpStore, *overrides: str) -> None:
-    out = run_script("fnnlab-train", *overrides, "tracking.plots=false", *store.overrides())
+    out = run_command(cli.train, *overrides, "tracking.plots=false", *store.overrides())
     assert out.returncode == 0, out.stderr[-3000:]
 
 
 def replay(store: TmpStore, *overrides: str) -> subprocess.CompletedProcess:
-    """fnnlab-replay, called in this process: its start-up (imports) was most of a small
-    replay's time, and this module replays dozens of times. What it printed and its exit
-    status, as a process's. (Replays under another environment, through a server, or of an
-    unreachable store stay separate processes below.)"""
-    args = [*overrides, *store.overrides()]
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        pytest.MonkeyPatch.context() as monkeypatch,
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        status = run_in_process(monkeypatch, cli.replay, *args)
-    return subprocess.CompletedProcess(
-        ["fnnlab-replay", *args], status, out.getvalue(), err.getvalue()
-    )
+    """fnnlab-replay, called in this process: this module replays dozens of times. (Replays
+    under another environment, through a server, or of an unreachable store stay separate
+    processes below.)"""
+    return run_command(cli.replay, *overrides, *store.overrides())
 
 
 def lines(out: subprocess.CompletedProcess) -> dict[str, str]:
@@ -125,8 +112,8 @@ def test_runs_replay_identical_and_are_tagged(made: TmpStore) -> None:
     blocked.mkdir()
     (blocked / ref.info.run_id).write_text("a file where the folder would be")
     before = len(made.runs())
-    out = run_script(
-        "fnnlab-replay",
+    out = run_command(
+        cli.replay,
         f"replay.run={ref.info.run_id}",
         "replay.log=true",
         *made.overrides()[:2],
@@ -651,15 +638,13 @@ def test_files_changed_after_the_answer_are_named(store: TmpStore, tmp_path) -> 
     ], diffs
     assert diffs[2].startswith("comparison.csv: 1 of "), diffs
     # Made again by fnnlab-aggregate: the tag lists the new files, and they check.
-    out = run_script(
-        "fnnlab-aggregate", f"aggregate.out_dir={tmp_path / 'again'}", *store.overrides()
-    )
+    out = run_command(cli.aggregate, f"aggregate.out_dir={tmp_path / 'again'}", *store.overrides())
     assert out.returncode == 0, out.stderr[-3000:]
     assert answer_line(store, 0) == head + "identical"
     # Made again without figures: the earlier answer's stay (MLflow cannot delete them), and
     # the description says they are not of this answer.
-    out = run_script(
-        "fnnlab-aggregate",
+    out = run_command(
+        cli.aggregate,
         "aggregate.plots=false",
         f"aggregate.out_dir={tmp_path / 'no_plots'}",
         *store.overrides(),
@@ -783,8 +768,8 @@ def test_the_sweeps_answer_is_made_again_and_compared(store: TmpStore, tmp_path)
         "identical (alpha and min_effect were not recorded with it: their defaults taken)"
     )
     # fnnlab-aggregate's options are recorded, and the answer is made again with them.
-    out = run_script(
-        "fnnlab-aggregate",
+    out = run_command(
+        cli.aggregate,
         "aggregate.outcome=final_loss",
         "aggregate.alpha=0.1",
         "aggregate.min_effect=0",
@@ -895,7 +880,7 @@ def test_an_answer_is_checked_whatever_it_holds(store: TmpStore, tmp_path) -> No
 
     def aggregate(*overrides: str) -> subprocess.CompletedProcess:
         out_dir = f"aggregate.out_dir={tmp_path / 'answer'}"
-        return run_script("fnnlab-aggregate", *overrides, out_dir, *store.overrides())
+        return run_command(cli.aggregate, *overrides, out_dir, *store.overrides())
 
     def answer() -> str:
         out = replay(store, "replay.sweep=latest")
@@ -1135,26 +1120,26 @@ def test_a_diff_git_cannot_make_is_not_stored_as_empty(dirty_repo) -> None:
 
 def test_resume_reruns_jobs_made_by_other_code(store: TmpStore) -> None:
     sweep = ["-m", "model.hidden_dim=4,8", "seed=0,1", "train.epochs=5", "tracking.plots=false"]
-    out = run_script("fnnlab-train", *sweep, *store.overrides())
+    out = run_command(cli.train, *sweep, *store.overrides())
     assert out.returncode == 0, out.stderr[-3000:]
     # Two runs as if made by other code: their recorded code hash is not today's.
     jobs = store.runs("tags.role = 'job'")
     for run in jobs[:2]:
         store.client.set_tag(run.info.run_id, "env.code", "0" * 16)
-    by_config = run_script(
-        "fnnlab-train", *sweep, "hydra.sweeper.resume_match=config", *store.overrides()
+    by_config = run_command(
+        cli.train, *sweep, "hydra.sweeper.resume_match=config", *store.overrides()
     )
     assert by_config.returncode == 0, by_config.stderr[-3000:]
     assert "skipping 4 of 4 jobs" in by_config.stdout + by_config.stderr
     assert len(store.runs("tags.role = 'job'")) == 4
-    by_code = run_script("fnnlab-train", *sweep, *store.overrides())
+    by_code = run_command(cli.train, *sweep, *store.overrides())
     assert by_code.returncode == 0, by_code.stderr[-3000:]
     assert "skipping 2 of 4 jobs that already have a FINISHED run with the same code; " in (
         by_code.stdout + by_code.stderr
     )
     assert "running 2 again because the code changed" in by_code.stdout + by_code.stderr
     assert len(store.runs("tags.role = 'job'")) == 6
-    bad = run_script("fnnlab-train", *sweep, "hydra.sweeper.resume_match=fuzzy", *store.overrides())
+    bad = run_command(cli.train, *sweep, "hydra.sweeper.resume_match=fuzzy", *store.overrides())
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
         "fnnlab-train: error: hydra.sweeper.resume_match=fuzzy: must be one of code, config"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from conftest import BIN, TmpStore, run_in_process, run_script
+from conftest import BIN, TmpStore, run_command, run_in_process, run_script
 from faulty_store import command_env, set_read_only, store_files
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -95,7 +95,7 @@ def test_concurrent_first_uses_of_a_fresh_sqlite_store_leave_one_healthy_store(t
         assert len(store.runs("tags.role = 'sweep' and attributes.status = 'FINISHED'")) == 2
         assert_healthy(root / "mlruns" / "mlflow.db")
     # And the store goes on working.
-    out = run_script("fnnlab-train", "-m", "seed=30,31", *QUICK, *store.overrides())
+    out = run_command(cli.train, "-m", "seed=30,31", *QUICK, *store.overrides())
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(job_runs(store, "FINISHED")) == len(job_runs(store)) == made + 2
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, run_artifacts, run_in_process, run_other_app, run_script
+from conftest import BIN, run_artifacts, run_command, run_in_process, run_other_app, run_script
 from faulty_store import command_env
 
 from fnnlab import cli, job, sweep, tracking
@@ -36,8 +36,8 @@ def split_runs(store):
 
 @pytest.mark.slow
 def test_multirun_makes_one_parent_and_complete_children(store, tmp_path):
-    proc = run_script(
-        "fnnlab-train", "-m", "model.hidden_dim=4,8", "optim.lr=0.01,0.1", *store.overrides()
+    proc = run_command(
+        cli.train, "-m", "model.hidden_dim=4,8", "optim.lr=0.01,0.1", *store.overrides()
     )
     assert proc.returncode == 0, proc.stderr
     parents, children = split_runs(store)
@@ -202,7 +202,7 @@ def test_an_error_past_the_sweeps_checks_stops_it_before_any_job(store, monkeypa
 
 
 def test_single_run_records_the_reference_deviation(store):
-    proc = run_script("fnnlab-train", "experiment=reference", *store.overrides())
+    proc = run_command(cli.train, "experiment=reference", *store.overrides())
     assert proc.returncode == 0, proc.stderr
     (run,) = store.runs()
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
@@ -216,7 +216,7 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
     """hydra/sweeper=basic: the parent run, its children and the closing line come from the
     sweep callback, not from the fnnlab sweeper."""
     args = ["-m", "hydra/sweeper=basic", "model.hidden_dim=4,8", "train.epochs=20"]
-    proc = run_script("fnnlab-train", *args, *store.overrides())
+    proc = run_command(cli.train, *args, *store.overrides())
     assert proc.returncode == 0, proc.stderr
     parents, children = split_runs(store)
     assert len(parents) == 1 and len(children) == 2
@@ -240,8 +240,8 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
     assert parent.data.tags["aggregate.leader"] == ""
     # A bad job of the sweep stops it before anything is written, with any sweeper.
     before = store.db_bytes()
-    bad = run_script(
-        "fnnlab-train", "-m", "hydra/sweeper=basic", "model.hidden_dim=4,0", *store.overrides()
+    bad = run_command(
+        cli.train, "-m", "hydra/sweeper=basic", "model.hidden_dim=4,0", *store.overrides()
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
@@ -412,7 +412,7 @@ def test_only_what_no_job_raised_is_named_as_the_sweep_folders(store, tmp_path):
     folder = tmp_path / "sweep"
     (folder / "multirun.yaml").mkdir(parents=True)
     args = ["-m", "hydra/sweeper=basic", "seed=0,1", "train.epochs=5", *store.overrides()]
-    proc = run_script("fnnlab-train", *args, f"hydra.sweep.dir={folder}")
+    proc = run_command(cli.train, *args, f"hydra.sweep.dir={folder}")
     assert proc.returncode == 1
     line = (
         f"hydra.sweep.dir={folder}, hydra.sweep.subdir=${{hydra.job.num}}: cannot make or "
@@ -426,7 +426,7 @@ def test_only_what_no_job_raised_is_named_as_the_sweep_folders(store, tmp_path):
     folder = tmp_path / "sweep2"
     (folder / "1" / "artifacts" / "config.yaml").mkdir(parents=True)
     args = ["-m", "hydra/sweeper=basic", "seed=0,1", "model.hidden_dim=4", "train.epochs=5"]
-    proc = run_script("fnnlab-train", *args, *store.overrides(), f"hydra.sweep.dir={folder}")
+    proc = run_command(cli.train, *args, *store.overrides(), f"hydra.sweep.dir={folder}")
     assert proc.returncode == 1
     assert "cannot make or write" not in proc.stderr, proc.stderr
     parent = [
@@ -627,7 +627,7 @@ def test_an_interrupt_during_the_answer_ends_the_parent_killed(store):
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["KILLED"]
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
-    rerun = run_script("fnnlab-train", *args)
+    rerun = run_command(cli.train, *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["FINISHED"]
@@ -745,8 +745,8 @@ def test_a_failed_job_in_a_worker_is_named_at_the_sweeps_end(store):
 def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):
     """The folder goes into an MLflow filter: quoted, not refused or broken."""
     folder = store.root / "it's a sweep"
-    out = run_script(
-        "fnnlab-train",
+    out = run_command(
+        cli.train,
         "-m",
         "model.hidden_dim=2,4",
         "train.epochs=20",

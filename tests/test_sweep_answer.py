@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TmpStore, run_script
+from conftest import TmpStore, run_command, run_script
 from test_sweep import artifact_paths
+
+from fnnlab import cli
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +32,7 @@ def parent_of(store: TmpStore):
 
 
 def test_sweep_ends_with_its_answer_and_links_on_the_ui_port(store: TmpStore) -> None:
-    out = run_script("fnnlab-train", *SWEEP, "ui.port=5123", *store.overrides())
+    out = run_command(cli.train, *SWEEP, "ui.port=5123", *store.overrides())
     assert out.returncode == 0, out.stderr[-3000:]
     parent = parent_of(store)
     pid, exp = parent.info.run_id, parent.info.experiment_id
@@ -72,17 +74,17 @@ def test_sweep_ends_with_its_answer_and_links_on_the_ui_port(store: TmpStore) ->
     assert mean == float(f"{mean:.4g}")
 
     # Run again: nothing left to run, and the answer is about all 12 runs.
-    again = run_script("fnnlab-train", *SWEEP, "ui.port=5123", *store.overrides())
+    again = run_command(cli.train, *SWEEP, "ui.port=5123", *store.overrides())
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"leader: {leader}:" in again.stdout
     assert parent_of(store).data.metrics["aggregate/runs"] == 12
 
 
 def test_summarize_false_logs_no_answer(store: TmpStore) -> None:
-    fnnlab = run_script("fnnlab-train", *SWEEP, "hydra.sweeper.summarize=false", *store.overrides())
+    fnnlab = run_command(cli.train, *SWEEP, "hydra.sweeper.summarize=false", *store.overrides())
     assert fnnlab.returncode == 0, fnnlab.stderr[-3000:]
-    basic = run_script(
-        "fnnlab-train",
+    basic = run_command(
+        cli.train,
         "-m",
         "hydra/sweeper=basic",
         "model.hidden_dim=4",

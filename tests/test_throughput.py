@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_artifacts, run_script
+from conftest import run_artifacts, run_command, run_script
 from mlflow.exceptions import MlflowException
 
+from fnnlab import cli
 from fnnlab.tracking import retry_locked
 from fnnlab.train import METRICS
 
@@ -48,7 +49,7 @@ def test_swept_run_equals_the_same_run_alone(launcher, store, tmp_path):
         *common,
     )
     assert swept.returncode == 0, swept.stderr
-    alone = run_script("fnnlab-train", "model.hidden_dim=32", "optim.lr=1.0", "seed=1", *common)
+    alone = run_command(cli.train, "model.hidden_dim=32", "optim.lr=1.0", "seed=1", *common)
     assert alone.returncode == 0, alone.stderr
 
     runs = job_runs(store)
