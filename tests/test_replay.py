@@ -1043,15 +1043,12 @@ def dirty_repo(tmp_path: Path, monkeypatch):
         c.cache_clear()
 
 
-def test_a_run_from_a_dirty_tree_carries_its_diff(dirty_repo, store, monkeypatch) -> None:
+def test_a_run_from_a_dirty_tree_carries_its_diff(dirty_repo, store) -> None:
     commit, dirty, diff = provenance.git_state()
     assert dirty and b"-width = 8\n+width = 16" in diff and len(commit) == 40
     cut = provenance.diff_artifact(cap=20)
     assert cut.startswith(diff[:20]) and f"diff cut at 20 of {len(diff)} bytes".encode() in cut
-    status = run_in_process(
-        monkeypatch, cli.train, "train.epochs=5", "tracking.plots=false", *store.overrides()
-    )
-    assert status == 0
+    train(store, "train.epochs=5")
     (run,) = store.runs()
     tags = run.data.tags
     assert tags["env.git_dirty"] == "true" and tags["env.git_commit"] == commit
@@ -1062,7 +1059,7 @@ def test_a_run_from_a_dirty_tree_carries_its_diff(dirty_repo, store, monkeypatch
     assert Path(path).read_bytes() == diff
 
 
-def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypatch) -> None:
+def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store) -> None:
     # A damaged index: git still names the commit, but cannot say what changed.
     (dirty_repo / ".git" / "index").write_bytes(b"not an index")
     commit, dirty, diff = provenance.git_state()
@@ -1071,10 +1068,7 @@ def test_a_checkout_git_cannot_read_is_dirty_unknown(dirty_repo, store, monkeypa
     # The run's tags and the process tags ask git once.
     assert tracking.process_tags()[Tag.GIT_COMMIT] == commit
     assert provenance.commit_at.cache_info().currsize == 1
-    status = run_in_process(
-        monkeypatch, cli.train, "train.epochs=5", "tracking.plots=false", *store.overrides()
-    )
-    assert status == 0
+    train(store, "train.epochs=5")
     (run,) = store.runs()
     tags = run.data.tags
     assert tags["env.git_dirty"] == "unknown" and tags["env.git_commit"] == commit

@@ -55,6 +55,7 @@ from fnnlab.tracking import (
     MAX_TAG_VALUE,
     Store,
     connect,
+    deleted_in_store,
     log_values,
     logged_steps,
     one_run_per_config,
@@ -827,12 +828,7 @@ def existing_store(uri: str, experiment: str, run_id: str | None) -> tuple[Store
         exp = client.get_experiment(run.info.experiment_id)
         if exp.lifecycle_stage != "active":
             # Named by the key given: tracking.experiment is not the one used here.
-            eid = exp.experiment_id
-            why = (
-                f"its experiment {exp.name} is deleted in this store (experiment {eid}): restore "
-                f"it (`mlflow experiments restore -x {eid}` with MLFLOW_TRACKING_URI set to the "
-                "store) to replay its runs"
-            )
+            why = f"its experiment {exp.name} {deleted_in_store(exp)} to replay its runs"
             raise ConfigValueError("replay.run", run_id, why)
         experiment = exp.name
     return open_store(uri, experiment), run

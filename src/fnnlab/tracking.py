@@ -213,13 +213,17 @@ def check_active(exp: Experiment) -> None:
     from fnnlab.config import ConfigValueError
 
     if exp.lifecycle_stage != "active":
-        raise ConfigValueError(
-            "tracking.experiment",
-            exp.name,
-            f"is deleted in this store (experiment {exp.experiment_id}): restore it (`mlflow "
-            f"experiments restore -x {exp.experiment_id}` with MLFLOW_TRACKING_URI set to the "
-            "store) or choose another name",
-        )
+        why = f"{deleted_in_store(exp)} or choose another name"
+        raise ConfigValueError("tracking.experiment", exp.name, why)
+
+
+def deleted_in_store(exp: Experiment) -> str:
+    """What an error line says of a deleted experiment: that it is, and how to restore it."""
+    eid = exp.experiment_id
+    return (
+        f"is deleted in this store (experiment {eid}): restore it (`mlflow experiments "
+        f"restore -x {eid}` with MLFLOW_TRACKING_URI set to the store)"
+    )
 
 
 def connect(uri: str, experiment: str | None) -> tuple[MlflowClient, str | None]:
