@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, TmpStore, run_script
+from conftest import BIN, TmpStore, run_command, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
@@ -288,6 +288,39 @@ def test_the_group_hint_names_what_the_configurations_differ_in() -> None:
     assert "Parameters -> model.hidden_dim, optim.lr (" in links.group_hint(widths)
     seeds = [run | {"seed": s} for s in "012"]
     assert "Parameters -> model.hidden_dim (" in links.group_hint(seeds)
+
+
+@pytest.mark.slow
+def test_a_sweep_id_hydra_reads_as_a_number_is_taken_as_typed(store: TmpStore) -> None:
+    """Hydra reads the hex prefix 12e456 as a float (inf) and 123456 as an int: the commands
+    looked for str() of those, "inf", and could not name such a sweep. A value that is no
+    id is named as typed (it was "True")."""
+    sweep = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false"]
+    out = run_command(cli.train, *sweep, "hydra.sweeper.summarize=false", *store.overrides())
+    assert out.returncode == 0, out.stderr[-3000:]
+    for run in store.runs():  # as if the sweep's random id had been this one
+        store.client.set_tag(run.info.run_id, "sweep_id", "12e456abcdef")
+    where = store.overrides()[:2]
+    out = run_command(cli.replay, "replay.sweep=12e456", *where)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "replayed 2 runs: 2 identical" in out.stdout
+    answer = f"aggregate.out_dir={store.root / 'answer'}"
+    options = ["aggregate.sweep=12e456", "aggregate.plots=false", answer]
+    out = run_command(cli.aggregate, *options, *where)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sweep 12e456abcdef" in out.stdout, out.stdout
+    for entry in (cli.replay, cli.aggregate, cli.ui):
+        key = f"{entry.__name__}.sweep"
+        out = run_command(entry, f"{key}=true", *where)
+        assert out.returncode == 2
+        name = f"fnnlab-{entry.__name__}"
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"{name}: error: {key}=true: not a sweep id (up to 12 hex digits, or latest)"
+        )
+    out = run_command(cli.replay, "replay.sweep=1_0", *where)
+    assert out.stderr.strip().splitlines()[-1] == (
+        "fnnlab-replay: error: replay.sweep=1_0: not a sweep id (up to 12 hex digits, or latest)"
+    )
 
 
 def test_find_sweep_by_latest_and_prefix(store: TmpStore) -> None:

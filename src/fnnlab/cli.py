@@ -34,6 +34,7 @@ from fnnlab.config import (
     ConfigValueError,
     ReplayAppConfig,
     UiAppConfig,
+    as_typed,
     check_known_keys,
     check_port,
     check_values,
@@ -138,7 +139,8 @@ def ui_app(cfg: DictConfig) -> None:
             connect(cfg.tracking.uri, cfg.tracking.experiment)
         store = open_store(cfg.tracking.uri, cfg.tracking.experiment)
         # Select the sweep before starting anything: a bad ui.sweep is a one-line error.
-        sweep = ui.find_sweep(store, str(cfg.ui.sweep)) if cfg.ui.sweep is not None else None
+        which = _as_given("ui.sweep", cfg.ui.sweep)
+        sweep = ui.find_sweep(store, which) if which is not None else None
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
         fail("fnnlab-ui", f"error: {_as_typed(exc)}", 2)
@@ -226,8 +228,10 @@ def aggregate_app(cfg: DictConfig) -> None:
         check_port(cfg.ui.port)
         if a.out_dir and (why := folder_problem(out)):  # Hydra made and checked its own
             raise ConfigValueError("aggregate.out_dir", a.out_dir, why)
+        sweep = _as_given("aggregate.sweep", a.sweep)
+        parent_run_id = _as_given("aggregate.parent_run_id", a.parent_run_id)
         sel = aggregate.select(
-            cfg.tracking.uri, cfg.tracking.experiment, a.sweep, a.parent_run_id, a.filter
+            cfg.tracking.uri, cfg.tracking.experiment, sweep, parent_run_id, a.filter
         )
         agg = aggregate.aggregate(sel, outcome=a.outcome, alpha=a.alpha, min_effect=a.min_effect)
     except ConfigValueError as exc:
@@ -270,14 +274,15 @@ def replay_app(cfg: DictConfig) -> None:
             )
         if r.sample is not None and r.sample < 1:
             raise ConfigValueError("replay.sample", r.sample, "must be at least 1, or null")
-        run_id = None if r.run is None else str(r.run)
+        run_id = _as_given("replay.run", r.run)
         store, run = replay.existing_store(cfg.tracking.uri, cfg.tracking.experiment, run_id)
         if run is not None:
             runs, others = [run], []
         else:
-            parent = find_sweep_parent(store, str(r.sweep), "replay.sweep")
+            sweep = _as_given("replay.sweep", r.sweep)
+            parent = find_sweep_parent(store, sweep, "replay.sweep")
             if parent is None:
-                raise ConfigValueError("replay.sweep", r.sweep, "no sweep in this experiment")
+                raise ConfigValueError("replay.sweep", sweep, "no sweep in this experiment")
             runs, others = replay.sweep_runs(store, parent, r.sample, r.seed)
     except ConfigValueError as exc:
         fail("fnnlab-replay", f"error: {_as_typed(exc)}", 2)
@@ -375,6 +380,20 @@ def _override(key: str, deletion: bool = False, refused: object = _UNKNOWN) -> s
         if arg.startswith("~") or not deletion:
             return arg if arg.startswith("~") else f"{key}={arg.lstrip('+').partition('=')[2]}"
     return key
+
+
+def _as_given(key: str, value: object) -> str | None:
+    """An id (a sweep's, a run's) as the command line gave it: Hydra reads the hex prefix
+    12e456 as a float, and the config's str field holds "inf"; true became "True"."""
+    typed = _override(key)
+    if value is None or typed == key:  # null, or not on the command line
+        return None if value is None else as_typed(value)
+    text = typed.partition("=")[2]
+    try:
+        read = override_value(text)
+    except ValueError:
+        return as_typed(value)
+    return as_typed(value) if isinstance(read, str) else text
 
 
 def _reads_as(typed: str, value: object) -> bool:
