@@ -210,18 +210,20 @@ def run_script(
 def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Around a command (fnnlab.cli.run_cli) called in this process, which goes on after it:
     puts back what the command set up for a process that ends with it. SIGTERM's handler
-    and HYDRA_FULL_ERROR at once, MLFLOW_DISABLE_TELEMETRY at the test's end (its jobs may
-    still read it), and the heap it froze for an exit that does not come. A sweep it left
-    open (after an interrupt) is ended as its exit ends it."""
+    and HYDRA_FULL_ERROR at once, MLFLOW_DISABLE_TELEMETRY and MLflow's progress bar
+    setting at the test's end (its jobs may still read them), and the heap it froze for an
+    exit that does not come. A sweep it left open (after an interrupt) is ended as its exit
+    ends it."""
     import signal
 
     from fnnlab import sweep
 
-    telemetry = os.environ.get("MLFLOW_DISABLE_TELEMETRY")
-    if telemetry is None:
-        monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
-    else:
-        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", telemetry)
+    for name in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+        # Recorded as it is now, set or not (delenv alone records nothing for an unset one,
+        # and the value the command set stayed for the rest of the session; helper-51).
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
@@ -246,15 +248,19 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
         try:
             entry()
             return 0
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else 1
+        except SystemExit as exc:  # as Python ends a process on it
+            if exc.code is None or isinstance(exc.code, int):
+                return exc.code or 0
+            print(exc.code, file=sys.stderr)
+            return 1
 
 
 def run_command(entry, *args: str) -> subprocess.CompletedProcess:
     """A console script called in this process, as run_script calls it in its own: what it
     printed and its exit status. A small command's time is mostly its start-up (imports);
-    tests whose subject is the process itself (signals, workers, its environment, its
-    output's flushing) run it with run_script."""
+    tests whose subject is the process itself (signals, workers, its environment, all it
+    prints on stderr: warnings and lines at exit do not reach this capture) or what holds
+    from one process to the next (reuse, replay) run it with run_script."""
     out, err = io.StringIO(), io.StringIO()
     with (
         pytest.MonkeyPatch.context() as monkeypatch,

@@ -35,8 +35,11 @@ def sweep(store: TmpStore, *args: str) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
 
 
-def run_aggregate(store: TmpStore, out: Path, *args: str):
-    return run_command(cli.aggregate, *store.overrides()[:2], f"aggregate.out_dir={out}", *args)
+def run_aggregate(store: TmpStore, out: Path, *args: str, process: bool = False):
+    """fnnlab-aggregate on the store, in this process or, for a test of everything the
+    command prints on stderr (a warning, a line at exit), in its own."""
+    args = (*store.overrides()[:2], f"aggregate.out_dir={out}", *args)
+    return run_script("fnnlab-aggregate", *args) if process else run_command(cli.aggregate, *args)
 
 
 def one_line_error(res, *words: str) -> str:
@@ -597,7 +600,8 @@ def test_curves_read_from_the_database_are_mlflows_histories(database_uri) -> No
 
 def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
     store, _ = small
-    res = run_aggregate(store, tmp_path / "out", "aggregate.filter=\"params.seed = '99'\"")
+    selection = "aggregate.filter=\"params.seed = '99'\""
+    res = run_aggregate(store, tmp_path / "out", selection, process=True)
     one_line_error(res, "aggregate.filter=params.seed = '99'", "selects no runs")
     assert res.returncode == 2 and not (tmp_path / "out").exists()
     # A filter of the value as the answer prints it (lr=30 as "30") said only "selects no
@@ -624,7 +628,7 @@ def test_cli_selection_error_is_one_line(small, tmp_path: Path) -> None:
 def test_bad_options_are_one_line(small, tmp_path: Path, option: str, named: str, why: str) -> None:
     store, _ = small
     before = store.db_bytes()
-    res = run_aggregate(store, tmp_path / "out", option)
+    res = run_aggregate(store, tmp_path / "out", option, process=True)
     one_line_error(res, named, why)
     assert res.returncode == 2 and not (tmp_path / "out").exists()
     assert store.db_bytes() == before

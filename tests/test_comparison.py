@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import TmpStore, run_command
+from conftest import TmpStore, run_command, run_script
 
 from fnnlab import aggregate, cli
 from fnnlab.compare import ONLY_ONE
@@ -139,8 +139,8 @@ def test_cli_prints_the_leader_its_ties_and_writes_the_comparison(store: TmpStor
     # Another outcome, and a bad one.
     acc = latest(store, outcome="final_accuracy")
     assert acc.comparison.loc[acc.comparison.leader, "mean"].iloc[0] == acc.comparison["mean"].max()
-    bad = run_command(
-        cli.aggregate,
+    bad = run_script(
+        "fnnlab-aggregate",
         f"tracking.uri={store.uri}",
         f"tracking.experiment={store.experiment}",
         "aggregate.outcome=median",

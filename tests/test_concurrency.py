@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose_train, run_command
+from conftest import compose_train, run_command, run_script
 from mlflow.entities import ViewType
 
 from fnnlab import cli, provenance
@@ -122,7 +122,9 @@ def test_a_later_sweep_reuses_and_links_finished_runs(store):
 
     first = run_command(cli.train, "-m", "model.hidden_dim=2,4", *store.overrides())
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_command(cli.train, "-m", "model.hidden_dim=2,4,8", *store.overrides())
+    # The later command in a process of its own: what it reuses must be the same across
+    # processes, not only within one (helper-51).
+    second = run_script("fnnlab-train", "-m", "model.hidden_dim=2,4,8", *store.overrides())
     assert second.returncode == 0, second.stderr[-2000:]
     assert "3 finished (0 diverged, 2 reused from outside this sweep)" in second.stdout
     one_finished_per_config(store.runs(), 3)
@@ -148,7 +150,9 @@ def test_a_reused_run_is_of_its_configuration_whatever_its_other_values(store):
     first = run_command(cli.train, *single, *store.overrides())
     assert first.returncode == 0, first.stderr[-2000:]
     sweep = ["-m", "model.hidden_dim=4", "optim.lr=0.1,1", "seed=0,1", "train.epochs=20"]
-    second = run_command(cli.train, *sweep, *store.overrides())
+    # The later command in a process of its own: what it reuses must be the same across
+    # processes, not only within one (helper-51).
+    second = run_script("fnnlab-train", *sweep, *store.overrides())
     assert second.returncode == 0, second.stderr[-2000:]
     assert "4 finished (0 diverged, 1 reused from outside this sweep)" in second.stdout
     assert not re.search(r"\b(port|swing|memory_gb)\b", second.stdout), second.stdout

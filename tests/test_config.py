@@ -223,7 +223,7 @@ def test_the_other_commands_refuse_an_output_folder_that_cannot_be_made(
     store = store_with_a_run
     (tmp_path / "file").touch()
     folder = f"hydra.run.dir={tmp_path / 'file'}"
-    proc = run_command(getattr(cli, script.removeprefix("fnnlab-")), *store.overrides(), folder)
+    proc = run_script(script, *store.overrides(), folder)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"{script}: error: {folder}: it is a file", proc.stderr
 
@@ -246,7 +246,7 @@ def test_a_folder_for_the_answer_that_cannot_be_made_is_refused(
     out = f"aggregate.out_dir={folder / 'aggregate' / 'answer'}"
     # Its own hydra.run.dir: Hydra makes that before the command starts.
     agg_run = f"hydra.run.dir={tmp_path / 'aggregate'}"
-    proc = run_command(cli.aggregate, *store_with_a_run.overrides(), agg_run, out)
+    proc = run_script("fnnlab-aggregate", *store_with_a_run.overrides(), agg_run, out)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"fnnlab-aggregate: error: {out}: {folder}/aggregate is a file"
     assert store_with_a_run.db_bytes() == before
@@ -543,8 +543,7 @@ def test_a_command_ends_with_its_heap_hidden_from_the_collector(monkeypatch) -> 
 def test_a_port_no_socket_can_have_is_refused(store_with_a_run, script):
     store = store_with_a_run
     before = store.db_bytes()
-    entry = getattr(cli, script.removeprefix("fnnlab-"))
-    proc = run_command(entry, "ui.port=" + "9" * 400, *store.overrides()[:2])
+    proc = run_script(script, "ui.port=" + "9" * 400, *store.overrides()[:2])
     assert proc.returncode == 2 and proc.stdout == ""
     # Port 0 (any free one) only where the UI starts; elsewhere links would point at it.
     why = " (0: any free one)" if script == "fnnlab-ui" else ": where fnnlab-ui serves, for links"

@@ -240,8 +240,8 @@ def test_any_sweeper_gets_the_parent_run_and_summary(store):
     assert parent.data.tags["aggregate.leader"] == ""
     # A bad job of the sweep stops it before anything is written, with any sweeper.
     before = store.db_bytes()
-    bad = run_command(
-        cli.train, "-m", "hydra/sweeper=basic", "model.hidden_dim=4,0", *store.overrides()
+    bad = run_script(
+        "fnnlab-train", "-m", "hydra/sweeper=basic", "model.hidden_dim=4,0", *store.overrides()
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [

@@ -74,7 +74,9 @@ def test_sweep_ends_with_its_answer_and_links_on_the_ui_port(store: TmpStore) ->
     assert mean == float(f"{mean:.4g}")
 
     # Run again: nothing left to run, and the answer is about all 12 runs.
-    again = run_command(cli.train, *SWEEP, "ui.port=5123", *store.overrides())
+    # The later command in a process of its own: what it reuses must be the same across
+    # processes, not only within one (helper-51).
+    again = run_script("fnnlab-train", *SWEEP, "ui.port=5123", *store.overrides())
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"leader: {leader}:" in again.stdout
     assert parent_of(store).data.metrics["aggregate/runs"] == 12
