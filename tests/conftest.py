@@ -255,12 +255,14 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:
             return 1
 
 
-def run_command(entry, *args: str) -> subprocess.CompletedProcess:
+def run_command(entry, *args: str, process: bool = False) -> subprocess.CompletedProcess:
     """A console script called in this process, as run_script calls it in its own: what it
     printed and its exit status. A small command's time is mostly its start-up (imports);
     tests whose subject is the process itself (signals, workers, its environment, all it
     prints on stderr: warnings and lines at exit do not reach this capture) or what holds
-    from one process to the next (reuse, replay) run it with run_script."""
+    from one process to the next (reuse, replay) run it in its own, with `process`."""
+    if process:
+        return run_script(f"fnnlab-{entry.__name__}", *args)
     out, err = io.StringIO(), io.StringIO()
     with (
         pytest.MonkeyPatch.context() as monkeypatch,

@@ -39,7 +39,7 @@ def run_aggregate(store: TmpStore, out: Path, *args: str, process: bool = False)
     """fnnlab-aggregate on the store, in this process or, for a test of everything the
     command prints on stderr (a warning, a line at exit), in its own."""
     args = (*store.overrides()[:2], f"aggregate.out_dir={out}", *args)
-    return run_script("fnnlab-aggregate", *args) if process else run_command(cli.aggregate, *args)
+    return run_command(cli.aggregate, *args, process=process)
 
 
 def one_line_error(res, *words: str) -> str:

@@ -33,7 +33,7 @@ def train(store: TmpStore, *overrides: str, process: bool = False) -> None:
     """fnnlab-train, in this process or in its own: replays of runs trained in another
     process are what tell numbers that hold in one process only (fixture `made`)."""
     args = (*overrides, "tracking.plots=false", *store.overrides())
-    out = run_script("fnnlab-train", *args) if process else run_command(cli.train, *args)
+    out = run_command(cli.train, *args, process=process)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
