@@ -599,6 +599,46 @@ def test_the_other_commands_refuse_what_nothing_reads(
     assert store.db_bytes() == before
 
 
+def test_a_command_refused_after_hydra_made_its_folder_removes_it(tmp_path, monkeypatch, capsys):
+    """Hydra makes a single run's output folder (`.hydra/`, an empty cli.log) before the
+    command's code runs: a command refused for its store left it, and the folders above."""
+    import logging
+
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("mine")
+    commands = (
+        ("train", [], tmp_path / "new" / "train" / "x"),
+        ("aggregate", [], tmp_path / "new" / "aggregate"),
+        ("replay", ["replay.sweep=latest"], tmp_path / "new" / "replay" / "x" / "y"),
+        ("ui", ["ui.port=0"], tmp_path / "new" / "ui"),
+        ("train", [], kept),  # existed: what Hydra wrote stays with the user's file
+    )
+    for command, args, folder in commands:
+        status = run_in_process(
+            monkeypatch,
+            getattr(cli, command),
+            *args,
+            f"tracking.uri=sqlite:///{bad}",
+            f"hydra.run.dir={folder}",
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(err) == 1 and "not a usable SQLite database" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.db", "bad.db.lock", "kept"]
+    assert (kept / "mine.txt").read_text() == "mine"
+    assert (kept / ".hydra" / "config.yaml").exists() and (kept / "cli.log").exists()
+    # The removed log's handler is closed too: a later line goes nowhere near the folder.
+    logs = [
+        h.baseFilename
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler)
+        and Path(h.baseFilename).is_relative_to(tmp_path / "new")
+    ]
+    assert logs == []
+
+
 def refused_by_the_ui(*args: str, cwd: Path | None = None) -> str:
     """fnnlab-ui's error line for a command it must refuse (exit 2, nothing on stdout). In a
     process group of its own: had the command been let through, the UI would serve on, and

@@ -38,6 +38,7 @@ from fnnlab.config import (
     check_known_keys,
     check_port,
     check_values,
+    discard_run_folder,
     folder_problem,
     override_value,
     password_to_env,
@@ -67,7 +68,7 @@ def train_app(cfg: DictConfig) -> dict:
         if in_sweep:
             raise  # fails this job (the sweep checked every job it could before starting)
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        fail("fnnlab-train", f"error: {_as_typed(exc)}", 2)
+        refuse("fnnlab-train", f"error: {_as_typed(exc)}", 2)
     # torch, sklearn, mlflow: seconds to import, only once the config is known to be good
     from fnnlab import heap, job, links, progress
     from fnnlab.names import Tag
@@ -143,7 +144,7 @@ def ui_app(cfg: DictConfig) -> None:
         sweep = ui.find_sweep(store, which) if which is not None else None
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        fail("fnnlab-ui", f"error: {_as_typed(exc)}", 2)
+        refuse("fnnlab-ui", f"error: {_as_typed(exc)}", 2)
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, port)
 
     def show() -> None:
@@ -236,9 +237,9 @@ def aggregate_app(cfg: DictConfig) -> None:
         agg = aggregate.aggregate(sel, outcome=a.outcome, alpha=a.alpha, min_effect=a.min_effect)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
-        fail("fnnlab-aggregate", f"error: {_as_typed(exc)}", 2)
+        refuse("fnnlab-aggregate", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:
-        fail("fnnlab-aggregate", f"error: {reason(exc)}", 1)
+        refuse("fnnlab-aggregate", f"error: {reason(exc)}", 1)
     base = links.base_url(cfg.tracking.uri, cfg.ui.host, cfg.ui.port)
     logged = a.log_to_parent and sel.parent_run_id is not None
     files, answer = report.publish(agg, out, base, with_plots=a.plots, log=a.log_to_parent)
@@ -285,9 +286,9 @@ def replay_app(cfg: DictConfig) -> None:
                 raise ConfigValueError("replay.sweep", sweep, "no sweep in this experiment")
             runs, others = replay.sweep_runs(store, parent, r.sample, r.seed)
     except ConfigValueError as exc:
-        fail("fnnlab-replay", f"error: {_as_typed(exc)}", 2)
+        refuse("fnnlab-replay", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:
-        fail("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
+        refuse("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
     out = Path(HydraConfig.get().runtime.output_dir)
     counts = {"identical": 0, "differs": 0, "not replayable": 0, "not logged": 0}
     bar = tqdm(runs, unit="run", disable=r.run is not None or not runs, file=sys.stderr)
@@ -447,6 +448,14 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
     """End the command with one line on stderr and the given exit status."""
     print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+def refuse(prog: str, message: str, status: int) -> NoReturn:
+    """fail() for a single run refused before it wrote anything: the output folder Hydra
+    made for it goes too."""
+    hydra_cfg = HydraConfig.get()
+    discard_run_folder(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir)
+    fail(prog, message, status)
 
 
 def run_cli(prog: str, app: Callable[[], object]) -> None:

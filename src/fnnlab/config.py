@@ -355,24 +355,97 @@ class CheckOutputFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra's run_job reads the folder with HydraConfig set to this config.
         with as_in_its_job(config):
-            self._check("hydra.run.dir", config)
+            path = self._check("hydra.run.dir", config)
+        _NEW_RUN_FOLDER.clear()
+        if path is not None and not os.path.lexists(path):
+            path = Path(os.path.abspath(path))  # as Hydra's runtime.output_dir
+            _NEW_RUN_FOLDER[path] = next(p for p in path.parents if os.path.lexists(p))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _NEW_RUN_FOLDER.clear()
         self._check("hydra.sweep.dir", config)
 
     @staticmethod
-    def _check(key: str, config: DictConfig) -> None:
+    def _check(key: str, config: DictConfig) -> Path | None:
         try:
             # The config Hydra's job gets: ${now:} is cached in it, so this is its value.
             path = Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True)))
         except Exception:
-            return  # a value that does not resolve: Hydra's own error says why
+            return None  # a value that does not resolve: Hydra's own error says why
         why = folder_problem(path)
         if why is not None:
             from fnnlab.sweep import SweepRefused
 
             refused = ConfigValueError(key, path, why)
             raise SweepRefused(str(refused)) from refused
+        return path
+
+
+# The single run's output folder, when it did not exist before the command (Hydra makes it),
+# and its nearest folder that did: set by CheckOutputFolder, read by discard_run_folder.
+_NEW_RUN_FOLDER: dict[Path, Path] = {}
+
+# What Hydra writes into a run's output folder before the command's own code runs.
+_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
+    """Remove the output folder Hydra made for a single run that the command then refused,
+    so that the refusal leaves nothing behind. Only a folder that did not exist before the
+    command, and only while it holds nothing but Hydra's own files (its config files in
+    `output_subdir`, an empty log); the folders above it that the command made go too."""
+    folder = Path(os.path.abspath(output_dir))
+    if folder not in _NEW_RUN_FOLDER:
+        return
+    logs = {}
+    for handler in _file_handlers():
+        logs.setdefault(Path(handler.baseFilename), []).append(handler)
+    hydra_dir = folder / output_subdir if output_subdir else None
+    files = [p for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()]
+    ours = [
+        p
+        for p in files
+        if (p.parent == hydra_dir and p.name in _HYDRA_FILES)
+        or (p in logs and p.stat().st_size == 0)
+    ]
+    if len(ours) != len(files):
+        return
+    for path in files:
+        for handler in logs.get(path, []):
+            _close_handler(handler)
+        path.unlink()
+    with contextlib.suppress(OSError):  # a folder someone else wrote into since: kept
+        if hydra_dir is not None and hydra_dir.is_dir():
+            hydra_dir.rmdir()
+        # The folders above it that did not exist before the command either.
+        existed = _NEW_RUN_FOLDER[folder]
+        for path in (folder, *folder.parents):
+            if path == existed:
+                break
+            path.rmdir()
+    _NEW_RUN_FOLDER.clear()
+
+
+def _file_handlers() -> list[Any]:
+    import logging
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [
+        h
+        for lg in loggers
+        if isinstance(lg, logging.Logger)
+        for h in lg.handlers
+        if isinstance(h, logging.FileHandler)
+    ]
+
+
+def _close_handler(handler: Any) -> None:
+    import logging
+
+    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(lg, logging.Logger) and handler in lg.handlers:
+            lg.removeHandler(handler)
+    handler.close()
 
 
 @contextlib.contextmanager
