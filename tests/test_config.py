@@ -45,6 +45,13 @@ BAD = [
     (["optim.lr=" + "9" * 400 + ".5"], "optim.lr=" + "9" * 400 + ".5"),
     (["-m", "optim.lr=0.1," + "9" * 400 + ".5"], "optim.lr=0.1," + "9" * 400 + ".5"),
     (["regime.swing=inf"], "regime.swing=inf"),
+    # 0 and inf in float32, the model's dtype: the run trained with that and recorded 1e-50
+    # (helper-52). Named as Python writes the float.
+    (["optim.lr=1e-50"], "optim.lr=1e-50"),
+    (["optim.lr=1e39"], "optim.lr=1e+39"),
+    (["-m", "optim.lr=0.1,1e-50"], "optim.lr=1e-50"),
+    # Drawn one at a time before the weights: a typo kept a run drawing for hours (helper-52).
+    (["model.init_discard_draws=100000000000"], "model.init_discard_draws=100000000000"),
     # Given twice: Hydra takes the last, and so does the line.
     (["optim.lr=0.1", "optim.lr=1e400"], "optim.lr=1e400 (read as inf)"),
     (["regime.noise=" + "9" * 400 + ".5"], "regime.noise=" + "9" * 400 + ".5"),

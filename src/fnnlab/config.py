@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import struct
 import sys
 import tempfile
 import uuid
@@ -186,6 +187,9 @@ def trains(param: str) -> bool:
 
 # torch's CPU generator keeps 32 bits of a seed: seeds outside this range repeat ones inside.
 SEED_RANGE = 2**32
+# Draws thrown away one at a time before each member's weights (the published curve needs
+# 1): a bound, so that a typo cannot keep a run drawing numbers for hours.
+MAX_DISCARD_DRAWS = 10_000
 # Measured peak of a fit: about 5 arrays of rows x hidden_dim values at once (6 with margin),
 # and under 200 bytes per epoch for the history; the process itself needs about half a GB.
 _BYTES_PER_CELL = 6
@@ -570,7 +574,11 @@ def check_values(cfg: DictConfig) -> None:
             cfg.model.backprop in BACKPROP_MODES,
             f"must be one of {', '.join(BACKPROP_MODES)}",
         ),
-        ("model.init_discard_draws", cfg.model.init_discard_draws >= 0, "must be 0 or more"),
+        (
+            "model.init_discard_draws",
+            0 <= cfg.model.init_discard_draws <= MAX_DISCARD_DRAWS,
+            f"must be from 0 to {MAX_DISCARD_DRAWS}",
+        ),
         ("model.dtype", cfg.model.dtype in ("float32", "float64"), "must be float32 or float64"),
         (
             "optim.lr",
@@ -624,7 +632,23 @@ def check_values(cfg: DictConfig) -> None:
     for key, ok, why in checks:
         if not ok:
             raise ConfigValueError(key, OmegaConf.select(cfg, key), why)
+    _check_lr_in_dtype(cfg.optim.lr, cfg.model.dtype)
     _check_memory(cfg)
+
+
+def _check_lr_in_dtype(lr: float, dtype: str) -> None:
+    """A rate that float32 holds as 0 or inf would train with that, not with the rate the run
+    records (1e-50 trained nothing; 1e39 stepped by inf)."""
+    if dtype != "float32":
+        return
+    try:
+        held = struct.unpack("f", struct.pack("f", lr))[0]
+    except OverflowError:
+        held = math.inf
+    if held == 0 or math.isinf(held):
+        raise ConfigValueError(
+            "optim.lr", lr, f"is {held:g} in float32 (model.dtype): training would step by that"
+        )
 
 
 def flatten(cfg: DictConfig, keys: tuple[str, ...] | None = None) -> dict[str, Any]:

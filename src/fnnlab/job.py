@@ -95,14 +95,6 @@ def _training_defaults() -> dict[str, object]:
     return flatten(OmegaConf.structured(TrainAppConfig), TRAINING_KEYS)
 
 
-def one_thread() -> None:
-    """One intra-op thread: tensors this small gain nothing from more, and with parallel
-    workers on shared cores the extra threads spin against each other (measured 5-30x
-    slower fits). Row-sized ops run single-threaded either way, so the numbers match."""
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-
-
 def data_hash(cfg: DictConfig) -> str:
     """The hash of the exact tensors training is fed (tag env.data)."""
     return _data_hash(tuple(cfg.data.features), bool(cfg.data.normalize), cfg.model.dtype)
@@ -117,7 +109,6 @@ def train_model(cfg: DictConfig, on_epoch: Callable[[int], object] | None = None
     """Data, model and training from the config alone: no I/O, no tracking. A job the
     launcher trained with others of its shape takes its History from them (fnnlab.population:
     the same numbers); any other trains as a population of one."""
-    one_thread()
     history = population.take(cfg)
     if history is None:
         (history,) = population.fit_configs([cfg], on_epoch)
@@ -205,7 +196,7 @@ def run(
     if store is None:
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
     name = name or run_name(cfg)
-    one_thread()  # before env.torch_threads records it
+    population.one_thread()  # before env.torch_threads records it
     tags = {
         Tag.ROLE: ROLE_JOB,
         Tag.FINGERPRINT: fingerprint(cfg),

@@ -76,6 +76,17 @@ def _shape_here(cfg: DictConfig) -> str | None:
         return None
 
 
+def one_thread() -> None:
+    """One intra-op thread: tensors this small gain nothing from more, and with parallel
+    workers on shared cores the extra threads spin against each other (measured 5-30x
+    slower fits). Every fit runs on it, a group's as a lone run's: how torch splits an
+    operation between threads must not be able to change a member's numbers."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def fit_configs(
     configs: Sequence[DictConfig], on_epoch: Callable[[int], object] | None = None
 ) -> list[History]:
@@ -88,6 +99,7 @@ def fit_configs(
     from fnnlab.model import ScratchFNN
     from fnnlab.train import fit_population
 
+    one_thread()
     first = configs[0]
     dtype = getattr(torch, first.model.dtype)
     X, y = load_iris2(list(first.data.features), first.data.normalize, dtype)
