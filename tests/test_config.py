@@ -223,6 +223,68 @@ def test_an_output_folder_that_cannot_be_made_is_refused(
     assert status == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
 
 
+@pytest.mark.parametrize("folder", ["hydra.run.dir=", "hydra.sweep.dir="])
+def test_an_empty_output_folder_is_refused(
+    store_with_a_run, folder, tmp_path_factory, monkeypatch, capsys
+):
+    """Hydra takes it for the current folder: an unset shell variable (hydra.run.dir=$OUT)
+    put the run's files where the command ran."""
+    store = store_with_a_run
+    before = store.db_bytes()
+    where = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(where)
+    sweep = ["-m", "seed=0,1"] if folder.startswith("hydra.sweep") else []
+    status = run_in_process(monkeypatch, cli.train, *sweep, *store.overrides(), folder)
+    err = capsys.readouterr().err
+    check_refused(store, before, status, err, folder)
+    assert (
+        err.strip() == f"fnnlab-train: error: {folder}: empty: give a folder (. is the current one)"
+    )
+    assert list(where.iterdir()) == []
+
+
+def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
+    store_with_a_run, tmp_path, monkeypatch, capsys
+):
+    """A run stages its files in <output folder>/artifacts: beside mlflow.db
+    (hydra.run.dir=.) that is the store's artifact folder, and MLflow copied it into itself
+    until the path was too long: a traceback and a FAILED run."""
+    store = store_with_a_run
+    before = store.db_bytes()
+    folder = store.root / "mlruns"  # the store's: mlruns/mlflow.db, mlruns/artifacts
+    status = run_in_process(monkeypatch, cli.train, *store.overrides(), f"hydra.run.dir={folder}")
+    err = capsys.readouterr().err
+    check_refused(store, before, status, err, f"hydra.run.dir={folder}")
+    assert f"would go to {folder}/artifacts, which holds the store's artifacts" in err
+    # A store not made yet is refused before it is, and leaves no folder.
+    new = tmp_path / "new"
+    args = (f"tracking.uri=sqlite:///{new}/mlflow.db", f"hydra.run.dir={new}")
+    status = run_in_process(monkeypatch, cli.train, *args)
+    assert status == 2 and "holds the store's artifacts" in capsys.readouterr().err
+    assert not new.exists()
+
+
+def test_a_run_uploads_only_its_own_files(store, tmp_path, monkeypatch, capsys):
+    """The second of two runs in one output folder, without plots, had the first's PNGs among
+    its artifacts (every file of <output folder>/artifacts was uploaded)."""
+    folder = f"hydra.run.dir={tmp_path}/again"
+    for plots in ("true", "false"):
+        args = (*store.overrides(), folder, "train.epochs=3", f"tracking.plots={plots}")
+        assert run_in_process(monkeypatch, cli.train, *args) == 0
+    capsys.readouterr()
+    with_plots, without = sorted(store.runs(), key=lambda r: r.info.start_time)
+
+    def files(run) -> set[str]:
+        top = store.client.list_artifacts(run.info.run_id)
+        return {f.path for f in top} | {
+            f.path for f in store.client.list_artifacts(run.info.run_id, "hydra")
+        }
+
+    assert {"loss.png", "grad_norm.png"} <= files(with_plots)
+    assert files(without) == files(with_plots) - {"loss.png", "grad_norm.png"}
+    assert {"config.yaml", "weights.pt", "hydra/config.yaml"} <= files(without)
+
+
 @pytest.mark.parametrize("script", ["fnnlab-aggregate", "fnnlab-replay", "fnnlab-ui"])
 def test_the_other_commands_refuse_an_output_folder_that_cannot_be_made(
     store_with_a_run, script, tmp_path

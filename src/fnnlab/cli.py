@@ -61,9 +61,15 @@ def train_app(cfg: DictConfig) -> dict:
         check_values(cfg)
         # The store before fnnlab.job (torch: seconds to import): one that cannot be used
         # is refused at once.
-        from fnnlab.tracking import open_store_once
+        from fnnlab.tracking import artifact_location, open_store_once
 
+        if not in_sweep:  # where a new experiment's artifacts go, before the store is made
+            check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg)
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
+        if not in_sweep:  # where this one's go
+            check_run_folder(
+                store.client.get_experiment(store.experiment_id).artifact_location, hydra_cfg
+            )
     except ConfigValueError as exc:
         if in_sweep:
             raise  # fails this job (the sweep checked every job it could before starting)
@@ -112,6 +118,24 @@ def train_app(cfg: DictConfig) -> dict:
         return {"run_id": result.run_id, "held": result.how != "done", "reused": True}
     print(progress.run_line(result, base), flush=True)
     return {"run_id": result.run_id, "diverged": result.history.diverged_at is not None}
+
+
+def check_run_folder(location: str | None, hydra_cfg: DictConfig) -> None:
+    """Refuse a single run's output folder that holds the experiment's artifact `location`:
+    the job writes its files into <output folder>/artifacts and uploads them from there, and
+    MLflow copied that folder into itself until the path was too long (hydra.run.dir=. beside
+    mlflow.db)."""
+    from fnnlab.tracking import local_folder
+
+    root = local_folder(location)
+    staged = Path(hydra_cfg.runtime.output_dir) / "artifacts"
+    if root is not None and root.resolve().is_relative_to(staged.resolve()):
+        raise ConfigValueError(
+            "hydra.run.dir",
+            hydra_cfg.run.dir,
+            f"the run's files would go to {staged}, which holds the store's artifacts "
+            f"({root}), and be copied into themselves; give another folder",
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")

@@ -373,14 +373,17 @@ class CheckOutputFolder(Callback):
     def _check(key: str, config: DictConfig) -> Path | None:
         try:
             # The config Hydra's job gets: ${now:} is cached in it, so this is its value.
-            path = Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True)))
+            value = str(OmegaConf.select(config, key, throw_on_resolution_failure=True))
         except Exception:
             return None  # a value that does not resolve: Hydra's own error says why
-        why = folder_problem(path)
+        path = Path(value)
+        # Hydra takes an empty one for the current folder; more likely an unset variable.
+        why = "empty: give a folder (. is the current one)" if not value.strip() else None
+        why = why or folder_problem(path)
         if why is not None:
             from fnnlab.sweep import SweepRefused
 
-            refused = ConfigValueError(key, path, why)
+            refused = ConfigValueError(key, path if value.strip() else value, why)
             raise SweepRefused(str(refused)) from refused
         return path
 

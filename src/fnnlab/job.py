@@ -146,20 +146,26 @@ def end_tags(history: History, cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def write_files(history: History, cfg: DictConfig, out: Path, art: Path, name: str) -> None:
+def write_files(history: History, cfg: DictConfig, out: Path, art: Path, name: str) -> list[Path]:
     """The run's config files, weights and plots (titled with its name), in its artifact
-    folder."""
-    (art / "config.yaml").write_text(to_yaml(cfg, resolve=True))
+    folder; returns the files written (the folder may hold an earlier run's too, when an
+    output folder is used again)."""
+    files = [art / "config.yaml", art / "weights.pt"]
+    files[0].write_text(to_yaml(cfg, resolve=True))
+    torch.save({"w1": history.w1, "w2": history.w2}, files[1])
     hydra_dir = out / ".hydra"
     if hydra_dir.is_dir():
         shutil.copytree(hydra_dir, art / "hydra", dirs_exist_ok=True)
-    torch.save({"w1": history.w1, "w2": history.w2}, art / "weights.pt")
+        files += [art / "hydra" / p.name for p in sorted(hydra_dir.iterdir()) if p.is_file()]
     diff = provenance.diff_artifact()
     if diff is not None:  # a dirty tree: what the commit alone does not say
-        (art / provenance.DIFF_ARTIFACT).write_bytes(diff)
+        files.append(art / provenance.DIFF_ARTIFACT)
+        files[-1].write_bytes(diff)
     if cfg.tracking.plots:
         published = reference.published_losses() if cfg.reference else None
         plots.draw_run(plots.Curves.of(history), art, name, published)
+        files += [art / f for f in plots.RUN_FILES]
+    return files
 
 
 def _end_with_error(
@@ -235,8 +241,8 @@ def run(
         )
         art = output_dir / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
-        write_files(history, cfg, output_dir, art, name)
-        upload_artifacts(store, run_id, str(art))
+        files = write_files(history, cfg, output_dir, art, name)
+        upload_artifacts(store, run_id, art, files)
     except BaseException as exc:
         _end_with_error(store, run_id, name, params, exc)
         raise

@@ -88,13 +88,18 @@ class Curves(NamedTuple):
         return cls(steps, metrics, history.diverged_at)
 
 
+# The files of draw_run, in a run's artifact folder.
+RUN_FILES = ("loss.png", "grad_norm.png")
+
+
 def draw_run(
     curves: Curves, art: Path, name: str, published: dict[int, float] | None
 ) -> tuple[Figure, Figure]:
-    """The per-run figures, into the run's artifact folder."""
+    """The per-run figures, into the run's artifact folder (RUN_FILES)."""
+    loss_png, grad_norm_png = RUN_FILES
     return (
-        loss_plot(curves, art / "loss.png", name, published),
-        grad_norm_plot(curves, art / "grad_norm.png", name),
+        loss_plot(curves, art / loss_png, name, published),
+        grad_norm_plot(curves, art / grad_norm_png, name),
     )
 
 

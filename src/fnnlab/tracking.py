@@ -134,6 +134,19 @@ def artifact_location(uri: str) -> str | None:
     return (folder / "artifacts").as_uri()
 
 
+def local_folder(location: str | None) -> Path | None:
+    """The folder of an artifact location on this machine (a file: URI or a path), else None
+    (a tracking server's, another scheme)."""
+    from urllib.request import url2pathname
+
+    if location is None:
+        return None
+    parts = urlparse(location)
+    if parts.scheme not in ("", "file") or parts.netloc not in ("", "localhost"):
+        return None
+    return Path(url2pathname(parts.path))
+
+
 def check_reachable(uri: str, timeout: float = 5) -> None:
     """Raise a one-line StoreUnusable (a ConfigValueError) at once when a tracking server does
     not answer."""
@@ -441,9 +454,13 @@ def start_run(store: Store, name: str, tags: dict[str, str], parent_run_id: str 
     return run.info.run_id
 
 
-def upload_artifacts(store: Store, run_id: str, local_dir: str) -> None:
-    """Everything under local_dir into the run's artifacts."""
-    store.client.log_artifacts(run_id, local_dir)
+def upload_artifacts(store: Store, run_id: str, local_dir: Path, files: Sequence[Path]) -> None:
+    """`files` (under local_dir) into the run's artifacts, at their paths below local_dir.
+    Only these: the folder may hold other files (an earlier run's in the same output
+    folder), and none of them is this run's."""
+    for path in files:
+        folder = path.parent.relative_to(local_dir).as_posix()
+        store.client.log_artifact(run_id, str(path), None if folder == "." else folder)
 
 
 def logged_steps(epochs: int, every: int = 1) -> range | list[int]:
