@@ -213,10 +213,16 @@ def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     and HYDRA_FULL_ERROR at once, MLFLOW_DISABLE_TELEMETRY and MLflow's progress bar
     setting at the test's end (its jobs may still read them), and the heap it froze for an
     exit that does not come. A sweep it left open (after an interrupt) is ended as its exit
-    ends it."""
+    ends it. The root logger's handlers and level as they were: Hydra's logging set-up put
+    its own there (one with the command's log file open), and later lines of the test
+    reached neither pytest's capture nor the test's log (helper-51)."""
+    import logging
     import signal
 
     from fnnlab import sweep
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
 
     for name in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
         # Recorded as it is now, set or not (delenv alone records nothing for an unset one,
@@ -236,6 +242,11 @@ def as_a_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             os.environ["HYDRA_FULL_ERROR"] = full_error
         gc.unfreeze()
         sweep.close_open(after_error=False)
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def run_in_process(monkeypatch: pytest.MonkeyPatch, entry, *args: str) -> int:

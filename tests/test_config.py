@@ -949,3 +949,24 @@ def test_a_refused_value_is_named_as_typed() -> None:
     """helper-49: `replay.run=null replay.sweep=null` was refused as `replay.run=None`."""
     for value, typed in ((None, "null"), (True, "true"), (False, "false"), (0, "0"), ("x", "x")):
         assert str(ConfigValueError("k", value, "why")) == f"k={typed}: why"
+
+
+def test_a_command_in_this_process_gives_the_root_logger_back(tmp_path, monkeypatch, caplog):
+    """Hydra's logging set-up replaces the root logger's handlers; after a command run in
+    the test's process, they are the test's again, and the command's log file is closed."""
+    import logging
+
+    root = logging.getLogger()
+    before, level = root.handlers[:], root.level
+    status = run_in_process(
+        monkeypatch,
+        cli.train,
+        "train.epochs=2",
+        "tracking.plots=false",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"hydra.run.dir={tmp_path}/out",
+    )
+    assert status == 0 and (tmp_path / "out" / "cli.log").exists()
+    assert root.handlers == before and root.level == level
+    logging.getLogger("fnnlab.test").warning("after the command")
+    assert "after the command" in caplog.text
