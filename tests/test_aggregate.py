@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import socket
 import statistics
 import subprocess
@@ -670,9 +671,12 @@ def server(small):
         "--workers",
         "1",
     ]
+    # As fnnlab-ui and server.sh start it: without job execution, which adds a process and
+    # left a lock file of its job store in /tmp after every run of the suite.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # A session of its own, so that the server's worker processes stop with it.
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=120)
