@@ -248,19 +248,20 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
 ):
     """A run stages its files in <output folder>/artifacts: beside mlflow.db
     (hydra.run.dir=.) that is the store's artifact folder, and MLflow copied it into itself
-    until the path was too long: a traceback and a FAILED run."""
+    until the path was too long: a traceback and a FAILED run. Uploaded file by file now,
+    they would still lie among the store's artifacts."""
     store = store_with_a_run
     before = store.db_bytes()
     folder = store.root / "mlruns"  # the store's: mlruns/mlflow.db, mlruns/artifacts
     status = run_in_process(monkeypatch, cli.train, *store.overrides(), f"hydra.run.dir={folder}")
     err = capsys.readouterr().err
     check_refused(store, before, status, err, f"hydra.run.dir={folder}")
-    assert f"would go to {folder}/artifacts, which holds the store's artifacts" in err
+    assert f"would go to {folder}/artifacts, among the store's artifacts ({folder}/" in err
     # A store not made yet is refused before it is, and leaves no folder.
     new = tmp_path / "new"
     args = (f"tracking.uri=sqlite:///{new}/mlflow.db", f"hydra.run.dir={new}")
     status = run_in_process(monkeypatch, cli.train, *args)
-    assert status == 2 and "holds the store's artifacts" in capsys.readouterr().err
+    assert status == 2 and "among the store's artifacts" in capsys.readouterr().err
     assert not new.exists()
 
 
@@ -283,6 +284,23 @@ def test_a_run_uploads_only_its_own_files(store, tmp_path, monkeypatch, capsys):
     assert {"loss.png", "grad_norm.png"} <= files(with_plots)
     assert files(without) == files(with_plots) - {"loss.png", "grad_norm.png"}
     assert {"config.yaml", "weights.pt", "hydra/config.yaml"} <= files(without)
+    # Hydra writes its files elsewhere, or none: the earlier runs' .hydra files were the
+    # ones uploaded (helper-53).
+    written = {"hydra", *(f"hydra/{n}.yaml" for n in ("config", "hydra", "overrides"))}
+    # "." is the output folder itself: its whole tree, artifacts/ included, was copied into
+    # artifacts/hydra until Python's recursion limit.
+    for subdir, hydra in (("meta", written), (".", written), ("null", set())):
+        args = (*store.overrides(), folder, "train.epochs=2", f"hydra.output_subdir={subdir}")
+        assert run_in_process(monkeypatch, cli.train, *args) == 0
+        last = max(store.runs(), key=lambda r: r.info.start_time)
+        assert {f for f in files(last) if f.startswith("hydra")} == hydra
+        art = store.client.download_artifacts(last.info.run_id, "config.yaml", str(tmp_path))
+        assert "epochs: 2" in Path(art).read_text()
+        if hydra:
+            art = store.client.download_artifacts(
+                last.info.run_id, "hydra/config.yaml", str(tmp_path)
+            )
+            assert "epochs: 2" in Path(art).read_text()
 
 
 @pytest.mark.parametrize("script", ["fnnlab-aggregate", "fnnlab-replay", "fnnlab-ui"])
@@ -678,12 +696,17 @@ def test_a_command_refused_after_hydra_made_its_folder_removes_it(tmp_path, monk
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "mine.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
     commands = (
         ("train", [], tmp_path / "new" / "train" / "x"),
+        ("train", ["hydra.output_subdir=meta/deep"], tmp_path / "new" / "deep"),
         ("aggregate", [], tmp_path / "new" / "aggregate"),
         ("replay", ["replay.sweep=latest"], tmp_path / "new" / "replay" / "x" / "y"),
         ("ui", ["ui.port=0"], tmp_path / "new" / "ui"),
         ("train", [], kept),  # existed: what Hydra wrote stays with the user's file
+        # It existed too: x/../empty was taken for a new folder and removed (helper-53).
+        # With "..", nothing is removed (the x Hydra made stays).
+        ("aggregate", [], tmp_path / "x" / ".." / "empty"),
     )
     for command, args, folder in commands:
         status = run_in_process(
@@ -695,7 +718,8 @@ def test_a_command_refused_after_hydra_made_its_folder_removes_it(tmp_path, monk
         )
         err = capsys.readouterr().err.strip().splitlines()
         assert status == 2 and len(err) == 1 and "not a usable SQLite database" in err[0], err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.db", "bad.db.lock", "kept"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["bad.db", "bad.db.lock", "empty", "kept", "x"]
     assert (kept / "mine.txt").read_text() == "mine"
     assert (kept / ".hydra" / "config.yaml").exists() and (kept / "cli.log").exists()
     # The removed log's handler is closed too: a later line goes nowhere near the folder.

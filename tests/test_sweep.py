@@ -720,10 +720,11 @@ def test_a_broken_pool_that_is_no_workers_death_is_not_called_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_job_in_a_worker_is_named_at_the_sweeps_end(store):
-    """A job that fails in a worker process (its .hydra folder holds a dangling link, so
-    copying it fails) is named by the sweep's last line, from its run's error tag."""
-    (store.root / "out" / "3" / ".hydra").mkdir(parents=True)
-    (store.root / "out" / "3" / ".hydra" / "dangling").symlink_to(store.root / "nowhere")
+    """A job that fails in a worker process (a file where its artifacts folder goes, so
+    it fails once its run exists) is named by the sweep's last line, from its run's error
+    tag."""
+    (store.root / "out" / "3").mkdir(parents=True)
+    (store.root / "out" / "3" / "artifacts").write_text("not a folder")
     out = run_script(
         "fnnlab-train",
         "-m",
@@ -738,8 +739,8 @@ def test_a_failed_job_in_a_worker_is_named_at_the_sweeps_end(store):
     assert out.returncode == 1, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert "1 jobs failed or did not finish" in last
-    dangling = store.root / "out" / "3" / ".hydra" / "dangling"
-    assert f"First error: Error: [('{dangling}'," in last, last
+    blocked = store.root / "out" / "3" / "artifacts"
+    assert f"First error: FileExistsError: [Errno 17] File exists: '{blocked}'" in last, last
 
 
 def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):

@@ -99,14 +99,17 @@ def train_app(cfg: DictConfig) -> dict:
     # shown only if it outlasts a couple of seconds.
     bar = None if in_sweep else progress.EpochBar(cfg.train.epochs)
     try:
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        subdir = hydra_cfg.output_subdir  # Hydra's files (null: it writes none)
         result = job.run(
             cfg,
-            Path(hydra_cfg.runtime.output_dir),
+            output_dir,
             store=store,
             parent_run_id=parent_run_id,
             sweep_tags=sweep_tags,
             on_epoch=bar,
             claim=claim,
+            hydra_dir=output_dir / subdir if subdir is not None else None,
         )
     finally:
         if bar is not None:
@@ -121,10 +124,11 @@ def train_app(cfg: DictConfig) -> dict:
 
 
 def check_run_folder(location: str | None, hydra_cfg: DictConfig) -> None:
-    """Refuse a single run's output folder that holds the experiment's artifact `location`:
-    the job writes its files into <output folder>/artifacts and uploads them from there, and
-    MLflow copied that folder into itself until the path was too long (hydra.run.dir=. beside
-    mlflow.db)."""
+    """Refuse a single run's output folder that holds the experiment's artifact `location`
+    (hydra.run.dir=. beside mlflow.db): the job writes its files into <output
+    folder>/artifacts, which would put them among the store's, where every such run
+    overwrote the last one's. (When it uploaded that whole folder, MLflow copied the folder
+    into itself until the path was too long.)"""
     from fnnlab.tracking import local_folder
 
     root = local_folder(location)
@@ -133,8 +137,8 @@ def check_run_folder(location: str | None, hydra_cfg: DictConfig) -> None:
         raise ConfigValueError(
             "hydra.run.dir",
             hydra_cfg.run.dir,
-            f"the run's files would go to {staged}, which holds the store's artifacts "
-            f"({root}), and be copied into themselves; give another folder",
+            f"the run's files would go to {staged}, among the store's artifacts ({root}); "
+            "give another folder",
         )
 
 

@@ -361,9 +361,12 @@ class CheckOutputFolder(Callback):
         with as_in_its_job(config):
             path = self._check("hydra.run.dir", config)
         _NEW_RUN_FOLDER.clear()
-        if path is not None and not os.path.lexists(path):
+        # Not with "..": the system reads x/../y through x (perhaps a link), abspath does
+        # not, and a folder that existed could be taken for the new one (helper-53).
+        if path is not None and ".." not in path.parts:
             path = Path(os.path.abspath(path))  # as Hydra's runtime.output_dir
-            _NEW_RUN_FOLDER[path] = next(p for p in path.parents if os.path.lexists(p))
+            if not os.path.lexists(path):
+                _NEW_RUN_FOLDER[path] = next(p for p in path.parents if os.path.lexists(p))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _NEW_RUN_FOLDER.clear()
@@ -392,8 +395,8 @@ class CheckOutputFolder(Callback):
 # and its nearest folder that did: set by CheckOutputFolder, read by discard_run_folder.
 _NEW_RUN_FOLDER: dict[Path, Path] = {}
 
-# What Hydra writes into a run's output folder before the command's own code runs.
-_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+# What Hydra writes into a run's hydra.output_subdir before the command's own code runs.
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
 def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
@@ -412,7 +415,7 @@ def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
     ours = [
         p
         for p in files
-        if (p.parent == hydra_dir and p.name in _HYDRA_FILES)
+        if (p.parent == hydra_dir and p.name in HYDRA_FILES)
         or (p in logs and p.stat().st_size == 0)
     ]
     if len(ours) != len(files):
@@ -422,9 +425,11 @@ def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
             _close_handler(handler)
         path.unlink()
     with contextlib.suppress(OSError):  # a folder someone else wrote into since: kept
-        if hydra_dir is not None and hydra_dir.is_dir():
-            hydra_dir.rmdir()
-        # The folders above it that did not exist before the command either.
+        # The folders in it (output_subdir, its parents: a/b), deepest first ...
+        inside = [p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()]
+        for path in sorted(inside, key=lambda p: len(p.parts), reverse=True):
+            path.rmdir()
+        # ... and the folders above it that did not exist before the command either.
         existed = _NEW_RUN_FOLDER[folder]
         for path in (folder, *folder.parents):
             if path == existed:

@@ -21,7 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fnnlab import claims, plots, population, provenance, reference
-from fnnlab.config import TRAINING_KEYS, TrainAppConfig, check_values, fingerprint, flatten
+from fnnlab.config import (
+    HYDRA_FILES,
+    TRAINING_KEYS,
+    TrainAppConfig,
+    check_values,
+    fingerprint,
+    flatten,
+)
 from fnnlab.data import load_iris2
 from fnnlab.errortext import first_line
 from fnnlab.internals import to_yaml
@@ -146,17 +153,22 @@ def end_tags(history: History, cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def write_files(history: History, cfg: DictConfig, out: Path, art: Path, name: str) -> list[Path]:
-    """The run's config files, weights and plots (titled with its name), in its artifact
-    folder; returns the files written (the folder may hold an earlier run's too, when an
-    output folder is used again)."""
+def write_files(
+    history: History, cfg: DictConfig, art: Path, name: str, hydra_dir: Path | None
+) -> list[Path]:
+    """The run's config files (Hydra's from hydra_dir, its hydra.output_subdir), weights
+    and plots (titled with its name), in its artifact folder; returns the files written
+    (the folder may hold an earlier run's too, when an output folder is used again)."""
     files = [art / "config.yaml", art / "weights.pt"]
     files[0].write_text(to_yaml(cfg, resolve=True))
     torch.save({"w1": history.w1, "w2": history.w2}, files[1])
-    hydra_dir = out / ".hydra"
-    if hydra_dir.is_dir():
-        shutil.copytree(hydra_dir, art / "hydra", dirs_exist_ok=True)
-        files += [art / "hydra" / p.name for p in sorted(hydra_dir.iterdir()) if p.is_file()]
+    # Hydra's own files only: output_subdir=. is the output folder itself, artifacts/ and all.
+    written = [hydra_dir / n for n in HYDRA_FILES if hydra_dir and (hydra_dir / n).is_file()]
+    if written:
+        (art / "hydra").mkdir(exist_ok=True)
+    for path in written:
+        files.append(art / "hydra" / path.name)
+        shutil.copyfile(path, files[-1])
     diff = provenance.diff_artifact()
     if diff is not None:  # a dirty tree: what the commit alone does not say
         files.append(art / provenance.DIFF_ARTIFACT)
@@ -191,13 +203,15 @@ def run(
     on_epoch: Callable[[int], object] | None = None,
     claim: str | None = None,
     name: str | None = None,
+    hydra_dir: Path | None = None,
 ) -> JobResult | Claimed:
     """Validate, train, and record one run. Raises ConfigValueError before any run exists.
 
     With `claim` (a sweep's resume_match: code or config), the job first claims its
     configuration (fnnlab.claims): when another invocation has it, there is no run of this
     job, and the other's run is counted in this job's sweep. `name`: the run's, when not
-    run_name(cfg)."""
+    run_name(cfg). `hydra_dir`: where Hydra wrote this job's config files (they go into
+    the run's artifacts under hydra/), None when it wrote none."""
     check_values(cfg)
     if store is None:
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
@@ -241,7 +255,7 @@ def run(
         )
         art = output_dir / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
-        files = write_files(history, cfg, output_dir, art, name)
+        files = write_files(history, cfg, art, name, hydra_dir)
         upload_artifacts(store, run_id, art, files)
     except BaseException as exc:
         _end_with_error(store, run_id, name, params, exc)
