@@ -23,7 +23,14 @@ from conftest import (
 from server_fixtures import stop_group
 
 from fnnlab import cli, model, tracking
-from fnnlab.config import BACKPROP_MODES, ConfigValueError, fingerprint, flatten, project_root
+from fnnlab.config import (
+    BACKPROP_MODES,
+    ConfigValueError,
+    check_values,
+    fingerprint,
+    flatten,
+    project_root,
+)
 
 BAD = [
     (["model.hidden_dim=abc"], "model.hidden_dim=abc"),
@@ -221,6 +228,28 @@ def test_an_output_folder_that_cannot_be_made_is_refused(
     check_refused(store, before, status, err, line.split(":")[0])
     assert err.strip() == f"fnnlab-train: error: {line}"
     assert status == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
+
+
+@pytest.mark.parametrize(
+    ("lr", "dtype", "held"),
+    [
+        ("1e-50", "float32", "0"),
+        ("1e39", "float32", "inf"),
+        ("1e-46", "float32", "0"),  # below float32's smallest subnormal, 1.4e-45: rounds to 0
+        ("1e-45", "float32", None),  # rounds to that subnormal
+        ("3.4028235e38", "float32", None),  # float32's largest
+        ("1e-50", "float64", None),
+        ("1e39", "float64", None),
+        ("1e300", "float64", None),
+    ],
+)
+def test_a_rate_is_refused_only_where_the_dtype_cannot_hold_it(lr, dtype, held):
+    cfg = compose_train([f"optim.lr={lr}", f"model.dtype={dtype}"])
+    if held is None:
+        check_values(cfg)
+        return
+    with pytest.raises(ConfigValueError, match=rf"is {held} in float32 \(model.dtype\)"):
+        check_values(cfg)
 
 
 @pytest.mark.parametrize("folder", ["hydra.run.dir=", "hydra.sweep.dir="])

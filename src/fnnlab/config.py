@@ -407,9 +407,9 @@ def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
     folder = Path(os.path.abspath(output_dir))
     if folder not in _NEW_RUN_FOLDER:
         return
-    logs = {}
-    for handler in _file_handlers():
-        logs.setdefault(Path(handler.baseFilename), []).append(handler)
+    logs: dict[Path, list[tuple[Any, Any]]] = {}
+    for logger, handler in _file_handlers():
+        logs.setdefault(Path(handler.baseFilename), []).append((logger, handler))
     hydra_dir = folder / output_subdir if output_subdir else None
     files = [p for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()]
     ours = [
@@ -421,8 +421,9 @@ def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
     if len(ours) != len(files):
         return
     for path in files:
-        for handler in logs.get(path, []):
-            _close_handler(handler)
+        for logger, handler in logs.get(path, []):
+            logger.removeHandler(handler)
+            handler.close()
         path.unlink()
     with contextlib.suppress(OSError):  # a folder someone else wrote into since: kept
         # The folders in it (output_subdir, its parents: a/b), deepest first ...
@@ -438,26 +439,19 @@ def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
     _NEW_RUN_FOLDER.clear()
 
 
-def _file_handlers() -> list[Any]:
+def _file_handlers() -> list[tuple[Any, Any]]:
+    """(logger, handler) for each file handler of every logger (Hydra's job logging puts one
+    on the root logger, writing the command's log in its output folder)."""
     import logging
 
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
     return [
-        h
-        for lg in loggers
-        if isinstance(lg, logging.Logger)
-        for h in lg.handlers
-        if isinstance(h, logging.FileHandler)
+        (logger, handler)
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+        if isinstance(handler, logging.FileHandler)
     ]
-
-
-def _close_handler(handler: Any) -> None:
-    import logging
-
-    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        if isinstance(lg, logging.Logger) and handler in lg.handlers:
-            lg.removeHandler(handler)
-    handler.close()
 
 
 @contextlib.contextmanager
