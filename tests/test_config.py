@@ -7,6 +7,7 @@ import gc
 import os
 import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -294,20 +295,33 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
     assert not new.exists()
 
 
-def test_a_run_uploads_only_its_own_files(store, tmp_path, monkeypatch, capsys):
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.server)])
+def upload_store(request, tmp_path):
+    """(tracking overrides, client, runs) of the embedded store, or of the tracking server
+    (its artifacts go up over HTTP, file by file or in one call)."""
+    if request.param == "sqlite":
+        store = request.getfixturevalue("store")
+        return store.overrides(), store.client, store.runs
+    server = request.getfixturevalue("tracking_server")
+    experiment = f"uploads-{uuid.uuid4().hex[:8]}"
+    return server.overrides(experiment, tmp_path), server.client, lambda: server.runs(experiment)
+
+
+def test_a_run_uploads_only_its_own_files(upload_store, tmp_path, monkeypatch, capsys):
     """The second of two runs in one output folder, without plots, had the first's PNGs among
     its artifacts (every file of <output folder>/artifacts was uploaded)."""
+    overrides, client, runs = upload_store
     folder = f"hydra.run.dir={tmp_path}/again"
     for plots in ("true", "false"):
-        args = (*store.overrides(), folder, "train.epochs=3", f"tracking.plots={plots}")
+        args = (*overrides, folder, "train.epochs=3", f"tracking.plots={plots}")
         assert run_in_process(monkeypatch, cli.train, *args) == 0
     capsys.readouterr()
-    with_plots, without = sorted(store.runs(), key=lambda r: r.info.start_time)
+    with_plots, without = sorted(runs(), key=lambda r: r.info.start_time)
 
     def files(run) -> set[str]:
-        top = store.client.list_artifacts(run.info.run_id)
+        top = client.list_artifacts(run.info.run_id)
         return {f.path for f in top} | {
-            f.path for f in store.client.list_artifacts(run.info.run_id, "hydra")
+            f.path for f in client.list_artifacts(run.info.run_id, "hydra")
         }
 
     assert {"loss.png", "grad_norm.png"} <= files(with_plots)
@@ -319,16 +333,14 @@ def test_a_run_uploads_only_its_own_files(store, tmp_path, monkeypatch, capsys):
     # "." is the output folder itself: its whole tree, artifacts/ included, was copied into
     # artifacts/hydra until Python's recursion limit.
     for subdir, hydra in (("meta", written), (".", written), ("null", set())):
-        args = (*store.overrides(), folder, "train.epochs=2", f"hydra.output_subdir={subdir}")
+        args = (*overrides, folder, "train.epochs=2", f"hydra.output_subdir={subdir}")
         assert run_in_process(monkeypatch, cli.train, *args) == 0
-        last = max(store.runs(), key=lambda r: r.info.start_time)
+        last = max(runs(), key=lambda r: r.info.start_time)
         assert {f for f in files(last) if f.startswith("hydra")} == hydra
-        art = store.client.download_artifacts(last.info.run_id, "config.yaml", str(tmp_path))
+        art = client.download_artifacts(last.info.run_id, "config.yaml", str(tmp_path))
         assert "epochs: 2" in Path(art).read_text()
         if hydra:
-            art = store.client.download_artifacts(
-                last.info.run_id, "hydra/config.yaml", str(tmp_path)
-            )
+            art = client.download_artifacts(last.info.run_id, "hydra/config.yaml", str(tmp_path))
             assert "epochs: 2" in Path(art).read_text()
 
 
