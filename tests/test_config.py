@@ -295,6 +295,57 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
     assert not new.exists()
 
 
+def test_a_sweep_whose_jobs_share_a_folder_is_refused(store_with_a_run, monkeypatch, capsys):
+    """A sweep's jobs with one output folder (hydra.sweep.subdir without ${...}): under a
+    parallel launcher a run uploaded another job's weights.pt; one beside mlflow.db put the
+    jobs' files among the store's artifacts, where MLflow copied them into themselves."""
+    store = store_with_a_run
+    before = store.db_bytes()
+    folder = store.root / "mlruns"  # the store's: mlruns/mlflow.db, mlruns/artifacts
+    elsewhere = store.root / "multirun"
+    cases = [
+        (f"hydra.sweep.dir={folder}", "seed=0,1", "among the store's artifacts"),
+        (f"hydra.sweep.dir={folder}", "seed=0", "among the store's artifacts"),
+        (
+            f"hydra.sweep.dir={elsewhere}",
+            "seed=0,1",
+            f"every job would write its files into {elsewhere}, over",
+        ),
+    ]
+    for sweep_dir, seeds, why in cases:
+        args = ("-m", *store.overrides(), sweep_dir, "hydra.sweep.subdir=.", seeds)
+        status = run_in_process(monkeypatch, cli.train, *args)
+        err = capsys.readouterr().err
+        check_refused(store, before, status, err, "hydra.sweep.subdir=.")
+        assert why in err
+
+
+def test_a_sweep_job_whose_folder_holds_the_stores_artifacts_fails_alone(
+    tmp_path, monkeypatch, capsys
+):
+    """hydra.sweep.subdir=${hydra.job.num} varies per job: job 0's folder is the one of the
+    store, known only once the job runs. It fails without a run; the other job trains."""
+    sweep_dir = tmp_path / "sweep"
+    uri = f"sqlite:///{sweep_dir}/0/mlflow.db"
+    args = (
+        "-m",
+        f"tracking.uri={uri}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "train.epochs=3",
+        "seed=0,1",
+    )
+    assert run_in_process(monkeypatch, cli.train, *args) == 1
+    err = capsys.readouterr().err
+    named = "First error: ConfigValueError: hydra.sweep.subdir=0: the run's files would go to"
+    assert f"{named} {sweep_dir}/0/artifacts, among the store's artifacts" in err
+    runs = tracking.MlflowClient(uri).search_runs(["1"])
+    jobs = [r for r in runs if "seed" in r.data.params]
+    assert [r.data.params["seed"] for r in jobs] == ["1"] and jobs[0].info.status == "FINISHED"
+    assert len(runs) == 2  # and the parent
+    # Nothing of job 0's in the store's folder but the store.
+    assert not (sweep_dir / "0" / "artifacts" / "weights.pt").exists()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.server)])
 def upload_store(request, tmp_path):
     """(tracking overrides, client, runs) of the embedded store, or of the tracking server

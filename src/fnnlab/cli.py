@@ -63,13 +63,12 @@ def train_app(cfg: DictConfig) -> dict:
         # is refused at once.
         from fnnlab.tracking import artifact_location, open_store_once
 
-        if not in_sweep:  # where a new experiment's artifacts go, before the store is made
-            check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg)
+        # Where a new experiment's artifacts go, before the store is made; then where this
+        # one's go.
+        check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg, in_sweep)
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
-        if not in_sweep:  # where this one's go
-            check_run_folder(
-                store.client.get_experiment(store.experiment_id).artifact_location, hydra_cfg
-            )
+        location = store.client.get_experiment(store.experiment_id).artifact_location
+        check_run_folder(location, hydra_cfg, in_sweep)
     except ConfigValueError as exc:
         if in_sweep:
             raise  # fails this job (the sweep checked every job it could before starting)
@@ -123,23 +122,18 @@ def train_app(cfg: DictConfig) -> dict:
     return {"run_id": result.run_id, "diverged": result.history.diverged_at is not None}
 
 
-def check_run_folder(location: str | None, hydra_cfg: DictConfig) -> None:
-    """Refuse a single run's output folder that holds the experiment's artifact `location`
-    (hydra.run.dir=. beside mlflow.db): the job writes its files into <output
-    folder>/artifacts, which would put them among the store's, where every such run
-    overwrote the last one's. (When it uploaded that whole folder, MLflow copied the folder
-    into itself until the path was too long.)"""
-    from fnnlab.tracking import local_folder
+def check_run_folder(location: str | None, hydra_cfg: DictConfig, in_sweep: bool) -> None:
+    """Refuse a job's output folder whose artifacts/ holds the experiment's artifact
+    `location` (hydra.run.dir=. beside mlflow.db). A sweep checks a folder shared by all its
+    jobs before it starts; this is what is left: one job's folder (hydra.sweep.subdir)."""
+    from fnnlab.tracking import among_store_artifacts
 
-    root = local_folder(location)
-    staged = Path(hydra_cfg.runtime.output_dir) / "artifacts"
-    if root is not None and root.resolve().is_relative_to(staged.resolve()):
-        raise ConfigValueError(
-            "hydra.run.dir",
-            hydra_cfg.run.dir,
-            f"the run's files would go to {staged}, among the store's artifacts ({root}); "
-            "give another folder",
-        )
+    if why := among_store_artifacts(location, hydra_cfg.runtime.output_dir):
+        if in_sweep:
+            raise ConfigValueError(
+                "hydra.sweep.subdir", hydra_cfg.sweep.subdir, f"{why}; give another folder"
+            )
+        raise ConfigValueError("hydra.run.dir", hydra_cfg.run.dir, f"{why}; give another folder")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")

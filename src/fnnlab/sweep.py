@@ -62,6 +62,8 @@ from fnnlab.errortext import first_line
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.tracking import (
     Store,
+    among_store_artifacts,
+    artifact_location,
     end_run,
     filter_literal,
     log_values,
@@ -246,6 +248,33 @@ def job_only_value(
         "config before any starts: give the values themselves (key=0,1,2)"
     )
     return ConfigValueError(key, value, why)
+
+
+def shared_job_folder(config: DictConfig) -> tuple[Path, str] | None:
+    """The output folder of every job of a sweep, and hydra.sweep.subdir as given, when that
+    does not vary per job (a value without an interpolation, such as `.`); else None."""
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
+    if "${" in subdir:
+        return None
+    return Path(str(config.hydra.sweep.dir)) / subdir, subdir
+
+
+def check_shared_folder(
+    folder: Path, subdir: str, location: str | None, jobs: list[list[str]] | None
+) -> None:
+    """Refuse one output folder for all the jobs of a sweep (None for jobs: another
+    sweeper's, more than one as a rule): each job writes its files over the last one's,
+    and under a parallel launcher a run uploaded another's weights.pt. Refuse it too when its
+    artifacts/ holds the store's (the sweep's folder is the one of mlflow.db)."""
+    if why := among_store_artifacts(location, folder):
+        raise ConfigValueError("hydra.sweep.subdir", subdir, f"{why}; give another folder")
+    if jobs is None or len(jobs) > 1:
+        raise ConfigValueError(
+            "hydra.sweep.subdir",
+            subdir,
+            f"every job would write its files into {folder}, over those of the job before: give "
+            "one that differs per job (Hydra's default is ${hydra.job.num})",
+        )
 
 
 def needs_running_job(exc: BaseException) -> bool:
@@ -829,6 +858,10 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
+            # A folder for all jobs, checked before the store is made, and once it is.
+            shared = shared_job_folder(config)
+            if shared is not None:
+                check_shared_folder(*shared, artifact_location(config.tracking.uri), jobs)
             # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
             summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
             answer_dir = Path(str(config.hydra.sweep.dir)) / "aggregate"
@@ -842,6 +875,9 @@ class Sweep:
                 config.hydra.launcher.ray
             )
             self.store = open_store(config.tracking.uri, experiment)
+            if shared is not None:
+                made = self.store.client.get_experiment(self.store.experiment_id)
+                check_shared_folder(*shared, made.artifact_location, jobs)
         except Exception as exc:
             cause = job_only_value(exc, arguments, config) or exc
             raise SweepRefused(str(cause)) from cause

@@ -147,6 +147,19 @@ def local_folder(location: str | None) -> Path | None:
     return Path(url2pathname(parts.path))
 
 
+def among_store_artifacts(location: str | None, output_dir: str | Path) -> str | None:
+    """Why a job's output folder cannot hold its files, or None: its <output folder>/artifacts,
+    where the job writes them, holds the experiment's artifact `location` (the output folder
+    is the one of mlflow.db), so they would lie among the store's, each run's over the last
+    one's. (When a run uploaded that whole folder, MLflow copied it into itself until the
+    path was too long.)"""
+    root = local_folder(location)
+    staged = Path(output_dir) / "artifacts"
+    if root is None or not root.resolve().is_relative_to(staged.resolve()):
+        return None
+    return f"the run's files would go to {staged}, among the store's artifacts ({root})"
+
+
 def check_reachable(uri: str, timeout: float = 5) -> None:
     """Raise a one-line StoreUnusable (a ConfigValueError) at once when a tracking server does
     not answer."""
