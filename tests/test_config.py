@@ -128,6 +128,10 @@ BAD = [
     (["ui.port=0"], "ui.port=0"),
     # Nothing reads it: the run trained on iris2 and stored data.name=mnist (helper-45).
     (["data.name=mnist"], "data.name=mnist"),
+    # Rows scaled to length 1 over one column, or one twice, are all the same (helper-52).
+    (["data.features=[0,0]"], "data.features=[0, 0]"),
+    (["data.features=[2,2]", "data.normalize=false"], "data.features=[2, 2]"),
+    (["data.features=[2]"], "data.features=[2]"),
     # A sweep of no jobs ended "FINISHED" with 0 runs, exit 0 (helper-45).
     (["-m", "seed=range(0)"], "seed=range(0)"),
     (["-m", "hydra/sweeper=basic", "seed=range(0,3,-1)"], "seed=range(0,3,-1)"),

@@ -629,6 +629,18 @@ def check_values(cfg: DictConfig) -> None:
             len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),
             "must list iris feature columns 0..3",
         ),
+        (
+            "data.features",
+            len(set(cfg.data.features)) == len(cfg.data.features),
+            "lists a column twice: give each at most once",
+        ),
+        # Each row scaled to length 1: over one column every row is the same (all 1.0).
+        (
+            "data.features",
+            not cfg.data.normalize or len(cfg.data.features) >= 2,
+            "one column with data.normalize=true (rows scaled to length 1) makes every row "
+            "1.0: give two or more, or data.normalize=false",
+        ),
         ("tracking.experiment", bool(str(cfg.tracking.experiment).strip()), "must not be empty"),
     ]
     for key, ok, why in checks:
