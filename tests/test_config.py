@@ -350,6 +350,32 @@ def test_a_sweep_job_whose_folder_holds_the_stores_artifacts_fails_alone(
     assert not (sweep_dir / "0" / "artifacts" / "weights.pt").exists()
 
 
+@pytest.mark.parametrize(
+    ("entry", "args"),
+    [
+        (cli.train, ()),
+        (cli.train, ("-m", "seed=0,1")),
+        (cli.aggregate, ()),
+        (cli.replay, ("replay.sweep=latest",)),
+        (cli.ui, ("ui.port=0",)),
+    ],
+    ids=["train", "train -m", "aggregate", "replay", "ui"],
+)
+def test_a_relative_store_under_hydra_job_chdir_is_refused(
+    entry, args, tmp_path, monkeypatch, capsys
+):
+    """hydra.job.chdir=true runs a job in its output folder: there, sqlite:///mlflow.db was
+    another store, a new one for each run, and a sweep's runs were apart from its parent."""
+    monkeypatch.chdir(tmp_path)
+    uri = "tracking.uri=sqlite:///mlflow.db"
+    folders = (f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep")
+    status = run_in_process(monkeypatch, entry, *args, uri, "hydra.job.chdir=true", *folders)
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert f"error: {uri}: a relative file, and hydra.job.chdir=true runs each job" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.server)])
 def upload_store(request, tmp_path):
     """(tracking overrides, client, runs) of the embedded store, or of the tracking server

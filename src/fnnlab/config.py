@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -304,11 +304,22 @@ def masked_uri(uri: str) -> str:
     return uri.replace(f":{password}@", ":***@", 1) if password else uri
 
 
-def check_uri(uri: str) -> None:
-    """Refuse a tracking URI with a password that password_to_env() did not take out (it came
-    from a config file or an interpolation): it would be stored in every run (params, config
-    files) and printed in logs. The error masks it. Refuse an empty one too: MLflow would take
-    its own default store, not the one the user meant."""
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (or sqlite+<driver>:///), else None."""
+    if not re.match(r"sqlite(\+\w+)?:", uri):
+        return None
+    # As SQLAlchemy reads it: sqlite:////abs/file.db is absolute, sqlite:///rel.db relative.
+    return Path(urlparse(uri).path[1:])
+
+
+def check_uri(uri: str, chdir: bool = False) -> None:
+    """Refuse a tracking URI that would not name the store the user meant: with a password
+    that password_to_env() did not take out (it came from a config file or an
+    interpolation), it would be stored in every run (params, config files) and printed in
+    logs (the error masks it); an empty one, for which MLflow takes its own default store;
+    and, under hydra.job.chdir=true (`chdir`), a relative SQLite file, which each job would
+    read inside its own output folder: a new store per run, and a sweep's runs apart from
+    its parent."""
     if not uri.strip():
         raise ConfigValueError(
             "tracking.uri",
@@ -324,12 +335,20 @@ def check_uri(uri: str) -> None:
             "the command line (tracking.uri=..., its password then goes into PGPASSWORD or "
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
+    db = sqlite_path(uri)
+    if chdir and db is not None and not db.is_absolute():
+        raise ConfigValueError(
+            "tracking.uri",
+            uri,
+            "a relative file, and hydra.job.chdir=true runs each job in its output folder, "
+            "where it would be another store: give an absolute path (sqlite:////<path>)",
+        )
 
 
-class RefusePassword(Callback):
-    """hydra.callbacks.password in conf/*.yaml: check_uri() before Hydra writes the config
-    into the output folder (.hydra/, multirun.yaml), which the commands' own checks come
-    after."""
+class CheckTrackingUri(Callback):
+    """hydra.callbacks.tracking_uri in conf/*.yaml: check_uri() before Hydra writes the
+    config into the output folder (.hydra/, multirun.yaml), which the commands' own checks
+    come after."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
@@ -340,7 +359,7 @@ class RefusePassword(Callback):
     @staticmethod
     def _check(config: DictConfig) -> None:
         try:
-            check_uri(str(config.tracking.uri))
+            check_uri(str(config.tracking.uri), bool(config.hydra.job.chdir))
         except ConfigValueError as exc:
             from fnnlab.sweep import SweepRefused
 

@@ -29,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fnnlab import internals, provenance, storeguard
-from fnnlab.config import masked_uri
+from fnnlab.config import masked_uri, sqlite_path
 from fnnlab.errortext import first_line, reason
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_SWEEP, Tag
 
@@ -111,14 +111,6 @@ class Store:
     # The client's own store when it is MLflow's SQL store (SQLite file or database URI):
     # batches go to it in bulk (fnnlab.internals.log_batches). None for a tracking server.
     sql: Any = None
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI (or sqlite+<driver>:///), else None."""
-    if not re.match(r"sqlite(\+\w+)?:", uri):
-        return None
-    # As SQLAlchemy reads it: sqlite:////abs/file.db is absolute, sqlite:///rel.db relative.
-    return Path(urlparse(uri).path[1:])
 
 
 def artifact_location(uri: str) -> str | None:
