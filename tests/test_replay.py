@@ -307,6 +307,40 @@ def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsy
     assert unreachable.stderr.strip().splitlines()[-1].startswith("fnnlab-replay: error: ")
 
 
+def test_a_runs_environment_record_is_checked_and_a_deleted_run_refused(
+    store: TmpStore, monkeypatch, capsys
+) -> None:
+    """helper-54: an edited env.data (the training data's hash, which replay makes again)
+    passed as identical; a run without env.* tags said "no recorded difference in
+    environment"; a deleted run was retrained, then its tags could not be written: exit 1,
+    as if it differed, and Hydra's job-failure banner."""
+    train(store, "train.epochs=5")
+    (run,) = store.runs()
+    rid, client = run.info.run_id, store.client
+    client.set_tag(rid, "env.data", "0" * 16)
+    out = replay(store, f"replay.run={rid}")
+    now = run.data.tags["env.data"]
+    assert out.returncode == 1
+    assert lines(out)[rid].startswith(f"differs at epoch 0 tag env.data {'0' * 16}, made now {now}")
+    for key in [k for k in run.data.tags if k.startswith("env.")]:
+        client.delete_tag(rid, key)
+    client.log_metric(rid, "final/loss", 0.1)  # so that it differs
+    out = replay(store, f"replay.run={rid}")
+    assert lines(out)[rid].endswith("; since then: environment not recorded with this run")
+
+    client.delete_run(rid)
+    before = store.db_bytes()
+    capsys.readouterr()
+    assert run_in_process(monkeypatch, cli.replay, f"replay.run={rid}", *store.overrides()) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"fnnlab-replay: error: replay.run={rid}: is deleted in this store: restore it "
+        f"(`mlflow runs restore --run-id {rid}` with MLFLOW_TRACKING_URI set to the store) "
+        "to replay it"
+    )
+    assert store.db_bytes() == before
+
+
 def artifact(run, name: str) -> Path:
     return Path(run.info.artifact_uri.removeprefix("file://")) / name
 

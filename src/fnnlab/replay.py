@@ -225,6 +225,7 @@ def replay_run(store: Store, run: Run) -> Replay:
     params, same_config = _params_diffs(run, cfg, written)
     diffs = [
         *params,
+        *_data_diffs(stored_env, now_env),
         *_end_diffs(run, history, cfg),
         *_summary_history_diffs(store, run, history, cfg),
         *_curve_diffs(store, run, history, cfg),
@@ -233,10 +234,22 @@ def replay_run(store: Store, run: Run) -> Replay:
     return Replay(
         run=run,
         diffs=sorted(diffs, key=lambda d: (d.epoch, d.order)),
-        env=provenance.env_diff(stored_env, now_env),
+        env=provenance.env_diff(stored_env, now_env) if stored_env else [NO_ENV],
         cfg=cfg,
         same_config=same_config,
     )
+
+
+# What a differing run's line says of its environment when it has no env.* tags.
+NO_ENV = "environment not recorded with this run"
+
+
+def _data_diffs(stored_env: dict[str, str], now_env: dict[str, str]) -> list[Diff]:
+    """The tag env.data, the hash of the tensors the run trained on, against the hash of
+    those the rebuilt config makes: it differs when the tag was changed, or the data since
+    (the line's environment part then names that too)."""
+    a, b = stored_env.get("env.data"), now_env["env.data"]
+    return [] if a in (None, b) else [Diff(0, -2, f"tag env.data {a}, made now {b}", math.inf)]
 
 
 def _params_diffs(run: Run, cfg: DictConfig, written: dict[str, str]) -> tuple[list[Diff], bool]:
@@ -830,5 +843,14 @@ def existing_store(uri: str, experiment: str, run_id: str | None) -> tuple[Store
             # Named by the key given: tracking.experiment is not the one used here.
             why = f"its experiment {exp.name} {deleted_in_store(exp)} to replay its runs"
             raise ConfigValueError("replay.run", run_id, why)
+        if run.info.lifecycle_stage != "active":
+            # Else it was retrained, then its tags could not be written: exit 1, as if it
+            # differed.
+            raise ConfigValueError(
+                "replay.run",
+                run_id,
+                f"is deleted in this store: restore it (`mlflow runs restore --run-id "
+                f"{run_id}` with MLFLOW_TRACKING_URI set to the store) to replay it",
+            )
         experiment = exp.name
     return open_store(uri, experiment), run
