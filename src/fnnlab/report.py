@@ -14,7 +14,7 @@ import pandas as pd
 
 from fnnlab import links, plots, provenance, reference
 from fnnlab.aggregate import Aggregate, Selection, boundary_groups
-from fnnlab.compare import BOUNDARY_COLUMNS, ONLY_ONE, is_whole, leader_label
+from fnnlab.compare import BOUNDARY_COLUMNS, ONLY_ONE, is_whole, leader_label, same_mean
 from fnnlab.config import AggregateConfig
 from fnnlab.names import FINISHED, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import HIGHER_IS_BETTER
@@ -284,7 +284,9 @@ def _leader_lines(
             why = f"p_adj {r['p_adj']:.2g}"
             why += ", below the margin" if "margin" in str(r["note"]) else ""
             need = (
-                f", ~{int(r['seeds_needed'])} seeds to separate" if cell(r["seeds_needed"]) else ""
+                f", ~{int(r['seeds_needed'])} seeds to separate it if real"
+                if cell(r["seeds_needed"])
+                else ""
             )
             parts.append(f"{label(r)} ({r['diff_vs_leader']:+.3g}, {why}{need}{_lost(r)})")
         lines.append("tied with the leader: " + "; ".join(parts))
@@ -308,14 +310,16 @@ def _leader_lines(
 
 
 def shares_lead(row: pd.Series, leader: pd.Series) -> bool:
-    """A configuration tied with the leader at exactly its mean: the leader leads it only by
-    coming first in sort order. Not one that lost seeds to divergence, which a leader
-    without lost seeds is chosen over. (Rows of the comparison with its counts.)"""
+    """A configuration tied with the leader at its mean (to rounding: the same outcomes on
+    other seeds gave means 1.1e-16 apart, and "tied" where the data picked no winner): the
+    leader leads it only by coming first in sort order. Not one that lost seeds to
+    divergence, which a leader without lost seeds is chosen over. (Rows of the comparison
+    with its counts.)"""
     return bool(
         not row["leader"]
         and pd.notna(row["tied"])
         and bool(row["tied"])
-        and row["mean"] == leader["mean"]
+        and same_mean(row["mean"], leader["mean"])
         and (row["diverged"] == 0 or leader["diverged"] > 0)
     )
 
@@ -434,8 +438,9 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
     with the leader, the verdict, and the regime counts (the full numbers stay in the CSVs)."""
     c = _with_counts(agg)
     leader = c[c["leader"]].iloc[0] if c["leader"].any() else None
-    # The verdicts are Holm-adjusted and the intervals not: a tie's interval can leave 0 out.
-    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}, unadjusted]"
+    # Both adjusted over every pair: the intervals by Bonferroni, the verdicts by Holm, which
+    # finds every difference an interval shows, and may find one whose interval holds 0.
+    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}, Bonferroni]"
     varying = varying_cols(agg)
     columns = [*varying, "n", mean, vs, "p_adj", "verdict", "seeds needed"]
     rows = []
@@ -899,9 +904,11 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "Holm-adjusted over every pair of configurations (the leader is chosen from the data). "
         "Tied: adjusted p "
         f"at or above `aggregate.alpha` ({agg.alpha:g}), or a difference below the margin "
-        f"`aggregate.min_effect` ({margin_text(agg)}). `seeds needed`: seeds per "
+        f"`aggregate.min_effect` ({margin_text(agg)}). The interval of a difference with "
+        "the leader is at 1 - alpha over the number of pairs (Bonferroni), so that together "
+        "they hold every pair's difference at 1 - alpha. `seeds needed`: seeds per "
         "configuration for 80% power at the observed difference and spread, at alpha over "
-        "the number of pairs.",
+        "the number of pairs, if that difference were the true one.",
         "",
         f"Same in every configuration: {constant_text(agg) or '(nothing)'}.",
         "",
