@@ -341,6 +341,31 @@ def test_a_runs_environment_record_is_checked_and_a_deleted_run_refused(
     assert store.db_bytes() == before
 
 
+def test_a_runs_files_are_checked_against_the_hashes_it_recorded(store: TmpStore) -> None:
+    """helper-54: a run's plots and Hydra's files were never checked: a PNG overwritten or a
+    file of hydra/ changed replayed identical. The run records every file's sha256 (tag
+    files, as `sha256sum` prints them)."""
+    assert run_command(cli.train, "train.epochs=5", *store.overrides()).returncode == 0
+    (run,) = store.runs()
+    rid = run.info.run_id
+    written = provenance.read_digest(run.data.tags[Tag.FILES])
+    assert {"config.yaml", "weights.pt", "loss.png", "grad_norm.png"} <= written.keys()
+    assert {"hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml"} <= written.keys()
+    assert lines(replay(store, f"replay.run={rid}"))[rid] == "identical"
+    artifact(run, "loss.png").write_bytes(b"not a png")
+    artifact(run, "hydra/overrides.yaml").unlink()
+    out = replay(store, f"replay.run={rid}")
+    assert out.returncode == 1
+    assert client_diffs(store, rid) == [
+        "epoch 5 hydra/overrides.yaml not stored (the run wrote it: tag files)",
+        "epoch 5 loss.png is not the file the run wrote (tag files)",
+    ]
+
+
+def client_diffs(store: TmpStore, rid: str) -> list[str]:
+    return store.client.get_run(rid).data.tags["replay.diffs"].splitlines()
+
+
 def artifact(run, name: str) -> Path:
     return Path(run.info.artifact_uri.removeprefix("file://")) / name
 

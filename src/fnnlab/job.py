@@ -244,18 +244,23 @@ def run(
     try:
         history = train_model(cfg, lease)
         summary = summarize(history, cfg)
+        art = output_dir / "artifacts"
+        art.mkdir(parents=True, exist_ok=True)
+        files = write_files(history, cfg, art, name, hydra_dir)
+        # Their hashes with the run's values, in the same call: fnnlab-replay names a file
+        # changed or written again since.
+        digest = provenance.files_digest(
+            {f.relative_to(art).as_posix(): f.read_bytes() for f in files}
+        )
         log_values(
             store,
             run_id,
             params=params,
             series=history.metrics,
             summary=summary,
-            tags=end_tags(history, cfg) | claims.lease_tags(),
+            tags=end_tags(history, cfg) | claims.lease_tags() | {Tag.FILES: digest},
             every=cfg.tracking.log_every,
         )
-        art = output_dir / "artifacts"
-        art.mkdir(parents=True, exist_ok=True)
-        files = write_files(history, cfg, art, name, hydra_dir)
         upload_artifacts(store, run_id, art, files)
     except BaseException as exc:
         _end_with_error(store, run_id, name, params, exc)

@@ -36,6 +36,7 @@ class Tag:
     CLAIMED = "fnnlab.claimed"  # "true": this run has its configuration (fnnlab.claims)
     USED_BY = "fnnlab.sweep"  # fnnlab.sweep.<sweep id> = parent run id: a run a sweep reused
     CODE = "env.code"  # hash of the code that made a run (fnnlab.provenance)
+    FILES = "files"  # a run's artifacts' sha256, as `sha256sum` prints them (fnnlab.job)
     SWEEP_DIR = "sweep_dir"  # the latest invocation's output folder
     SWEEP_OVERRIDES = "sweep_overrides"
     PARENT = "mlflow.parentRunId"

@@ -230,6 +230,7 @@ def replay_run(store: Store, run: Run) -> Replay:
         *_summary_history_diffs(store, run, history, cfg),
         *_curve_diffs(store, run, history, cfg),
         *_weights_diffs(store, run, history),
+        *_files_diffs(store, run, history),
     ]
     return Replay(
         run=run,
@@ -453,6 +454,29 @@ def _weights_diffs(store: Store, run: Run, history) -> list[Diff]:
     if all(torch.equal(weights[key], now) for key, now in pairs):
         return diffs
     return [*diffs, Diff(*where, "final weights", _weight_diff(weights, history))]
+
+
+def _files_diffs(store: Store, run: Run, history) -> list[Diff]:
+    """Each file the run uploaded against the hash it recorded (tag files): one changed or
+    written again since is named (its plots and Hydra's files, which nothing else checks).
+    None for a run made before that tag."""
+    written = provenance.read_digest(run.data.tags.get(Tag.FILES, ""))
+    where = (history.epochs_run, len(METRICS) + 1)
+    diffs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, digest in written.items():
+            try:
+                path = store.client.download_artifacts(run.info.run_id, name, tmp)
+                data = Path(path).read_bytes()
+            except (MlflowException, OSError, ImportError):
+                diffs.append(
+                    Diff(*where, f"{name} not stored (the run wrote it: tag files)", math.inf)
+                )
+                continue
+            if provenance.file_hash(data) != digest:
+                what = f"{name} is not the file the run wrote (tag files)"
+                diffs.append(Diff(*where, what, math.inf))
+    return diffs
 
 
 def _weight_diff(weights: dict, history) -> float:
