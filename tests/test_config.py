@@ -130,7 +130,7 @@ BAD = [
     (["data.name=mnist"], "data.name=mnist"),
     # Rows scaled to length 1 over one column, or one twice, are all the same (helper-52).
     (["data.features=[0,0]"], "data.features=[0, 0]"),
-    (["data.features=[2,2]", "data.normalize=false"], "data.features=[2, 2]"),
+    (["data.features=[2,2,2]"], "data.features=[2, 2, 2]"),
     (["data.features=[2]"], "data.features=[2]"),
     # A sweep of no jobs ended "FINISHED" with 0 runs, exit 0 (helper-45).
     (["-m", "seed=range(0)"], "seed=range(0)"),
@@ -322,6 +322,14 @@ def test_a_sweep_whose_jobs_share_a_folder_is_refused(store_with_a_run, monkeypa
         err = capsys.readouterr().err
         check_refused(store, before, status, err, "hydra.sweep.subdir=.")
         assert why in err
+    # The same for every job through an interpolation (helper-56): resolved as each job's
+    # launcher resolves it.
+    subdir = "hydra.sweep.subdir=${hydra.job.name}"
+    args = ("-m", *store.overrides(), f"hydra.sweep.dir={elsewhere}", subdir, "seed=0,1")
+    status = run_in_process(monkeypatch, cli.train, *args)
+    err = capsys.readouterr().err
+    check_refused(store, before, status, err, subdir)
+    assert f"jobs 0 and 1 would both write their files into {elsewhere}/cli: give one" in err
 
 
 def test_a_sweep_job_whose_folder_holds_the_stores_artifacts_fails_alone(
@@ -374,6 +382,37 @@ def test_a_relative_store_under_hydra_job_chdir_is_refused(
     assert status == 2 and len(err.splitlines()) == 1, err
     assert f"error: {uri}: a relative file, and hydra.job.chdir=true runs each job" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hydra_job_chdir_is_checked_where_the_job_runs(tmp_path, monkeypatch, capsys):
+    """helper-56: a job run in the current folder (hydra.run.dir=.) reads a relative store
+    where it was meant, and was refused; hydra.job.chdir=true from a swept config group was
+    not seen by the sweep's check, and its jobs failed naming hydra.sweep.subdir."""
+    monkeypatch.chdir(tmp_path)
+    uri = "tracking.uri=sqlite:///store/mlflow.db"
+    args = (uri, "hydra.job.chdir=true", "hydra.run.dir=.", "train.epochs=3")
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    assert (tmp_path / "store" / "mlflow.db").is_file()
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    for name, epochs in (("moves", 5), ("stays", 6)):  # not the run above: it would be reused
+        chdir = str(name == "moves").lower()
+        text = (
+            f"# @package _global_\nhydra:\n  job:\n    chdir: {chdir}\ntrain:\n  epochs: {epochs}\n"
+        )
+        (conf / f"{name}.yaml").write_text(text)
+    args = (
+        "-m",
+        "experiment=moves,stays",
+        f"hydra.searchpath=[file://{tmp_path}/conf]",
+        uri,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
+    capsys.readouterr()
+    assert run_in_process(monkeypatch, cli.train, *args) == 1
+    err = capsys.readouterr().err
+    assert f"First error: ConfigValueError: {uri}: a relative file, and hydra.job.chdir" in err
+    assert [p.name for p in tmp_path.glob("**/mlflow.db")] == ["mlflow.db"]  # store/ only
 
 
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.server)])

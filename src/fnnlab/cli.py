@@ -37,6 +37,7 @@ from fnnlab.config import (
     as_typed,
     check_known_keys,
     check_port,
+    check_uri,
     check_values,
     discard_run_folder,
     folder_problem,
@@ -59,6 +60,12 @@ def train_app(cfg: DictConfig) -> dict:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         check_values(cfg)
+        # Where this job runs: hydra.job.chdir may come from a swept config group, which the
+        # sweep's own check did not see.
+        moved = (
+            Path(hydra_cfg.runtime.output_dir).resolve() != Path(hydra_cfg.runtime.cwd).resolve()
+        )
+        check_uri(cfg.tracking.uri, bool(hydra_cfg.job.chdir) and moved)
         # The store before fnnlab.job (torch: seconds to import): one that cannot be used
         # is refused at once.
         from fnnlab.tracking import artifact_location, open_store_once

@@ -312,14 +312,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(urlparse(uri).path[1:])
 
 
-def check_uri(uri: str, chdir: bool = False) -> None:
+def check_uri(uri: str, moves: bool = False) -> None:
     """Refuse a tracking URI that would not name the store the user meant: with a password
     that password_to_env() did not take out (it came from a config file or an
     interpolation), it would be stored in every run (params, config files) and printed in
     logs (the error masks it); an empty one, for which MLflow takes its own default store;
-    and, under hydra.job.chdir=true (`chdir`), a relative SQLite file, which each job would
-    read inside its own output folder: a new store per run, and a sweep's runs apart from
-    its parent."""
+    and, when hydra.job.chdir=true moves the job into another folder (`moves`), a relative
+    SQLite file, which each job would read inside its own output folder: a new store per
+    run, and a sweep's runs apart from its parent."""
     if not uri.strip():
         raise ConfigValueError(
             "tracking.uri",
@@ -336,7 +336,7 @@ def check_uri(uri: str, chdir: bool = False) -> None:
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
     db = sqlite_path(uri)
-    if chdir and db is not None and not db.is_absolute():
+    if moves and db is not None and not db.is_absolute():
         raise ConfigValueError(
             "tracking.uri",
             uri,
@@ -351,21 +351,39 @@ class CheckTrackingUri(Callback):
     come after."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
+        self._check(config, sweep=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config)
+        self._check(config, sweep=True)
 
     @staticmethod
-    def _check(config: DictConfig) -> None:
+    def _check(config: DictConfig, sweep: bool) -> None:
         try:
-            check_uri(str(config.tracking.uri), bool(config.hydra.job.chdir))
+            check_uri(str(config.tracking.uri), _chdir_moves(config, sweep))
         except ConfigValueError as exc:
             from fnnlab.sweep import SweepRefused
 
             # Hydra turns an Exception from a callback into a warning; run_cli reports this
             # one's cause in one line.
             raise SweepRefused(str(exc)) from exc
+
+
+def _chdir_moves(config: DictConfig, sweep: bool) -> bool:
+    """Whether hydra.job.chdir=true runs the job in a folder other than this one: a single
+    run's hydra.run.dir, or a sweep's job folder (one per job unless hydra.sweep.subdir has
+    no interpolation). (A job checks it again where it runs: a swept config group may set
+    hydra.job.chdir.)"""
+    if not config.hydra.job.chdir:
+        return False
+    if sweep:
+        subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
+        if "${" in subdir:
+            return True
+        folder = Path(str(config.hydra.sweep.dir)) / subdir
+    else:
+        with as_in_its_job(config):
+            folder = Path(str(config.hydra.run.dir))
+    return folder.resolve() != Path.cwd().resolve()
 
 
 class CheckOutputFolder(Callback):
@@ -648,17 +666,13 @@ def check_values(cfg: DictConfig) -> None:
             len(cfg.data.features) >= 1 and all(0 <= f < 4 for f in cfg.data.features),
             "must list iris feature columns 0..3",
         ),
+        # Each row scaled to length 1: over one column (or one listed twice) every row is
+        # the same. Without scaling such a run trains.
         (
             "data.features",
-            len(set(cfg.data.features)) == len(cfg.data.features),
-            "lists a column twice: give each at most once",
-        ),
-        # Each row scaled to length 1: over one column every row is the same (all 1.0).
-        (
-            "data.features",
-            not cfg.data.normalize or len(cfg.data.features) >= 2,
-            "one column with data.normalize=true (rows scaled to length 1) makes every row "
-            "1.0: give two or more, or data.normalize=false",
+            not cfg.data.normalize or len(set(cfg.data.features)) >= 2,
+            "one column, or one listed twice, with data.normalize=true (rows scaled to length "
+            "1) makes every row the same: give two different ones, or data.normalize=false",
         ),
         ("tracking.experiment", bool(str(cfg.tracking.experiment).strip()), "must not be empty"),
     ]

@@ -46,7 +46,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fnnlab import claims, internals, links, progress, storeguard
 from fnnlab.config import (
@@ -250,31 +250,63 @@ def job_only_value(
     return ConfigValueError(key, value, why)
 
 
-def shared_job_folder(config: DictConfig) -> tuple[Path, str] | None:
-    """The output folder of every job of a sweep, and hydra.sweep.subdir as given, when that
-    does not vary per job (a value without an interpolation, such as `.`); else None."""
+# A hydra.sweep.subdir with one of these is a folder per job: Hydra numbers its jobs.
+_JOB_NUMBERED = ("hydra.job.num", "hydra.job.id", "hydra:job.num", "hydra:job.id")
+
+
+def job_folders(
+    loader: Any, config: DictConfig, jobs: list[list[str]] | None
+) -> tuple[str, list[Path] | None, Path | None]:
+    """hydra.sweep.subdir as given; the output folder of each job, as its launcher resolves
+    it (None when Hydra's job number is in it, or the sweeper's jobs are not known); and the
+    one folder of every job when the value has no interpolation (such as `.`), else None."""
     subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
-    if "${" in subdir:
-        return None
-    return Path(str(config.hydra.sweep.dir)) / subdir, subdir
+    if any(key in subdir for key in _JOB_NUMBERED):
+        return subdir, None, None
+    if "${" not in subdir:
+        folder = Path(os.path.normpath(Path(str(config.hydra.sweep.dir)).absolute() / subdir))
+        return subdir, None if jobs is None else [folder] * len(jobs), folder
+    if jobs is None:
+        return subdir, None, None
+    folders = []
+    for n, overrides in enumerate(jobs):
+        job = loader.load_sweep_config(config, list(overrides))
+        with open_dict(job.hydra.job):  # as the launchers set them
+            job.hydra.job.num, job.hydra.job.id = n, str(n)
+        with as_in_its_job(job):
+            folder = Path(str(job.hydra.sweep.dir)).absolute() / str(job.hydra.sweep.subdir)
+        folders.append(Path(os.path.normpath(folder)))
+    return subdir, folders, None
 
 
-def check_shared_folder(
-    folder: Path, subdir: str, location: str | None, jobs: list[list[str]] | None
+def check_job_folders(
+    subdir: str, folders: list[Path] | None, shared: Path | None, location: str | None
 ) -> None:
-    """Refuse one output folder for all the jobs of a sweep (None for jobs: another
-    sweeper's, more than one as a rule): each job writes its files over the last one's,
-    and under a parallel launcher a run uploaded another's weights.pt. Refuse it too when its
-    artifacts/ holds the store's (the sweep's folder is the one of mlflow.db)."""
-    if why := among_store_artifacts(location, folder):
-        raise ConfigValueError("hydra.sweep.subdir", subdir, f"{why}; give another folder")
-    if jobs is None or len(jobs) > 1:
+    """Refuse a sweep whose jobs share an output folder: each writes its files over the one's
+    before it, and under a parallel launcher a run uploaded another job's weights.pt. Refuse
+    one too whose artifacts/ would hold the store's (a job's folder is the one of
+    mlflow.db). `shared`: the one folder of every job, also when the sweeper's jobs are not
+    known (more than one, as a rule)."""
+    for folder in dict.fromkeys([*(folders or []), *([shared] if shared else [])]):
+        if why := among_store_artifacts(location, folder):
+            raise ConfigValueError("hydra.sweep.subdir", subdir, f"{why}; give another folder")
+    if shared is not None and (folders is None or len(folders) > 1):
         raise ConfigValueError(
             "hydra.sweep.subdir",
             subdir,
-            f"every job would write its files into {folder}, over those of the job before: give "
+            f"every job would write its files into {shared}, over those of the job before: give "
             "one that differs per job (Hydra's default is ${hydra.job.num})",
         )
+    first: dict[Path, int] = {}
+    for n, folder in enumerate(folders or []):
+        if folder in first:
+            raise ConfigValueError(
+                "hydra.sweep.subdir",
+                subdir,
+                f"jobs {first[folder]} and {n} would both write their files into {folder}: give "
+                "one that differs per job (Hydra's default is ${hydra.job.num})",
+            )
+        first[folder] = n
 
 
 def needs_running_job(exc: BaseException) -> bool:
@@ -858,10 +890,9 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
-            # A folder for all jobs, checked before the store is made, and once it is.
-            shared = shared_job_folder(config)
-            if shared is not None:
-                check_shared_folder(*shared, artifact_location(config.tracking.uri), jobs)
+            # The jobs' folders, checked before the store is made, and once it is.
+            folders = job_folders(loader, config, jobs)
+            check_job_folders(*folders, artifact_location(config.tracking.uri))
             # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
             summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
             answer_dir = Path(str(config.hydra.sweep.dir)) / "aggregate"
@@ -875,9 +906,8 @@ class Sweep:
                 config.hydra.launcher.ray
             )
             self.store = open_store(config.tracking.uri, experiment)
-            if shared is not None:
-                made = self.store.client.get_experiment(self.store.experiment_id)
-                check_shared_folder(*shared, made.artifact_location, jobs)
+            made = self.store.client.get_experiment(self.store.experiment_id)
+            check_job_folders(*folders, made.artifact_location)
         except Exception as exc:
             cause = job_only_value(exc, arguments, config) or exc
             raise SweepRefused(str(cause)) from cause
