@@ -360,6 +360,17 @@ def test_a_runs_files_are_checked_against_the_hashes_it_recorded(store: TmpStore
         "epoch 5 hydra/overrides.yaml not stored (the run wrote it: tag files)",
         "epoch 5 loss.png is not the file the run wrote (tag files)",
     ]
+    # The tag edited to leave a file out, or deleted, passed as identical (helper-57).
+    kept = "".join(f"{h}  {n}\n" for n, h in written.items() if n not in ("loss.png", "weights.pt"))
+    store.client.set_tag(rid, Tag.FILES, kept)
+    out = replay(store, f"replay.run={rid}")
+    assert client_diffs(store, rid) == [
+        "epoch 5 tag files does not list loss.png, weights.pt: not checked",
+        "epoch 5 hydra/overrides.yaml not stored (the run wrote it: tag files)",
+    ]
+    store.client.delete_tag(rid, Tag.FILES)
+    out = replay(store, f"replay.run={rid}")
+    assert lines(out)[rid] == "identical (its plots and Hydra's files not checked: no tag files)"
 
 
 def client_diffs(store: TmpStore, rid: str) -> list[str]:

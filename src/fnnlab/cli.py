@@ -74,8 +74,7 @@ def train_app(cfg: DictConfig) -> dict:
         # one's go.
         check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg, in_sweep)
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
-        location = store.client.get_experiment(store.experiment_id).artifact_location
-        check_run_folder(location, hydra_cfg, in_sweep)
+        check_run_folder(store.artifact_location, hydra_cfg, in_sweep)
     except ConfigValueError as exc:
         if in_sweep:
             raise  # fails this job (the sweep checked every job it could before starting)

@@ -375,14 +375,17 @@ def _chdir_moves(config: DictConfig, sweep: bool) -> bool:
     hydra.job.chdir.)"""
     if not config.hydra.job.chdir:
         return False
-    if sweep:
-        subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
-        if "${" in subdir:
-            return True
-        folder = Path(str(config.hydra.sweep.dir)) / subdir
-    else:
-        with as_in_its_job(config):
-            folder = Path(str(config.hydra.run.dir))
+    try:
+        if sweep:
+            subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
+            if "${" in subdir:
+                return True
+            folder = Path(str(config.hydra.sweep.dir)) / subdir
+        else:
+            with as_in_its_job(config):
+                folder = Path(str(config.hydra.run.dir))
+    except Exception:  # a folder that does not resolve: CheckOutputFolder names it
+        return False
     return folder.resolve() != Path.cwd().resolve()
 
 

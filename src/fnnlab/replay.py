@@ -98,6 +98,8 @@ class Replay:
     # The rebuilt config trains the run its params say: no param differs, and a fingerprint
     # that differs has keys added since to explain it.
     same_config: bool = True
+    # No tag files (a run made before it, or the tag deleted): its files not all checked.
+    unhashed: bool = False
 
     @property
     def identical(self) -> bool:
@@ -123,8 +125,13 @@ class Replay:
 
     def line(self) -> str:
         head = f"{self.name} ({self.run.info.run_id}): "
+        if self.unhashed:  # its config.yaml and weights.pt are compared all the same
+            note = f" (its plots and Hydra's files not checked: no tag {Tag.FILES})"
+        else:
+            note = ""
         if self.identical:
-            return head + "identical"
+            return f"{head}identical{note}"
+        head += f"differs{note} at "
         changed = "; ".join(self.env) if self.env else "no recorded difference in environment"
         first, *rest = self.diffs
         also = ""
@@ -135,7 +142,7 @@ class Replay:
                 f" and {unnamed} more (tag replay.diffs)" if unnamed > 0 else ""
             )
         return (
-            f"{head}differs at {first.text()}, largest difference {self.largest:.3g}{also}; "
+            f"{head}{first.text()}, largest difference {self.largest:.3g}{also}; "
             f"since then: {changed}"
         )
 
@@ -230,7 +237,7 @@ def replay_run(store: Store, run: Run) -> Replay:
         *_summary_history_diffs(store, run, history, cfg),
         *_curve_diffs(store, run, history, cfg),
         *_weights_diffs(store, run, history),
-        *_files_diffs(store, run, history),
+        *_files_diffs(store, run, history, cfg),
     ]
     return Replay(
         run=run,
@@ -238,6 +245,7 @@ def replay_run(store: Store, run: Run) -> Replay:
         env=provenance.env_diff(stored_env, now_env) if stored_env else [NO_ENV],
         cfg=cfg,
         same_config=same_config,
+        unhashed=Tag.FILES not in run.data.tags,
     )
 
 
@@ -456,13 +464,29 @@ def _weights_diffs(store: Store, run: Run, history) -> list[Diff]:
     return [*diffs, Diff(*where, "final weights", _weight_diff(weights, history))]
 
 
-def _files_diffs(store: Store, run: Run, history) -> list[Diff]:
+def _files_written(run: Run, cfg: DictConfig) -> set[str]:
+    """The files a run's job uploaded for certain (fnnlab.job.write_files): its config and
+    weights, its plots unless tracking.plots=false, the diff of a dirty tree git could make.
+    (Hydra's depend on hydra.output_subdir, which the run does not record.)"""
+    from fnnlab import plots
+
+    files = {"config.yaml", "weights.pt", *(plots.RUN_FILES if cfg.tracking.plots else ())}
+    if "env.git_diff_sha256" in run.data.tags:
+        files.add(provenance.DIFF_ARTIFACT)
+    return files
+
+
+def _files_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]:
     """Each file the run uploaded against the hash it recorded (tag files): one changed or
     written again since is named (its plots and Hydra's files, which nothing else checks).
     None for a run made before that tag."""
     written = provenance.read_digest(run.data.tags.get(Tag.FILES, ""))
     where = (history.epochs_run, len(METRICS) + 1)
     diffs = []
+    # Every run writes these: a tag without one was changed, and would leave it unchecked.
+    if Tag.FILES in run.data.tags and (unlisted := _files_written(run, cfg) - written.keys()):
+        what = f"tag {Tag.FILES} does not list {', '.join(sorted(unlisted))}: not checked"
+        diffs.append(Diff(*where, what, math.inf))
     with tempfile.TemporaryDirectory() as tmp:
         for name, digest in written.items():
             try:

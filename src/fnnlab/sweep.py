@@ -906,8 +906,7 @@ class Sweep:
                 config.hydra.launcher.ray
             )
             self.store = open_store(config.tracking.uri, experiment)
-            made = self.store.client.get_experiment(self.store.experiment_id)
-            check_job_folders(*folders, made.artifact_location)
+            check_job_folders(*folders, self.store.artifact_location)
         except Exception as exc:
             cause = job_only_value(exc, arguments, config) or exc
             raise SweepRefused(str(cause)) from cause

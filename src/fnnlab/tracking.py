@@ -111,6 +111,10 @@ class Store:
     # The client's own store when it is MLflow's SQL store (SQLite file or database URI):
     # batches go to it in bulk (fnnlab.internals.log_batches). None for a tracking server.
     sql: Any = None
+    # Where the experiment keeps its artifacts, as open_store found or made it (None: not
+    # looked up, or a new experiment's on a tracking server, which is not on this machine): a
+    # job checks its output folder against it without a call per job.
+    artifact_location: str | None = None
 
 
 def artifact_location(uri: str) -> str | None:
@@ -210,9 +214,10 @@ def open_store(uri: str, experiment: str) -> Store:
         if db is not None:
             internals.durable_sqlite(sql)
     exp = client.get_experiment_by_name(experiment)
+    location = artifact_location(uri)
     if exp is None:
         try:
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_location(uri))
+            exp_id = client.create_experiment(experiment, artifact_location=location)
         except MlflowException as exc:
             # Another worker created it first, or MLflow refuses the name (too long, say).
             exp = client.get_experiment_by_name(experiment)
@@ -223,7 +228,8 @@ def open_store(uri: str, experiment: str) -> Store:
         exp_id = exp.experiment_id
     if exp is not None:
         check_active(exp)
-    return Store(client=client, experiment_id=exp_id, uri=uri, sql=sql)
+        location = exp.artifact_location
+    return Store(client=client, experiment_id=exp_id, uri=uri, sql=sql, artifact_location=location)
 
 
 def check_active(exp: Experiment) -> None:
