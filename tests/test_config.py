@@ -132,6 +132,9 @@ BAD = [
     (["data.features=[0,0]"], "data.features=[0, 0]"),
     (["data.features=[2,2,2]"], "data.features=[2, 2, 2]"),
     (["data.features=[2]"], "data.features=[2]"),
+    # fnnlab writes the run's files into artifacts/: a traceback, SameFileError (helper-57).
+    (["hydra.output_subdir=artifacts/hydra"], "hydra.output_subdir=artifacts/hydra"),
+    (["-m", "hydra.output_subdir=artifacts", "seed=0,1"], "hydra.output_subdir=artifacts"),
     # A sweep of no jobs ended "FINISHED" with 0 runs, exit 0 (helper-45).
     (["-m", "seed=range(0)"], "seed=range(0)"),
     (["-m", "hydra/sweeper=basic", "seed=range(0,3,-1)"], "seed=range(0,3,-1)"),

@@ -36,6 +36,7 @@ from fnnlab.config import (
     UiAppConfig,
     as_typed,
     check_known_keys,
+    check_output_subdir,
     check_port,
     check_uri,
     check_values,
@@ -72,6 +73,7 @@ def train_app(cfg: DictConfig) -> dict:
 
         # Where a new experiment's artifacts go, before the store is made; then where this
         # one's go.
+        check_output_subdir(hydra_cfg.output_subdir)
         check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg, in_sweep)
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
         check_run_folder(store.artifact_location, hydra_cfg, in_sweep)

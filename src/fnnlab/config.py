@@ -368,6 +368,23 @@ class CheckTrackingUri(Callback):
             raise SweepRefused(str(exc)) from exc
 
 
+def check_output_subdir(subdir: str | None) -> None:
+    """Refuse a hydra.output_subdir inside the job's artifacts/ folder: fnnlab writes its own
+    config.yaml there and copies Hydra's files into artifacts/hydra (with
+    output_subdir=artifacts/hydra a traceback, SameFileError, and a FAILED run; with
+    artifacts, Hydra's config.yaml written over)."""
+    if subdir is None:
+        return
+    parts = Path(os.path.normpath(subdir)).parts
+    if parts[:1] == ("artifacts",):
+        raise ConfigValueError(
+            "hydra.output_subdir",
+            subdir,
+            "inside the run's artifacts/ folder, where fnnlab writes the run's own files: "
+            "give another (Hydra's default is .hydra)",
+        )
+
+
 def _chdir_moves(config: DictConfig, sweep: bool) -> bool:
     """Whether hydra.job.chdir=true runs the job in a folder other than this one: a single
     run's hydra.run.dir, or a sweep's job folder (one per job unless hydra.sweep.subdir has

@@ -53,6 +53,7 @@ from fnnlab.config import (
     TRAINING_KEYS,
     ConfigValueError,
     as_in_its_job,
+    check_output_subdir,
     check_values,
     fingerprint,
     folder_problem,
@@ -890,6 +891,7 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
+            check_output_subdir(config.hydra.output_subdir)
             # The jobs' folders, checked before the store is made, and once it is.
             folders = job_folders(loader, config, jobs)
             check_job_folders(*folders, artifact_location(config.tracking.uri))
