@@ -335,6 +335,33 @@ def test_a_sweep_whose_jobs_share_a_folder_is_refused(store_with_a_run, monkeypa
     assert f"jobs 0 and 1 would both write their files into {elsewhere}/cli: give one" in err
 
 
+def test_an_output_subdir_in_the_runs_artifacts_is_refused_as_hydra_joins_them(
+    tmp_path, monkeypatch, capsys
+):
+    """Only a value starting with artifacts was refused: an absolute one, one through .., or
+    one from ${hydra:runtime.output_dir} still ended in SameFileError's traceback and a FAILED
+    run; and the sweep's check read a value of the job's number before any job had one
+    (helper-58)."""
+    uri = f"tracking.uri=sqlite:///{tmp_path}/m.db"
+    run = tmp_path / "run"
+    for subdir in (
+        f"{run}/artifacts/hydra",
+        "../run/artifacts",
+        "${hydra:runtime.output_dir}/artifacts",
+    ):
+        args = (uri, f"hydra.run.dir={run}", f"hydra.output_subdir={subdir}", "train.epochs=3")
+        status = run_in_process(monkeypatch, cli.train, *args)
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and len(err.splitlines()) == 1, err
+        assert "hydra.output_subdir=" in err and "inside the run's artifacts/ folder" in err
+        assert not run.exists() and not (tmp_path / "m.db").exists()
+    sweep = tmp_path / "sweep"
+    subdir = "hydra.output_subdir=hy_${hydra.job.num}"
+    args = ("-m", uri, f"hydra.sweep.dir={sweep}", subdir, "seed=0,1", "train.epochs=3")
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    assert (sweep / "1" / "hy_1" / "config.yaml").is_file()
+
+
 def test_a_sweep_job_whose_folder_holds_the_stores_artifacts_fails_alone(
     tmp_path, monkeypatch, capsys
 ):

@@ -379,8 +379,10 @@ def stored(store: TmpStore) -> dict:
             if k not in volatile and not k.startswith(f"{Tag.SWEEP_DIR}.")
         }
         # The hashes of the answer's files: its tables and report name the runs by id.
-        if provenance.FILES_TAG in tags:
-            tags[provenance.FILES_TAG] = sorted(provenance.read_digest(tags[provenance.FILES_TAG]))
+        # A run's: its config and Hydra's files name the store and the output folder.
+        for key in (provenance.FILES_TAG, Tag.FILES):
+            if key in tags:
+                tags[key] = sorted(provenance.read_digest(tags[key]))
         # NaN (a parent's leader metrics without a leader) compares equal to itself as text.
         histories = {
             key: sorted(

@@ -370,7 +370,10 @@ def test_a_runs_files_are_checked_against_the_hashes_it_recorded(store: TmpStore
     ]
     store.client.delete_tag(rid, Tag.FILES)
     out = replay(store, f"replay.run={rid}")
-    assert lines(out)[rid] == "identical (its plots and Hydra's files not checked: no tag files)"
+    assert (
+        lines(out)[rid]
+        == "identical (files but config.yaml and weights.pt not checked: no tag files)"
+    )
 
 
 def client_diffs(store: TmpStore, rid: str) -> list[str]:
@@ -472,6 +475,7 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         f"epoch 0 fingerprint {'1' * 16}, config.yaml {old} (keys added since the run: "
         "model.dtype, train.diverge_factor)",
         "epoch 7 diverged_at 7 -> None",
+        "epoch 30 config.yaml is not the file the run wrote (tag files)",
     ]
     count, answer = out.stdout.strip().splitlines()[-2:]
     assert count == "replayed 11 runs: 1 identical, 10 differ; 1 not replayable"
@@ -581,12 +585,19 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
         f"epoch 19 best/epoch no latest value -> {epoch}",
         "epoch 19 foo 1.0 in its history, no latest value",
     ]
-    assert diffs["2"] == "epoch 20 weights.pt holds more than w1 and w2: w3"
+    written_again = "epoch 20 weights.pt is not the file the run wrote (tag files)"
+    assert diffs["2"].splitlines() == [
+        "epoch 20 weights.pt holds more than w1 and w2: w3",
+        written_again,
+    ]
     assert diffs["3"].splitlines() == [
         "epoch 0 loss (step 0 missing; step -1 extra)",  # -1 is no epoch (helper-42)
         "epoch 10 accuracy (2 steps missing, first 10)",
     ]
-    assert diffs["4"] == "epoch 20 final weights w1 shape (2, 8) -> (2, 32)"
+    assert diffs["4"].splitlines() == [
+        "epoch 20 final weights w1 shape (2, 8) -> (2, 32)",
+        written_again,
+    ]
     answer = out.stdout.strip().splitlines()[-1]
     used = parent.data.metrics["aggregate/used"]
     assert answer.startswith(f"the sweep's answer (parent run {pid}): differs: "), answer

@@ -73,7 +73,7 @@ def train_app(cfg: DictConfig) -> dict:
 
         # Where a new experiment's artifacts go, before the store is made; then where this
         # one's go.
-        check_output_subdir(hydra_cfg.output_subdir)
+        check_output_subdir(hydra_cfg.output_subdir, hydra_cfg.runtime.output_dir)
         check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg, in_sweep)
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
         check_run_folder(store.artifact_location, hydra_cfg, in_sweep)

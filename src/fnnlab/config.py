@@ -368,15 +368,22 @@ class CheckTrackingUri(Callback):
             raise SweepRefused(str(exc)) from exc
 
 
-def check_output_subdir(subdir: str | None) -> None:
+def check_output_subdir(subdir: str | None, output_dir: str | None = None) -> None:
     """Refuse a hydra.output_subdir inside the job's artifacts/ folder: fnnlab writes its own
     config.yaml there and copies Hydra's files into artifacts/hydra (with
     output_subdir=artifacts/hydra a traceback, SameFileError, and a FAILED run; with
-    artifacts, Hydra's config.yaml written over)."""
+    artifacts, Hydra's config.yaml written over). With the job's `output_dir`, as Hydra
+    joins them; without (before a sweep starts, when the job's folder is not known yet),
+    only a relative value without an interpolation, which every job shares."""
     if subdir is None:
         return
-    parts = Path(os.path.normpath(subdir)).parts
-    if parts[:1] == ("artifacts",):
+    if output_dir is not None:
+        out = Path(output_dir)
+        inside = (out / subdir).resolve().is_relative_to((out / "artifacts").resolve())
+    else:
+        relative = "${" not in subdir and not Path(subdir).is_absolute()
+        inside = relative and Path(os.path.normpath(subdir)).parts[:1] == ("artifacts",)
+    if inside:
         raise ConfigValueError(
             "hydra.output_subdir",
             subdir,
@@ -467,7 +474,8 @@ def discard_run_folder(output_dir: str, output_subdir: str | None) -> None:
     logs: dict[Path, list[tuple[Any, Any]]] = {}
     for logger, handler in _file_handlers():
         logs.setdefault(Path(handler.baseFilename), []).append((logger, handler))
-    hydra_dir = folder / output_subdir if output_subdir else None
+    # As the files' paths read (output_subdir=../run/artifacts is run/artifacts).
+    hydra_dir = Path(os.path.normpath(folder / output_subdir)) if output_subdir else None
     files = [p for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()]
     ours = [
         p

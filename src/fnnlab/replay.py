@@ -126,12 +126,11 @@ class Replay:
     def line(self) -> str:
         head = f"{self.name} ({self.run.info.run_id}): "
         if self.unhashed:  # its config.yaml and weights.pt are compared all the same
-            note = f" (its plots and Hydra's files not checked: no tag {Tag.FILES})"
+            note = f" (files but config.yaml and weights.pt not checked: no tag {Tag.FILES})"
         else:
             note = ""
         if self.identical:
             return f"{head}identical{note}"
-        head += f"differs{note} at "
         changed = "; ".join(self.env) if self.env else "no recorded difference in environment"
         first, *rest = self.diffs
         also = ""
@@ -142,8 +141,8 @@ class Replay:
                 f" and {unnamed} more (tag replay.diffs)" if unnamed > 0 else ""
             )
         return (
-            f"{head}{first.text()}, largest difference {self.largest:.3g}{also}; "
-            f"since then: {changed}"
+            f"{head}differs at {first.text()}, largest difference {self.largest:.3g}{also}; "
+            f"since then: {changed}{note}"
         )
 
     def diff_lines(self) -> list[str]:

@@ -891,7 +891,8 @@ class Sweep:
                 raise ConfigValueError(
                     "hydra.sweep.dir", config.hydra.sweep.dir, str(exc)
                 ) from None
-            check_output_subdir(config.hydra.output_subdir)
+            subdir = OmegaConf.to_container(config.hydra, resolve=False)["output_subdir"]
+            check_output_subdir(subdir)
             # The jobs' folders, checked before the store is made, and once it is.
             folders = job_folders(loader, config, jobs)
             check_job_folders(*folders, artifact_location(config.tracking.uri))
