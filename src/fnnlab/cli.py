@@ -71,9 +71,9 @@ def train_app(cfg: DictConfig) -> dict:
         # is refused at once.
         from fnnlab.tracking import artifact_location, open_store_once
 
+        check_output_subdir(hydra_cfg.output_subdir, hydra_cfg.runtime.output_dir)
         # Where a new experiment's artifacts go, before the store is made; then where this
         # one's go.
-        check_output_subdir(hydra_cfg.output_subdir, hydra_cfg.runtime.output_dir)
         check_run_folder(artifact_location(cfg.tracking.uri), hydra_cfg, in_sweep)
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
         check_run_folder(store.artifact_location, hydra_cfg, in_sweep)
