@@ -392,6 +392,15 @@ def check_output_subdir(subdir: str | None, output_dir: str | None = None) -> No
         )
 
 
+def sweep_subdir(config: DictConfig) -> tuple[str, Path | None]:
+    """hydra.sweep.subdir as given (unresolved: ${hydra.job.num} resolves only in a job the
+    launcher numbered), and the one output folder every job of the sweep shares when it has
+    no interpolation (such as `.`), else None."""
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
+    shared = None if "${" in subdir else Path(str(config.hydra.sweep.dir)) / subdir
+    return subdir, shared
+
+
 def _chdir_moves(config: DictConfig, sweep: bool) -> bool:
     """Whether hydra.job.chdir=true runs the job in a folder other than this one: a single
     run's hydra.run.dir, or a sweep's job folder (one per job unless hydra.sweep.subdir has
@@ -401,10 +410,10 @@ def _chdir_moves(config: DictConfig, sweep: bool) -> bool:
         return False
     try:
         if sweep:
-            subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
-            if "${" in subdir:
+            _, shared = sweep_subdir(config)
+            if shared is None:  # a folder per job
                 return True
-            folder = Path(str(config.hydra.sweep.dir)) / subdir
+            folder = shared
         else:
             with as_in_its_job(config):
                 folder = Path(str(config.hydra.run.dir))

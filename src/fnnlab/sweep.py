@@ -58,6 +58,7 @@ from fnnlab.config import (
     fingerprint,
     folder_problem,
     override_value,
+    sweep_subdir,
 )
 from fnnlab.errortext import first_line
 from fnnlab.names import FAILED, FINISHED, KILLED, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
@@ -261,11 +262,11 @@ def job_folders(
     """hydra.sweep.subdir as given; the output folder of each job, as its launcher resolves
     it (None when Hydra's job number is in it, or the sweeper's jobs are not known); and the
     one folder of every job when the value has no interpolation (such as `.`), else None."""
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
+    subdir, shared = sweep_subdir(config)
     if any(key in subdir for key in _JOB_NUMBERED):
         return subdir, None, None
-    if "${" not in subdir:
-        folder = Path(os.path.normpath(Path(str(config.hydra.sweep.dir)).absolute() / subdir))
+    if shared is not None:
+        folder = Path(os.path.normpath(shared.absolute()))
         return subdir, None if jobs is None else [folder] * len(jobs), folder
     if jobs is None:
         return subdir, None, None
@@ -915,7 +916,7 @@ class Sweep:
             raise SweepRefused(str(cause)) from cause
         self.id = sweep_id(arguments, experiment)
         self.dir = str(config.hydra.sweep.dir)
-        self.subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
+        self.subdir = folders[0]
         self.launcher = config.hydra.launcher
         self.experiment = experiment
         self.summarize = summarize
