@@ -252,7 +252,8 @@ def job_only_value(
     return ConfigValueError(key, value, why)
 
 
-# A hydra.sweep.subdir with one of these is a folder per job: Hydra numbers its jobs.
+# A hydra.sweep.subdir with one of these is a folder per job, as Hydra numbers its jobs,
+# unless a .. leaves it (${hydra.job.num}/.. is one folder for all).
 _JOB_NUMBERED = ("hydra.job.num", "hydra.job.id", "hydra:job.num", "hydra:job.id")
 
 
@@ -263,7 +264,7 @@ def job_folders(
     it (None when Hydra's job number is in it, or the sweeper's jobs are not known); and the
     one folder of every job when the value has no interpolation (such as `.`), else None."""
     subdir, shared = sweep_subdir(config)
-    if any(key in subdir for key in _JOB_NUMBERED):
+    if ".." not in subdir and any(key in subdir for key in _JOB_NUMBERED):
         return subdir, None, None
     if shared is not None:
         folder = Path(os.path.normpath(shared.absolute()))
