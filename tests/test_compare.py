@@ -342,6 +342,10 @@ def test_margin_ties_tiny_differences():
     assert not close["tied"] and close["note"] == "worse than the leader"
     out = compare(runs_frame(groups), ["cfg"], min_effect=0.01)
     assert row_of(out, "close")["note"] == "difference below the margin"
+    # A margin that would act as none without saying so.
+    for bad in (-0.01, math.nan, math.inf):
+        with pytest.raises(ValueError, match="min_effect must be a finite number 0 or more"):
+            compare(runs_frame(groups), ["cfg"], min_effect=bad)
 
 
 def test_a_wide_interval_below_the_margin_is_not_significant():

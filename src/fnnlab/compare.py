@@ -474,6 +474,9 @@ def compare(
     """
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError("alpha and power must be in (0, 1)")
+    # A NaN or negative margin would silently act as none (|diff| < -1 is never true).
+    if min_effect is not None and not (math.isfinite(min_effect) and min_effect >= 0):
+        raise ValueError(f"min_effect must be a finite number 0 or more, or None: {min_effect}")
     groups = _groups(runs, list(config_cols), seed_col, value_col)
     confidence = 1 - alpha
     sign = -1.0 if higher_is_better else 1.0
