@@ -977,6 +977,27 @@ def test_an_empty_tracking_uri_is_refused_by_every_command(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_percent_escape_in_an_sqlite_path_is_refused_by_every_command(
+    tmp_path, monkeypatch, capsys
+):
+    """SQLAlchemy opens sqlite:///a%41b/m.db as aAb/m.db, and MLflow made the folder a%41b:
+    SQLite could not open the file, and the command retried for about 100 s before a
+    traceback."""
+    uri = f"tracking.uri=sqlite:///{tmp_path}/a%41b/m.db"
+    why = f"{uri}: a %-escape in the database's path: SQLAlchemy opens the file with it decoded"
+    for command, args in (("train", []), ("aggregate", []), ("replay", ["replay.sweep=latest"])):
+        run_dir = f"hydra.run.dir={tmp_path}/{command}"
+        status = run_in_process(monkeypatch, getattr(cli, command), *args, uri, run_dir)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(err) == 1, err
+        assert err[0].startswith(f"fnnlab-{command}: error: {why}"), err
+    sweep = ("-m", uri, f"hydra.sweep.dir={tmp_path}/sweep", "seed=0,1")
+    assert run_in_process(monkeypatch, cli.train, *sweep) == 2
+    assert capsys.readouterr().err.startswith(f"fnnlab-train: error: {why}")
+    assert refused_by_the_ui(uri, cwd=tmp_path).startswith(f"fnnlab-ui: error: {why}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_deleted_experiment_is_refused_by_every_command(store, monkeypatch, capsys):
     """MLflow refused each run in it with a traceback, exit 1 (helper-45)."""
     assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *store.overrides()) == 0

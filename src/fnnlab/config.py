@@ -336,6 +336,14 @@ def check_uri(uri: str, moves: bool = False) -> None:
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
     db = sqlite_path(uri)
+    if db is not None and "%" in str(db):
+        raise ConfigValueError(
+            "tracking.uri",
+            uri,
+            "a %-escape in the database's path: SQLAlchemy opens the file with it decoded "
+            "(%41 as A), MLflow makes its folder with it as written: write the path as it is "
+            "(a space needs no escape)",
+        )
     if moves and db is not None and not db.is_absolute():
         raise ConfigValueError(
             "tracking.uri",
