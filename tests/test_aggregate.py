@@ -745,3 +745,40 @@ def test_the_configurations_an_incomplete_sweep_never_finished_are_named() -> No
     assert aggregate.not_finished("optim.lr=interval(0.1,1)", runs) == []
     assert aggregate.not_finished("optim=glob(*) seed=0,1", runs) == []
     assert aggregate.not_finished("seed=0,1", runs) == []
+
+
+def test_what_a_sweep_lost_or_holds_is_refused_or_said(store, tmp_path: Path) -> None:
+    """helper-59: a deleted parent given as aggregate.parent_run_id ended in a job-failure
+    banner, exit 1, its answer's files uploaded without its tags; a training run's id said
+    only "selects no runs"; aggregate.out_dir inside the store's artifacts wrote the answer
+    among a run's files; and runs deleted from a FINISHED sweep were dropped without a word."""
+    sweep(store, "optim.lr=0.01,0.1", "seed=0,1", "train.epochs=3", "tracking.plots=false")
+    (parent,) = store.runs("tags.role = 'sweep'")
+    pid = parent.info.run_id
+    jobs = store.runs("tags.role = 'job'")
+    before = store.db_bytes()
+    out = tmp_path / "out"
+    res = run_aggregate(store, out, f"aggregate.parent_run_id={jobs[0].info.run_id}")
+    one_line_error(res, "is a training run, not a sweep's parent run", f"parent run is {pid}")
+    artifacts = store.root / "mlruns" / "artifacts"
+    inside = artifacts / pid / "artifacts"  # the parent's: its answer, under aggregate/
+    files = sorted(inside.rglob("*"))
+    res = run_aggregate(store, inside)
+    one_line_error(res, f"aggregate.out_dir={inside}: inside the store's artifacts ({artifacts})")
+    assert res.returncode == 2 and sorted(inside.rglob("*")) == files
+    assert store.db_bytes() == before
+    store.client.delete_run(pid)
+    before = store.db_bytes()
+    res = run_aggregate(store, out, f"aggregate.parent_run_id={pid}")
+    one_line_error(res, f"aggregate.parent_run_id={pid}: is deleted in this store: restore it")
+    assert res.returncode == 2 and not out.exists() and sorted(inside.rglob("*")) == files
+    assert store.db_bytes() == before
+    store.client.restore_run(pid)
+    # Both seeds' runs of one configuration, and one seed's of the other, deleted.
+    gone = [r for r in jobs if r.data.params["seed"] == "0" or r.data.params["optim.lr"] == "0.1"]
+    for run in gone:
+        store.client.delete_run(run.info.run_id)
+    res = run_aggregate(store, out, "aggregate.plots=false")
+    assert res.returncode == 0, res.stderr
+    assert "incomplete: 3 of the sweep's 4 jobs have no finished run" in res.stdout
+    assert "\nconfigurations with no finished run: lr=0.1\n" in res.stdout

@@ -73,7 +73,8 @@ class Selection:
     reused: int = 0  # runs another sweep made that this sweep counts (fnnlab.claims)
     filter: str | None = None  # aggregate.filter: only the sweep's runs that match it
     # The sweep's jobs without a finished run, of how many: a sweep that ended without them
-    # (its parent KILLED or FAILED), whose answer is about part of it.
+    # (its parent KILLED or FAILED), or whose runs were deleted since, whose answer is about
+    # part of it.
     unfinished: int = 0
     jobs: int = 0
     # Its parent is RUNNING: the sweep is in progress, or its process was killed.
@@ -150,6 +151,22 @@ def select(
             raise ConfigValueError(
                 "aggregate.parent_run_id", parent_run_id, f"is not a run of experiment {experiment}"
             )
+        if parent.info.lifecycle_stage != "active":
+            # Else its answer's files were uploaded, then its tags refused: half an answer.
+            raise ConfigValueError(
+                "aggregate.parent_run_id",
+                parent_run_id,
+                f"is deleted in this store: restore it (`mlflow runs restore --run-id "
+                f"{parent_run_id}` with MLFLOW_TRACKING_URI set to the store) to aggregate it",
+            )
+        if parent.data.tags.get(Tag.ROLE) == ROLE_JOB:
+            of = parent.data.tags.get(Tag.PARENT)
+            raise ConfigValueError(
+                "aggregate.parent_run_id",
+                parent_run_id,
+                "is a training run, not a sweep's parent run"
+                + (f": its sweep's parent run is {of}" if of else ""),
+            )
         sid = parent.data.tags.get(Tag.SWEEP_ID)
         where = ("aggregate.parent_run_id", parent_run_id)
     elif sweep == "all":
@@ -194,8 +211,11 @@ def select(
     reused = unfinished = jobs = 0
     if parent is not None:
         reused = sum(r.data.tags.get(Tag.PARENT) != parent.info.run_id for r in kept)
-        if parent.info.status in UNFINISHED:  # its counts, from when it ended
+        if parent.info.status != RUNNING:  # its counts, from when it ended
             unfinished, jobs = unfinished_jobs(parent.data.metrics)
+            if jobs and not filter_string:
+                # A run deleted since the sweep ended is in none of them.
+                unfinished = max(unfinished, jobs - sum(r.info.status == FINISHED for r in kept))
     running = parent is not None and parent.info.status == RUNNING
     missing = (
         not_finished(parent.data.tags.get(Tag.SWEEP_OVERRIDES, ""), kept)

@@ -250,6 +250,7 @@ def aggregate_app(cfg: DictConfig) -> None:
     from mlflow.exceptions import MlflowException
 
     from fnnlab import aggregate, links, report
+    from fnnlab.tracking import inside_store_artifacts
 
     a = cfg.aggregate
     out = Path(a.out_dir) if a.out_dir else Path(HydraConfig.get().runtime.output_dir)
@@ -264,6 +265,10 @@ def aggregate_app(cfg: DictConfig) -> None:
         sel = aggregate.select(
             cfg.tracking.uri, cfg.tracking.experiment, sweep, parent_run_id, a.filter
         )
+        location = sel.client.get_experiment(sel.experiment_id).artifact_location
+        if why := inside_store_artifacts(location, out):
+            given = ("aggregate.out_dir", a.out_dir) if a.out_dir else ("hydra.run.dir", out)
+            raise ConfigValueError(*given, f"{why}: give another folder")
         agg = aggregate.aggregate(sel, outcome=a.outcome, alpha=a.alpha, min_effect=a.min_effect)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.

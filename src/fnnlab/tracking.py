@@ -156,6 +156,16 @@ def among_store_artifacts(location: str | None, output_dir: str | Path) -> str |
     return f"the run's files would go to {staged}, among the store's artifacts ({root})"
 
 
+def inside_store_artifacts(location: str | None, folder: str | Path) -> str | None:
+    """Why files cannot be written into `folder`, or None: it lies in the experiment's
+    artifact `location`, where MLflow keeps its runs' files (a file there would be among a
+    run's artifacts, or over one, without MLflow knowing)."""
+    root = local_folder(location)
+    if root is None or not Path(folder).resolve().is_relative_to(root.resolve()):
+        return None
+    return f"inside the store's artifacts ({root}), where MLflow keeps its runs' files"
+
+
 def check_reachable(uri: str, timeout: float = 5) -> None:
     """Raise a one-line StoreUnusable (a ConfigValueError) at once when a tracking server does
     not answer."""
