@@ -782,3 +782,16 @@ def test_what_a_sweep_lost_or_holds_is_refused_or_said(store, tmp_path: Path) ->
     assert res.returncode == 0, res.stderr
     assert "incomplete: 3 of the sweep's 4 jobs have no finished run" in res.stdout
     assert "\nconfigurations with no finished run: lr=0.1\n" in res.stdout
+
+
+def test_the_latest_sweep_is_the_one_run_last(store) -> None:
+    """A sweep run again keeps its parent run, and with it its first start: `latest` named
+    the sweep started after it, and fnnlab-aggregate wrote its answer over that one's
+    (helper-59)."""
+    first = ["seed=0", "train.epochs=2", "tracking.plots=false", "hydra.sweeper.summarize=false"]
+    sweep(store, *first)
+    sweep(store, *first, "optim.lr=0.1")
+    latest = aggregate.select(store.uri, store.experiment).sweep_id
+    sweep(store, *first)  # resumed: its one job had finished
+    again = aggregate.select(store.uri, store.experiment).sweep_id
+    assert again != latest and len(store.runs("tags.role = 'sweep'")) == 2

@@ -364,6 +364,7 @@ def stored(store: TmpStore) -> dict:
         Tag.PID,
         Tag.HOST,
         Tag.LEASE_UNTIL,
+        Tag.SWEEP_OPENED,
         Tag.INVOCATION,
         Tag.SWEEP_DIR,
         "mlflow.runName",

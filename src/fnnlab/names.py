@@ -38,6 +38,7 @@ class Tag:
     CODE = "env.code"  # hash of the code that made a run (fnnlab.provenance)
     FILES = "files"  # a run's artifacts' sha256, as `sha256sum` prints them (fnnlab.job)
     SWEEP_DIR = "sweep_dir"  # the latest invocation's output folder
+    SWEEP_OPENED = "fnnlab.sweep_opened"  # epoch ms: when the latest invocation opened it
     SWEEP_OVERRIDES = "sweep_overrides"
     PARENT = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"  # the run's description, Markdown

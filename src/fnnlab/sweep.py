@@ -433,6 +433,7 @@ def open_parent(
         Tag.ROLE: ROLE_SWEEP,
         Tag.SWEEP_ID: sid,
         Tag.SWEEP_DIR: sweep_dir,
+        Tag.SWEEP_OPENED: str(int(time.time() * 1000)),
         _invocation_tag(sweep_dir): sweep_dir,
         Tag.SWEEP_OVERRIDES: " ".join(overrides),
         Tag.NOTE: description,

@@ -403,17 +403,18 @@ def one_run_per_config(runs: list[AnyRun]) -> list[AnyRun]:
 
 
 def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
-    """The parent run of the sweep `which` names: 'latest' (the most recently started), or
-    a sweep id or a unique prefix of one (run names show 6 characters). None when there is
-    no sweep for 'latest'; ConfigValueError naming `key` for an id that matches no sweep or
-    several."""
+    """The parent run of the sweep `which` names: 'latest' (the one started or run again
+    last), or a sweep id or a unique prefix of one (run names show 6 characters). None when
+    there is no sweep for 'latest'; ConfigValueError naming `key` for an id that matches no
+    sweep or several."""
     from fnnlab.config import ConfigValueError
 
     order = ["attributes.start_time DESC"]
     query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}'"
     if which == "latest":
         found = search_all(store, query, order)
-        return found[0] if found else None
+        # A sweep run again keeps its parent, and with it its first start.
+        return max(found, key=_opened, default=None)
     # Sweep ids are hex: anything else would be a LIKE pattern or break the filter.
     if not re.fullmatch(r"[0-9a-fA-F]{1,12}", which):
         why = "not a sweep id (up to 12 hex digits, or latest)"
@@ -425,6 +426,13 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
         matches = f"matches {len(ids)}: {', '.join(sorted(ids))}" if ids else "matches none"
         raise ConfigValueError(key, which, f"{matches} of this experiment's sweeps")
     return found[0]
+
+
+def _opened(parent: Run) -> int:
+    """When a sweep's parent run was last opened, in epoch ms (its start, for one made before
+    the tag was, or whose tag was edited into something else)."""
+    opened = parent.data.tags.get(Tag.SWEEP_OPENED, "")
+    return max(parent.info.start_time or 0, int(opened) if opened.isdigit() else 0)
 
 
 def _sweep_of_run(store: Store, which: str, key: str) -> str:
