@@ -327,19 +327,17 @@ def test_a_sweep_whose_jobs_share_a_folder_is_refused(store_with_a_run, monkeypa
         assert why in err
     # The same for every job through an interpolation (helper-56): resolved as each job's
     # launcher resolves it.
-    subdir = "hydra.sweep.subdir=${hydra.job.name}"
-    args = ("-m", *store.overrides(), f"hydra.sweep.dir={elsewhere}", subdir, "seed=0,1")
-    status = run_in_process(monkeypatch, cli.train, *args)
-    err = capsys.readouterr().err
-    check_refused(store, before, status, err, subdir)
-    assert f"jobs 0 and 1 would both write their files into {elsewhere}/cli: give one" in err
-    # A job's number that a .. leaves again.
-    subdir = "hydra.sweep.subdir=${hydra.job.num}/.."
-    args = ("-m", *store.overrides(), f"hydra.sweep.dir={elsewhere}", subdir, "seed=0,1")
-    status = run_in_process(monkeypatch, cli.train, *args)
-    err = capsys.readouterr().err
-    check_refused(store, before, status, err, subdir)
-    assert f"jobs 0 and 1 would both write their files into {elsewhere}: give one" in err
+    # And a job's number that a .. leaves again.
+    for subdir, folder in (
+        ("${hydra.job.name}", elsewhere / "cli"),
+        ("${hydra.job.num}/..", elsewhere),
+    ):
+        given = f"hydra.sweep.subdir={subdir}"
+        args = ("-m", *store.overrides(), f"hydra.sweep.dir={elsewhere}", given, "seed=0,1")
+        status = run_in_process(monkeypatch, cli.train, *args)
+        err = capsys.readouterr().err
+        check_refused(store, before, status, err, given)
+        assert f"jobs 0 and 1 would both write their files into {folder}: give one" in err
 
 
 def test_an_output_subdir_in_the_runs_artifacts_is_refused_as_hydra_joins_them(
