@@ -294,6 +294,20 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
     err = capsys.readouterr().err
     check_refused(store, before, status, err, f"hydra.run.dir={folder}")
     assert f"would go to {folder}/artifacts, among the store's artifacts ({folder}/" in err
+    # A run's or a sweep's folder inside the store's artifact folder: their files among the
+    # runs' (helper-60).
+    artifacts = folder / "artifacts"
+    listing = sorted(artifacts.rglob("*"))
+    for args in (
+        [f"hydra.run.dir={artifacts}/x"],
+        ["-m", "seed=0,1", f"hydra.sweep.dir={artifacts}/sw"],
+    ):
+        # The folder last: store.overrides() has one of each.
+        status = run_in_process(monkeypatch, cli.train, *args[:-1], *store.overrides(), args[-1])
+        err = capsys.readouterr().err
+        check_refused(store, before, status, err, args[-1])
+        assert f": inside the store's artifacts ({artifacts}), where MLflow keeps" in err
+        assert sorted(artifacts.rglob("*")) == listing
     # A store not made yet is refused before it is, and leaves no folder.
     new = tmp_path / "new"
     args = (f"tracking.uri=sqlite:///{new}/mlflow.db", f"hydra.run.dir={new}")
@@ -994,6 +1008,11 @@ def test_a_percent_escape_in_an_sqlite_path_is_refused_by_every_command(
     assert capsys.readouterr().err.startswith(f"fnnlab-train: error: {why}")
     assert refused_by_the_ui(uri, cwd=tmp_path).startswith(f"fnnlab-ui: error: {why}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # A % that is no escape is read as written by both: a folder may have one (helper-60).
+    uri = f"tracking.uri=sqlite:///{tmp_path}/100%/m.db"
+    args = (uri, f"hydra.run.dir={tmp_path}/run", "train.epochs=2", "tracking.plots=false")
+    assert run_in_process(monkeypatch, cli.train, *args) == 0
+    assert (tmp_path / "100%" / "m.db").is_file()
 
 
 def test_a_deleted_experiment_is_refused_by_every_command(store, monkeypatch, capsys):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from fnnlab.compare import compare, leader_label, regime_fractions, stability_boundary
 from fnnlab.config import ConfigValueError, TrainAppConfig, trains
 from fnnlab.errortext import reason
-from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, UNFINISHED, Tag
+from fnnlab.names import FINISHED, METRICS, ROLE_JOB, ROLE_SWEEP, RUNNING, UNFINISHED, Tag
 from fnnlab.outcome import COARSE, HIGHER_IS_BETTER, OUTCOMES, classify_regime, run_outcome
 from fnnlab.tracking import (
     MAX_TAG_VALUE,
@@ -159,13 +159,12 @@ def select(
                 f"is deleted in this store: restore it (`mlflow runs restore --run-id "
                 f"{parent_run_id}` with MLFLOW_TRACKING_URI set to the store) to aggregate it",
             )
-        if parent.data.tags.get(Tag.ROLE) == ROLE_JOB:
+        if parent.data.tags.get(Tag.ROLE) != ROLE_SWEEP:
             of = parent.data.tags.get(Tag.PARENT)
             raise ConfigValueError(
                 "aggregate.parent_run_id",
                 parent_run_id,
-                "is a training run, not a sweep's parent run"
-                + (f": its sweep's parent run is {of}" if of else ""),
+                "is not a sweep's parent run" + (f": its sweep's parent run is {of}" if of else ""),
             )
         sid = parent.data.tags.get(Tag.SWEEP_ID)
         where = ("aggregate.parent_run_id", parent_run_id)

@@ -130,7 +130,8 @@ class UiAppConfig:
 
 @dataclass
 class AggregateConfig:
-    # latest: the experiment's most recent sweep; a sweep id; or all: every job run.
+    # latest: the experiment's sweep started or run again last; a sweep id; or all: every
+    # job run.
     sweep: str = "latest"
     # A parent run id: selects the sweep instead (with aggregate.sweep other than latest:
     # refused, as it cannot be told which was meant).
@@ -336,13 +337,13 @@ def check_uri(uri: str, moves: bool = False) -> None:
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
     db = sqlite_path(uri)
-    if db is not None and "%" in str(db):
+    if db is not None and unquote(str(db)) != str(db):  # a lone % is no escape: it stays
         raise ConfigValueError(
             "tracking.uri",
             uri,
             "a %-escape in the database's path: SQLAlchemy opens the file with it decoded "
             "(%41 as A), MLflow makes its folder with it as written: write the path as it is "
-            "(a space needs no escape)",
+            "(a space needs no escape; a % not before two hex digits is kept)",
         )
     if moves and db is not None and not db.is_absolute():
         raise ConfigValueError(

@@ -68,6 +68,7 @@ from fnnlab.tracking import (
     artifact_location,
     end_run,
     filter_literal,
+    inside_store_artifacts,
     log_values,
     one_run_per_config,
     open_store,
@@ -310,6 +311,14 @@ def check_job_folders(
                 "one that differs per job (Hydra's default is ${hydra.job.num})",
             )
         first[folder] = n
+
+
+def check_sweep_dir(sweep_dir: str, location: str | None) -> None:
+    """Refuse a sweep folder inside the store's artifact `location`: its jobs' folders and
+    its answer would lie among the runs' files (those of a job's folder are checked by
+    check_job_folders)."""
+    if why := inside_store_artifacts(location, sweep_dir):
+        raise ConfigValueError("hydra.sweep.dir", sweep_dir, f"{why}: give another folder")
 
 
 def needs_running_job(exc: BaseException) -> bool:
@@ -896,8 +905,10 @@ class Sweep:
                 ) from None
             subdir = OmegaConf.to_container(config.hydra, resolve=False)["output_subdir"]
             check_output_subdir(subdir)
-            # The jobs' folders, checked before the store is made, and once it is.
+            # The sweep's and its jobs' folders, checked before the store is made, and once
+            # it is.
             folders = job_folders(loader, config, jobs)
+            check_sweep_dir(config.hydra.sweep.dir, artifact_location(config.tracking.uri))
             check_job_folders(*folders, artifact_location(config.tracking.uri))
             # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
             summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
@@ -912,6 +923,7 @@ class Sweep:
                 config.hydra.launcher.ray
             )
             self.store = open_store(config.tracking.uri, experiment)
+            check_sweep_dir(config.hydra.sweep.dir, self.store.artifact_location)
             check_job_folders(*folders, self.store.artifact_location)
         except Exception as exc:
             cause = job_only_value(exc, arguments, config) or exc

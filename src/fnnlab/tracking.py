@@ -148,12 +148,14 @@ def among_store_artifacts(location: str | None, output_dir: str | Path) -> str |
     where the job writes them, holds the experiment's artifact `location` (the output folder
     is the one of mlflow.db), so they would lie among the store's, each run's over the last
     one's. (When a run uploaded that whole folder, MLflow copied it into itself until the
-    path was too long.)"""
+    path was too long.) Or the output folder lies in that location itself."""
     root = local_folder(location)
     staged = Path(output_dir) / "artifacts"
-    if root is None or not root.resolve().is_relative_to(staged.resolve()):
+    if root is None:
         return None
-    return f"the run's files would go to {staged}, among the store's artifacts ({root})"
+    if root.resolve().is_relative_to(staged.resolve()):
+        return f"the run's files would go to {staged}, among the store's artifacts ({root})"
+    return inside_store_artifacts(location, output_dir)
 
 
 def inside_store_artifacts(location: str | None, folder: str | Path) -> str | None:
@@ -430,9 +432,11 @@ def find_sweep_parent(store: Store, which: str, key: str) -> Run | None:
 
 def _opened(parent: Run) -> int:
     """When a sweep's parent run was last opened, in epoch ms (its start, for one made before
-    the tag was, or whose tag was edited into something else)."""
+    the tag was, or whose tag is not a time up to now)."""
     opened = parent.data.tags.get(Tag.SWEEP_OPENED, "")
-    return max(parent.info.start_time or 0, int(opened) if opened.isdigit() else 0)
+    # Not one in the future either (edited, or a clock ahead): it would stay the latest.
+    at = int(opened) if re.fullmatch(r"[0-9]{1,15}", opened) else 0
+    return max(parent.info.start_time or 0, at if at <= time.time() * 1000 else 0)
 
 
 def _sweep_of_run(store: Store, which: str, key: str) -> str:
