@@ -25,7 +25,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
 from fnnlab import cli, storeguard
-from fnnlab.tracking import open_store
+from fnnlab.tracking import local_folder, open_store
 
 TESTS = Path(__file__).resolve().parent
 ROOT = os.geteuid() == 0
@@ -111,10 +111,19 @@ def test_concurrent_first_uses_of_a_fresh_postgresql_database(tracking_server, t
             f"hydra.run.dir={tmp_path}/outputs/${{now:%H-%M-%S-%f}}",
             f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S-%f}}",
         ]
-        made = first_uses_at_once(overrides)
-        store = open_store(uri, "first-use")
-        runs = store.client.search_runs([store.experiment_id], "tags.role = 'job'")
-        assert len(runs) == made and {r.info.status for r in runs} == {"FINISHED"}
+        try:
+            made = first_uses_at_once(overrides)
+            store = open_store(uri, "first-use")
+            runs = store.client.search_runs([store.experiment_id], "tags.role = 'job'")
+            assert len(runs) == made and {r.info.status for r in runs} == {"FINISHED"}
+        finally:
+            # A database URI's new experiment keeps its files in the project's mlruns/ (as
+            # `make run`'s would): the runs' folders are this test's to remove.
+            client = MlflowClient(tracking_uri=uri)
+            if (exp := client.get_experiment_by_name("first-use")) is not None:
+                folder = local_folder(exp.artifact_location)
+                for run in client.search_runs([exp.experiment_id]):
+                    shutil.rmtree(folder / run.info.run_id, ignore_errors=True)
 
 
 @pytest.mark.server
