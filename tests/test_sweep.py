@@ -759,3 +759,27 @@ def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):
     parent = store.runs("tags.role = 'sweep'")[0]
     children = store.runs(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+
+
+def test_a_resumed_sweeps_jobs_keep_their_numbers_and_folders(store, tmp_path, monkeypatch):
+    """The fnnlab sweeper numbered the jobs left after skipping from 0: a resumed sweep's
+    seed=2 became job 1 and wrote into the folder of the finished seed=1 (helper-61)."""
+    quick = ["train.epochs=2", "tracking.plots=false", "hydra.sweeper.summarize=false"]
+    args = ["-m", *store.overrides(), *quick]
+    assert run_in_process(monkeypatch, cli.train, *args, "seed=1") == 0
+    folder = tmp_path / "resumed"
+    assert (
+        run_in_process(monkeypatch, cli.train, *args, "seed=0,1,2,3", f"hydra.sweep.dir={folder}")
+        == 0
+    )
+    assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "2", "3"]
+    for num in (0, 2, 3):
+        overrides = (folder / str(num) / ".hydra" / "overrides.yaml").read_text()
+        assert f"- seed={num}\n" in overrides, overrides
+    (parent,) = store.runs(f"tags.role = 'sweep' and tags.sweep_dir = '{folder}'")
+    runs = store.runs(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted((r.data.tags[Tag.JOB_NUM], r.data.params["seed"]) for r in runs) == [
+        ("0", "0"),
+        ("2", "2"),
+        ("3", "3"),
+    ]

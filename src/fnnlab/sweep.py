@@ -340,13 +340,18 @@ def _first_hydra_value(node: Any, key: str = "") -> str | None:
     return next((found for k, v in items if (found := _first_hydra_value(v, k))), None)
 
 
+# A job and its number in the sweep (its folder, ${hydra.job.num}, the tag job_num).
+Numbered = tuple[int, list[str]]
+
+
 def jobs_to_run(
     loader: Any, master: DictConfig, arguments: list[str], rerun: bool, match: str = "code"
-) -> list:
-    """The fnnlab sweeper's jobs: every job of the sweep but those that already have a
-    FINISHED run in the experiment with the same config and, with match="code", made by the
-    same code (provenance.code_hash); all of them with rerun. (The sweeper's constructor
-    refuses any other `match`.)"""
+) -> list[Numbered]:
+    """The fnnlab sweeper's jobs, with their numbers in the whole sweep (a job keeps its own
+    when others are skipped): every job of the sweep but those that already have a FINISHED
+    run in the experiment with the same config and, with match="code", made by the same code
+    (provenance.code_hash); all of them with rerun. (The sweeper's constructor refuses any
+    other `match`.)"""
     from hydra.errors import HydraException
 
     from fnnlab import provenance
@@ -357,16 +362,18 @@ def jobs_to_run(
             f"{' '.join(arguments)}: the fnnlab sweeper takes Hydra's basic sweep grammar "
             "(a=1,2 b='range(3)'); choose another sweeper (hydra/sweeper=...) for others"
         )
+    numbered = list(enumerate(jobs))
     if rerun or not jobs:
-        return jobs
+        return numbered
     store = open_store(master.tracking.uri, master.tracking.experiment)
     done = finished_runs(store)
     if not done:
-        return jobs
+        return numbered
     code = provenance.code_hash()
     prints = [fingerprint(internals.load_task_config(loader, master, j)) for j in jobs]
-    todo, reused, changed = [], [], 0
-    for job, fp in zip(jobs, prints, strict=True):
+    todo: list[Numbered] = []
+    reused, changed = [], 0
+    for job, fp in zip(numbered, prints, strict=True):
         run = next((r for r in done.get(fp, []) if match == "config" or r[0] == code), None)
         if run is not None:
             reused.append(run[1])
@@ -539,7 +546,20 @@ def reap_dead_runs(
 WAIT_POLL_S, WAIT_POLL_MAX_S = 0.5, 5.0
 
 
-def held_jobs(jobs: list[list[str]], results: list[JobReturn]) -> list[tuple[list[str], str]]:
+def launches(jobs: list[Numbered], size: int) -> list[tuple[int, list[list[str]]]]:
+    """The launches that run numbered jobs under their own numbers, as (first number, jobs):
+    a launcher numbers a launch's jobs on from its first, so each holds consecutive numbers
+    only, at most `size` of them."""
+    out: list[tuple[int, list[list[str]]]] = []
+    for num, job in jobs:
+        if out and out[-1][0] + len(out[-1][1]) == num and len(out[-1][1]) < size:
+            out[-1][1].append(job)
+        else:
+            out.append((num, [job]))
+    return out
+
+
+def held_jobs(jobs: list[Numbered], results: list[JobReturn]) -> list[tuple[Numbered, str]]:
     """The jobs whose configuration another invocation was training when they ran, with the
     holder's run id (train_app returns held=True for them)."""
     held = []
@@ -551,8 +571,8 @@ def held_jobs(jobs: list[list[str]], results: list[JobReturn]) -> list[tuple[lis
 
 
 def wait_for_holders(
-    store: Store, held: list[tuple[list[str], str]], remote_after: float
-) -> list[list[str]]:
+    store: Store, held: list[tuple[Numbered, str]], remote_after: float
+) -> list[Numbered]:
     """Wait until every holder's run has ended (a dead holder's is marked KILLED); return the
     jobs whose holder did not finish, for this invocation to run after all."""
     said, again, poll = False, [], WAIT_POLL_S

@@ -96,29 +96,26 @@ class FnnlabSweeper(Sweeper):
             self.rerun,
             self.resume_match,
         )
-        returns, held = [], []
         size = self.max_batch_size or max(len(todo), 1)  # null: every job in one launch
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
-            results = self.launcher.launch(batch, initial_job_idx=start)
-            held += sweep.held_jobs(batch, results)
-            # Keep what a caller of a sweep uses, not each job's configs.
-            for r in results:
-                r.cfg = r.hydra_cfg = None
-            returns.append(results)
-        # Jobs another invocation was training: wait for it, and run those it did not finish.
-        done = len(todo)
-        while held:
-            store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
-            again = sweep.wait_for_holders(store, held, self.remote_after())
-            if not again:
+        returns: list = []
+        while todo:
+            held = []
+            # Each job under its own number: skipped jobs leave gaps, and a job numbered
+            # again would write into another job's folder.
+            for first, batch in sweep.launches(todo, size):
+                results = self.launcher.launch(batch, initial_job_idx=first)
+                numbered = list(enumerate(batch, start=first))
+                held += sweep.held_jobs(numbered, results)
+                # Keep what a caller of a sweep uses, not each job's configs.
+                for r in results:
+                    r.cfg = r.hydra_cfg = None
+                returns.append(results)
+            if not held:
                 break
-            results = self.launcher.launch(again, initial_job_idx=done)
-            done += len(again)
-            held = sweep.held_jobs(again, results)
-            for r in results:
-                r.cfg = r.hydra_cfg = None
-            returns.append(results)
+            # Jobs another invocation was training: wait for it, and run those it did not
+            # finish.
+            store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
+            todo = sweep.wait_for_holders(store, held, self.remote_after())
         return returns
 
     def remote_after(self) -> float:
