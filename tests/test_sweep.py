@@ -687,6 +687,27 @@ def test_a_worker_that_dies_under_hydras_joblib_launcher_ends_the_parent_killed(
 
 
 @pytest.mark.slow
+def test_a_submitit_job_that_dies_stops_the_sweep_in_one_line(store):
+    """submitit_local's error for a job process killed after its job (no result to read)
+    was a 40-line traceback (helper-61); the other launchers' is one line, exit 1."""
+    args = ["-m", "seed=0,1", "train.epochs=20", "tracking.plots=false"]
+    args += [*readme_submitit_local_launcher(), *store.overrides()]
+    kill = ["+hydra.callbacks.fault._target_=faulty_store.KillWorkerAfter"]
+    kill += ["+hydra.callbacks.fault.jobs=1", f"+hydra.callbacks.fault.once={store.root}/killed"]
+    out = run_script("fnnlab-train", *args, *kill, env=command_env())
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("fnnlab-train: error: a submitit job (job "), last
+    assert last.endswith(
+        ") ended without its result (killed, out of memory or crashed); the sweep stopped. "
+        "Rerun the same command to run the jobs that did not finish"
+    ), last
+    parents, children = split_runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+
+@pytest.mark.slow
 def test_a_job_past_hydras_joblib_timeout_stops_the_sweep_in_one_line(store):
     """joblib ends every worker once a job runs past hydra.launcher.timeout: one line that
     names the setting, exit status 1, the runs in flight KILLED and the parent FAILED (a job

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import select
 import signal
 import stat
@@ -46,7 +47,7 @@ from fnnlab.config import (
     password_to_env,
     project_root,
 )
-from fnnlab.errortext import reason
+from fnnlab.errortext import first_line, reason
 
 OMEGACONF_DIR = Path(omegaconf.__file__).parent
 
@@ -630,6 +631,22 @@ def stdout_reader_gone() -> bool:
         return False
 
 
+def _submitit_job_lost(exc: Exception) -> str | None:
+    """Hydra's submitit launcher's error for a job whose process ended without its result
+    (submitit's UncompletedJobError, named without importing submitit, an optional
+    launcher's), as one line; else None."""
+    kind = type(exc)
+    if kind.__name__ != "UncompletedJobError" or not kind.__module__.startswith("submitit"):
+        return None
+    job = re.match(r"Job (\S+) \(task: (\d+)\)", str(exc))
+    which = f"job {job[1]}, task {job[2]}" if job else f"job: {first_line(exc)}"
+    return (
+        f"a submitit job ({which}) ended without its result (killed, out of memory or "
+        "crashed); the sweep stopped. Rerun the same command to run the jobs that did not "
+        "finish"
+    )
+
+
 def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
     """Print the one line that ends a command on this error and return its exit status
     (2: a config or Hydra error); None for an error raised with its traceback."""
@@ -653,6 +670,8 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
         message, status = f"error: {exc}", 1
     elif isinstance(exc, TerminatedWorkerError):  # Hydra's joblib launcher's worker died
         message, status = f"error: {WorkerDied(exc)}", 1
+    elif (lost := _submitit_job_lost(exc)) is not None:
+        message, status = f"error: {lost}", 1
     elif (timed_out := launch_timed_out(exc)) is not None:
         message, status = f"error: {timed_out}", 1
     elif isinstance(exc, MlflowException):
