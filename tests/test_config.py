@@ -301,6 +301,9 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
     for args in (
         [f"hydra.run.dir={artifacts}/x"],
         ["-m", "seed=0,1", f"hydra.sweep.dir={artifacts}/sw"],
+        # Each job's number in it, and an absolute path: resolved for each job before the
+        # sweep starts (helper-62: a job failed, its folder left among them).
+        ["-m", "seed=0,1", f"hydra.sweep.subdir={artifacts}/j${{hydra.job.num}}"],
     ):
         # The folder last: store.overrides() has one of each.
         status = run_in_process(monkeypatch, cli.train, *args[:-1], *store.overrides(), args[-1])
@@ -308,6 +311,17 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
         check_refused(store, before, status, err, args[-1])
         assert f": inside the store's artifacts ({artifacts}), where MLflow keeps" in err
         assert sorted(artifacts.rglob("*")) == listing
+    # fnnlab-replay's folder, where replay.log=true stages the runs it logs (helper-62).
+    (run,) = store.runs()
+    args = (f"replay.run={run.info.run_id}", *store.overrides(), f"hydra.run.dir={artifacts}/rp")
+    status = run_in_process(monkeypatch, cli.replay, *args)
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith(
+        f"fnnlab-replay: error: hydra.run.dir={artifacts}/rp: inside the store's artifacts"
+    ), err
+    assert sorted(artifacts.rglob("*")) == listing
+    # (Its bytes may differ: opening the store moves its write-ahead log into the file.)
+    assert [r.data.tags for r in store.runs()] == [run.data.tags]
     # A store not made yet is refused before it is, and leaves no folder.
     new = tmp_path / "new"
     args = (f"tracking.uri=sqlite:///{new}/mlflow.db", f"hydra.run.dir={new}")
@@ -997,6 +1011,10 @@ def test_a_percent_escape_in_an_sqlite_path_is_refused_by_every_command(
     traceback."""
     uri = f"tracking.uri=sqlite:///{tmp_path}/a%41b/m.db"
     why = f"{uri}: a %-escape in the database's path: SQLAlchemy opens the file with it decoded"
+    # After a #, which urlparse took for a fragment's start, cutting the path (helper-62).
+    hashed = f"tracking.uri='sqlite:///{tmp_path}/h#%41/m.db'"
+    status = run_in_process(monkeypatch, cli.train, hashed, f"hydra.run.dir={tmp_path}/train")
+    assert status == 2 and "a %-escape in the database's path" in capsys.readouterr().err
     for command, args in (("train", []), ("aggregate", []), ("replay", ["replay.sweep=latest"])):
         run_dir = f"hydra.run.dir={tmp_path}/{command}"
         status = run_in_process(monkeypatch, getattr(cli, command), *args, uri, run_dir)

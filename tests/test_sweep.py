@@ -700,11 +700,27 @@ def test_a_submitit_job_that_dies_stops_the_sweep_in_one_line(store):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("fnnlab-train: error: a submitit job (job "), last
     assert last.endswith(
-        ") ended without its result (killed, out of memory or crashed); the sweep stopped. "
-        "Rerun the same command to run the jobs that did not finish"
+        ") ended without its result (killed, out of memory, crashed, or past "
+        "hydra.launcher.timeout_min); the sweep stopped. Rerun the same command to run the "
+        "jobs that did not finish"
     ), last
     parents, children = split_runs(store)
     assert [p.info.status for p in parents] == ["KILLED"]
+
+
+def test_a_submitit_job_past_its_time_limit_is_said_in_one_line(capsys):
+    """submitit raises FailedJobError, a kind of UncompletedJobError, for a job past
+    hydra.launcher.timeout_min: it was left to its traceback (helper-62)."""
+    from submitit.core.utils import FailedJobError
+
+    trace = "UncompletedJobError: Job not requeued because: timed-out and not checkpointable."
+    exc = FailedJobError(f"Job (task=0) failed during processing with trace:\n{trace}")
+    assert cli.report("fnnlab-train", exc, False) == 1
+    assert capsys.readouterr().err == (
+        "fnnlab-train: error: a submitit job ended without its result (killed, out of memory, "
+        "crashed, or past hydra.launcher.timeout_min); the sweep stopped. Rerun the same "
+        "command to run the jobs that did not finish\n"
+    )
 
 
 @pytest.mark.slow
@@ -782,25 +798,27 @@ def test_a_sweep_folder_with_a_quote_still_finds_its_parent(store):
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_a_resumed_sweeps_jobs_keep_their_numbers_and_folders(store, tmp_path, monkeypatch):
     """The fnnlab sweeper numbered the jobs left after skipping from 0: a resumed sweep's
-    seed=2 became job 1 and wrote into the folder of the finished seed=1 (helper-61)."""
+    seed=2 became job 1 and wrote into the folder of the finished seed=1 (helper-61). The
+    fnnlab launcher takes them in one launch, trained together (helper-62: launched apart,
+    each alone); Hydra's launchers, which number a launch's jobs on from its first, in runs
+    of consecutive numbers."""
     quick = ["train.epochs=2", "tracking.plots=false", "hydra.sweeper.summarize=false"]
-    args = ["-m", *store.overrides(), *quick]
-    assert run_in_process(monkeypatch, cli.train, *args, "seed=1") == 0
-    folder = tmp_path / "resumed"
-    assert (
-        run_in_process(monkeypatch, cli.train, *args, "seed=0,1,2,3", f"hydra.sweep.dir={folder}")
-        == 0
-    )
-    assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "2", "3"]
-    for num in (0, 2, 3):
-        overrides = (folder / str(num) / ".hydra" / "overrides.yaml").read_text()
-        assert f"- seed={num}\n" in overrides, overrides
-    (parent,) = store.runs(f"tags.role = 'sweep' and tags.sweep_dir = '{folder}'")
-    runs = store.runs(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted((r.data.tags[Tag.JOB_NUM], r.data.params["seed"]) for r in runs) == [
-        ("0", "0"),
-        ("2", "2"),
-        ("3", "3"),
-    ]
+    for launcher, lr in (([], "0.1"), (["hydra/launcher=joblib"], "0.2")):
+        args = ["-m", *store.overrides(), *quick, *launcher, f"optim.lr={lr}"]
+        assert run_in_process(monkeypatch, cli.train, *args, "seed=1") == 0
+        folder = tmp_path / f"resumed-{lr}"
+        out = run_script("fnnlab-train", *args, "seed=0,1,2,3", f"hydra.sweep.dir={folder}")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "2", "3"]
+        for num in (0, 2, 3):
+            overrides = (folder / str(num) / ".hydra" / "overrides.yaml").read_text()
+            assert f"- seed={num}\n" in overrides, overrides
+        (parent,) = store.runs(f"tags.role = 'sweep' and tags.sweep_dir = '{folder}'")
+        runs = store.runs(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        numbers = sorted((r.data.tags[Tag.JOB_NUM], r.data.params["seed"]) for r in runs)
+        assert numbers == [("0", "0"), ("2", "2"), ("3", "3")]
+        if not launcher:
+            assert "Training jobs #0, #2, #3 together" in out.stdout + out.stderr

@@ -47,7 +47,7 @@ from fnnlab.config import (
     password_to_env,
     project_root,
 )
-from fnnlab.errortext import first_line, reason
+from fnnlab.errortext import reason
 
 OMEGACONF_DIR = Path(omegaconf.__file__).parent
 
@@ -298,7 +298,7 @@ def replay_app(cfg: DictConfig) -> None:
     from tqdm import tqdm
 
     from fnnlab import replay
-    from fnnlab.tracking import find_sweep_parent
+    from fnnlab.tracking import find_sweep_parent, inside_store_artifacts
 
     r = cfg.replay
     # One line per run: MLflow's per-download progress bars would bury them.
@@ -321,11 +321,14 @@ def replay_app(cfg: DictConfig) -> None:
             if parent is None:
                 raise ConfigValueError("replay.sweep", sweep, "no sweep in this experiment")
             runs, others = replay.sweep_runs(store, parent, r.sample, r.seed)
+        # Its folder holds the runs replay.log=true makes, before they are uploaded.
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if why := inside_store_artifacts(store.artifact_location, out):
+            raise ConfigValueError("hydra.run.dir", out, f"{why}: give another folder")
     except ConfigValueError as exc:
         refuse("fnnlab-replay", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:
         refuse("fnnlab-replay", f"error: tracking store: {reason(exc)}", 2)
-    out = Path(HydraConfig.get().runtime.output_dir)
     counts = {"identical": 0, "differs": 0, "not replayable": 0, "not logged": 0}
     bar = tqdm(runs, unit="run", disable=r.run is not None or not runs, file=sys.stderr)
     for run in bar:
@@ -635,15 +638,15 @@ def _submitit_job_lost(exc: Exception) -> str | None:
     """Hydra's submitit launcher's error for a job whose process ended without its result
     (submitit's UncompletedJobError, named without importing submitit, an optional
     launcher's), as one line; else None."""
-    kind = type(exc)
-    if kind.__name__ != "UncompletedJobError" or not kind.__module__.startswith("submitit"):
-        return None
+    named = (k.__name__ == "UncompletedJobError" for k in type(exc).__mro__)
+    if not type(exc).__module__.startswith("submitit") or not any(named):
+        return None  # (FailedJobError, a job past its time limit, is one too)
     job = re.match(r"Job (\S+) \(task: (\d+)\)", str(exc))
-    which = f"job {job[1]}, task {job[2]}" if job else f"job: {first_line(exc)}"
+    which = f" (job {job[1]}, task {job[2]})" if job else ""
     return (
-        f"a submitit job ({which}) ended without its result (killed, out of memory or "
-        "crashed); the sweep stopped. Rerun the same command to run the jobs that did not "
-        "finish"
+        f"a submitit job{which} ended without its result (killed, out of memory, crashed, or "
+        "past hydra.launcher.timeout_min); the sweep stopped. Rerun the same command to run "
+        "the jobs that did not finish"
     )
 
 

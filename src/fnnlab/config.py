@@ -309,8 +309,10 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (or sqlite+<driver>:///), else None."""
     if not re.match(r"sqlite(\+\w+)?:", uri):
         return None
-    # As SQLAlchemy reads it: sqlite:////abs/file.db is absolute, sqlite:///rel.db relative.
-    return Path(urlparse(uri).path[1:])
+    # As SQLAlchemy reads it: sqlite:////abs/file.db is absolute, sqlite:///rel.db relative,
+    # up to a query; a # is part of the path (urlparse took it for a fragment's start).
+    path = re.match(r"sqlite(\+\w+)?:///([^?]*)", uri)
+    return Path(path[2]) if path else Path(urlparse(uri).path[1:])
 
 
 def check_uri(uri: str, moves: bool = False) -> None:

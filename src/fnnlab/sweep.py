@@ -31,6 +31,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -253,19 +254,28 @@ def job_only_value(
     return ConfigValueError(key, value, why)
 
 
-# A hydra.sweep.subdir with one of these is a folder per job, as Hydra numbers its jobs,
-# unless a .. leaves it (${hydra.job.num}/.. is one folder for all).
-_JOB_NUMBERED = ("hydra.job.num", "hydra.job.id", "hydra:job.num", "hydra:job.id")
+# Hydra's number of a job in hydra.sweep.subdir.
+_JOB_NUMBER = re.compile(r"\$\{hydra[.:]job\.(num|id)\}")
+
+
+def _folder_per_job(subdir: str) -> bool:
+    """Whether hydra.sweep.subdir is a folder of its own for each job inside the sweep's
+    folder, without resolving it: it has the job's number and no other interpolation, is
+    relative and has no .. (${hydra.job.num}/.. is one folder for all; an absolute
+    .../j${hydra.job.num} may lie among the store's artifacts)."""
+    plain = _JOB_NUMBER.sub("", subdir)
+    return plain != subdir and "${" not in plain and ".." not in subdir and plain[:1] != "/"
 
 
 def job_folders(
     loader: Any, config: DictConfig, jobs: list[list[str]] | None
 ) -> tuple[str, list[Path] | None, Path | None]:
     """hydra.sweep.subdir as given; the output folder of each job, as its launcher resolves
-    it (None when Hydra's job number is in it, or the sweeper's jobs are not known); and the
+    it (None when it is one per job in the sweep's folder, _folder_per_job, or the sweeper's
+    jobs are not known); and the
     one folder of every job when the value has no interpolation (such as `.`), else None."""
     subdir, shared = sweep_subdir(config)
-    if ".." not in subdir and any(key in subdir for key in _JOB_NUMBERED):
+    if _folder_per_job(subdir):
         return subdir, None, None
     if shared is not None:
         folder = Path(os.path.normpath(shared.absolute()))
@@ -546,16 +556,17 @@ def reap_dead_runs(
 WAIT_POLL_S, WAIT_POLL_MAX_S = 0.5, 5.0
 
 
-def launches(jobs: list[Numbered], size: int) -> list[tuple[int, list[list[str]]]]:
-    """The launches that run numbered jobs under their own numbers, as (first number, jobs):
-    a launcher numbers a launch's jobs on from its first, so each holds consecutive numbers
-    only, at most `size` of them."""
-    out: list[tuple[int, list[list[str]]]] = []
-    for num, job in jobs:
-        if out and out[-1][0] + len(out[-1][1]) == num and len(out[-1][1]) < size:
-            out[-1][1].append(job)
+def launches(jobs: list[Numbered], size: int, any_numbers: bool) -> list[list[Numbered]]:
+    """The numbered jobs in launches of at most `size`. A launcher that takes each job's
+    number (the fnnlab launcher's launch_numbered) takes them as they come; Hydra's launch()
+    numbers a launch's jobs on from its first, so for another launcher a launch holds
+    consecutive numbers only (a resumed sweep's jobs between skipped ones launch apart)."""
+    out: list[list[Numbered]] = []
+    for job in jobs:
+        if out and len(out[-1]) < size and (any_numbers or out[-1][-1][0] + 1 == job[0]):
+            out[-1].append(job)
         else:
-            out.append((num, [job]))
+            out.append([job])
     return out
 
 
@@ -615,7 +626,7 @@ def wait_for_others(store: Store, parent_run_id: str, sweep_dir: str, remote_aft
         if run.data.tags.get(Tag.INVOCATION) == mine:
             claims.mark_dead(store, run, "its job returned without ending it")
         else:
-            others.append(([], run.info.run_id))
+            others.append(((-1, []), run.info.run_id))  # waited for, never launched
     wait_for_holders(store, others, remote_after)
 
 

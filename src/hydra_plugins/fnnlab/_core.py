@@ -75,19 +75,26 @@ def workers(n_jobs: int | None, jobs: int) -> int:
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Hydra's launch(): the jobs numbered on from initial_job_idx."""
+    jobs = list(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
+    return launch_numbered(launcher, jobs)
+
+
+def launch_numbered(launcher: Any, jobs: list[tuple[int, list[str]]]) -> list:
+    """The jobs, each under its own number (the fnnlab sweeper's resumed sweep skips some),
+    trained together where they share a shape; their JobReturns in the order given."""
     setup_globals()
     config, context, task = launcher.config, launcher.hydra_context, launcher.task_function
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    n = workers(launcher.n_jobs, len(job_overrides))
+    n = workers(launcher.n_jobs, len(jobs))
     where = "locally" if n == 1 else f"in {n} worker processes"
-    log.info(f"Launching {len(job_overrides)} jobs {where}")
-    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+    log.info(f"Launching {len(jobs)} jobs {where}")
+    for idx, overrides in jobs:
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
     # What this process holds now lives until it exits; frozen, the garbage collector skips
     # it, at exit too (a sweep whose jobs ran in workers spent 1.3 s collecting at exit).
     freeze_heap()
-    jobs = list(enumerate((list(o) for o in job_overrides), start=initial_job_idx))
     size = batch_size(launcher.max_members, len(jobs), n)
     if n > 1:
         done = _launch_in_workers(n, context, config, task, batches(jobs, size))

@@ -73,5 +73,14 @@ class FnnlabLauncher(Launcher):
         assert self.task_function is not None
         return _core.launch(self, job_overrides, initial_job_idx)
 
+    def launch_numbered(self, jobs: list[tuple[int, list[str]]]) -> Sequence[JobReturn]:
+        """launch() for jobs whose numbers are not consecutive (a resumed sweep's: each
+        keeps its own), in one launch: they train together and share the workers."""
+        from hydra_plugins.fnnlab import _core
+
+        assert self.config is not None and self.hydra_context is not None
+        assert self.task_function is not None
+        return _core.launch_numbered(self, jobs)
+
     def __repr__(self) -> Any:
         return f"FnnlabLauncher(n_jobs={self.n_jobs}, max_members={self.max_members})"

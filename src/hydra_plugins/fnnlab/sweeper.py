@@ -102,10 +102,14 @@ class FnnlabSweeper(Sweeper):
             held = []
             # Each job under its own number: skipped jobs leave gaps, and a job numbered
             # again would write into another job's folder.
-            for first, batch in sweep.launches(todo, size):
-                results = self.launcher.launch(batch, initial_job_idx=first)
-                numbered = list(enumerate(batch, start=first))
-                held += sweep.held_jobs(numbered, results)
+            numbered = getattr(self.launcher, "launch_numbered", None)
+            for batch in sweep.launches(todo, size, numbered is not None):
+                if numbered is not None:
+                    results = numbered(batch)
+                else:
+                    jobs = [job for _, job in batch]
+                    results = self.launcher.launch(jobs, initial_job_idx=batch[0][0])
+                held += sweep.held_jobs(batch, results)
                 # Keep what a caller of a sweep uses, not each job's configs.
                 for r in results:
                     r.cfg = r.hydra_cfg = None
