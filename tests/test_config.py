@@ -311,15 +311,17 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
         check_refused(store, before, status, err, args[-1])
         assert f": inside the store's artifacts ({artifacts}), where MLflow keeps" in err
         assert sorted(artifacts.rglob("*")) == listing
-    # fnnlab-replay's folder, where replay.log=true stages the runs it logs (helper-62).
+    # fnnlab-replay's folder, where replay.log=true stages the runs it logs (helper-62), new
+    # or not: refused before Hydra writes its log there (helper-63: a cli.log was left).
     (run,) = store.runs()
-    args = (f"replay.run={run.info.run_id}", *store.overrides(), f"hydra.run.dir={artifacts}/rp")
-    status = run_in_process(monkeypatch, cli.replay, *args)
-    err = capsys.readouterr().err
-    assert status == 2 and err.startswith(
-        f"fnnlab-replay: error: hydra.run.dir={artifacts}/rp: inside the store's artifacts"
-    ), err
-    assert sorted(artifacts.rglob("*")) == listing
+    for where in (artifacts / "rp", artifacts):
+        args = (f"replay.run={run.info.run_id}", *store.overrides(), f"hydra.run.dir={where}")
+        status = run_in_process(monkeypatch, cli.replay, *args)
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith(
+            f"fnnlab-replay: error: hydra.run.dir={where}: inside the store's artifacts"
+        ), err
+        assert sorted(artifacts.rglob("*")) == listing
     # (Its bytes may differ: opening the store moves its write-ahead log into the file.)
     assert [r.data.tags for r in store.runs()] == [run.data.tags]
     # A store not made yet is refused before it is, and leaves no folder.
@@ -355,10 +357,11 @@ def test_a_sweep_whose_jobs_share_a_folder_is_refused(store_with_a_run, monkeypa
         assert why in err
     # The same for every job through an interpolation (helper-56): resolved as each job's
     # launcher resolves it.
-    # And a job's number that a .. leaves again.
+    # And a job's number that a .. leaves again, or one escaped, which is text (helper-63).
     for subdir, folder in (
         ("${hydra.job.name}", elsewhere / "cli"),
         ("${hydra.job.num}/..", elsewhere),
+        ("j\\${hydra.job.num}", elsewhere / "j${hydra.job.num}"),
     ):
         given = f"hydra.sweep.subdir={subdir}"
         args = ("-m", *store.overrides(), f"hydra.sweep.dir={elsewhere}", given, "seed=0,1")
@@ -395,30 +398,32 @@ def test_an_output_subdir_in_the_runs_artifacts_is_refused_as_hydra_joins_them(
     assert (sweep / "1" / "hy_1" / "config.yaml").is_file()
 
 
-def test_a_sweep_job_whose_folder_holds_the_stores_artifacts_fails_alone(
+def test_a_sweep_job_whose_folder_holds_the_stores_artifacts_is_refused_before_it_starts(
     tmp_path, monkeypatch, capsys
 ):
     """hydra.sweep.subdir=${hydra.job.num} varies per job: job 0's folder is the one of the
-    store, known only once the job runs. It fails without a run; the other job trains."""
+    store. Each job's number is put in before the sweep starts (helper-63: values of the
+    job's number alone were not, and artifacts/${hydra.job.num} left the jobs' files among
+    the store's); before, job 0 failed once it ran, and the other trained."""
     sweep_dir = tmp_path / "sweep"
-    uri = f"sqlite:///{sweep_dir}/0/mlflow.db"
-    args = (
-        "-m",
-        f"tracking.uri={uri}",
-        f"hydra.sweep.dir={sweep_dir}",
-        "train.epochs=3",
-        "seed=0,1",
-    )
-    assert run_in_process(monkeypatch, cli.train, *args) == 1
-    err = capsys.readouterr().err
-    named = "First error: ConfigValueError: hydra.sweep.subdir=0: the run's files would go to"
-    assert f"{named} {sweep_dir}/0/artifacts, among the store's artifacts" in err
-    runs = tracking.MlflowClient(uri).search_runs(["1"])
-    jobs = [r for r in runs if "seed" in r.data.params]
-    assert [r.data.params["seed"] for r in jobs] == ["1"] and jobs[0].info.status == "FINISHED"
-    assert len(runs) == 2  # and the parent
-    # Nothing of job 0's in the store's folder but the store.
-    assert not (sweep_dir / "0" / "artifacts" / "weights.pt").exists()
+    for uri, subdir, why in (
+        (
+            f"sqlite:///{sweep_dir}/0/mlflow.db",
+            "${hydra.job.num}",
+            f"the run's files would go to {sweep_dir}/0/artifacts, among the store's",
+        ),
+        (
+            f"sqlite:///{sweep_dir}/mlflow.db",
+            "artifacts/${hydra.job.num}",
+            f"inside the store's artifacts ({sweep_dir}/artifacts)",
+        ),
+    ):
+        args = ("-m", f"tracking.uri={uri}", f"hydra.sweep.dir={sweep_dir}", "train.epochs=3")
+        status = run_in_process(monkeypatch, cli.train, *args, f"hydra.sweep.subdir={subdir}")
+        err = capsys.readouterr().err.strip()
+        assert status == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"fnnlab-train: error: hydra.sweep.subdir={subdir}: {why}"), err
+        assert not sweep_dir.exists()
 
 
 @pytest.mark.parametrize(
@@ -1031,6 +1036,22 @@ def test_a_percent_escape_in_an_sqlite_path_is_refused_by_every_command(
     args = (uri, f"hydra.run.dir={tmp_path}/run", "train.epochs=2", "tracking.plots=false")
     assert run_in_process(monkeypatch, cli.train, *args) == 0
     assert (tmp_path / "100%" / "m.db").is_file()
+
+
+def test_an_sqlite_store_in_memory_is_refused(tmp_path, monkeypatch, capsys):
+    """SQLAlchemy reads sqlite:// and sqlite:///:memory: as a store in memory: a traceback
+    (the lock file of a path '.'), or a lock file :memory:.lock and "no such table"
+    (helper-63)."""
+    monkeypatch.chdir(tmp_path)
+    for uri in ("sqlite://", "sqlite:///:memory:"):
+        args = (f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run", "train.epochs=2")
+        assert run_in_process(monkeypatch, cli.train, *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"fnnlab-train: error: tracking.uri={uri}: an SQLite store in memory keeps "
+            "nothing: give a file"
+        ), err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_deleted_experiment_is_refused_by_every_command(store, monkeypatch, capsys):

@@ -47,7 +47,7 @@ from fnnlab.config import (
     password_to_env,
     project_root,
 )
-from fnnlab.errortext import reason
+from fnnlab.errortext import first_line, reason
 
 OMEGACONF_DIR = Path(omegaconf.__file__).parent
 
@@ -635,18 +635,25 @@ def stdout_reader_gone() -> bool:
 
 
 def _submitit_job_lost(exc: Exception) -> str | None:
-    """Hydra's submitit launcher's error for a job whose process ended without its result
-    (submitit's UncompletedJobError, named without importing submitit, an optional
-    launcher's), as one line; else None."""
-    named = (k.__name__ == "UncompletedJobError" for k in type(exc).__mro__)
-    if not type(exc).__module__.startswith("submitit") or not any(named):
-        return None  # (FailedJobError, a job past its time limit, is one too)
-    job = re.match(r"Job (\S+) \(task: (\d+)\)", str(exc))
-    which = f" (job {job[1]}, task {job[2]})" if job else ""
+    """Hydra's submitit launcher's error for a job without its result, as one line: its
+    process ended (submitit's UncompletedJobError), or the job raised outside fnnlab's
+    task, or ran past its time limit (FailedJobError, which carries the job's traceback);
+    else None. Named without importing submitit, an optional launcher's."""
+    kinds = {k.__name__ for k in type(exc).__mro__}
+    if not type(exc).__module__.startswith("submitit") or "UncompletedJobError" not in kinds:
+        return None
+    again = "the sweep stopped. Rerun the same command to run the jobs that did not finish"
+    text = str(exc)
+    if "FailedJobError" in kinds:
+        if "timed-out" in text:
+            return f"a submitit job ran past hydra.launcher.timeout_min; {again}"
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        return f"a submitit job failed: {last}; the sweep stopped"
+    job = re.match(r"Job (\S+) \(task: (\d+)\)", text)
+    which = f" (job {job[1]}, task {job[2]})" if job else f" ({first_line(exc)})"
     return (
-        f"a submitit job{which} ended without its result (killed, out of memory, crashed, or "
-        "past hydra.launcher.timeout_min); the sweep stopped. Rerun the same command to run "
-        "the jobs that did not finish"
+        f"a submitit job{which} ended without its result (killed, out of memory or crashed); "
+        + again
     )
 
 

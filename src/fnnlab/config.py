@@ -339,6 +339,10 @@ def check_uri(uri: str, moves: bool = False) -> None:
             "MLFLOW_TRACKING_PASSWORD), or set those variables yourself",
         )
     db = sqlite_path(uri)
+    if db is not None and str(db) in (".", ":memory:"):
+        raise ConfigValueError(
+            "tracking.uri", uri, "an SQLite store in memory keeps nothing: give a file"
+        )
     if db is not None and unquote(str(db)) != str(db):  # a lone % is no escape: it stays
         raise ConfigValueError(
             "tracking.uri",
@@ -466,13 +470,27 @@ class CheckOutputFolder(Callback):
         path = Path(value)
         # Hydra takes an empty one for the current folder; more likely an unset variable.
         why = "empty: give a folder (. is the current one)" if not value.strip() else None
-        why = why or folder_problem(path)
+        why = why or folder_problem(path) or _among_store_artifacts(config, path)
         if why is not None:
             from fnnlab.sweep import SweepRefused
 
             refused = ConfigValueError(key, path if value.strip() else value, why)
             raise SweepRefused(str(refused)) from refused
         return path
+
+
+def _among_store_artifacts(config: DictConfig, folder: Path) -> str | None:
+    """Why an output folder cannot be used, or None: it lies in the artifact folder a store
+    of tracking.uri has by default (beside an SQLite file), known before the store is
+    opened; Hydra would write its files there before the command runs. (The command checks
+    its experiment's own location once the store is open.)"""
+    from fnnlab.tracking import artifact_location, inside_store_artifacts
+
+    try:
+        why = inside_store_artifacts(artifact_location(str(config.tracking.uri)), folder)
+    except Exception:  # another app's config, or a URI its own check names
+        return None
+    return None if why is None else f"{why}: give another folder"
 
 
 # The single run's output folder, when it did not exist before the command (Hydra makes it),

@@ -254,29 +254,26 @@ def job_only_value(
     return ConfigValueError(key, value, why)
 
 
-# Hydra's number of a job in hydra.sweep.subdir.
-_JOB_NUMBER = re.compile(r"\$\{hydra[.:]job\.(num|id)\}")
-
-
-def _folder_per_job(subdir: str) -> bool:
-    """Whether hydra.sweep.subdir is a folder of its own for each job inside the sweep's
-    folder, without resolving it: it has the job's number and no other interpolation, is
-    relative and has no .. (${hydra.job.num}/.. is one folder for all; an absolute
-    .../j${hydra.job.num} may lie among the store's artifacts)."""
-    plain = _JOB_NUMBER.sub("", subdir)
-    return plain != subdir and "${" not in plain and ".." not in subdir and plain[:1] != "/"
+# Hydra's number of a job in hydra.sweep.subdir (not one escaped, \${...}, which is text).
+_JOB_NUMBER = re.compile(r"(?<!\\)\$\{hydra[.:]job\.(?:num|id)\}")
 
 
 def job_folders(
     loader: Any, config: DictConfig, jobs: list[list[str]] | None
 ) -> tuple[str, list[Path] | None, Path | None]:
     """hydra.sweep.subdir as given; the output folder of each job, as its launcher resolves
-    it (None when it is one per job in the sweep's folder, _folder_per_job, or the sweeper's
-    jobs are not known); and the
+    it (None when the sweeper's jobs are not known); and the
     one folder of every job when the value has no interpolation (such as `.`), else None."""
     subdir, shared = sweep_subdir(config)
-    if _folder_per_job(subdir):
-        return subdir, None, None
+    plain = _JOB_NUMBER.sub("", subdir)
+    if plain != subdir and "${" not in plain:
+        # Only the job's number (the default, ${hydra.job.num}): put in as text, as the
+        # launchers number the jobs (an id taken as the number), not composed for each job.
+        if jobs is None:
+            return subdir, None, None
+        base = Path(str(config.hydra.sweep.dir)).absolute()
+        numbered = (_JOB_NUMBER.sub(str(n), subdir) for n in range(len(jobs)))
+        return subdir, [Path(os.path.normpath(base / text)) for text in numbered], None
     if shared is not None:
         folder = Path(os.path.normpath(shared.absolute()))
         return subdir, None if jobs is None else [folder] * len(jobs), folder
