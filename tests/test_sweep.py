@@ -709,25 +709,26 @@ def test_a_submitit_job_that_dies_stops_the_sweep_in_one_line(store):
 
 def test_a_submitit_job_past_its_time_limit_is_said_in_one_line(capsys):
     """submitit raises FailedJobError, a kind of UncompletedJobError, for a job past
-    hydra.launcher.timeout_min: it was left to its traceback (helper-62)."""
+    hydra.launcher.timeout_min: it was left to its traceback (helper-62). And for any other
+    error the job raised outside fnnlab's task: its last line (helper-63: named as a
+    timeout or a kill, a rerun would fail alike)."""
     from submitit.core.utils import FailedJobError
 
-    trace = "UncompletedJobError: Job not requeued because: timed-out and not checkpointable."
-    exc = FailedJobError(f"Job (task=0) failed during processing with trace:\n{trace}")
-    assert cli.report("fnnlab-train", exc, False) == 1
-    assert capsys.readouterr().err == (
-        "fnnlab-train: error: a submitit job ran past hydra.launcher.timeout_min; the sweep "
-        "stopped. Rerun the same command to run the jobs that did not finish\n"
-    )
-    # Any other error the job raised (helper-63: named as a timeout or a kill, so a rerun
-    # would fail alike): its last line.
-    trace = "Traceback ...\nFileExistsError: [Errno 17] File exists: '/s/sw/1'\n"
-    exc = FailedJobError(f"Job (task=0) failed during processing with trace:\n{trace}")
-    assert cli.report("fnnlab-train", exc, False) == 1
-    assert capsys.readouterr().err == (
-        "fnnlab-train: error: a submitit job failed: FileExistsError: [Errno 17] File exists: "
-        "'/s/sw/1'; the sweep stopped\n"
-    )
+    for trace, said in (
+        (
+            "UncompletedJobError: Job not requeued because: timed-out and not checkpointable.",
+            "a submitit job ran past hydra.launcher.timeout_min; the sweep stopped. Rerun the "
+            "same command to run the jobs that did not finish",
+        ),
+        (
+            "Traceback ...\nFileExistsError: [Errno 17] File exists: '/s/sw/1'\n",
+            "a submitit job failed: FileExistsError: [Errno 17] File exists: '/s/sw/1'; the "
+            "sweep stopped",
+        ),
+    ):
+        exc = FailedJobError(f"Job (task=0) failed during processing with trace:\n{trace}")
+        assert cli.report("fnnlab-train", exc, False) == 1
+        assert capsys.readouterr().err == f"fnnlab-train: error: {said}\n"
 
 
 @pytest.mark.slow
