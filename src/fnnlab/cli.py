@@ -139,10 +139,8 @@ def check_run_folder(location: str | None, hydra_cfg: DictConfig, in_sweep: bool
 
     if why := among_store_artifacts(location, hydra_cfg.runtime.output_dir):
         if in_sweep:
-            raise ConfigValueError(
-                "hydra.sweep.subdir", hydra_cfg.sweep.subdir, f"{why}; give another folder"
-            )
-        raise ConfigValueError("hydra.run.dir", hydra_cfg.run.dir, f"{why}; give another folder")
+            raise ConfigValueError("hydra.sweep.subdir", hydra_cfg.sweep.subdir, why)
+        raise ConfigValueError("hydra.run.dir", hydra_cfg.run.dir, why)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ui")
@@ -269,7 +267,7 @@ def aggregate_app(cfg: DictConfig) -> None:
         location = sel.client.get_experiment(sel.experiment_id).artifact_location
         if why := inside_store_artifacts(location, out):
             given = ("aggregate.out_dir", a.out_dir) if a.out_dir else ("hydra.run.dir", out)
-            raise ConfigValueError(*given, f"{why}: give another folder")
+            raise ConfigValueError(*given, why)
         agg = aggregate.aggregate(sel, outcome=a.outcome, alpha=a.alpha, min_effect=a.min_effect)
     except ConfigValueError as exc:
         # Exit here rather than raise: Hydra would print a job-failure banner first.
@@ -324,7 +322,7 @@ def replay_app(cfg: DictConfig) -> None:
         # Its folder holds the runs replay.log=true makes, before they are uploaded.
         out = Path(HydraConfig.get().runtime.output_dir)
         if why := inside_store_artifacts(store.artifact_location, out):
-            raise ConfigValueError("hydra.run.dir", out, f"{why}: give another folder")
+            raise ConfigValueError("hydra.run.dir", out, why)
     except ConfigValueError as exc:
         refuse("fnnlab-replay", f"error: {_as_typed(exc)}", 2)
     except MlflowException as exc:

@@ -470,7 +470,7 @@ class CheckOutputFolder(Callback):
         path = Path(value)
         # Hydra takes an empty one for the current folder; more likely an unset variable.
         why = "empty: give a folder (. is the current one)" if not value.strip() else None
-        why = why or folder_problem(path) or _among_store_artifacts(config, path)
+        why = why or folder_problem(path) or _in_default_store_artifacts(config, path)
         if why is not None:
             from fnnlab.sweep import SweepRefused
 
@@ -479,7 +479,7 @@ class CheckOutputFolder(Callback):
         return path
 
 
-def _among_store_artifacts(config: DictConfig, folder: Path) -> str | None:
+def _in_default_store_artifacts(config: DictConfig, folder: Path) -> str | None:
     """Why an output folder cannot be used, or None: it lies in the artifact folder a store
     of tracking.uri has by default (beside an SQLite file), known before the store is
     opened; Hydra would write its files there before the command runs. (The command checks
@@ -487,10 +487,9 @@ def _among_store_artifacts(config: DictConfig, folder: Path) -> str | None:
     from fnnlab.tracking import artifact_location, inside_store_artifacts
 
     try:
-        why = inside_store_artifacts(artifact_location(str(config.tracking.uri)), folder)
+        return inside_store_artifacts(artifact_location(str(config.tracking.uri)), folder)
     except Exception:  # another app's config, or a URI its own check names
         return None
-    return None if why is None else f"{why}: give another folder"
 
 
 # The single run's output folder, when it did not exist before the command (Hydra makes it),

@@ -262,8 +262,8 @@ def job_folders(
     loader: Any, config: DictConfig, jobs: list[list[str]] | None
 ) -> tuple[str, list[Path] | None, Path | None]:
     """hydra.sweep.subdir as given; the output folder of each job, as its launcher resolves
-    it (None when the sweeper's jobs are not known); and the
-    one folder of every job when the value has no interpolation (such as `.`), else None."""
+    it (None when the sweeper's jobs are not known); and the one folder of every job when
+    the value has no interpolation (such as `.`), else None."""
     subdir, shared = sweep_subdir(config)
     plain = _JOB_NUMBER.sub("", subdir)
     if plain != subdir and "${" not in plain:
@@ -300,7 +300,7 @@ def check_job_folders(
     known (more than one, as a rule)."""
     for folder in dict.fromkeys([*(folders or []), *([shared] if shared else [])]):
         if why := among_store_artifacts(location, folder):
-            raise ConfigValueError("hydra.sweep.subdir", subdir, f"{why}; give another folder")
+            raise ConfigValueError("hydra.sweep.subdir", subdir, why)
     if shared is not None and (folders is None or len(folders) > 1):
         raise ConfigValueError(
             "hydra.sweep.subdir",
@@ -325,7 +325,7 @@ def check_sweep_dir(sweep_dir: str, location: str | None) -> None:
     its answer would lie among the runs' files (those of a job's folder are checked by
     check_job_folders)."""
     if why := inside_store_artifacts(location, sweep_dir):
-        raise ConfigValueError("hydra.sweep.dir", sweep_dir, f"{why}: give another folder")
+        raise ConfigValueError("hydra.sweep.dir", sweep_dir, why)
 
 
 def needs_running_job(exc: BaseException) -> bool:

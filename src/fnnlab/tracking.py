@@ -154,7 +154,10 @@ def among_store_artifacts(location: str | None, output_dir: str | Path) -> str |
     if root is None:
         return None
     if root.resolve().is_relative_to(staged.resolve()):
-        return f"the run's files would go to {staged}, among the store's artifacts ({root})"
+        return (
+            f"the run's files would go to {staged}, among the store's artifacts ({root}); "
+            "give another folder"
+        )
     return inside_store_artifacts(location, output_dir)
 
 
@@ -165,7 +168,10 @@ def inside_store_artifacts(location: str | None, folder: str | Path) -> str | No
     root = local_folder(location)
     if root is None or not Path(folder).resolve().is_relative_to(root.resolve()):
         return None
-    return f"inside the store's artifacts ({root}), where MLflow keeps its runs' files"
+    return (
+        f"inside the store's artifacts ({root}), where MLflow keeps its runs' files; give "
+        "another folder"
+    )
 
 
 def check_reachable(uri: str, timeout: float = 5) -> None:
