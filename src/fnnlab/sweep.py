@@ -936,8 +936,9 @@ class Sweep:
             # The sweep's and its jobs' folders, checked before the store is made, and once
             # it is.
             folders = job_folders(loader, config, jobs)
-            check_sweep_dir(config.hydra.sweep.dir, artifact_location(config.tracking.uri))
-            check_job_folders(*folders, artifact_location(config.tracking.uri))
+            location = artifact_location(config.tracking.uri)
+            check_sweep_dir(config.hydra.sweep.dir, location)
+            check_job_folders(*folders, location)
             # hydra.sweeper.summarize (the fnnlab sweeper's), or the callback's own for others.
             summarize = summarize and bool(config.hydra.sweeper.get("summarize", True))
             answer_dir = Path(str(config.hydra.sweep.dir)) / "aggregate"
@@ -951,8 +952,10 @@ class Sweep:
                 config.hydra.launcher.ray
             )
             self.store = open_store(config.tracking.uri, experiment)
-            check_sweep_dir(config.hydra.sweep.dir, self.store.artifact_location)
-            check_job_folders(*folders, self.store.artifact_location)
+            # Again only for an experiment made with another location than a new one gets.
+            if self.store.artifact_location != location:
+                check_sweep_dir(config.hydra.sweep.dir, self.store.artifact_location)
+                check_job_folders(*folders, self.store.artifact_location)
         except Exception as exc:
             cause = job_only_value(exc, arguments, config) or exc
             raise SweepRefused(str(cause)) from cause
