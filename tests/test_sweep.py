@@ -821,6 +821,11 @@ def test_a_resumed_sweeps_jobs_keep_their_numbers_and_folders(store, tmp_path, m
         out = run_script("fnnlab-train", *args, "seed=0,1,2,3", f"hydra.sweep.dir={folder}")
         assert out.returncode == 0, out.stderr[-3000:]
         assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "2", "3"]
+        # The progress lines (of jobs that end in the sweep's process: not joblib's) count
+        # the 3 jobs that run, not the skipped one (helper-62).
+        jobs = [line for line in out.stdout.splitlines() if line.startswith("[sweep] job ")]
+        expected = [] if launcher else [f"[sweep] job {n} of 3" for n in (1, 2, 3)]
+        assert [line.split(":")[0] for line in jobs] == expected, out.stdout
         for num in (0, 2, 3):
             overrides = (folder / str(num) / ".hydra" / "overrides.yaml").read_text()
             assert f"- seed={num}\n" in overrides, overrides

@@ -38,6 +38,12 @@ class SweepProgress:
         self.started = time.monotonic()
         self.first_job: float | None = None  # when the first job started: the pace is from it
 
+    def skip(self, jobs: int) -> None:
+        """Jobs the sweeper skipped (a FINISHED run has their configuration): not run, not
+        counted, else the lines say a job of more than run and the time left is too long."""
+        if self.total is not None:
+            self.total = max(self.total - jobs, 0)
+
     def job_started(self) -> None:
         if self.first_job is None:
             self.first_job = time.monotonic()

@@ -404,6 +404,10 @@ def jobs_to_run(
             same,
             again,
         )
+    sweep_dir = Path(str(master.hydra.sweep.dir)).absolute()
+    for sweep in _open:  # this process's sweep, opened just before: its lines count what runs
+        if Path(sweep.dir).absolute() == sweep_dir:
+            sweep.progress.skip(skipped)
     parent = find_parent(store, str(master.hydra.sweep.dir))
     if parent is not None:
         for run in reused:
