@@ -343,7 +343,7 @@ def test_margin_ties_tiny_differences():
     out = compare(runs_frame(groups), ["cfg"], min_effect=0.01)
     assert row_of(out, "close")["note"] == "difference below the margin"
     # A margin that would act as none without saying so.
-    for bad in (-0.01, math.nan, math.inf):
+    for bad in (-0.01, math.nan, math.inf, True, "0.01"):
         with pytest.raises(ValueError, match="min_effect must be a finite number 0 or more"):
             compare(runs_frame(groups), ["cfg"], min_effect=bad)
 

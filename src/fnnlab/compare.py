@@ -23,6 +23,7 @@ rate at which any seed diverged (or, for the oscillation boundary, oscillated or
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import combinations
@@ -474,8 +475,13 @@ def compare(
     """
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError("alpha and power must be in (0, 1)")
-    # A NaN or negative margin would silently act as none (|diff| < -1 is never true).
-    if min_effect is not None and not (math.isfinite(min_effect) and min_effect >= 0):
+    # A NaN or negative margin would silently act as none (|diff| < -1 is never true), and
+    # True as a margin of 1.
+    if min_effect is not None and (
+        isinstance(min_effect, bool)
+        or not isinstance(min_effect, numbers.Real)
+        or not (math.isfinite(min_effect) and min_effect >= 0)
+    ):
         raise ValueError(f"min_effect must be a finite number 0 or more, or None: {min_effect}")
     groups = _groups(runs, list(config_cols), seed_col, value_col)
     confidence = 1 - alpha
