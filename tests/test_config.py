@@ -1054,6 +1054,22 @@ def test_an_sqlite_store_in_memory_is_refused(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_sqlite_uri_filename_is_refused(tmp_path, monkeypatch, capsys):
+    """sqlite:///file:/abs/m.db?uri=true: MLflow made a folder file:/abs in the working
+    directory, then SQLite could not open the file, after about 100 s of retries
+    (helper-63)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///file:{tmp_path}/m.db?uri=true"
+    args = (f"tracking.uri='{uri}'", f"hydra.run.dir={tmp_path}/run", "train.epochs=2")
+    assert run_in_process(monkeypatch, cli.train, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"fnnlab-train: error: tracking.uri={uri}: an SQLite URI filename (file:...) is not "
+        "taken: give the file's path (sqlite:////<absolute path> or sqlite:///<relative path>)"
+    ), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_deleted_experiment_is_refused_by_every_command(store, monkeypatch, capsys):
     """MLflow refused each run in it with a traceback, exit 1 (helper-45)."""
     assert run_in_process(monkeypatch, cli.train, "train.epochs=2", *store.overrides()) == 0

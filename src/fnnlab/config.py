@@ -343,6 +343,15 @@ def check_uri(uri: str, moves: bool = False) -> None:
         raise ConfigValueError(
             "tracking.uri", uri, "an SQLite store in memory keeps nothing: give a file"
         )
+    if db is not None and str(db).startswith("file:"):
+        # SQLAlchemy's URI filename (?uri=true): MLflow made a folder file:/... in the working
+        # directory, and SQLite could not open the file, after about 100 s of retries.
+        raise ConfigValueError(
+            "tracking.uri",
+            uri,
+            "an SQLite URI filename (file:...) is not taken: give the file's path "
+            "(sqlite:////<absolute path> or sqlite:///<relative path>)",
+        )
     if db is not None and unquote(str(db)) != str(db):  # a lone % is no escape: it stays
         raise ConfigValueError(
             "tracking.uri",
