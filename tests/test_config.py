@@ -21,6 +21,7 @@ from conftest import (
     run_in_process,
     run_script,
 )
+from omegaconf import OmegaConf
 from server_fixtures import stop_group
 
 from fnnlab import cli, model, tracking
@@ -330,6 +331,25 @@ def test_a_run_folder_that_holds_the_stores_artifacts_is_refused(
     status = run_in_process(monkeypatch, cli.train, *args)
     assert status == 2 and "among the store's artifacts" in capsys.readouterr().err
     assert not new.exists()
+
+
+def test_a_jobs_own_check_of_its_folder_names_the_key_it_came_from(tmp_path):
+    """The check in each job (cli.check_run_folder), for a folder a sweep could not work out
+    before it started (submitit's ${hydra.job.id} is its own job id): no sweep reaches it
+    now that a job's number is put into its folder beforehand, so it is called here."""
+    job = tmp_path / "sweep" / "4711_0"
+    location = (job / "artifacts").as_uri()
+    hydra_cfg = OmegaConf.create(
+        {"runtime": {"output_dir": str(job)}, "sweep": {"subdir": "id"}, "run": {"dir": "r"}}
+    )
+    for in_sweep, key in ((True, "hydra.sweep.subdir=id"), (False, "hydra.run.dir=r")):
+        with pytest.raises(ConfigValueError) as refused:
+            cli.check_run_folder(location, hydra_cfg, in_sweep)
+        assert str(refused.value) == (
+            f"{key}: the run's files would go to {job}/artifacts, among the store's artifacts "
+            f"({job}/artifacts); give another folder"
+        )
+    cli.check_run_folder((tmp_path / "elsewhere").as_uri(), hydra_cfg, True)
 
 
 def test_a_sweep_whose_jobs_share_a_folder_is_refused(store_with_a_run, monkeypatch, capsys):
