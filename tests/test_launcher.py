@@ -183,3 +183,24 @@ def test_basic_grammar_expands_as_hydras_basic_sweeper():
         else:
             assert expand(args) == hydras, args
     assert expand(["lr=interval(0.1,1)"]) is None
+
+
+def test_a_launcher_subclass_that_overrides_only_launch_is_launched_by_it():
+    """The sweeper launches through launch_numbered when the launcher has it: a subclass of
+    the fnnlab launcher that overrides launch() alone was passed by (helper-63)."""
+    from hydra_plugins.fnnlab.launcher import FnnlabLauncher
+    from hydra_plugins.fnnlab.sweeper import numbered_launch
+
+    class OwnLaunch(FnnlabLauncher):
+        def launch(self, job_overrides, initial_job_idx):
+            raise NotImplementedError
+
+    class OwnBoth(OwnLaunch):
+        def launch_numbered(self, jobs):
+            raise NotImplementedError
+
+    fnnlab, own, both = FnnlabLauncher(), OwnLaunch(), OwnBoth()
+    assert numbered_launch(fnnlab) == fnnlab.launch_numbered
+    assert numbered_launch(own) is None
+    assert numbered_launch(both) == both.launch_numbered
+    assert numbered_launch(object()) is None

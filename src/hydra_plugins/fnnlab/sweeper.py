@@ -102,7 +102,7 @@ class FnnlabSweeper(Sweeper):
             held = []
             # Each job under its own number: skipped jobs leave gaps, and a job numbered
             # again would write into another job's folder.
-            numbered = getattr(self.launcher, "launch_numbered", None)
+            numbered = numbered_launch(self.launcher)
             for batch in sweep.launches(todo, size, numbered is not None):
                 if numbered is not None:
                     results = numbered(batch)
@@ -129,3 +129,13 @@ class FnnlabSweeper(Sweeper):
         return float(
             OmegaConf.select(self.config, "hydra.callbacks.sweep.remote_dead_after_s") or 86400
         )
+
+
+def numbered_launch(launcher: Any) -> Any:
+    """The launcher's launch_numbered (the fnnlab launcher's), or None: also when a subclass
+    overrides launch() and not launch_numbered, which would pass its launch() by."""
+    method = getattr(launcher, "launch_numbered", None)
+    if method is None:
+        return None
+    owner = next(c for c in type(launcher).__mro__ if "launch_numbered" in vars(c))
+    return method if type(launcher).launch is owner.launch else None
