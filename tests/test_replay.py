@@ -252,6 +252,17 @@ def test_a_changed_cpu_vector_path_is_named(made: TmpStore) -> None:
     ) == ["torch CPU capability AVX512 -> AVX2"]
 
 
+def test_omp_num_threads_is_named_only_with_another_torch_thread_count() -> None:
+    """Loky's workers set OMP_NUM_THREADS for each job, fnnlab-replay does not: every sweep
+    job that differed named "OMP_NUM_THREADS 1 -> unset", which does not reach training
+    when torch's thread count is the same: fnnlab sets it (helper-64)."""
+    one = {"env.torch_threads": "1"}
+    then, now = one | {"env.omp_num_threads": "1"}, one | {"env.omp_num_threads": ""}
+    assert provenance.env_diff(then, now) == []
+    then = {"env.torch_threads": "2", "env.omp_num_threads": "2"}
+    assert provenance.env_diff(then, now) == ["torch threads 2 -> 1", "OMP_NUM_THREADS 2 -> unset"]
+
+
 def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsys) -> None:
     run = made.runs("tags.role = 'job' and tags.diverged = 'true'")[0]
     rid = run.info.run_id
@@ -554,6 +565,12 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
             "DELETE FROM metrics WHERE key = 'accuracy' AND step IN (10, 12) AND run_uuid = ?",
             (ids["3"],),
         )
+        # A summary metric moved to another step, its value kept (helper-64).
+        for table in ("metrics", "latest_metrics"):
+            db.execute(
+                f"UPDATE {table} SET step = 7 WHERE key = 'final/loss' AND run_uuid = ?",
+                (ids["2"],),
+            )
         # The answer: a metric's history changed alone, and a run deleted since.
         db.execute(
             "UPDATE metrics SET value = 4 WHERE key = 'aggregate/used' AND run_uuid = ?", (pid,)
@@ -587,6 +604,7 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     ]
     written_again = "epoch 20 weights.pt is not the file the run wrote (tag files)"
     assert diffs["2"].splitlines() == [
+        "epoch 19 final/loss stored at step 7, logged at step 0",
         "epoch 20 weights.pt holds more than w1 and w2: w3",
         written_again,
     ]
@@ -609,6 +627,62 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     diffs = tags["replay.diffs"].splitlines()
     assert diffs[0] == "tag aggregate.files does not list report.md: not checked", diffs
     assert f"metric aggregate/used {used} as its latest value, its history holds 4.0" in diffs
+
+
+def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> None:
+    """SQLite keeps any text in a number's column: a step 'abc' gave a traceback and exit 1,
+    and an earlier replay's "identical" stood (helper-64)."""
+    train(store, "train.epochs=5")
+    (run,) = store.runs()
+    rid = run.info.run_id
+    store.client.set_tag(rid, "replay.status", "identical")
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE metrics SET step = 'abc' WHERE key = 'loss' AND step = 3 AND run_uuid = ?",
+            (rid,),
+        )
+    db.close()
+    out = replay(store, f"replay.run={rid}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    what = lines(out)[rid]
+    assert what.startswith("not replayable: a stored metric value cannot be read ("), what
+    assert store.client.get_run(rid).data.tags["replay.status"] == "not replayable"
+    # A folder where weights.pt was: not "missing" (helper-64).
+    train(store, "train.epochs=5", "seed=1")
+    (other,) = store.runs("params.seed = '1'")
+    weights = artifact(other, "weights.pt")
+    weights.unlink()
+    weights.mkdir()
+    (weights / "x").write_text("")
+    out = replay(store, f"replay.run={other.info.run_id}")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    diffs = store.client.get_run(other.info.run_id).data.tags["replay.diffs"]
+    assert "weights.pt unreadable (IsADirectoryError)" in diffs, diffs
+
+
+def test_a_replay_that_cannot_be_logged_names_the_run_it_left(store: TmpStore) -> None:
+    """replay.log=true, and the artifact store failed: the line said "not logged" while a
+    FAILED run tagged replay.of stayed in the store, unnamed; an error other than an
+    OSError (a remote artifact store's) was a traceback (helper-64)."""
+    train(store, "train.epochs=5")
+    (run,) = store.runs()
+    rid = run.info.run_id
+    blocker = store.root / "afile"
+    blocker.write_text("")
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ?", (f"{blocker.as_uri()}/artifacts",)
+        )
+    db.close()
+    out = replay(store, f"replay.run={rid}", "replay.log=true")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    (left,) = store.runs(f"tags.`replay.of` = '{rid}'")
+    assert left.info.status == "FAILED"
+    what = lines(out)[rid]
+    assert what.startswith("identical (not logged: "), what
+    assert what.endswith(f"; its run {left.info.run_id} ended FAILED)"), what
 
 
 def test_a_metrics_history_is_checked_whatever_options_made_the_answer(store: TmpStore):

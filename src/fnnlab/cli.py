@@ -344,9 +344,9 @@ def replay_app(cfg: DictConfig) -> None:
             try:
                 new_run = replay.log_replay(store, result, result.cfg, out / run.info.run_id)
                 line += f" (logged as run {new_run})"
-            except OSError as exc:  # its output folder, before any run is made
+            except replay.NotLogged as exc:
                 counts["not logged"] += 1
-                line += f" (not logged: {reason(exc)})"
+                line += f" (not logged: {exc})"
         bar.write(line)
     for run in others:
         counts["not replayable"] += 1

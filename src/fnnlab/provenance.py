@@ -262,8 +262,14 @@ def env_diff(stored: dict[str, str], now: dict[str, str]) -> list[str]:
     """What differs between a run's stored env.* tags and today's, e.g. 'torch 2.13.0 ->
     2.14.0', 'commit abc1234 -> def5678', 'dirty tree (then)'."""
     out = []
+    threads = stored.get("env.torch_threads"), now.get("env.torch_threads")
     for key, name in _NAMES.items():
         a, b = stored.get(key), now.get(key)
+        # It reaches training only through torch's thread count, which fnnlab sets itself
+        # (population.one_thread): with the same count, named for every job a worker ran,
+        # whose launcher set it, it would only mislead (helper-64).
+        if key == "env.omp_num_threads" and threads[0] is not None and threads[0] == threads[1]:
+            continue
         if a is None and key != "env.git_diff_sha256":
             if b is not None and stored:
                 out.append(f"{name} not recorded")

@@ -199,14 +199,15 @@ def _literal(node: object) -> object:
 
 def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
     """The stored final weights, or why there are none to compare."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
             path = store.client.download_artifacts(run.info.run_id, "weights.pt", tmp)
+        except (MlflowException, OSError, ImportError):
+            return "weights.pt missing"
+        try:
             weights = torch.load(path)  # weights_only: a file cannot run code here
-    except (MlflowException, OSError, ImportError):
-        return "weights.pt missing"
-    except Exception as exc:  # not a file torch.save wrote
-        return f"weights.pt unreadable ({type(exc).__name__})"
+        except Exception as exc:  # not a file torch.save wrote (a folder of that name, say)
+            return f"weights.pt unreadable ({type(exc).__name__})"
     if not isinstance(weights, dict) or not all(
         isinstance(w := weights.get(k), torch.Tensor)
         and w.layout == torch.strided
@@ -348,12 +349,16 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
     # A key only in the history has no latest value, which is all run.data lists.
     in_history = history_keys(store.uri, run.info.run_id) or set()
     keys = tuple(sorted((run.data.metrics.keys() | in_history) - set(METRICS) | now.keys()))
-    stored = read_curves(store.uri, store.client, [run.info.run_id], keys, keep_repeats=True)
+    stored = _stored_rows(store, run, keys)
     where = (max(history.epochs_run - 1, 0), len(METRICS) + 1)
     diffs = []
     for key in keys:
         values = stored.loc[stored["key"] == key, "value"].tolist()
         latest = run.data.metrics.get(key)
+        # Logged at step 0: another step is a changed row, whatever its value (helper-64).
+        if moved := sorted({s for s in stored.loc[stored["key"] == key, "step"] if s != 0}):
+            steps = ", ".join(map(str, moved))
+            diffs.append(Diff(*where, f"{key} stored at step {steps}, logged at step 0", math.inf))
         if len(values) > 1:
             b = now.get(key)
             gaps = [abs(v - _as_stored(b)) for v in values] if b is not None else [math.inf]
@@ -370,6 +375,16 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
     return diffs
 
 
+def _stored_rows(store: Store, run: Run, keys: tuple[str, ...] = METRICS) -> pd.DataFrame:
+    """Every stored value of the run's `keys`, a step stored twice included. NotReplayable
+    when one is no number (SQLite keeps any text in a number's column): there is nothing to
+    compare it with, and an earlier replay's status must not stand."""
+    try:
+        return read_curves(store.uri, store.client, [run.info.run_id], keys, keep_repeats=True)
+    except (ValueError, TypeError) as exc:
+        raise NotReplayable(f"a stored metric value cannot be read ({reason(exc)})") from None
+
+
 def _as_stored(value: float) -> float:
     """A value as MLflow stores it: +-inf as the largest float."""
     value = float(value)
@@ -383,7 +398,7 @@ def _same(a: float, b: float) -> bool:
 def _curve_diffs(store: Store, run: Run, history, cfg: DictConfig) -> list[Diff]:
     """Every per-epoch value at every stored step, a step stored twice included."""
     diffs: list[Diff] = []
-    curves = read_curves(store.uri, store.client, [run.info.run_id], keep_repeats=True)
+    curves = _stored_rows(store, run)
     expected = list(logged_steps(history.epochs_run, int(cfg.tracking.log_every)))
     for order, key in enumerate(METRICS):
         stored = curves[curves["key"] == key].sort_values("step", kind="stable")
@@ -852,19 +867,45 @@ def sweep_runs(store: Store, parent: Run, sample: int | None, seed: int) -> tupl
     return finished, others
 
 
+class NotLogged(Exception):
+    """replay.log=true could not log the replay: why, and the FAILED run it left, if any."""
+
+
 def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) -> str:
-    """The replay as a new run of the same config, tagged replay.of=<run id>."""
+    """The replay as a new run of the same config, tagged replay.of=<run id>; NotLogged when
+    it cannot be (its folder, the store or its artifact store failed)."""
     from fnnlab.job import run
 
     # Not replay.status: a replay of this run records its own there.
-    tags = {"replay.of": replay.run.info.run_id, "replay.of_status": replay.status}
+    of = replay.run.info.run_id
+    tags = {"replay.of": of, "replay.of_status": replay.status}
     # Before the run exists: a folder that cannot be made left a FAILED half-made run.
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NotLogged(reason(exc)) from None
     # The original's name: one made by an earlier fnnlab may be spelled otherwise. Not when
     # its config.yaml trains another run (changed since): runs that compute differently are
     # named apart.
     name = replay.run.info.run_name if replay.same_config else None
-    return run(cfg, output_dir, store=store, sweep_tags=tags, name=name).run_id
+    since = int(datetime.now(UTC).timestamp() * 1000)
+    try:
+        return run(cfg, output_dir, store=store, sweep_tags=tags, name=name).run_id
+    except Exception as exc:  # the run, if made, ended FAILED with the error in its tags
+        left = _failed_replay_runs(store, of, since)
+        ended = f"; its run {left[0]} ended FAILED" if left else ""
+        raise NotLogged(f"{reason(exc)}{ended}") from None
+
+
+def _failed_replay_runs(store: Store, of: str, since_ms: int) -> list[str]:
+    """The FAILED replay runs of run `of` started since `since_ms` (none when the store
+    cannot say)."""
+    query = f"tags.`replay.of` = '{of}' and attributes.status = 'FAILED'"
+    try:
+        runs = store.client.search_runs([store.experiment_id], query, max_results=10)
+    except Exception:  # the store that failed the run
+        return []
+    return [r.info.run_id for r in runs if (r.info.start_time or 0) >= since_ms]
 
 
 def find_run(client: MlflowClient, run_id: str) -> Run:
