@@ -74,10 +74,12 @@ def test_runs_replay_identical_and_are_tagged(made: TmpStore) -> None:
     assert len(jobs) == 8 and set(found) == {r.info.run_id for r in jobs}
     assert set(found.values()) == {"identical"}
     (parent,) = made.runs("tags.role = 'sweep'")
-    assert out.stdout.strip().splitlines()[-2:] == [
+    assert out.stdout.strip().splitlines()[-3:] == [
         "replayed 8 runs: 8 identical, 0 differ; 0 not replayable",
+        f"the sweep's counts (parent run {parent.info.run_id}): identical",
         f"the sweep's answer (parent run {parent.info.run_id}): identical",
     ]
+    assert made.client.get_run(parent.info.run_id).data.tags["replay.counts"] == "identical"
     diverged = [r for r in made.runs("tags.diverged = 'true'")]
     assert len(diverged) == 4  # lr=1000 in every mode and dtype: its epoch is compared too
     for run in made.runs("tags.role = 'job'"):
@@ -488,8 +490,20 @@ def test_every_stored_value_and_file_is_checked(store: TmpStore) -> None:
         "epoch 7 diverged_at 7 -> None",
         "epoch 30 config.yaml is not the file the run wrote (tag files)",
     ]
-    count, answer = out.stdout.strip().splitlines()[-2:]
+    count, counts, answer = out.stdout.strip().splitlines()[-3:]
     assert count == "replayed 11 runs: 1 identical, 10 differ; 1 not replayable"
+    # The parent's counts, made again from its runs: one ended FAILED since (helper-64).
+    pid = store.runs("tags.role = 'sweep'")[0].info.run_id
+    assert counts == (
+        f"the sweep's counts (parent run {pid}): differ: sweep/finished 12 stored, 11 from its "
+        "runs now; sweep/failed 0 stored, 1 from its runs now; sweep/diverged 6 stored, 5 from "
+        "its runs now"
+    ), counts
+    assert client.get_run(pid).data.tags["replay.counts"].splitlines() == [
+        "sweep/finished 12 stored, 11 from its runs now",
+        "sweep/failed 0 stored, 1 from its runs now",
+        "sweep/diverged 6 stored, 5 from its runs now",
+    ]
     # The sweep's answer was made from the runs as they were.
     assert answer.startswith("the sweep's answer (parent run ") and ": differs: runs.csv: " in (
         answer
@@ -571,6 +585,11 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
                 f"UPDATE {table} SET step = 7 WHERE key = 'final/loss' AND run_uuid = ?",
                 (ids["2"],),
             )
+        # A count's latest value changed alone (helper-64).
+        db.execute(
+            "UPDATE latest_metrics SET value = 99 WHERE key = 'sweep/jobs' AND run_uuid = ?",
+            (pid,),
+        )
         # The answer: a metric's history changed alone, and a run deleted since.
         db.execute(
             "UPDATE metrics SET value = 4 WHERE key = 'aggregate/used' AND run_uuid = ?", (pid,)
@@ -627,6 +646,11 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
     diffs = tags["replay.diffs"].splitlines()
     assert diffs[0] == "tag aggregate.files does not list report.md: not checked", diffs
     assert f"metric aggregate/used {used} as its latest value, its history holds 4.0" in diffs
+    # The parent's counts: the deleted run, and the changed latest value.
+    assert tags["replay.counts"].splitlines() == [
+        "sweep/finished 6 stored, 5 from its runs now",
+        "metric sweep/jobs 99.0 as its latest value, its history holds 6.0",
+    ], tags["replay.counts"]
 
 
 def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> None:

@@ -358,6 +358,17 @@ def replay_app(cfg: DictConfig) -> None:
             f"{counts['differs']} differ; {counts['not replayable']} not replayable"
         )
         try:
+            sweep_counts = replay.count_diffs(store, parent)
+        except replay.NotCheckable as exc:  # the store went away
+            counts["not replayable"] += 1
+            print(f"the sweep's counts (parent run {parent.info.run_id}): not checkable: {exc}")
+        else:
+            if sweep_counts is not None:
+                replay.record_counts(store, parent, sweep_counts)
+                counts["differs" if sweep_counts else "identical"] += 1
+                said = f"differ: {'; '.join(sweep_counts)}" if sweep_counts else "identical"
+                print(f"the sweep's counts (parent run {parent.info.run_id}): {said}")
+        try:
             check = replay.check_answer(store, parent)
         except replay.NotCheckable as exc:
             counts["not replayable"] += 1

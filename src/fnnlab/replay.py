@@ -50,7 +50,7 @@ from fnnlab.config import (
 )
 from fnnlab.errortext import reason
 from fnnlab.job import data_hash, end_tags, summarize, train_model
-from fnnlab.names import FINISHED, METRICS, ROLE_JOB, Tag
+from fnnlab.names import FINISHED, METRICS, ROLE_JOB, RUNNING, Tag
 from fnnlab.tracking import (
     MAX_TAG_VALUE,
     Store,
@@ -739,6 +739,45 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
     if check.diffs:
         check.env = provenance.answer_env_diff(tags)
     return check
+
+
+# The counts a sweep's end logs on its parent that its runs give again (sweep.sweep_counts);
+# sweep/jobs, skipped and code_changed are of the invocation that ended it, which nothing
+# stored makes again.
+COUNTS = ("finished", "failed", "running", "diverged", "reused")
+COUNTS_TAG = "replay.counts"
+
+
+def count_diffs(store: Store, parent: Run) -> list[str] | None:
+    """The parent's counts (sweep/finished, ...) against those its runs give now, and each
+    sweep/* metric's latest value against its history; None when it holds none or is still
+    RUNNING (its end writes them). A count differs when the runs changed since (deleted, or
+    another invocation's that ended later), or the value did."""
+    from fnnlab.sweep import sweep_counts
+
+    stored = parent.data.metrics
+    if parent.info.status == RUNNING or f"sweep/{COUNTS[0]}" not in stored:
+        return None
+    try:
+        now = sweep_counts(store, parent.info.run_id)
+    except Exception as exc:  # the store went away
+        raise NotCheckable(f"its runs cannot be read ({reason(exc)})") from None
+    # The configurations no run was found for then counted as failed: none can be now.
+    now["failed"] += int(stored.get("sweep/missing", 0))
+    diffs = []
+    for key in COUNTS:
+        was = stored.get(f"sweep/{key}")
+        if was != now[key]:
+            shown = "not stored" if was is None else f"{was:g} stored"
+            diffs.append(f"sweep/{key} {shown}, {now[key]} from its runs now")
+    keys = tuple(sorted(k for k in stored if k.startswith("sweep/")))
+    return diffs + _history_diffs(store, parent, keys, [])
+
+
+def record_counts(store: Store, parent: Run, diffs: list[str]) -> None:
+    """replay.counts on the parent: identical, or the counts that differ, one a line."""
+    text = cut_lines(diffs) if diffs else "identical"
+    log_values(store, parent.info.run_id, tags={COUNTS_TAG: text})
 
 
 def _history_diffs(store: Store, parent: Run, keys: tuple[str, ...], files: list[str]) -> list[str]:
