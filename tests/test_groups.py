@@ -155,8 +155,9 @@ def test_a_sweep_trained_in_groups_replays_identical_alone(launcher, store):
     # same retrained alone (fnnlab-replay trains one configuration, a population of one).
     replay = run_command(cli.replay, "replay.sweep=latest", *store.overrides())
     assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-3000:]
-    count, answer = replay.stdout.strip().splitlines()[-2:]
+    count, counts, answer = replay.stdout.strip().splitlines()[-3:]
     assert count.startswith("replayed 60 runs: 60 identical, 0 differ")
+    assert counts.startswith("the sweep's counts (parent run ") and counts.endswith(": identical")
     assert answer.startswith("the sweep's answer (parent run ") and answer.endswith(": identical")
 
 
