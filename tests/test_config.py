@@ -1084,7 +1084,7 @@ def test_an_sqlite_uri_filename_is_refused(tmp_path, monkeypatch, capsys):
     assert run_in_process(monkeypatch, cli.train, *args) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"fnnlab-train: error: tracking.uri={uri}: an SQLite URI filename (file:...) is not "
+        f"fnnlab-train: error: tracking.uri={uri}: an SQLite URI filename (uri=true) is not "
         "taken: give the file's path (sqlite:////<absolute path> or sqlite:///<relative path>)"
     ), err
     assert list(tmp_path.iterdir()) == []

@@ -683,6 +683,42 @@ def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> 
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     diffs = store.client.get_run(other.info.run_id).data.tags["replay.diffs"]
     assert "weights.pt unreadable (IsADirectoryError)" in diffs, diffs
+    # A latest value that is no number: it was a traceback too (helper-65).
+    oid = other.info.run_id
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE latest_metrics SET value = 'abc' WHERE key = 'final/loss' AND run_uuid = ?",
+            (oid,),
+        )
+    db.close()
+    out = replay(store, f"replay.run={oid}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    what = lines(out)[oid]
+    assert what == "not replayable: its latest value of final/loss is no number ('abc')", what
+
+
+def test_a_sweeps_counts_that_hold_no_number_are_not_checkable(store: TmpStore) -> None:
+    """A count's latest value that is no number was a traceback (helper-65); the answer's
+    line says there is none, and the counts' tag says why they were not checked."""
+    train(store, "-m", "seed=0,1", "train.epochs=2", "hydra.sweeper.summarize=false")
+    (parent,) = store.runs("tags.role = 'sweep'")
+    pid = parent.info.run_id
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(
+            "UPDATE latest_metrics SET value = 'x' WHERE key = 'sweep/reused' AND run_uuid = ?",
+            (pid,),
+        )
+    db.close()
+    out = replay(store, "replay.sweep=latest")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    why = "not checkable: its latest value of sweep/reused is no number ('x')"
+    assert out.stdout.strip().splitlines()[-2:] == [
+        f"the sweep's counts (parent run {pid}): {why}",
+        f"the sweep's answer (parent run {pid}): none stored",
+    ], out.stdout
+    assert store.client.get_run(pid).data.tags["replay.counts"] == why
 
 
 def test_a_replay_that_cannot_be_logged_names_the_run_it_left(store: TmpStore) -> None:

@@ -835,3 +835,28 @@ def test_a_resumed_sweeps_jobs_keep_their_numbers_and_folders(store, tmp_path, m
         assert numbers == [("0", "0"), ("2", "2"), ("3", "3")]
         if not launcher:
             assert "Training jobs #0, #2, #3 together" in out.stdout + out.stderr
+
+
+def test_a_sweep_run_again_where_another_sweep_ran_since_finds_its_own_parent(
+    store, tmp_path, monkeypatch
+):
+    """Two sweeps in one hydra.sweep.dir, one after the other: the first, run again, found
+    the second's parent by the folder, and logged its skipped jobs (and the runs it reused)
+    on it; the second's replay then said its counts differed (helper-65)."""
+    quick = ["train.epochs=2", "tracking.plots=false", "hydra.sweeper.summarize=false"]
+    args = ["-m", *store.overrides(), *quick, f"hydra.sweep.dir={tmp_path / 'shared'}"]
+    for seeds in ("seed=0,1", "seed=0,1,2"):
+        assert run_in_process(monkeypatch, cli.train, *args, seeds) == 0
+    # Run again in a process of its own, as a user would (this process found its parent
+    # once per folder: the second sweep's jobs had taken the first's).
+    out = run_script("fnnlab-train", *args, "seed=0,1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    parents = {p.data.metrics["sweep/jobs"]: p for p in store.runs("tags.role = 'sweep'")}
+    assert sorted(parents) == [2, 3]
+
+    def skipped(parent):
+        history = store.client.get_metric_history(parent.info.run_id, "sweep/skipped")
+        return [m.value for m in history]
+
+    # Each sweep's own invocations: the second skipped seeds 0 and 1, the first run again too.
+    assert skipped(parents[3]) == [2] and skipped(parents[2]) == [2]

@@ -357,17 +357,21 @@ def replay_app(cfg: DictConfig) -> None:
             f"replayed {len(runs)} runs: {counts['identical']} identical, "
             f"{counts['differs']} differ; {counts['not replayable']} not replayable"
         )
+        head = f"the sweep's counts (parent run {parent.info.run_id}): "
         try:
             sweep_counts = replay.count_diffs(store, parent)
-        except replay.NotCheckable as exc:  # the store went away
+        except replay.NotCheckable as exc:  # the store went away, or holds no number
             counts["not replayable"] += 1
-            print(f"the sweep's counts (parent run {parent.info.run_id}): not checkable: {exc}")
+            replay.record_counts(store, parent, [f"not checkable: {exc}"])
+            print(f"{head}not checkable: {exc}")
         else:
-            if sweep_counts is not None:
-                replay.record_counts(store, parent, sweep_counts)
+            if sweep_counts is None:
+                replay.record_counts(store, parent, None)
+            else:
+                replay.record_counts(store, parent, sweep_counts or ["identical"])
                 counts["differs" if sweep_counts else "identical"] += 1
                 said = f"differ: {'; '.join(sweep_counts)}" if sweep_counts else "identical"
-                print(f"the sweep's counts (parent run {parent.info.run_id}): {said}")
+                print(f"{head}{said}")
         try:
             check = replay.check_answer(store, parent)
         except replay.NotCheckable as exc:

@@ -343,13 +343,14 @@ def check_uri(uri: str, moves: bool = False) -> None:
         raise ConfigValueError(
             "tracking.uri", uri, "an SQLite store in memory keeps nothing: give a file"
         )
-    if db is not None and str(db).startswith("file:"):
-        # SQLAlchemy's URI filename (?uri=true): MLflow made a folder file:/... in the working
-        # directory, and SQLite could not open the file, after about 100 s of retries.
+    if db is not None and re.search(r"[?&]uri=(true|1|yes|on)(&|$)", uri, re.IGNORECASE):
+        # SQLAlchemy's URI filename (sqlite:///file:/abs/m.db?uri=true): MLflow made a folder
+        # file:/abs in the working directory, and SQLite could not open the file, after about
+        # 100 s of retries. (Without uri=true, file:m.db is a file of that name.)
         raise ConfigValueError(
             "tracking.uri",
             uri,
-            "an SQLite URI filename (file:...) is not taken: give the file's path "
+            "an SQLite URI filename (uri=true) is not taken: give the file's path "
             "(sqlite:////<absolute path> or sqlite:///<relative path>)",
         )
     if db is not None and unquote(str(db)) != str(db):  # a lone % is no escape: it stays

@@ -218,6 +218,15 @@ def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
     return weights
 
 
+def text_metric(run: Run) -> str | None:
+    """A latest metric value of the run that is no number, named (SQLite keeps any text in a
+    number's column: there is nothing to compare it with), else None."""
+    for key, value in sorted(run.data.metrics.items()):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"its latest value of {key} is no number ({str(value)[:40]!r})"
+    return None
+
+
 def replay_run(store: Store, run: Run) -> Replay:
     """Retrain the run and compare everything it stored (see the module docstring)."""
     if run.info.status != FINISHED:
@@ -225,6 +234,8 @@ def replay_run(store: Store, run: Run) -> Replay:
             f"run {run.info.run_id} ({run.info.run_name}) is {run.info.status}: only FINISHED "
             "runs have a complete record to compare with"
         )
+    if why := text_metric(run):
+        raise NotReplayable(why)
     cfg, written = rebuild_config(store, run)
     history = train_model(cfg)
     now_env = provenance.env_tags(data_hash(cfg))
@@ -660,6 +671,8 @@ def check_answer(store: Store, parent: Run) -> AnswerCheck | None:
                 "that stopped half-way)"
             )
         return None
+    if why := text_metric(parent):
+        raise NotCheckable(why)
     options = _answer_options(tags)
     # Stored before its alpha and min_effect were recorded (both, or it is a changed tag).
     defaults = not {"aggregate.alpha", "aggregate.min_effect"} & tags.keys()
@@ -758,6 +771,8 @@ def count_diffs(store: Store, parent: Run) -> list[str] | None:
     stored = parent.data.metrics
     if parent.info.status == RUNNING or f"sweep/{COUNTS[0]}" not in stored:
         return None
+    if why := text_metric(parent):
+        raise NotCheckable(why)
     try:
         now = sweep_counts(store, parent.info.run_id)
     except Exception as exc:  # the store went away
@@ -774,10 +789,17 @@ def count_diffs(store: Store, parent: Run) -> list[str] | None:
     return diffs + _history_diffs(store, parent, keys, [])
 
 
-def record_counts(store: Store, parent: Run, diffs: list[str]) -> None:
-    """replay.counts on the parent: identical, or the counts that differ, one a line."""
-    text = cut_lines(diffs) if diffs else "identical"
-    log_values(store, parent.info.run_id, tags={COUNTS_TAG: text})
+def record_counts(store: Store, parent: Run, lines: list[str] | None) -> None:
+    """replay.counts on the parent: identical, the counts that differ (one a line), or why
+    they could not be checked; None removes an earlier replay's (the sweep runs again).
+    Nothing when the store cannot be written (the line printed says how they stand)."""
+    try:
+        if lines is not None:
+            log_values(store, parent.info.run_id, tags={COUNTS_TAG: cut_lines(lines)})
+        elif COUNTS_TAG in parent.data.tags:
+            store.client.delete_tag(parent.info.run_id, COUNTS_TAG)
+    except MlflowException:
+        pass
 
 
 def _history_diffs(store: Store, parent: Run, keys: tuple[str, ...], files: list[str]) -> list[str]:

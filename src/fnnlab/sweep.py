@@ -475,6 +475,18 @@ def open_parent(
         query,
         lambda: store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id,
     )
+    # A folder is one sweep's at a time: the jobs of this one find their parent by it
+    # (find_parent), and found a sweep run there before instead (helper-65).
+    tag = _invocation_tag(sweep_dir)
+    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = {filter_literal(sweep_dir)}"
+    for other in search_all(store, query):
+        if other.info.run_id != run_id:
+            try:
+                store.client.delete_tag(other.info.run_id, tag)
+            except MlflowException as exc:  # gone: another invocation took the folder too
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+    find_parent.cache_clear()  # a sweep before this one in this process found its own
     if not created:
         store.client.update_run(run_id, status=RUNNING)
         log_values(store, run_id, tags=tags)

@@ -212,6 +212,9 @@ def _run_in_worker(
     global _sweep
     if _sweep is None or _sweep[0] != key:
         from fnnlab.cli import drop_output_when_unread
+        from fnnlab.sweep import find_parent
+
+        find_parent.cache_clear()  # another sweep's parent, found by the same folder
 
         die_with(sweep_pid)
         # A worker writes to the sweep's stdout too; before Hydra's logging takes it.

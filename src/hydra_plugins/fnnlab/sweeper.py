@@ -137,5 +137,6 @@ def numbered_launch(launcher: Any) -> Any:
     method = getattr(launcher, "launch_numbered", None)
     if method is None:
         return None
-    owner = next(c for c in type(launcher).__mro__ if "launch_numbered" in vars(c))
-    return method if type(launcher).launch is owner.launch else None
+    # None found: one from __getattr__ or the instance, which may not go with its launch().
+    owner = next((c for c in type(launcher).__mro__ if "launch_numbered" in vars(c)), None)
+    return method if owner is not None and type(launcher).launch is owner.launch else None
