@@ -204,3 +204,12 @@ def test_a_launcher_subclass_that_overrides_only_launch_is_launched_by_it():
     assert numbered_launch(own) is None
     assert numbered_launch(both) == both.launch_numbered
     assert numbered_launch(object()) is None
+
+    class Delegating:  # its launch_numbered from __getattr__: a StopIteration (helper-65)
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    assert numbered_launch(Delegating(fnnlab)) is None
