@@ -307,6 +307,8 @@ def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsy
     for args, words in (
         (["replay.run=0123456789abcdef0123456789abcdef"], "replay.run=0123456789abcdef"),
         (["replay.sweep=nothex"], "replay.sweep=nothex: not a sweep id"),
+        # Ignored with one run (helper-64).
+        ([f"replay.run={rid}", "replay.sample=2"], "replay.sample=2: chooses among a sweep's"),
         ([], "give one of replay.run"),
     ):
         status = run_in_process(monkeypatch, cli.replay, *args, *made.overrides())

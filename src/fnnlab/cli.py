@@ -309,6 +309,10 @@ def replay_app(cfg: DictConfig) -> None:
             )
         if r.sample is not None and r.sample < 1:
             raise ConfigValueError("replay.sample", r.sample, "must be at least 1, or null")
+        if r.sample is not None and r.run is not None:  # else ignored without a word
+            raise ConfigValueError(
+                "replay.sample", r.sample, "chooses among a sweep's runs: give replay.sweep"
+            )
         run_id = _as_given("replay.run", r.run)
         store, run = replay.existing_store(cfg.tracking.uri, cfg.tracking.experiment, run_id)
         if run is not None:
