@@ -212,6 +212,12 @@ def test_a_claim_whose_holder_died_is_taken_over(store, host, lease):
     assert holder.info.status == "KILLED"
     assert "found RUNNING after its process ended" in holder.data.tags[Tag.ERROR]
     assert "2 finished" in out.stdout
+    # A held job run here after all is counted once: it was counted when it returned held
+    # too, as finished, and the lines went to "job 3 of 2" (helper-66).
+    jobs = [
+        line.split(":")[0] for line in out.stdout.splitlines() if line.startswith("[sweep] job")
+    ]
+    assert jobs == ["[sweep] job 1 of 2", "[sweep] job 2 of 2"], out.stdout
 
 
 def test_a_live_holder_elsewhere_is_waited_for_until_its_lease_lapses(store):
@@ -244,6 +250,8 @@ def test_a_live_holder_elsewhere_is_waited_for_until_its_lease_lapses(store):
     jobs = store.runs(f"tags.{Tag.ROLE} = 'job'")
     assert [r.info.run_id for r in jobs] == [held]
     assert "1 finished (0 diverged" in out
+    # Its one job was the holder's: no progress line counted it as finished here (helper-66).
+    assert "[sweep] job" not in out, out
 
 
 def test_contested_jobs_leave_only_deleted_runs(store):

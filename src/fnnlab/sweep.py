@@ -404,10 +404,7 @@ def jobs_to_run(
             same,
             again,
         )
-    sweep_dir = Path(str(master.hydra.sweep.dir)).absolute()
-    for sweep in _open:  # this process's sweep, opened just before: its lines count what runs
-        if Path(sweep.dir).absolute() == sweep_dir:
-            sweep.progress.skip(skipped)
+    leave_out_of_progress(str(master.hydra.sweep.dir), skipped)
     parent = find_parent(store, str(master.hydra.sweep.dir))
     if parent is not None:
         for run in reused:
@@ -418,6 +415,16 @@ def jobs_to_run(
             summary={"sweep/skipped": skipped, "sweep/code_changed": changed},
         )
     return todo
+
+
+def leave_out_of_progress(sweep_dir: str, jobs: int) -> None:
+    """The progress lines of this process's sweep in `sweep_dir` (opened before its sweeper
+    chooses the jobs) count `jobs` fewer: skipped, or held by an invocation that finished
+    them."""
+    folder = Path(sweep_dir).absolute()
+    for sweep in _open:
+        if Path(sweep.dir).absolute() == folder:
+            sweep.progress.skip(jobs)
 
 
 def finished_runs(store: Store) -> dict[str, list[tuple[str, Run]]]:
@@ -1011,6 +1018,10 @@ class Sweep:
         if error is not None and self.first_error is None:
             self.first_error = first_line(error)
         value = job_return.return_value if error is None else None
+        if isinstance(value, dict) and value.get("held"):
+            # Not ended: counted when run here after all, or left out once its holder has
+            # finished it (the sweeper); it was counted twice, and as finished (helper-66).
+            return
         diverged = isinstance(value, dict) and bool(value.get("diverged"))
         self.progress.job_ended(error is None, diverged)
 

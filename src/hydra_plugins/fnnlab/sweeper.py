@@ -120,6 +120,7 @@ class FnnlabSweeper(Sweeper):
             # finish.
             store = open_store(self.config.tracking.uri, self.config.tracking.experiment)
             todo = sweep.wait_for_holders(store, held, self.remote_after())
+            sweep.leave_out_of_progress(str(self.config.hydra.sweep.dir), len(held) - len(todo))
         return returns
 
     def remote_after(self) -> float:
