@@ -44,6 +44,14 @@ def replay(store: TmpStore, *overrides: str) -> subprocess.CompletedProcess:
     return run_command(cli.replay, *overrides, *store.overrides())
 
 
+def execute(store: TmpStore, statement: str, *params: object) -> None:
+    """One statement on the store's SQLite database, committed: a value changed by hand."""
+    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
+    with db:
+        db.execute(statement, params)
+    db.close()
+
+
 def lines(out: subprocess.CompletedProcess) -> dict[str, str]:
     return {m["run"]: m["what"] for line in out.stdout.splitlines() if (m := LINE.match(line))}
 
@@ -662,13 +670,11 @@ def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> 
     (run,) = store.runs()
     rid = run.info.run_id
     store.client.set_tag(rid, "replay.status", "identical")
-    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
-    with db:
-        db.execute(
-            "UPDATE metrics SET step = 'abc' WHERE key = 'loss' AND step = 3 AND run_uuid = ?",
-            (rid,),
-        )
-    db.close()
+    execute(
+        store,
+        "UPDATE metrics SET step = 'abc' WHERE key = 'loss' AND step = 3 AND run_uuid = ?",
+        rid,
+    )
     out = replay(store, f"replay.run={rid}")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     what = lines(out)[rid]
@@ -687,13 +693,11 @@ def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> 
     assert "weights.pt unreadable (IsADirectoryError)" in diffs, diffs
     # A latest value that is no number: it was a traceback too (helper-65).
     oid = other.info.run_id
-    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
-    with db:
-        db.execute(
-            "UPDATE latest_metrics SET value = 'abc' WHERE key = 'final/loss' AND run_uuid = ?",
-            (oid,),
-        )
-    db.close()
+    execute(
+        store,
+        "UPDATE latest_metrics SET value = 'abc' WHERE key = 'final/loss' AND run_uuid = ?",
+        oid,
+    )
     out = replay(store, f"replay.run={oid}")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     what = lines(out)[oid]
@@ -706,13 +710,11 @@ def test_a_sweeps_counts_that_hold_no_number_are_not_checkable(store: TmpStore) 
     train(store, "-m", "seed=0,1", "train.epochs=2", "hydra.sweeper.summarize=false")
     (parent,) = store.runs("tags.role = 'sweep'")
     pid = parent.info.run_id
-    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
-    with db:
-        db.execute(
-            "UPDATE latest_metrics SET value = 'x' WHERE key = 'sweep/reused' AND run_uuid = ?",
-            (pid,),
-        )
-    db.close()
+    execute(
+        store,
+        "UPDATE latest_metrics SET value = 'x' WHERE key = 'sweep/reused' AND run_uuid = ?",
+        pid,
+    )
     out = replay(store, "replay.sweep=latest")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     why = "not checkable: its latest value of sweep/reused is no number ('x')"
