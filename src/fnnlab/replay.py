@@ -364,10 +364,11 @@ def _summary_history_diffs(store: Store, run: Run, history, cfg: DictConfig) -> 
     where = (max(history.epochs_run - 1, 0), len(METRICS) + 1)
     diffs = []
     for key in keys:
-        values = stored.loc[stored["key"] == key, "value"].tolist()
+        rows = stored[stored["key"] == key]
+        values = rows["value"].tolist()
         latest = run.data.metrics.get(key)
         # Logged at step 0: another step is a changed row, whatever its value (helper-64).
-        if moved := sorted({s for s in stored.loc[stored["key"] == key, "step"] if s != 0}):
+        if moved := sorted({s for s in rows["step"] if s != 0}):
             steps = ", ".join(map(str, moved))
             diffs.append(Diff(*where, f"{key} stored at step {steps}, logged at step 0", math.inf))
         if len(values) > 1:

@@ -484,12 +484,10 @@ def open_parent(
     )
     # A folder is one sweep's at a time: the jobs of this one find their parent by it
     # (find_parent), and found a sweep run there before instead (helper-65).
-    tag = _invocation_tag(sweep_dir)
-    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = {filter_literal(sweep_dir)}"
-    for other in search_all(store, query):
+    for other in search_all(store, _holding(sweep_dir)):
         if other.info.run_id != run_id:
             try:
-                store.client.delete_tag(other.info.run_id, tag)
+                store.client.delete_tag(other.info.run_id, _invocation_tag(sweep_dir))
             except MlflowException as exc:  # gone: another invocation took the folder too
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
@@ -510,10 +508,15 @@ def open_parent(
 @lru_cache(maxsize=8)
 def find_parent(store: Store, sweep_dir: str) -> Run | None:
     """The parent run of the sweep invocation writing to sweep_dir (once per process)."""
-    tag = _invocation_tag(sweep_dir)
-    query = f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = {filter_literal(sweep_dir)}"
-    found = search_all(store, query)
+    found = search_all(store, _holding(sweep_dir))
     return found[0] if found else None
+
+
+def _holding(sweep_dir: str) -> str:
+    """The search for the sweep parent whose jobs write into sweep_dir (open_parent keeps
+    one)."""
+    tag = _invocation_tag(sweep_dir)
+    return f"tags.{Tag.ROLE} = '{ROLE_SWEEP}' and tags.`{tag}` = {filter_literal(sweep_dir)}"
 
 
 def sweep_counts(store: Store, parent_run_id: str, expected: set[str] | None = None) -> Counter:
