@@ -506,3 +506,40 @@ def test_identical_sweeps_on_the_server_with_workers(tracking_server, tmp_path):
     assert len([r for r in runs if r.data.tags.get(Tag.ROLE) == "sweep"]) == 1
     for out in outs:
         assert "8 finished" in closing_line(out), out[-2000:]
+
+
+def test_a_run_deleted_while_it_is_marked_dead_or_untagged_is_left_alone(store, monkeypatch):
+    """Another invocation deletes its claim's losing candidate (a job's run, or a parent that
+    holds the sweep's folder tag) while this one writes to it: the write raised "must be in
+    the 'active' state" and ended the sweep (helper-67)."""
+    from fnnlab import claims, sweep
+    from fnnlab.tracking import open_store
+
+    s = open_store(store.uri, store.experiment)
+    rid = s.client.create_run(s.experiment_id, run_name="candidate").info.run_id
+    run = s.client.get_run(rid)
+    real_log = claims.log_values
+
+    def deleted_first(st, run_id, **kwargs):
+        st.client.delete_run(run_id)
+        return real_log(st, run_id, **kwargs)
+
+    monkeypatch.setattr(claims, "log_values", deleted_first)
+    claims.mark_dead(s, run, "its process is gone")
+    assert s.client.get_run(rid).info.lifecycle_stage == "deleted"
+    # Deleted before the look: nothing is written.
+    claims.mark_dead(s, run, "its process is gone")
+    monkeypatch.setattr(claims, "log_values", real_log)
+    # A parent candidate of another invocation, deleted between the search and the untag.
+    folder = str(store.root / "shared")
+    first = sweep.open_parent(s, "a" * 12, ["seed=0,1"], 2, folder)
+    real_untag = s.client.delete_tag
+
+    def parent_deleted_first(run_id, key):
+        s.client.delete_run(run_id)
+        return real_untag(run_id, key)
+
+    monkeypatch.setattr(s.client, "delete_tag", parent_deleted_first)
+    second = sweep.open_parent(s, "b" * 12, ["seed=0,1,2"], 3, folder)
+    assert s.client.get_run(first).info.lifecycle_stage == "deleted"
+    assert sweep.find_parent(s, folder).info.run_id == second

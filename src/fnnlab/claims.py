@@ -137,14 +137,28 @@ def holder_alive(run: Run, remote_after: float) -> tuple[bool, str]:
 
 
 def mark_dead(store: Store, run: Run, why: str) -> None:
-    """End a run whose process is gone KILLED, saying why (unless it ended meanwhile)."""
-    if store.client.get_run(run.info.run_id).info.status != RUNNING:
+    """End a run whose process is gone KILLED, saying why (unless it ended meanwhile, or was
+    deleted: a claim's candidate its invocation gave up)."""
+    if not is_running(store, run.info.run_id):
         return
     log.warning("run %s (%s): %s; marking it KILLED", run.info.run_name, run.info.run_id, why)
-    log_values(
-        store, run.info.run_id, tags={Tag.ERROR: f"found RUNNING after its process ended: {why}"}
-    )
-    end_run(store, run.info.run_id, KILLED)
+    try:
+        log_values(
+            store,
+            run.info.run_id,
+            tags={Tag.ERROR: f"found RUNNING after its process ended: {why}"},
+        )
+        end_run(store, run.info.run_id, KILLED)
+    except MlflowException:
+        # Deleted since the look: a store does not write to a deleted run (helper-67).
+        if is_running(store, run.info.run_id):
+            raise
+
+
+def is_running(store: Store, run_id: str) -> bool:
+    """The run is RUNNING and not deleted (MLflow keeps a deleted run's status)."""
+    info = store.client.get_run(run_id).info
+    return info.status == RUNNING and info.lifecycle_stage == "active"
 
 
 # --- claims ---------------------------------------------------------------------------------

@@ -488,8 +488,11 @@ def open_parent(
         if other.info.run_id != run_id:
             try:
                 store.client.delete_tag(other.info.run_id, _invocation_tag(sweep_dir))
-            except MlflowException as exc:  # gone: another invocation took the folder too
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            except MlflowException as exc:
+                # Gone: another invocation took the folder too, or deleted its candidate
+                # parent since the search (claims.unique_run; helper-67).
+                gone = store.client.get_run(other.info.run_id).info.lifecycle_stage != "active"
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and not gone:
                     raise
     find_parent.cache_clear()  # a sweep before this one in this process found its own
     if not created:
