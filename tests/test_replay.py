@@ -665,24 +665,31 @@ def test_what_one_table_or_file_holds_alone_is_named(store: TmpStore) -> None:
 
 def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> None:
     """SQLite keeps any text in a number's column: a step 'abc' gave a traceback and exit 1,
-    and an earlier replay's "identical" stood (helper-64)."""
-    train(store, "train.epochs=5")
-    (run,) = store.runs()
-    rid = run.info.run_id
-    store.client.set_tag(rid, "replay.status", "identical")
-    execute(
-        store,
-        "UPDATE metrics SET step = 'abc' WHERE key = 'loss' AND step = 3 AND run_uuid = ?",
-        rid,
+    and an earlier replay's "identical" stood (helper-64); a latest value too (helper-65)."""
+    train(store, "-m", "seed=0,1,2", "train.epochs=5", "hydra.sweeper.summarize=false")
+    runs = {r.data.params["seed"]: r for r in store.runs("tags.role = 'job'")}
+    cases = (
+        (
+            "0",
+            "UPDATE metrics SET step = 'abc' WHERE key = 'loss' AND step = 3 AND run_uuid = ?",
+            "not replayable: a stored metric value cannot be read (",
+        ),
+        (
+            "1",
+            "UPDATE latest_metrics SET value = 'abc' WHERE key = 'final/loss' AND run_uuid = ?",
+            "not replayable: its latest value of final/loss is no number ('abc')",
+        ),
     )
-    out = replay(store, f"replay.run={rid}")
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    what = lines(out)[rid]
-    assert what.startswith("not replayable: a stored metric value cannot be read ("), what
-    assert store.client.get_run(rid).data.tags["replay.status"] == "not replayable"
+    for seed, statement, said in cases:
+        rid = runs[seed].info.run_id
+        store.client.set_tag(rid, "replay.status", "identical")
+        execute(store, statement, rid)
+        out = replay(store, f"replay.run={rid}")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert lines(out)[rid].startswith(said), lines(out)[rid]
+        assert store.client.get_run(rid).data.tags["replay.status"] == "not replayable"
     # A folder where weights.pt was: not "missing" (helper-64).
-    train(store, "train.epochs=5", "seed=1")
-    (other,) = store.runs("params.seed = '1'")
+    other = runs["2"]
     weights = artifact(other, "weights.pt")
     weights.unlink()
     weights.mkdir()
@@ -691,17 +698,6 @@ def test_a_stored_value_that_is_no_number_is_not_replayable(store: TmpStore) -> 
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     diffs = store.client.get_run(other.info.run_id).data.tags["replay.diffs"]
     assert "weights.pt unreadable (IsADirectoryError)" in diffs, diffs
-    # A latest value that is no number: it was a traceback too (helper-65).
-    oid = other.info.run_id
-    execute(
-        store,
-        "UPDATE latest_metrics SET value = 'abc' WHERE key = 'final/loss' AND run_uuid = ?",
-        oid,
-    )
-    out = replay(store, f"replay.run={oid}")
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    what = lines(out)[oid]
-    assert what == "not replayable: its latest value of final/loss is no number ('abc')", what
 
 
 def test_a_sweeps_counts_that_hold_no_number_are_not_checkable(store: TmpStore) -> None:
