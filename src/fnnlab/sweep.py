@@ -486,26 +486,27 @@ def open_parent(
     # (find_parent), and found a sweep run there before instead (helper-65).
     for other in search_all(store, _holding(sweep_dir)):
         if other.info.run_id != run_id:
-            try:
-                store.client.delete_tag(other.info.run_id, _invocation_tag(sweep_dir))
-            except MlflowException as exc:
-                # Gone: another invocation took the folder too, or deleted its candidate
-                # parent since the search (claims.unique_run; helper-67).
-                gone = store.client.get_run(other.info.run_id).info.lifecycle_stage != "active"
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and not gone:
-                    raise
+            _untag(store, other.info.run_id, _invocation_tag(sweep_dir))
     find_parent.cache_clear()  # a sweep before this one in this process found its own
     if not created:
         store.client.update_run(run_id, status=RUNNING)
         log_values(store, run_id, tags=tags)
         # An earlier invocation's error no longer says how the sweep stands.
         if Tag.ERROR in store.client.get_run(run_id).data.tags:
-            try:
-                store.client.delete_tag(run_id, Tag.ERROR)
-            except MlflowException as exc:  # gone: another invocation reopened it too
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
+            _untag(store, run_id, Tag.ERROR)
     return run_id
+
+
+def _untag(store: Store, run_id: str, key: str) -> None:
+    """Delete a parent's tag, unless it is gone: another invocation of the sweep deleted it
+    too, or deleted that parent, its candidate (claims.unique_run), since it was looked at
+    (helper-67)."""
+    try:
+        store.client.delete_tag(run_id, key)
+    except MlflowException as exc:
+        gone = store.client.get_run(run_id).info.lifecycle_stage != "active"
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and not gone:
+            raise
 
 
 @lru_cache(maxsize=8)
