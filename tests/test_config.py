@@ -1058,35 +1058,28 @@ def test_a_percent_escape_in_an_sqlite_path_is_refused_by_every_command(
     assert (tmp_path / "100%" / "m.db").is_file()
 
 
-def test_an_sqlite_store_in_memory_is_refused(tmp_path, monkeypatch, capsys):
+def test_an_sqlite_store_in_memory_or_by_uri_filename_is_refused(tmp_path, monkeypatch, capsys):
     """SQLAlchemy reads sqlite:// and sqlite:///:memory: as a store in memory: a traceback
     (the lock file of a path '.'), or a lock file :memory:.lock and "no such table"
+    (helper-63). sqlite:///file:/abs/m.db?uri=true: MLflow made a folder file:/abs in the
+    working directory, then SQLite could not open the file, after about 100 s of retries
     (helper-63)."""
     monkeypatch.chdir(tmp_path)
-    for uri in ("sqlite://", "sqlite:///:memory:"):
-        args = (f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run", "train.epochs=2")
+    in_memory = "an SQLite store in memory keeps nothing: give a file"
+    by_uri = (
+        "an SQLite URI filename (uri=true) is not taken: give the file's path "
+        "(sqlite:////<absolute path> or sqlite:///<relative path>)"
+    )
+    file_uri = f"sqlite:///file:{tmp_path}/m.db?uri=true"
+    for typed, uri, why in (
+        ("sqlite://", "sqlite://", in_memory),
+        ("sqlite:///:memory:", "sqlite:///:memory:", in_memory),
+        (f"'{file_uri}'", file_uri, by_uri),
+    ):
+        args = (f"tracking.uri={typed}", f"hydra.run.dir={tmp_path}/run", "train.epochs=2")
         assert run_in_process(monkeypatch, cli.train, *args) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (
-            f"fnnlab-train: error: tracking.uri={uri}: an SQLite store in memory keeps "
-            "nothing: give a file"
-        ), err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_an_sqlite_uri_filename_is_refused(tmp_path, monkeypatch, capsys):
-    """sqlite:///file:/abs/m.db?uri=true: MLflow made a folder file:/abs in the working
-    directory, then SQLite could not open the file, after about 100 s of retries
-    (helper-63)."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///file:{tmp_path}/m.db?uri=true"
-    args = (f"tracking.uri='{uri}'", f"hydra.run.dir={tmp_path}/run", "train.epochs=2")
-    assert run_in_process(monkeypatch, cli.train, *args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
-        f"fnnlab-train: error: tracking.uri={uri}: an SQLite URI filename (uri=true) is not "
-        "taken: give the file's path (sqlite:////<absolute path> or sqlite:///<relative path>)"
-    ), err
+        assert err == f"fnnlab-train: error: tracking.uri={uri}: {why}", err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -730,12 +730,7 @@ def test_a_replay_that_cannot_be_logged_names_the_run_it_left(store: TmpStore) -
     rid = run.info.run_id
     blocker = store.root / "afile"
     blocker.write_text("")
-    db = sqlite3.connect(store.uri.removeprefix("sqlite:///"))
-    with db:
-        db.execute(
-            "UPDATE experiments SET artifact_location = ?", (f"{blocker.as_uri()}/artifacts",)
-        )
-    db.close()
+    execute(store, "UPDATE experiments SET artifact_location = ?", f"{blocker.as_uri()}/artifacts")
     out = replay(store, f"replay.run={rid}", "replay.log=true")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     (left,) = store.runs(f"tags.`replay.of` = '{rid}'")
