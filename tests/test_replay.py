@@ -1354,3 +1354,33 @@ def test_resume_reruns_jobs_made_by_other_code(store: TmpStore) -> None:
     assert bad.stderr.strip().splitlines()[-1] == (
         "fnnlab-train: error: hydra.sweeper.resume_match=fuzzy: must be one of code, config"
     )
+
+
+def test_a_sweep_run_again_keeps_its_own_runs_not_a_logged_replay(store: TmpStore) -> None:
+    """replay.log=true makes a later FINISHED run of the same configuration: the sweep run
+    again counted it as reused from outside itself, and another sweep reused the copy."""
+    sweep = ["-m", "seed=0,1", "train.epochs=5", "tracking.plots=false"]
+    assert run_command(cli.train, *sweep, *store.overrides()).returncode == 0
+    own = {r.info.run_id for r in store.runs("tags.role = 'job'")}
+    first = sorted(own)[0]
+    assert replay(store, f"replay.run={first}", "replay.log=true").returncode == 0
+    (copy,) = store.runs(f"tags.`replay.of` = '{first}'")
+    again = run_command(cli.train, *sweep, *store.overrides())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 finished (0 diverged), 0 failed" in again.stdout, again.stdout
+    # Another sweep that takes that configuration reuses the original, not the copy.
+    other = run_command(
+        cli.train,
+        "-m",
+        "seed=0,1,2",
+        "train.epochs=5",
+        "tracking.plots=false",
+        *store.overrides(),
+        f"hydra.sweep.dir={store.root}/other",
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "3 finished (0 diverged, 2 reused from outside this sweep)" in other.stdout
+    assert not any(
+        k.startswith("fnnlab.sweep.") for k in store.client.get_run(copy.info.run_id).data.tags
+    )
+    assert replay(store, "replay.sweep=latest").returncode == 0

@@ -41,6 +41,7 @@ class Tag:
     SWEEP_OPENED = "fnnlab.sweep_opened"  # epoch ms: when the latest invocation opened it
     SWEEP_OVERRIDES = "sweep_overrides"
     PARENT = "mlflow.parentRunId"
+    REPLAY_OF = "replay.of"  # on a run replay.log=true made: the run it replays
     NOTE = "mlflow.note.content"  # the run's description, Markdown
     GIT_COMMIT = "mlflow.source.git.commit"
 

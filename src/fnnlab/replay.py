@@ -940,7 +940,7 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
 
     # Not replay.status: a replay of this run records its own there.
     of = replay.run.info.run_id
-    tags = {"replay.of": of, "replay.of_status": replay.status}
+    tags = {Tag.REPLAY_OF: of, "replay.of_status": replay.status}
     # Before the run exists: a folder that cannot be made left a FAILED half-made run.
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -962,7 +962,7 @@ def log_replay(store: Store, replay: Replay, cfg: DictConfig, output_dir: Path) 
 def _failed_replay_runs(store: Store, of: str, since_ms: int) -> list[str]:
     """The FAILED replay runs of run `of` started since `since_ms` (none when the store
     cannot say)."""
-    query = f"tags.`replay.of` = '{of}' and attributes.status = 'FAILED'"
+    query = f"tags.`{Tag.REPLAY_OF}` = '{of}' and attributes.status = 'FAILED'"
     try:
         runs = store.client.search_runs([store.experiment_id], query, max_results=10)
     except Exception:  # the store that failed the run

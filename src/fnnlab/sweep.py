@@ -77,6 +77,7 @@ from fnnlab.tracking import (
     search_all,
     slim,
     sweep_runs,
+    used_by_tag,
 )
 
 log = logging.getLogger(__name__)
@@ -378,12 +379,13 @@ def jobs_to_run(
         return numbered
     code = provenance.code_hash()
     prints = [fingerprint(internals.load_task_config(loader, master, j)) for j in jobs]
+    parent = find_parent(store, str(master.hydra.sweep.dir))
     todo: list[Numbered] = []
     reused, changed = [], 0
     for job, fp in zip(numbered, prints, strict=True):
-        run = next((r for r in done.get(fp, []) if match == "config" or r[0] == code), None)
-        if run is not None:
-            reused.append(run[1])
+        runs = [r for c, r in done.get(fp, []) if match == "config" or c == code]
+        if runs:
+            reused.append(min(runs, key=partial(_reuse_order, parent)))
             continue
         changed += fp in done
         todo.append(job)
@@ -405,7 +407,6 @@ def jobs_to_run(
             again,
         )
     leave_out_of_progress(str(master.hydra.sweep.dir), skipped)
-    parent = find_parent(store, str(master.hydra.sweep.dir))
     if parent is not None:
         for run in reused:
             claims.use_run(store, run, parent.info.run_id, parent.data.tags[Tag.SWEEP_ID])
@@ -415,6 +416,18 @@ def jobs_to_run(
             summary={"sweep/skipped": skipped, "sweep/code_changed": changed},
         )
     return todo
+
+
+def _reuse_order(parent: Run | None, run: Run) -> tuple[bool, bool]:
+    """Which FINISHED run of a configuration a sweep run again keeps (the least; of equals,
+    the latest): its own, then one that is no replay's copy (replay.log=true makes one, of
+    the same configuration, later)."""
+    tags = run.data.tags
+    own = parent is not None and parent.info.run_id in (
+        tags.get(Tag.PARENT),
+        tags.get(used_by_tag(parent.data.tags.get(Tag.SWEEP_ID, ""))),
+    )
+    return not own, Tag.REPLAY_OF in tags
 
 
 def leave_out_of_progress(sweep_dir: str, jobs: int) -> None:
