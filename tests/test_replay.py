@@ -317,6 +317,8 @@ def test_what_cannot_be_replayed_is_bad_input(made: TmpStore, monkeypatch, capsy
         (["replay.sweep=nothex"], "replay.sweep=nothex: not a sweep id"),
         # Ignored with one run (helper-64).
         ([f"replay.run={rid}", "replay.sample=2"], "replay.sample=2: chooses among a sweep's"),
+        ([f"replay.run={rid}", "replay.seed=3"], "replay.seed=3: chooses the runs replay.sample"),
+        (["replay.sweep=latest", "replay.seed=3"], "replay.seed=3: chooses the runs"),
         ([], "give one of replay.run"),
     ):
         status = run_in_process(monkeypatch, cli.replay, *args, *made.overrides())

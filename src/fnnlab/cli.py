@@ -313,6 +313,10 @@ def replay_app(cfg: DictConfig) -> None:
             raise ConfigValueError(
                 "replay.sample", r.sample, "chooses among a sweep's runs: give replay.sweep"
             )
+        if r.seed != 0 and r.sample is None:  # else ignored without a word
+            raise ConfigValueError(
+                "replay.seed", r.seed, "chooses the runs replay.sample takes: give replay.sample"
+            )
         run_id = _as_given("replay.run", r.run)
         store, run = replay.existing_store(cfg.tracking.uri, cfg.tracking.experiment, run_id)
         if run is not None:
