@@ -379,12 +379,17 @@ def test_a_runs_files_are_checked_against_the_hashes_it_recorded(store: TmpStore
     assert lines(replay(store, f"replay.run={rid}"))[rid] == "identical"
     artifact(run, "loss.png").write_bytes(b"not a png")
     artifact(run, "hydra/overrides.yaml").unlink()
+    # Named once, as a file the run wrote, not also as weights that differ.
+    weights = artifact(run, "weights.pt").read_bytes()
+    artifact(run, "weights.pt").unlink()
     out = replay(store, f"replay.run={rid}")
     assert out.returncode == 1
     assert client_diffs(store, rid) == [
         "epoch 5 hydra/overrides.yaml not stored (the run wrote it: tag files)",
         "epoch 5 loss.png is not the file the run wrote (tag files)",
+        "epoch 5 weights.pt not stored (the run wrote it: tag files)",
     ]
+    artifact(run, "weights.pt").write_bytes(weights)
     # The tag edited to leave a file out, or deleted, passed as identical (helper-57).
     kept = "".join(f"{h}  {n}\n" for n, h in written.items() if n not in ("loss.png", "weights.pt"))
     store.client.set_tag(rid, Tag.FILES, kept)

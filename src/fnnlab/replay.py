@@ -197,13 +197,16 @@ def _literal(node: object) -> object:
     return node.replace("${", "\\${") if isinstance(node, str) else node
 
 
+NO_WEIGHTS = "weights.pt missing"
+
+
 def _stored_weights(store: Store, run: Run) -> dict[str, torch.Tensor] | str:
     """The stored final weights, or why there are none to compare."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = store.client.download_artifacts(run.info.run_id, "weights.pt", tmp)
         except (MlflowException, OSError, ImportError):
-            return "weights.pt missing"
+            return NO_WEIGHTS
         try:
             weights = torch.load(path)  # weights_only: a file cannot run code here
         except Exception as exc:  # not a file torch.save wrote (a folder of that name, say)
@@ -470,6 +473,10 @@ def _steps(steps: list[int], how: str) -> str:
 def _weights_diffs(store: Store, run: Run, history) -> list[Diff]:
     weights = _stored_weights(store, run)
     where = (history.epochs_run, len(METRICS))
+    if weights == NO_WEIGHTS and "weights.pt" in provenance.read_digest(
+        run.data.tags.get(Tag.FILES, "")
+    ):
+        return []  # _files_diffs names it, as a file the run wrote
     if isinstance(weights, str):
         return [Diff(*where, weights, math.inf)]
     diffs = []
