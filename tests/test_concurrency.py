@@ -254,6 +254,35 @@ def test_a_live_holder_elsewhere_is_waited_for_until_its_lease_lapses(store):
     assert "[sweep] job" not in out, out
 
 
+def test_a_runs_lease_is_renewed_while_its_values_and_files_are_written(store, monkeypatch):
+    """A final write to a slow store that outlasts the lease (renewed only between epochs)
+    let another host take the run for dead and train its configuration again: two FINISHED
+    runs of one configuration (helper-66). The write here lasts until the lease is renewed,
+    or gives up."""
+    from fnnlab import claims, job
+
+    monkeypatch.setattr(claims, "LEASE_S", 3.0)  # renewed each second
+    upload, seen = job.upload_artifacts, []
+
+    def slow_upload(s, run_id, *args):
+        def lease() -> str:
+            return s.client.get_run(run_id).data.tags[Tag.LEASE_UNTIL]
+
+        first, deadline = lease(), time.monotonic() + 30
+        while lease() == first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen.append((first, lease()))
+        return upload(s, run_id, *args)
+
+    monkeypatch.setattr(job, "upload_artifacts", slow_upload)
+    out = run_command(cli.train, "train.epochs=3", *store.overrides())
+    assert out.returncode == 0, out.stderr[-3000:]
+    ((first, then),) = seen
+    assert float(then) > float(first)
+    (run,) = store.runs()
+    assert run.info.status == "FINISHED"
+
+
 def test_contested_jobs_leave_only_deleted_runs(store):
     """A job that steps back deletes its run: nothing of it is in the active view."""
     initialised(store)

@@ -31,8 +31,10 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.entities import Run
@@ -78,6 +80,29 @@ class LeaseRenewal:
     def renew(self) -> None:
         log_values(self.store, self.run_id, tags=lease_tags())
         self.due = time.monotonic() + LEASE_S / 3
+
+
+@contextmanager
+def lease_kept(store: Store, run_id: str) -> Iterator[None]:
+    """The run's lease renewed from another thread while the block runs: writing a run's
+    values and files to a slow store can outlast a lease renewed only between epochs, and
+    another host would then train the configuration again (helper-66)."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LEASE_S / 3):
+            try:
+                log_values(store, run_id, tags=lease_tags())
+            except Exception:  # the store fails: the block's own writes say so
+                return
+
+    thread = threading.Thread(target=renew, name=f"lease {run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 # --- is a run's process alive --------------------------------------------------------------

@@ -252,16 +252,17 @@ def run(
         digest = provenance.files_digest(
             {f.relative_to(art).as_posix(): f.read_bytes() for f in files}
         )
-        log_values(
-            store,
-            run_id,
-            params=params,
-            series=history.metrics,
-            summary=summary,
-            tags=end_tags(history, cfg) | claims.lease_tags() | {Tag.FILES: digest},
-            every=cfg.tracking.log_every,
-        )
-        upload_artifacts(store, run_id, art, files)
+        with claims.lease_kept(store, run_id):
+            log_values(
+                store,
+                run_id,
+                params=params,
+                series=history.metrics,
+                summary=summary,
+                tags=end_tags(history, cfg) | claims.lease_tags() | {Tag.FILES: digest},
+                every=cfg.tracking.log_every,
+            )
+            upload_artifacts(store, run_id, art, files)
     except BaseException as exc:
         _end_with_error(store, run_id, name, params, exc)
         raise
