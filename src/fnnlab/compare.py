@@ -183,9 +183,9 @@ def _no_spread(
     its mirror): 1/3 for 2 against 2. With one constant group, Welch's limit (the other group's
     one-sample t-test against the constant) is right for normal outcomes but not for coarse
     ones, and the permutation test the other way round (it also rejects for unequal spreads):
-    the larger of the two p-values, a test that rejects only when both do, up to MAX_SPLITS
-    splits; beyond that (8 or more seeds each) Welch's limit alone. Kind "permutation": no
-    interval."""
+    the larger of the two p-values, a test that rejects only when both do (the permutation
+    test exact when the splits' counts of each distinct value are at most MAX_SPLITS, else on
+    that many splits drawn at random). Kind "permutation": no interval."""
     nan = (math.nan, math.nan)
     # In one order: sums of outcomes equal up to rounding are ties that rounding decides, and
     # then by the order of the seeds (_pair_p_values tests each distinct pair of sets once).
@@ -202,16 +202,57 @@ def _no_spread(
     # A constant beyond 1e308 of the varying group's values: its spread is none at all.
     res = None if math.isinf(constant) else stats.ttest_1samp(varying / own, constant)
     p_t = 0.0 if res is None else float(res.pvalue)
-    if splits > MAX_SPLITS:
-        ci = (diff, diff)
-        if res is not None:
-            low, high = res.confidence_interval(confidence)
-            sign = -1.0 if const_x else 1.0
-            lo, hi = sorted((sign * (low - constant) * own, sign * (high - constant) * own))
-            ci = (lo, hi)
-        return _Test("welch", diff, p_t, ci, False, sds=sds)
-    perm = stats.permutation_test((x, y), _mean_diff, vectorized=True, n_resamples=MAX_SPLITS)
-    return _Test("permutation", diff, max(p_t, float(perm.pvalue)), nan, False, sds=sds)
+    # Beyond MAX_SPLITS splits Welch's limit alone took 2 or 3 equal seeds' mean for the
+    # true one, and called equal configurations different a quarter of the time (helper-68).
+    p_perm = _counted_permutation_p(x, y)
+    if p_perm is None:  # values too many and distinct: that many splits drawn at random,
+        # the same ones each time (an answer made again is the same)
+        p_perm = stats.permutation_test(
+            (x, y), _mean_diff, vectorized=True, n_resamples=MAX_SPLITS, rng=_SPLITS_DRAWN
+        ).pvalue
+    return _Test("permutation", diff, max(p_t, float(p_perm)), nan, False, sds=sds)
+
+
+# The seed of the splits drawn when there are too many to count: fixed, so an answer made
+# again is the same.
+_SPLITS_DRAWN = 0
+
+
+def _counted_permutation_p(x: np.ndarray, y: np.ndarray) -> float | None:
+    """The exact two-sided permutation p of the difference in means, as scipy's
+    permutation_test defines it (twice the smaller tail, at most 1), from how many of each
+    distinct value a split puts into x: those counts are multivariate hypergeometric
+    (scipy), so an outcome of few values (an accuracy) is exact at any number of seeds.
+    None when there are more than MAX_SPLITS such count vectors."""
+    values, counts = np.unique(np.concatenate([x, y]), return_counts=True)
+    vectors = _count_vectors(counts.tolist(), x.size, MAX_SPLITS)
+    if vectors is None:
+        return None
+    prob = stats.multivariate_hypergeom.pmf(vectors, m=counts, n=x.size)
+    in_x = vectors @ values
+    null = in_x / x.size - (values @ counts - in_x) / y.size
+    observed = float(np.mean(x) - np.mean(y))
+    # Sums equal up to rounding are ties (0.98 + 1.0 and 0.99 + 0.99).
+    tie = _ROUNDING * float(np.max(np.abs(values)))
+    less, greater = prob[null <= observed + tie].sum(), prob[null >= observed - tie].sum()
+    return float(min(1.0, 2 * min(less, greater)))
+
+
+def _count_vectors(counts: list[int], n: int, limit: int) -> np.ndarray | None:
+    """Every k with 0 <= k[i] <= counts[i] and sum n (the counts of each distinct value a
+    split puts into a group of n), or None when there are more than `limit`."""
+    vectors: list[list[int]] = [[]]
+    for i, count in enumerate(counts):
+        rest = sum(counts[i + 1 :])
+        # Only prefixes the rest can complete: each ends as at least one vector.
+        vectors = [
+            v + [k]
+            for v in vectors
+            for k in range(max(0, n - sum(v) - rest), min(count, n - sum(v)) + 1)
+        ]
+        if len(vectors) > limit:
+            return None
+    return np.array(vectors)
 
 
 def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
@@ -361,19 +402,15 @@ def seeds_needed(test: _Test, alpha: float, power: float) -> int | None:
     """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None.
 
     Two constant groups separate as soon as the exact permutation test can (2 / C(2n, n) below
-    alpha). With one constant group, the larger n of that (at most 8, from where the
-    permutation test no longer takes part) and the t-test's, the constant group's spread
-    taken as 0."""
+    alpha). With one constant group, the larger n of that (the permutation test takes part
+    at any n) and the t-test's, the constant group's spread taken as 0."""
     if test.kind != "permutation":
         return _t_seeds(test, alpha, power)
     floor = next((n for n in range(2, MAX_SEEDS + 1) if _log_smallest_p(n) < math.log(alpha)), None)
     if not any(sd > 0 for sd in test.sds):
         return floor
-    # One constant group: the permutation test takes part only up to MAX_SPLITS splits.
-    exact_up_to = max(n for n in range(2, 20) if math.comb(2 * n, n) <= MAX_SPLITS)
-    floor = exact_up_to + 1 if floor is None else min(floor, exact_up_to + 1)
     needed = _t_seeds(test, alpha, power)
-    return None if needed is None else max(floor, needed)
+    return None if needed is None or floor is None else max(floor, needed)
 
 
 def _log_smallest_p(n: int) -> float:
