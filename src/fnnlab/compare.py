@@ -475,7 +475,10 @@ def compare(
 
     `runs` has one row per run: the config columns, the seed, the outcome (NaN for a run
     without one: diverged or failed) and a boolean `diverged`. `ci_low`/`ci_high` is the
-    t-interval of the mean at confidence 1 - alpha (95% by default). `diff_ci_*`, for this
+    t-interval of the mean at confidence 1 - alpha / k for the k configurations with 2 or
+    more finite outcomes (Bonferroni: together they cover every mean at 1 - alpha, so the
+    leader's too, which the data chose; at 1 - alpha each, the best of several equal
+    configurations' interval missed its mean more often than alpha). `diff_ci_*`, for this
     mean minus the leader's, comes from the same test that gives `p`, at confidence
     1 - alpha / m for the m pairs of configurations with 2 or more finite outcomes
     (Bonferroni: together they cover every pair's difference at 1 - alpha, so the leader's
@@ -521,10 +524,10 @@ def compare(
     ):
         raise ValueError(f"min_effect must be a finite number 0 or more, or None: {min_effect}")
     groups = _groups(runs, list(config_cols), seed_col, value_col)
-    confidence = 1 - alpha
     sign = -1.0 if higher_is_better else 1.0
 
     eligible = [i for i, g in enumerate(groups) if g.n >= 2]
+    confidence = 1 - alpha / max(1, len(eligible))
     clean = [i for i in eligible if not groups[i].any_diverged]
     pool = clean or eligible
     lead = min(pool, key=lambda i: sign * groups[i].mean) if pool else None
