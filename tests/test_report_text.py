@@ -500,6 +500,12 @@ def test_the_same_runs_share_the_lead() -> None:
     assert lines[1].startswith("tied with the leader: lr=3 (+0.01, p_adj ")
     assert verdicts(agg) == {0.1: "leader", 1.0: "shares lead", 3.0: "tied"}
     assert [r["lr"] for r in report.co_leaders(agg)] == [0.1, 1.0]
+    # The parent's tags as the answer's lines: lr=1 was in aggregate.leader and in
+    # aggregate.tied (helper-68).
+    agg.runs = agg.runs.assign(used=True, regime="stable", error="")
+    agg.selection.filter = None
+    tags = report.parent_values(agg)[1]
+    assert (tags["aggregate.leader"], tags["aggregate.tied"]) == ("lr=0.1; lr=1", "lr=3")
 
 
 def test_a_grid_cell_that_shares_the_lead_says_so() -> None:

@@ -1101,10 +1101,15 @@ def parent_values(agg: Aggregate) -> tuple[dict[str, float], dict[str, str]]:
         "aggregate/oscillating": int((runs["regime"] == "oscillating").sum()),
     }
     leader, label = agg.leader, _labeller(agg)
+    leaders = [] if leader is None else co_leaders(agg)
+    shared = {label(r) for r in leaders}
     tags = {
         # With configurations of exactly its mean, all of them: which comes first is no answer.
-        "aggregate.leader": "" if leader is None else "; ".join(label(r) for r in co_leaders(agg)),
-        "aggregate.tied": "; ".join(label(r) for _, r in agg.tied.iterrows()),
+        "aggregate.leader": "; ".join(label(r) for r in leaders),
+        # As the answer's line: not those that share the lead (helper-68).
+        "aggregate.tied": "; ".join(
+            label(r) for _, r in agg.tied.iterrows() if label(r) not in shared
+        ),
         "aggregate.outcome": agg.outcome,
         "aggregate.filter": sel.filter or "",
         "aggregate.alpha": repr(agg.alpha),
