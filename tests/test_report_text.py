@@ -90,11 +90,23 @@ def test_a_lower_loss_with_diverged_seeds_is_better_not_worse() -> None:
 def test_a_leader_that_lost_seeds_says_so() -> None:
     nan = math.nan
     agg = answer_of(
-        "tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, 0.5, 0.51]}
+        "tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, nan, nan]}
     )
     first = report.leader_text(agg).splitlines()[0]
     assert first.startswith("leader: lr=1: ")
     assert first.endswith("(95% CI, 2 seeds; 3 more diverged and are left out)")
+    # One that lost fewer leads: lr=1's 2 survivors of 5 led, and lr=3, which lost 1 of 5,
+    # was "worse than the leader beyond seed noise" (helper-68).
+    agg = answer_of(
+        "tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, 0.5, 0.51]}
+    )
+    lines = report.leader_text(agg).splitlines()
+    assert lines[0].startswith("leader: lr=3: ")
+    assert lines[0].endswith("(95% CI, 4 seeds; 1 more diverged and is left out)")
+    assert "worse than the leader" not in report.leader_text(agg)
+    assert lines[2].startswith(
+        "better than the leader beyond seed noise, but some seeds diverged: lr=1 (-0.4"
+    ), lines
 
 
 def test_one_seed_left_out_is_singular() -> None:

@@ -312,15 +312,15 @@ def _leader_lines(
 def shares_lead(row: pd.Series, leader: pd.Series) -> bool:
     """A configuration tied with the leader at its mean (to rounding: the same outcomes on
     other seeds gave means 1.1e-16 apart, and "tied" where the data picked no winner): the
-    leader leads it only by coming first in sort order. Not one that lost seeds to
-    divergence, which a leader without lost seeds is chosen over. (Rows of the comparison
-    with its counts.)"""
+    leader leads it only by coming first in sort order. Not one that lost a larger share of
+    its runs to divergence, which the leader is chosen over (fnnlab.compare). (Rows of the
+    comparison with its counts.)"""
     return bool(
         not row["leader"]
         and pd.notna(row["tied"])
         and bool(row["tied"])
         and same_mean(row["mean"], leader["mean"])
-        and (row["diverged"] == 0 or leader["diverged"] > 0)
+        and row["diverged"] * leader["runs"] <= leader["diverged"] * row["runs"]
     )
 
 
@@ -628,7 +628,7 @@ def comparison_grid(
     if not {rows, cols} <= set(varying_cols(agg)):
         return None
     others = [c for c in varying_cols(agg) if c not in (rows, cols)]
-    counts = agg.summary[[*agg.config_cols, "oscillating", "diverged"]]
+    counts = agg.summary[[*agg.config_cols, "runs", "oscillating", "diverged"]]
     c = agg.comparison.merge(counts, on=agg.config_cols, how="left")
     if c.empty:  # no run finished
         return None
