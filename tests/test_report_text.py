@@ -89,9 +89,7 @@ def test_a_lower_loss_with_diverged_seeds_is_better_not_worse() -> None:
 
 def test_a_leader_that_lost_seeds_says_so() -> None:
     nan = math.nan
-    agg = answer_of(
-        "tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, nan, nan]}
-    )
+    agg = answer_of("tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, nan, nan]})
     first = report.leader_text(agg).splitlines()[0]
     assert first.startswith("leader: lr=1: ")
     assert first.endswith("(95% CI, 2 seeds; 3 more diverged and are left out)")

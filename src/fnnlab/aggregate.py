@@ -97,7 +97,7 @@ class Aggregate:
     comparison: pd.DataFrame  # per configuration: mean outcome, CI, against the leader
     stability: pd.DataFrame | None = None  # per width (and mode...): learning-rate brackets
     regimes: pd.DataFrame | None = None  # per width x lr: fraction of runs in each regime
-    alpha: float = 0.05  # the comparison's intervals are at confidence 1 - alpha
+    alpha: float = 0.05  # the comparison's intervals hold together at confidence 1 - alpha
     min_effect: float | None = None  # the margin a difference must reach (None: 1% of the leader)
 
     @property

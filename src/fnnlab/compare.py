@@ -176,7 +176,13 @@ MAX_SPLITS = 10_000
 
 
 def _no_spread(
-    x: np.ndarray, y: np.ndarray, const_x: bool, const_y: bool, diff: float, confidence: float
+    x: np.ndarray,
+    y: np.ndarray,
+    const_x: bool,
+    const_y: bool,
+    diff: float,
+    confidence: float,
+    coarse: bool,
 ) -> _Test:
     """A group without spread: a t-test takes its spread of 0 as known, so two accuracies of
     0.5 against two of 0.99 would be "certain". Two constant groups get the exact permutation
@@ -184,9 +190,11 @@ def _no_spread(
     its mirror): 1/3 for 2 against 2. With one constant group, Welch's limit (the other group's
     one-sample t-test against the constant) is right for normal outcomes but not for coarse
     ones, and the permutation test the other way round (it also rejects for unequal spreads):
-    the larger of the two p-values, a test that rejects only when both do (the permutation
-    test exact when the splits' counts of each distinct value are at most MAX_SPLITS, else on
-    that many splits drawn at random). Kind "permutation": no interval."""
+    the larger of the two p-values, a test that rejects only when both do. The permutation
+    test is exact on values on a grid (an accuracy's) at any number of seeds, and on others
+    up to MAX_SPLITS splits; beyond, a coarse outcome's draws that many splits, and a
+    continuous outcome gets Welch's limit alone, with its interval (kind "welch"). Kind
+    "permutation": no interval."""
     nan = (math.nan, math.nan)
     # In one order: sums of outcomes equal up to rounding are ties that rounding decides, and
     # then by the order of the seeds (_pair_p_values tests each distinct pair of sets once).
@@ -203,11 +211,22 @@ def _no_spread(
     # A constant beyond 1e308 of the varying group's values: its spread is none at all.
     res = None if math.isinf(constant) else stats.ttest_1samp(varying / own, constant)
     p_t = 0.0 if res is None else float(res.pvalue)
-    # Beyond MAX_SPLITS splits Welch's limit alone took 2 or 3 equal seeds' mean for the
-    # true one, and called equal configurations different a quarter of the time (helper-68).
-    p_perm = _counted_permutation_p(x, y)
-    if p_perm is None:  # values too many and distinct: that many splits drawn at random,
-        # the same ones each time (an answer made again is the same)
+    # Beyond MAX_SPLITS splits Welch's limit alone took 2 or 3 equal seeds' mean of a coarse
+    # outcome for the true one: equal configurations were called different a quarter of the
+    # time at 3 seeds against 40 (helper-68).
+    p_perm = _grid_permutation_p(x, y) if coarse or splits <= MAX_SPLITS else None
+    if p_perm is None and splits <= MAX_SPLITS:
+        p_perm = stats.permutation_test((x, y), _mean_diff, vectorized=True).pvalue
+    if p_perm is None and not coarse:
+        # A continuous outcome without spread is a configuration that seeds do not change:
+        # Welch's limit is right, and the permutation test would only cost power (helper-69).
+        ci = (diff, diff)
+        if res is not None:
+            low, high = res.confidence_interval(confidence)
+            sign = -1.0 if const_x else 1.0
+            ci = tuple(sorted((sign * (low - constant) * own, sign * (high - constant) * own)))
+        return _Test("welch", diff, p_t, ci, False, sds=sds)
+    if p_perm is None:  # coarse values on no grid: that many splits drawn, the same each time
         p_perm = stats.permutation_test(
             (x, y), _mean_diff, vectorized=True, n_resamples=MAX_SPLITS, rng=_SPLITS_DRAWN
         ).pvalue
@@ -217,43 +236,50 @@ def _no_spread(
 # The seed of the splits drawn when there are too many to count: fixed, so an answer made
 # again is the same.
 _SPLITS_DRAWN = 0
+# The most cells (seeds taken x sums) of _grid_permutation_p's table: 16 MB.
+MAX_GRID_CELLS = 2_000_000
 
 
-def _counted_permutation_p(x: np.ndarray, y: np.ndarray) -> float | None:
+def _grid_permutation_p(x: np.ndarray, y: np.ndarray) -> float | None:
     """The exact two-sided permutation p of the difference in means, as scipy's
-    permutation_test defines it (twice the smaller tail, at most 1), from how many of each
-    distinct value a split puts into x: those counts are multivariate hypergeometric
-    (scipy), so an outcome of few values (an accuracy) is exact at any number of seeds.
-    None when there are more than MAX_SPLITS such count vectors."""
-    values, counts = np.unique(np.concatenate([x, y]), return_counts=True)
-    vectors = _count_vectors(counts.tolist(), x.size, MAX_SPLITS)
-    if vectors is None:
+    permutation_test defines it (twice the smaller tail, at most 1), when the values lie on
+    a grid (an accuracy's steps of 1/100): a split's sum is then a whole number of steps, its
+    distribution is built one value at a time (how many of a value's copies the smaller
+    group takes is hypergeometric, scipy), and sums equal but for rounding (0.98 + 1.0 and
+    0.99 + 0.99) are the same sum. Exact at any number of seeds; None off a grid or beyond
+    MAX_GRID_CELLS."""
+    small, other = (x, y) if x.size <= y.size else (y, x)
+    values, counts = np.unique(np.concatenate([small, other]), return_counts=True)
+    with np.errstate(over="ignore"):  # values 1e300 apart in steps of 1e-10: no grid
+        steps = (values - values[0]) / np.min(np.diff(values))
+    if not steps[-1] * small.size < MAX_GRID_CELLS:
         return None
-    prob = stats.multivariate_hypergeom.pmf(vectors, m=counts, n=x.size)
-    in_x = vectors @ values
-    null = in_x / x.size - (values @ counts - in_x) / y.size
-    observed = float(np.mean(x) - np.mean(y))
-    # Sums equal up to rounding are ties (0.98 + 1.0 and 0.99 + 0.99).
-    tie = _ROUNDING * float(np.max(np.abs(values)))
-    less, greater = prob[null <= observed + tie].sum(), prob[null >= observed - tie].sum()
+    scale = next(
+        (k for k in range(1, 101) if np.all(np.abs(steps * k - np.round(steps * k)) < 1e-6)),
+        None,
+    )
+    if scale is None:
+        return None
+    step = np.round(steps * scale).astype(int)
+    n, width = small.size, small.size * int(step[-1]) + 1
+    if (n + 1) * width > MAX_GRID_CELLS:
+        return None
+    # dist[j, s]: the chance that the values so far put j seeds, summing to s steps, into
+    # the smaller group.
+    dist = np.zeros((n + 1, width))
+    dist[0, 0] = 1.0
+    left = int(counts.sum())
+    for at, count in zip(step.tolist(), counts.tolist(), strict=True):
+        new = np.zeros_like(dist)
+        for j in np.flatnonzero(dist.any(axis=1)):
+            takes = np.arange(min(count, n - j) + 1)
+            for k, p in zip(takes, stats.hypergeom.pmf(takes, left, count, n - j), strict=True):
+                new[j + k, k * at :] += p * dist[j, : width - k * at]
+        dist, left = new, left - count
+    observed = int(step[np.searchsorted(values, small)].sum())
+    sums = dist[n]
+    less, greater = sums[: observed + 1].sum(), sums[observed:].sum()
     return float(min(1.0, 2 * min(less, greater)))
-
-
-def _count_vectors(counts: list[int], n: int, limit: int) -> np.ndarray | None:
-    """Every k with 0 <= k[i] <= counts[i] and sum n (the counts of each distinct value a
-    split puts into a group of n), or None when there are more than `limit`."""
-    vectors: list[list[int]] = [[]]
-    for i, count in enumerate(counts):
-        rest = sum(counts[i + 1 :])
-        # Only prefixes the rest can complete: each ends as at least one vector.
-        vectors = [
-            v + [k]
-            for v in vectors
-            for k in range(max(0, n - sum(v) - rest), min(count, n - sum(v)) + 1)
-        ]
-        if len(vectors) > limit:
-            return None
-    return np.array(vectors)
 
 
 def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> _Test:
@@ -302,7 +328,7 @@ def _test_at_unit(
         if same:
             return same
     if const_x or const_y:
-        return _no_spread(x, y, const_x, const_y, diff, confidence)
+        return _no_spread(x, y, const_x, const_y, diff, confidence, coarse)
     if paired and not _constant(x - y, scale):
         res = stats.ttest_rel(x, y)
         low, high = res.confidence_interval(confidence)
@@ -399,17 +425,21 @@ def _power(n: int, test: _Test, alpha: float) -> float:
     return upper + lower
 
 
-def seeds_needed(test: _Test, alpha: float, power: float) -> int | None:
+def seeds_needed(test: _Test, alpha: float, power: float, coarse: bool = False) -> int | None:
     """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None.
 
     Two constant groups separate as soon as the exact permutation test can (2 / C(2n, n) below
-    alpha). With one constant group, the larger n of that (the permutation test takes part
-    at any n) and the t-test's, the constant group's spread taken as 0."""
+    alpha). With one constant group, the larger n of that and the t-test's, the constant
+    group's spread taken as 0; of a continuous outcome the permutation test takes part only
+    up to MAX_SPLITS splits (at most 7 seeds each), so that n is at most 8."""
     if test.kind != "permutation":
         return _t_seeds(test, alpha, power)
     floor = next((n for n in range(2, MAX_SEEDS + 1) if _log_smallest_p(n) < math.log(alpha)), None)
     if not any(sd > 0 for sd in test.sds):
         return floor
+    if not coarse:
+        exact_up_to = max(n for n in range(2, 20) if math.comb(2 * n, n) <= MAX_SPLITS)
+        floor = exact_up_to + 1 if floor is None else min(floor, exact_up_to + 1)
     needed = _t_seeds(test, alpha, power)
     return None if needed is None or floor is None else max(floor, needed)
 
@@ -621,7 +651,7 @@ def compare(
         else:
             # At alpha / m: with m pairs Holm's first step tests at that level, so the estimate
             # never promises separation with fewer seeds than the adjusted test needs.
-            needed = seeds_needed(t, alpha / len(family), power) if t.diff != 0 else None
+            needed = seeds_needed(t, alpha / len(family), power, coarse) if t.diff != 0 else None
             if t.diff == 0:
                 row["note"] = "not significant; no difference observed"
             elif needed is None:

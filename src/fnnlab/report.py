@@ -148,7 +148,8 @@ def code(text: str) -> str:
 
 
 def ci_name(agg: Aggregate) -> str:
-    """The comparison's intervals, at confidence 1 - aggregate.alpha: "95% CI" by default."""
+    """The comparison's intervals, together at confidence 1 - aggregate.alpha (each at 1 -
+    alpha over the number of means or pairs: Bonferroni): "95% CI" by default."""
     return f"{(1 - agg.alpha) * 100:.4g}% CI"
 
 
@@ -899,14 +900,17 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
         "paired t-test when both have the same seeds, Welch's otherwise; when one of them has "
         "no spread, an exact permutation test (against a group with spread, the larger of its "
-        "p and Welch's, and Welch's alone from 8 seeds each; the test column of comparison.csv "
-        "says which), "
+        "p and Welch's: exact on values on a grid, such as an accuracy's, at any number of "
+        "seeds, and of a continuous outcome Welch's alone from 8 seeds each; the test column "
+        "of comparison.csv says which), "
         "Holm-adjusted over every pair of configurations (the leader is chosen from the data). "
         "Tied: adjusted p "
         f"at or above `aggregate.alpha` ({agg.alpha:g}), or a difference below the margin "
-        f"`aggregate.min_effect` ({margin_text(agg)}). The interval of a difference with "
-        "the leader is at 1 - alpha over the number of pairs (Bonferroni), so that together "
-        "they hold every pair's difference at 1 - alpha. `seeds needed`: seeds per "
+        f"`aggregate.min_effect` ({margin_text(agg)}). The interval of a configuration's "
+        "mean is at 1 - alpha over the number of configurations, and that of a difference "
+        "with the leader at 1 - alpha over the number of pairs (Bonferroni), so that together "
+        "they hold every mean, and every pair's difference, at 1 - alpha: the leader's too, "
+        "which the data chose. `seeds needed`: seeds per "
         "configuration for 80% power at the observed difference and spread, at alpha over "
         "the number of pairs, if that difference were the true one.",
         "",
