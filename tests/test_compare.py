@@ -539,18 +539,18 @@ def test_every_pair_gets_the_p_value_of_its_own_test():
     permutation for a constant group."""
     rng = np.random.default_rng(7)
     groups = [
-        _Group(("a",), np.arange(5), 1 + 0.1 * rng.standard_normal(5), False),
-        _Group(("b",), np.arange(5), 1 + 0.1 * rng.standard_normal(5), False),
-        _Group(("c",), np.array([4, 3, 2, 1, 0]), 1 + 0.1 * rng.standard_normal(5), False),
-        _Group(("lost",), np.arange(4), 1 + 0.1 * rng.standard_normal(4), False),
-        _Group(("const",), np.arange(5), np.full(5, 1.0), False),
-        _Group(("shifted",), np.arange(5), np.zeros(5), False),
+        _Group(("a",), np.arange(5), 1 + 0.1 * rng.standard_normal(5), 0.0),
+        _Group(("b",), np.arange(5), 1 + 0.1 * rng.standard_normal(5), 0.0),
+        _Group(("c",), np.array([4, 3, 2, 1, 0]), 1 + 0.1 * rng.standard_normal(5), 0.0),
+        _Group(("lost",), np.arange(4), 1 + 0.1 * rng.standard_normal(4), 0.0),
+        _Group(("const",), np.arange(5), np.full(5, 1.0), 0.0),
+        _Group(("shifted",), np.arange(5), np.zeros(5), 0.0),
     ]
     groups[5].values = groups[0].values[np.argsort(groups[0].seeds)] + 0.25  # constant difference
     # Far from the others' scale (each pair is tested at its own): paired and Welch's.
     for name, far in (("huge", 1e200), ("tiny", 1e-200)):
-        groups.append(_Group((name,), np.arange(5), far * (1 + rng.standard_normal(5)), False))
-    groups.append(_Group(("lost huge",), np.arange(3), 1e250 * rng.standard_normal(3), False))
+        groups.append(_Group((name,), np.arange(5), far * (1 + rng.standard_normal(5)), 0.0))
+    groups.append(_Group(("lost huge",), np.arange(3), 1e250 * rng.standard_normal(3), 0.0))
     pairs = [(i, j) for i in range(len(groups)) for j in range(i + 1, len(groups))]
     found = _pair_p_values(groups, pairs)
     for k, (i, j) in enumerate(pairs):
@@ -654,6 +654,19 @@ def test_coarse_outcomes_with_few_seeds_claim_a_difference_at_most_alpha(coarse,
             out = compare(runs_frame(groups, seeds), ["cfg"], higher_is_better=True, min_effect=0)
             claims += int((out["tied"] == False).sum() - 1)  # noqa: E712 (the leader is False)
         assert claims / 300 <= ALPHA, f"n={n}: {claims / 300}"
+
+
+@strict
+def test_pairs_without_the_leader_are_tested_as_coarse_too():
+    """A pair of two others got the continuous outcome's test: beyond 10,000 splits, Welch's
+    limit alone (p 0.0038 where the coarse test's is 0.637), and it took Holm's first step
+    (helper-70)."""
+    rng = np.random.default_rng(3)
+    b = _Group(("B",), np.arange(40), rng.choice([0.97, 0.98, 0.99, 1.0], 40), 0.0)
+    c = _Group(("C",), np.arange(3), np.full(3, 0.98), 0.0)
+    coarse = _test(b, c, 0.95, True)
+    assert coarse.kind == "permutation" and _test(b, c, 0.95).kind == "welch"
+    assert _pair_p_values([b, c], [(0, 1)], coarse=True).tolist() == [coarse.p]
 
 
 @strict
@@ -1149,9 +1162,9 @@ def test_a_constant_groups_p_value_does_not_depend_on_which_seed_gave_which():
         n = int(rng.integers(2, 6))
         y = 1 + rng.integers(0, 3, n) * 0.45e-12
         x = y + rng.integers(0, 3, n) * 0.45e-12
-        a = _Group(("a",), np.arange(n), x, False)
-        b = _Group(("b",), rng.permutation(n), x.copy(), False)
-        c = _Group(("c",), np.arange(n), y, False)
+        a = _Group(("a",), np.arange(n), x, 0.0)
+        b = _Group(("b",), rng.permutation(n), x.copy(), 0.0)
+        c = _Group(("c",), np.arange(n), y, 0.0)
         if _test(a, c, 0.95).kind != "permutation":
             continue
         checked += 1

@@ -11,7 +11,7 @@ import pandas as pd
 from test_compare import regimes_per_mode
 
 from fnnlab import report
-from fnnlab.aggregate import Aggregate
+from fnnlab.aggregate import Aggregate, comparisons, summarize
 from fnnlab.compare import compare, stability_boundary
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import MAX_TAG_VALUE
@@ -533,3 +533,70 @@ def test_a_grid_cell_that_shares_the_lead_says_so() -> None:
     assert grid.loc[4, "lr=0.1"].endswith(", n=2, **leader**")
     assert grid.loc[8, "lr=0.1"].endswith(", n=2, shares lead")
     assert grid.loc[4, "lr=1"].endswith(", n=2, tied")
+
+
+def answer_with_failed_runs(values: dict[float, list]) -> Aggregate:
+    """An Aggregate made by fnnlab.aggregate's own summary and comparison: per learning rate,
+    tail losses, NaN for a run that diverged, "F" for one that FAILED."""
+    rows = []
+    for lr, vs in values.items():
+        for seed, v in enumerate(vs):
+            failed = v == "F"
+            diverged = not failed and math.isnan(v)
+            out = math.nan if failed or diverged else v
+            rows.append(
+                {
+                    "run_id": f"{lr}-{seed}",
+                    "lr": lr,
+                    "seed": seed,
+                    "status": "FAILED" if failed else "FINISHED",
+                    "diverged": diverged,
+                    "regime": None if failed else "diverged" if diverged else "stable",
+                    "used": not failed and not diverged,
+                    "final_loss": out,
+                    "final_accuracy": math.nan,
+                    "tail_loss": out,
+                    "epochs_run": 101,
+                    "error": "",
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return Aggregate(
+        selection=finished_selection(filter=None),
+        runs=frame,
+        summary=summarize(frame, ["lr"]),
+        curves=pd.DataFrame(),
+        config_cols=["lr"],
+        outcome="tail_loss",
+        comparison=comparisons(frame, ["lr"], "tail_loss"),
+    )
+
+
+def test_the_share_of_seeds_lost_counts_the_runs_the_answer_counts() -> None:
+    """Both lost 1 of 6 runs to divergence, and lr=3, far better, had a FAILED run too: over
+    finished runs only it lost 1 of 5 and could not lead, while the answer's counts showed 1
+    of 6 for both; and "shares lead" was decided from other counts than the leader's pool
+    (helper-70)."""
+    nan = math.nan
+    agg = answer_with_failed_runs(
+        {1.0: [0.50, 0.52, 0.51, 0.53, 0.50, nan], 3.0: [0.10, 0.11, 0.10, 0.12, nan, "F"]}
+    )
+    assert report.leader_text(agg).startswith("leader: lr=3: ")
+    # lr=3 lost 2 of 8 runs, lr=1 1 of 4: the same share, the same mean: the lead is shared.
+    agg = answer_with_failed_runs({1.0: [0.1, 0.2, nan, 0.3], 3.0: [0.2, 0.2, nan, nan, *"FFFF"]})
+    assert verdicts(agg) == {1.0: "shares lead", 3.0: "leader"}
+    # lr=1 lost 1 of 6, lr=3 1 of 4: lr=1 leads alone, lr=3 is tied, and the tags say so.
+    agg = answer_with_failed_runs({1.0: [0.1, 0.2, nan, 0.3, "F", "F"], 3.0: [0.3, 0.1, 0.2, nan]})
+    assert verdicts(agg) == {1.0: "leader", 3.0: "tied"}
+    tags = report.parent_values(agg)[1]
+    assert (tags["aggregate.leader"], tags["aggregate.tied"]) == ("lr=1", "lr=3")
+
+
+def test_a_tied_configuration_printed_as_the_leader_is_still_tagged_tied() -> None:
+    """aggregate.tied left out the configurations that share the lead by their label: one
+    that prints alike (lr=0.001 and lr=0.0010000004) was left out too (helper-70)."""
+    agg = answer_with_failed_runs(
+        {0.001: [0.10, 0.12, 0.11, 0.13], 0.0010000004: [0.20, 0.05, 0.30, 0.02]}
+    )
+    tags = report.parent_values(agg)[1]
+    assert (tags["aggregate.leader"], tags["aggregate.tied"]) == ("lr=0.001", "lr=0.001")

@@ -739,12 +739,19 @@ def comparisons(
     min_effect: float | None = None,
 ) -> pd.DataFrame:
     """Per configuration, its mean outcome over seeds and how it compares with the leader
-    (fnnlab.compare.compare): failed and running runs are left out, diverged runs have no
-    outcome and count as diverged."""
-    done = frame[frame["status"] == FINISHED]
-    runs = done.reindex(columns=[*config_cols, "seed"]).assign(
-        outcome=done[outcome].where(done["used"]),
-        diverged=done["diverged"],
+    (fnnlab.compare.compare): failed and running runs have no outcome, diverged runs have
+    none and count as diverged. All of them count in the share of a configuration's runs
+    that diverged, as in the summary's counts (the leader is chosen among those with the
+    smallest: over finished runs only, one FAILED run decided it, and the report's counts
+    could not say why; helper-70)."""
+    done = frame["status"] == FINISHED
+    # Not a run whose params were never written (killed, or still running, before its end):
+    # it has no configuration.
+    frame = frame[done | frame[config_cols].notna().all(axis=1)]
+    done = done[frame.index]
+    runs = frame.reindex(columns=[*config_cols, "seed"]).assign(
+        outcome=frame[outcome].where(done & frame["used"]),
+        diverged=frame["diverged"] & done,
     )
     return compare(
         runs,

@@ -191,8 +191,8 @@ def _no_spread(
     one-sample t-test against the constant) is right for normal outcomes but not for coarse
     ones, and the permutation test the other way round (it also rejects for unequal spreads):
     the larger of the two p-values, a test that rejects only when both do. The permutation
-    test is exact on values on a grid (an accuracy's) at any number of seeds, and on others
-    up to MAX_SPLITS splits; beyond, a coarse outcome's draws that many splits, and a
+    test is exact on values on a grid (an accuracy's) up to MAX_GRID_CELLS, and on others up
+    to MAX_SPLITS splits; beyond, a coarse outcome's draws that many splits, and a
     continuous outcome gets Welch's limit alone, with its interval (kind "welch"). Kind
     "permutation": no interval."""
     nan = (math.nan, math.nan)
@@ -246,8 +246,8 @@ def _grid_permutation_p(x: np.ndarray, y: np.ndarray) -> float | None:
     a grid (an accuracy's steps of 1/100): a split's sum is then a whole number of steps, its
     distribution is built one value at a time (how many of a value's copies the smaller
     group takes is hypergeometric, scipy), and sums equal but for rounding (0.98 + 1.0 and
-    0.99 + 0.99) are the same sum. Exact at any number of seeds; None off a grid or beyond
-    MAX_GRID_CELLS."""
+    0.99 + 0.99) are the same sum. None off a grid or beyond MAX_GRID_CELLS (about 140
+    seeds in the smaller group, of accuracies spread from 0 to 1)."""
     small, other = (x, y) if x.size <= y.size else (y, x)
     values, counts = np.unique(np.concatenate([small, other]), return_counts=True)
     with np.errstate(over="ignore"):  # values 1e300 apart in steps of 1e-10: no grid
@@ -338,7 +338,9 @@ def _test_at_unit(
     return _welch(x, y, confidence)
 
 
-def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.ndarray:
+def _pair_p_values(
+    groups: list[_Group], pairs: list[tuple[int, int]], coarse: bool = False
+) -> np.ndarray:
     """The p-value _test gives each pair (i, j), the common cases vectorised: paired t-tests
     of configurations with the same seeds, one scipy call per set of seeds, and Welch's tests
     of the others from their means and spreads; pairs with a constant group one by one. A
@@ -388,11 +390,12 @@ def _pair_p_values(groups: list[_Group], pairs: list[tuple[int, int]]) -> np.nda
     for k in np.flatnonzero(np.isnan(p)):
         i, j = pairs[k]
         if spread[i] and spread[j]:  # constant per-seed differences
-            p[k] = _test(groups[i], groups[j], 0.95).p
+            p[k] = _test(groups[i], groups[j], 0.95, coarse).p
             continue
         key = (np.sort(groups[i].values).tobytes(), np.sort(groups[j].values).tobytes())
         if key not in known:
-            known[key] = _test(groups[i], groups[j], 0.95).p
+            # As a comparison with the leader is: a coarse outcome's test (helper-70).
+            known[key] = _test(groups[i], groups[j], 0.95, coarse).p
         p[k] = known[key]
     return p
 
@@ -616,7 +619,7 @@ def compare(
     # The leader is the best of several means, chosen by the data: adjusted over its own
     # comparisons only, equal configurations are called worse than it more often than alpha.
     # Holm over every pair bounds the chance of any false difference at alpha, whichever wins.
-    pairs = _pair_p_values(groups, list(combinations(compared, 2)))
+    pairs = _pair_p_values(groups, list(combinations(compared, 2)), coarse)
     family = [*(tests[i].p for i in compared), *pairs]
     adjusted = holm(family)[: len(compared)]
     for i, p_adj in zip(compared, adjusted, strict=True):

@@ -297,7 +297,8 @@ def _leader_lines(
     level = "" if agg.alpha == AggregateConfig.alpha else f" (adjusted p < alpha={agg.alpha:g})"
     for rows, head in (
         (others[[not b for b in better]], "worse than the leader beyond seed noise"),
-        # Only a configuration with diverged seeds, which cannot lead, can be better.
+        # Only a configuration that lost a larger share of its seeds, which cannot lead, can
+        # be better.
         (others[better], "better than the leader beyond seed noise, but some seeds diverged"),
     ):
         if not rows.empty:
@@ -900,9 +901,9 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "(`aggregate.outcome`). Each configuration is compared with the leader over seeds: a "
         "paired t-test when both have the same seeds, Welch's otherwise; when one of them has "
         "no spread, an exact permutation test (against a group with spread, the larger of its "
-        "p and Welch's: exact on values on a grid, such as an accuracy's, at any number of "
-        "seeds, and of a continuous outcome Welch's alone from 8 seeds each; the test column "
-        "of comparison.csv says which), "
+        "p and Welch's: exact on values on a grid, such as an accuracy's, and of a "
+        "continuous outcome Welch's alone beyond 10,000 splits (8 seeds each, or 3 against "
+        "38); the test column of comparison.csv says which), "
         "Holm-adjusted over every pair of configurations (the leader is chosen from the data). "
         "Tied: adjusted p "
         f"at or above `aggregate.alpha` ({agg.alpha:g}), or a difference below the margin "
@@ -1106,14 +1107,12 @@ def parent_values(agg: Aggregate) -> tuple[dict[str, float], dict[str, str]]:
     }
     leader, label = agg.leader, _labeller(agg)
     leaders = [] if leader is None else co_leaders(agg)
-    shared = {label(r) for r in leaders}
+    shared = {r.name for r in leaders}  # rows of the comparison (_with_counts keeps them)
     tags = {
         # With configurations of exactly its mean, all of them: which comes first is no answer.
         "aggregate.leader": "; ".join(label(r) for r in leaders),
         # As the answer's line: not those that share the lead (helper-68).
-        "aggregate.tied": "; ".join(
-            label(r) for _, r in agg.tied.iterrows() if label(r) not in shared
-        ),
+        "aggregate.tied": "; ".join(label(r) for i, r in agg.tied.iterrows() if i not in shared),
         "aggregate.outcome": agg.outcome,
         "aggregate.filter": sel.filter or "",
         "aggregate.alpha": repr(agg.alpha),
