@@ -278,8 +278,9 @@ def test_leader_among_diverging_configurations_when_all_diverged():
     nan = math.nan
     out = compare(runs_frame({"a": [0.5, 0.6, nan], "b": [0.3, 0.35, nan]}), ["cfg"])
     assert out.loc[out["leader"], "cfg"].tolist() == ["b"]
-    # Among those that lost the smallest share: the 2 survivors of 5 led, and the one that
-    # lost 1 of 5 was "worse than the leader" (helper-68).
+    # The leader among those that lost the smallest share of their runs: before, the one with
+    # 2 survivors of 5 led, and the one that lost 1 of 5 was "worse than the leader"
+    # (helper-68).
     survivors = {"few": [0.1, 0.12, nan, nan, nan], "most": [0.5, 0.6, 0.55, 0.52, nan]}
     out = compare(runs_frame(survivors), ["cfg"])
     assert out.loc[out["leader"], "cfg"].tolist() == ["most"]
