@@ -480,7 +480,7 @@ def test_a_filter_with_backticks_stays_one_code_span(small) -> None:
     agg = aggregate.aggregate(aggregate.select(store.uri, store.experiment, filter_string=flt))
     span = f"Only the runs matching ``{flt}`` (aggregate.filter)"
     assert span in report.description(agg, []) and span in report.markdown_report(agg, [])
-    method = "when one of them has no spread, an exact permutation test"
+    method = "when one of them has no spread, a permutation test"
     assert method in report.markdown_report(agg, [])
     # report.html, which the sweep's "report" link opens, did not say it at all (helper-48).
     page = report.html_report(agg, Path("."), [])

@@ -8,7 +8,7 @@ Comparison. The leader is the configuration with the best mean outcome among tho
 two finite outcomes, among those that lost the smallest share of their runs to divergence
 (as a rule none). Every other such
 configuration is compared with it by a paired t-test over seeds when both have exactly the same
-seeds, Welch's t-test otherwise, or an exact permutation test when a group has no spread, with
+seeds, Welch's t-test otherwise, or a permutation test when a group has no spread, with
 Holm's adjustment over every pair of configurations (the leader is chosen from the data, so
 its own comparisons are not the whole family). A configuration is "tied" with the leader when the
 adjusted p-value is at least alpha or the difference is below a practical margin (1% of the
@@ -108,6 +108,7 @@ class _Test:
     sds: tuple[float, float] = (math.nan, math.nan)  # welch, permutation: SDs of (other, leader)
     # diff, ci, sd_diff and sds are in units of this (see _unit); p does not depend on it.
     unit: float = 1.0
+    drawn: bool = False  # permutation: p from MAX_SPLITS splits drawn, so >= SMALLEST_DRAWN_P
 
 
 # The unit of no values or only zeros: the smallest, so that a pair's is the other group's.
@@ -175,26 +176,21 @@ def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 MAX_SPLITS = 10_000
 
 
-def _no_spread(
-    x: np.ndarray,
-    y: np.ndarray,
-    const_x: bool,
-    const_y: bool,
-    diff: float,
-    confidence: float,
-    coarse: bool,
-) -> _Test:
+def _no_spread(x: np.ndarray, y: np.ndarray, const_x: bool, const_y: bool, diff: float) -> _Test:
     """A group without spread: a t-test takes its spread of 0 as known, so two accuracies of
     0.5 against two of 0.99 would be "certain". Two constant groups get the exact permutation
     test of the difference in means, whose p is 2 / C(n1 + n2, n1) (the observed split and
-    its mirror): 1/3 for 2 against 2. With one constant group, Welch's limit (the other group's
-    one-sample t-test against the constant) is right for normal outcomes but not for coarse
-    ones, and the permutation test the other way round (it also rejects for unequal spreads):
-    the larger of the two p-values, a test that rejects only when both do. The permutation
-    test is exact on values on a grid (an accuracy's) up to MAX_GRID_CELLS, and on others up
-    to MAX_SPLITS splits; beyond, a coarse outcome's draws that many splits, and a
-    continuous outcome gets Welch's limit alone, with its interval (kind "welch"). Kind
-    "permutation": no interval."""
+    its mirror): 1/3 for 2 against 2. One constant group gets the larger p of Welch's limit
+    (the other group's one-sample t-test against the constant) and the permutation test, a
+    test that rejects only when both do, of any outcome at any number of seeds: Welch's
+    limit alone takes 2 or 3 equal seeds' value for the configuration's true one, and equal
+    seeds are not only an accuracy's: the losses of dead networks sit at exactly ln 2 (in
+    float32) in up to 92% of seeds at large learning rates (helper-71); the permutation test alone
+    also rejects for unequal spreads. The permutation test is exact on values on a grid (an
+    accuracy's) up to MAX_GRID_CELLS, and on others when the constant lies beyond the other
+    group's values (a dead network's ln 2 against losses that fell) or up to MAX_SPLITS
+    splits; beyond, that many splits are drawn, whose p is at least 2 / (MAX_SPLITS + 1).
+    Kind "permutation": no interval."""
     nan = (math.nan, math.nan)
     # In one order: sums of outcomes equal up to rounding are ties that rounding decides, and
     # then by the order of the seeds (_pair_p_values tests each distinct pair of sets once).
@@ -209,30 +205,38 @@ def _no_spread(
     spread = float(np.std(varying / own, ddof=1)) * own
     sds = (0.0, spread) if const_x else (spread, 0.0)
     # A constant beyond 1e308 of the varying group's values: its spread is none at all.
-    res = None if math.isinf(constant) else stats.ttest_1samp(varying / own, constant)
-    p_t = 0.0 if res is None else float(res.pvalue)
-    # Beyond MAX_SPLITS splits Welch's limit alone took 2 or 3 equal seeds' mean of a coarse
-    # outcome for the true one: equal configurations were called different a quarter of the
-    # time at 3 seeds against 40 (helper-68).
-    p_perm = _grid_permutation_p(x, y) if coarse or splits <= MAX_SPLITS else None
+    p_t = 0.0 if math.isinf(constant) else float(stats.ttest_1samp(varying / own, constant).pvalue)
+    p_perm = _grid_permutation_p(x, y)
+    if p_perm is None:
+        p_perm = _extreme_permutation_p(fixed, varying)
     if p_perm is None and splits <= MAX_SPLITS:
         p_perm = stats.permutation_test((x, y), _mean_diff, vectorized=True).pvalue
-    if p_perm is None and not coarse:
-        # A continuous outcome without spread is a configuration that seeds do not change:
-        # Welch's limit is right, and the permutation test would only cost power (helper-69).
-        ci = (diff, diff)
-        if res is not None:
-            low, high = res.confidence_interval(confidence)
-            sign = -1.0 if const_x else 1.0
-            ci = tuple(sorted((sign * (low - constant) * own, sign * (high - constant) * own)))
-        return _Test("welch", diff, p_t, ci, False, sds=sds)
-    if p_perm is None:  # coarse values on no grid: that many splits drawn, the same each time
+    drawn = p_perm is None
+    if drawn:  # that many splits drawn, the same each time
         p_perm = stats.permutation_test(
             (x, y), _mean_diff, vectorized=True, n_resamples=MAX_SPLITS, rng=_SPLITS_DRAWN
         ).pvalue
-    return _Test("permutation", diff, max(p_t, float(p_perm)), nan, False, sds=sds)
+    return _Test("permutation", diff, max(p_t, float(p_perm)), nan, False, sds=sds, drawn=drawn)
 
 
+def _extreme_permutation_p(fixed: np.ndarray, varying: np.ndarray) -> float | None:
+    """The exact two-sided permutation p of the difference in means when the constant
+    group's value lies at or beyond every value of the other group (as scipy's
+    permutation_test defines it: twice the smaller tail, at most 1), else None. Its split
+    is then the most extreme: as extreme are only the splits that give the constant group's
+    n seeds values equal to it, C(k, n) of the C(N, n) splits for the k equal ones (its own
+    and the other group's equal to it up to rounding)."""
+    constant = float(fixed[0])
+    tie = _ROUNDING * max(abs(constant), float(np.max(np.abs(varying))))
+    above, below = varying > constant + tie, varying < constant - tie
+    if above.any() and below.any():
+        return None
+    n, equal = fixed.size, fixed.size + int(np.count_nonzero(~(above | below)))
+    return min(1.0, 2 * math.comb(equal, n) / math.comb(fixed.size + varying.size, n))
+
+
+# The smallest p of MAX_SPLITS splits drawn (scipy counts the observed split among them).
+SMALLEST_DRAWN_P = 2 / (MAX_SPLITS + 1)
 # The seed of the splits drawn when there are too many to count: fixed, so an answer made
 # again is the same.
 _SPLITS_DRAWN = 0
@@ -328,7 +332,7 @@ def _test_at_unit(
         if same:
             return same
     if const_x or const_y:
-        return _no_spread(x, y, const_x, const_y, diff, confidence, coarse)
+        return _no_spread(x, y, const_x, const_y, diff)
     if paired and not _constant(x - y, scale):
         res = stats.ttest_rel(x, y)
         low, high = res.confidence_interval(confidence)
@@ -428,21 +432,17 @@ def _power(n: int, test: _Test, alpha: float) -> float:
     return upper + lower
 
 
-def seeds_needed(test: _Test, alpha: float, power: float, coarse: bool = False) -> int | None:
+def seeds_needed(test: _Test, alpha: float, power: float) -> int | None:
     """Smallest n in 2..MAX_SEEDS whose power reaches `power`, or None.
 
     Two constant groups separate as soon as the exact permutation test can (2 / C(2n, n) below
     alpha). With one constant group, the larger n of that and the t-test's, the constant
-    group's spread taken as 0; of a continuous outcome the permutation test takes part only
-    up to MAX_SPLITS splits (at most 7 seeds each), so that n is at most 8."""
+    group's spread taken as 0."""
     if test.kind != "permutation":
         return _t_seeds(test, alpha, power)
     floor = next((n for n in range(2, MAX_SEEDS + 1) if _log_smallest_p(n) < math.log(alpha)), None)
     if not any(sd > 0 for sd in test.sds):
         return floor
-    if not coarse:
-        exact_up_to = max(n for n in range(2, 20) if math.comb(2 * n, n) <= MAX_SPLITS)
-        floor = exact_up_to + 1 if floor is None else min(floor, exact_up_to + 1)
     needed = _t_seeds(test, alpha, power)
     return None if needed is None or floor is None else max(floor, needed)
 
@@ -543,8 +543,9 @@ def compare(
     [0, 0]; not with `coarse` (an outcome of few values, such as an accuracy: different runs
     often give equal ones), where they get Welch's test, p = 1 with its interval. A group
     without spread (a coarse outcome such as accuracy: 1.0 for every seed) has
-    no interval of its mean and gets an exact permutation test (`test` "permutation", no
-    interval; p = 1 against an equal constant; see _no_spread): two constant
+    no interval of its mean and gets a permutation test, exact but for many seeds of values
+    on no grid (`test` "permutation", no interval; p = 1 against an equal constant; see
+    _no_spread): two constant
     groups of n seeds cannot go below 2 / C(2n, n) (1/3 for 2 against 2;
     `smallest_permutation_p`). Constant per-seed differences between groups with spread leave
     the paired test none: Welch's test is used.
@@ -654,10 +655,16 @@ def compare(
         else:
             # At alpha / m: with m pairs Holm's first step tests at that level, so the estimate
             # never promises separation with fewer seeds than the adjusted test needs.
-            needed = seeds_needed(t, alpha / len(family), power, coarse) if t.diff != 0 else None
+            level = alpha / len(family)
             if t.diff == 0:
                 row["note"] = "not significant; no difference observed"
-            elif needed is None:
+            elif t.drawn and level <= SMALLEST_DRAWN_P:
+                # No number of seeds would do while its p is drawn (helper-73).
+                row["note"] = (
+                    f"not significant; its p, from {MAX_SPLITS} splits drawn, cannot go below "
+                    f"{SMALLEST_DRAWN_P:.2g}, nor its adjusted p below alpha"
+                )
+            elif (needed := seeds_needed(t, level, power)) is None:
                 row["note"] = (
                     f"not significant; more than {MAX_SEEDS} seeds for {power:.0%} power "
                     "if the difference is real"
