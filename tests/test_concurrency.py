@@ -283,6 +283,96 @@ def test_a_runs_lease_is_renewed_while_its_values_and_files_are_written(store, m
     assert run.info.status == "FINISHED"
 
 
+def test_a_run_marked_killed_while_its_job_stood_still_stays_killed(store, monkeypatch):
+    """A job whose process stood still past its lease (suspended, or cut off from the store)
+    is taken for dead by another host, which marks its run KILLED and trains the
+    configuration again. When the job went on, it ended its run FINISHED: two finished runs
+    of one configuration, one with the error "found RUNNING after its process ended". Now
+    the run stays KILLED, with its values, and the job fails saying so."""
+    from fnnlab import claims, job
+    from fnnlab.tracking import open_store
+
+    monkeypatch.setattr(claims, "LEASE_S", 3.0)  # at risk 1.5 s after the last renewal
+    write_files = job.write_files
+
+    def stand_still(history, cfg, art, *args):
+        time.sleep(1.6)  # after training, before the final write: no renewal
+        other = open_store(store.uri, store.experiment)  # the other host's
+        claims.mark_dead(other, store.runs()[0], "its lease on another-machine ran out")
+        return write_files(history, cfg, art, *args)
+
+    monkeypatch.setattr(job, "write_files", stand_still)
+    out = run_command(cli.train, "train.epochs=3", *store.overrides())
+    assert out.returncode == 1
+    line = out.stderr.splitlines()[-1]  # after Hydra's "Error executing job with ..."
+    assert line.startswith("fnnlab-train: error: run h")
+    assert "was ended KILLED by another invocation while this one stood still" in line
+    (run,) = store.runs()
+    assert run.info.status == "KILLED"
+    assert run.data.tags[Tag.ERROR].startswith(claims.DEAD)
+    assert len(store.client.get_metric_history(run.info.run_id, "loss")) == 3
+
+
+@pytest.mark.parametrize("where", ["claiming", "ending"])
+def test_a_run_marked_killed_before_or_while_it_ends_stays_killed(store, monkeypatch, where):
+    """The other host marks the run KILLED while its job stands still in its claim, before
+    the job's own lease renewals began (it was looked up only a third of a lease after
+    those: a short job never), or while the job's FINISHED is on its way to the store (it
+    landed after the KILLED: helper-71). Either way the run ends KILLED and the job fails."""
+    from fnnlab import claims, job
+
+    monkeypatch.setattr(claims, "LEASE_S", 3.0)  # at risk 1.5 s after the lease was taken
+
+    def other_host(s, run_id: str) -> None:
+        claims.mark_dead(s, s.client.get_run(run_id), "its lease on another-machine ran out")
+
+    if where == "claiming":
+        claim = claims.claim
+
+        def stand_still_in_claim(s, *args):
+            how, run_id, other = claim(s, *args)
+            time.sleep(1.6)
+            other_host(s, run_id)
+            return how, run_id, other
+
+        monkeypatch.setattr(claims, "claim", stand_still_in_claim)
+    else:
+        end_run = job.end_run
+
+        def late_finish(s, run_id: str, status: str) -> None:
+            if status == "FINISHED":
+                time.sleep(1.6)
+                other_host(s, run_id)  # lands first
+            end_run(s, run_id, status)
+
+        monkeypatch.setattr(job, "end_run", late_finish)
+    cfg = compose_train([*store.overrides(), "train.epochs=3"])
+    with pytest.raises(claims.RunTaken, match="was ended KILLED by another invocation"):
+        job.run(cfg, store.root / "out", claim="code")
+    (run,) = store.runs()
+    assert run.info.status == "KILLED"
+    assert run.data.tags[Tag.ERROR].startswith(claims.DEAD)
+    assert len(store.client.get_metric_history(run.info.run_id, "loss")) == 3
+
+
+def test_a_write_that_begins_when_the_lease_is_due_renews_it_at_once(store):
+    """The final write's renewal thread waited a full third of a lease (20 s) before its
+    first renewal, however long the lease had gone unrenewed before the write: up to two
+    thirds of one, and a read of the run at the job's end (helper-72). It renews when due."""
+    from fnnlab import claims
+    from fnnlab.tracking import open_store, start_run
+
+    s = open_store(store.uri, store.experiment)
+    lease = claims.LeaseRenewal(s, start_run(s, "r", claims.lease_tags(), None))
+    lease.due = time.monotonic()  # training took its third of a lease
+    before = lease.leased
+    with lease.kept():
+        deadline = time.monotonic() + 10  # half the wait before: the thread renews at once
+        while lease.leased == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert lease.leased > before and not lease.lapsed
+
+
 def test_contested_jobs_leave_only_deleted_runs(store):
     """A job that steps back deletes its run: nothing of it is in the active view."""
     initialised(store)

@@ -63,13 +63,30 @@ def lease_tags() -> dict[str, str]:
     return {Tag.LEASE_UNTIL: f"{time.time() + LEASE_S:.0f}"}
 
 
+class RunTaken(RuntimeError):
+    """A job's run was ended by another invocation before the job could end it."""
+
+
 class LeaseRenewal:
     """fit()'s on_epoch that renews a run's lease a third of the way through it, so a long
-    training keeps its claim; calls `then` (an epoch bar, say) as well."""
+    training keeps its claim; calls `then` (an epoch bar, say) as well. `leased`: when the
+    lease the run was made with was taken (epoch s)."""
 
-    def __init__(self, store: Store, run_id: str, then: Callable[[int], object] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        then: Callable[[int], object] | None = None,
+        leased: float | None = None,
+    ):
         self.store, self.run_id, self.then = store, run_id, then
         self.due = time.monotonic() + LEASE_S / 3
+        # When the lease in the store was taken, by the wall clock, which goes on while the
+        # process is stopped; and whether it went unrenewed for half a lease since (renewed
+        # every third of one): as long as another host whose clock is up to half a lease
+        # ahead of ours takes to find it run out.
+        self.leased = time.time() if leased is None else leased
+        self.lapsed = False
 
     def __call__(self, n: int) -> None:
         if time.monotonic() >= self.due:
@@ -78,31 +95,51 @@ class LeaseRenewal:
             self.then(n)
 
     def renew(self) -> None:
+        now = time.time()
+        self.lapsed |= now - self.leased >= LEASE_S / 2
         log_values(self.store, self.run_id, tags=lease_tags())
+        self.leased = max(self.leased, now)  # once the store has it
         self.due = time.monotonic() + LEASE_S / 3
 
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """The lease renewed from another thread while the block runs: writing a run's
+        values and files to a slow store can outlast a lease renewed only between epochs,
+        and another host would then train the configuration again (helper-66)."""
+        done = threading.Event()
 
-@contextmanager
-def lease_kept(store: Store, run_id: str) -> Iterator[None]:
-    """The run's lease renewed from another thread while the block runs: writing a run's
-    values and files to a slow store can outlast a lease renewed only between epochs, and
-    another host would then train the configuration again (helper-66)."""
-    done = threading.Event()
+        def renew() -> None:
+            # When the renewal is due, as between epochs: not a full third of a lease after
+            # the block began, which left the lease unrenewed for up to two thirds of one.
+            while not done.wait(max(0.0, self.due - time.monotonic())):
+                try:
+                    self.renew()
+                except Exception:  # the store fails: the block's own writes say so
+                    return
 
-    def renew() -> None:
-        while not done.wait(LEASE_S / 3):
-            try:
-                log_values(store, run_id, tags=lease_tags())
-            except Exception:  # the store fails: the block's own writes say so
-                return
+        thread = threading.Thread(target=renew, name=f"lease {self.run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
-    thread = threading.Thread(target=renew, name=f"lease {run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    def taken(self, ended: bool = False) -> str | None:
+        """How another invocation ended the run ("KILLED", as mark_dead does, or "deleted")
+        while this process stood still (suspended, or cut off from the store) past its
+        lease, or None. `ended`: this process has just ended it FINISHED, which may have
+        landed after the other's KILLED (mark_dead's error tag then tells). Only a lease
+        that went unrenewed for half a lease can have been found run out (by a host whose
+        clock is less than that ahead): else no store read."""
+        if not (self.lapsed or time.time() - self.leased >= LEASE_S / 2):
+            return None
+        run = self.store.client.get_run(self.run_id)
+        if run.info.lifecycle_stage != "active":
+            return "deleted"
+        if ended:
+            return KILLED if run.data.tags.get(Tag.ERROR, "").startswith(DEAD) else None
+        return None if run.info.status == RUNNING else run.info.status
 
 
 # --- is a run's process alive --------------------------------------------------------------
@@ -161,6 +198,10 @@ def holder_alive(run: Run, remote_after: float) -> tuple[bool, str]:
     )
 
 
+# The start of the error tag of a run marked KILLED by mark_dead.
+DEAD = "found RUNNING after its process ended"
+
+
 def mark_dead(store: Store, run: Run, why: str) -> None:
     """End a run whose process is gone KILLED, saying why (unless it ended meanwhile, or was
     deleted: a claim's candidate its invocation gave up)."""
@@ -168,11 +209,7 @@ def mark_dead(store: Store, run: Run, why: str) -> None:
         return
     log.warning("run %s (%s): %s; marking it KILLED", run.info.run_name, run.info.run_id, why)
     try:
-        log_values(
-            store,
-            run.info.run_id,
-            tags={Tag.ERROR: f"found RUNNING after its process ended: {why}"},
-        )
+        log_values(store, run.info.run_id, tags={Tag.ERROR: f"{DEAD}: {why}"})
         end_run(store, run.info.run_id, KILLED)
     except MlflowException:
         # Deleted since the look: a store does not write to a deleted run (helper-67).

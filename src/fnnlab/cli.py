@@ -684,6 +684,7 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
     from joblib.externals.loky.process_executor import TerminatedWorkerError
     from mlflow.exceptions import MlflowException
 
+    from fnnlab.claims import RunTaken
     from fnnlab.sweep import SweepFolderFailed, launch_timed_out
     from hydra_plugins.fnnlab._core import WorkerDied
 
@@ -697,7 +698,7 @@ def report(prog: str, exc: Exception, user_wants_trace: bool) -> int | None:
         if user_wants_trace:
             return None
         message, status = f"error: {passed_on}", 2
-    elif isinstance(exc, WorkerDied | SweepFolderFailed):
+    elif isinstance(exc, WorkerDied | SweepFolderFailed | RunTaken):
         message, status = f"error: {exc}", 1
     elif isinstance(exc, TerminatedWorkerError):  # Hydra's joblib launcher's worker died
         message, status = f"error: {WorkerDied(exc)}", 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from fnnlab.config import (
 from fnnlab.data import load_iris2
 from fnnlab.errortext import first_line
 from fnnlab.internals import to_yaml
-from fnnlab.names import FINISHED, ROLE_JOB, Tag
+from fnnlab.names import FINISHED, KILLED, ROLE_JOB, Tag
 from fnnlab.outcome import RegimeThresholds, classify_regime, run_outcome
 from fnnlab.tracking import (
     Store,
@@ -217,6 +218,7 @@ def run(
         store = open_store_once(cfg.tracking.uri, cfg.tracking.experiment)
     name = name or run_name(cfg)
     population.one_thread()  # before env.torch_threads records it
+    leased = time.time()  # the lease's time, in the run's first write
     tags = {
         Tag.ROLE: ROLE_JOB,
         Tag.FINGERPRINT: fingerprint(cfg),
@@ -240,7 +242,7 @@ def run(
             if parent_run_id and Tag.SWEEP_ID in tags:
                 claims.use_run(store, other, parent_run_id, tags[Tag.SWEEP_ID])
             return Claimed(how, run_id, other.info.run_name, store.experiment_id)
-    lease = claims.LeaseRenewal(store, run_id, on_epoch)
+    lease = claims.LeaseRenewal(store, run_id, on_epoch, leased)
     try:
         history = train_model(cfg, lease)
         summary = summarize(history, cfg)
@@ -252,7 +254,7 @@ def run(
         digest = provenance.files_digest(
             {f.relative_to(art).as_posix(): f.read_bytes() for f in files}
         )
-        with claims.lease_kept(store, run_id):
+        with lease.kept():
             log_values(
                 store,
                 run_id,
@@ -266,7 +268,22 @@ def run(
     except BaseException as exc:
         _end_with_error(store, run_id, name, params, exc)
         raise
-    end_run(store, run_id, FINISHED)
+    # Ended FINISHED after another invocation marked it KILLED and trained the configuration
+    # again, it would be a second finished run of it. MLflow has no conditional write: the
+    # FINISHED can still land after the other's KILLED, and is then undone.
+    taken = lease.taken()
+    if taken is None:
+        end_run(store, run_id, FINISHED)
+        taken = lease.taken(ended=True)
+        if taken == KILLED:
+            end_run(store, run_id, KILLED)
+    if taken is not None:
+        how = "deleted" if taken == "deleted" else f"ended {taken}"
+        raise claims.RunTaken(
+            f"run {name} ({run_id}) was {how} by another invocation while this one stood "
+            f"still past its lease: it stays so, with its values, and that invocation trains "
+            "the configuration again"
+        )
     return JobResult(
         run_id=run_id,
         run_name=name,
