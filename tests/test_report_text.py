@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
+import pytest
+from scipy import stats
 from test_compare import regimes_per_mode
 
 from fnnlab import report
@@ -92,7 +95,7 @@ def test_a_leader_that_lost_seeds_says_so() -> None:
     agg = answer_of("tail_loss", {1.0: [0.1, 0.11, nan, nan, nan], 3.0: [0.5, 0.52, nan, nan, nan]})
     first = report.leader_text(agg).splitlines()[0]
     assert first.startswith("leader: lr=1: ")
-    assert first.endswith("(95% CI, 2 seeds; 3 more diverged and are left out)")
+    assert first.endswith("(95% CI, Bonferroni, 2 seeds; 3 more diverged and are left out)")
     # One that lost fewer leads: lr=1's 2 survivors of 5 led, and lr=3, which lost 1 of 5,
     # was "worse than the leader beyond seed noise" (helper-68).
     agg = answer_of(
@@ -100,7 +103,7 @@ def test_a_leader_that_lost_seeds_says_so() -> None:
     )
     lines = report.leader_text(agg).splitlines()
     assert lines[0].startswith("leader: lr=3: ")
-    assert lines[0].endswith("(95% CI, 4 seeds; 1 more diverged and is left out)")
+    assert lines[0].endswith("(95% CI, Bonferroni, 4 seeds; 1 more diverged and is left out)")
     assert "worse than the leader" not in report.leader_text(agg)
     assert lines[2].startswith(
         "better than the leader beyond seed noise, but some seeds diverged: lr=1 (-0.4"
@@ -154,11 +157,22 @@ def test_a_tie_below_the_margin_gives_its_p_value() -> None:
 
 def test_intervals_are_named_by_their_confidence() -> None:
     values = {1.0: [0.1, 0.11, 0.12], 3.0: [0.5, 0.52, 0.51]}
-    assert "(95% CI, 3 seeds)" in report.leader_text(answer_of("tail_loss", values))
+    assert "(95% CI, Bonferroni, 3 seeds)" in report.leader_text(answer_of("tail_loss", values))
     agg = answer_of("tail_loss", values, alpha=0.5)
-    assert "(50% CI, 3 seeds)" in report.leader_text(agg)
+    assert "(50% CI, Bonferroni, 3 seeds)" in report.leader_text(agg)
     columns = list(report.comparison_table(agg).columns)
-    assert "mean tail_loss [50% CI]" in columns and "vs leader [50% CI, Bonferroni]" in columns
+    assert (
+        "mean tail_loss [50% CI, Bonferroni]" in columns
+        and "vs leader [50% CI, Bonferroni]" in columns
+    )
+    # One configuration with 2 seeds: its interval is scipy's plain one, and named so.
+    alone = answer_of("tail_loss", {1.0: [0.1, 0.11, 0.12], 3.0: [0.5, math.nan, math.nan]})
+    assert "(95% CI, 3 seeds" in report.leader_text(alone)
+    row = alone.comparison.iloc[0]
+    x = [0.1, 0.11, 0.12]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        stats.t.interval(0.95, 2, np.mean(x), stats.sem(x))
+    )
 
 
 def test_two_seeds_of_equal_accuracy_are_no_certain_difference() -> None:

@@ -45,7 +45,9 @@ def test_sweep_ends_with_its_answer_and_links_on_the_ui_port(store: TmpStore) ->
     done = next(i for i, line in enumerate(lines) if " done in " in line)
     answer = lines[done + 1 :]
     text = "\n".join(answer)
-    assert re.search(r"^ hidden_dim +lr +n +mean tail_loss \[95% CI\]", text, re.M), text
+    assert re.search(r"^ hidden_dim +lr +n +mean tail_loss \[95% CI, Bonferroni\]", text, re.M), (
+        text
+    )
     leader = parent.data.tags["aggregate.leader"]
     assert leader and f"leader: {leader}:" in text
     assert "stability boundary" in text and "tied with the leader:" in text

@@ -149,8 +149,11 @@ def code(text: str) -> str:
 
 def ci_name(agg: Aggregate) -> str:
     """The comparison's intervals, together at confidence 1 - aggregate.alpha (each at 1 -
-    alpha over the number of means or pairs: Bonferroni): "95% CI" by default."""
-    return f"{(1 - agg.alpha) * 100:.4g}% CI"
+    alpha over the number of means or pairs: Bonferroni): "95% CI, Bonferroni" by default.
+    Named so: each is wider than the usual 95% interval of one mean or difference, which a
+    reader checking one against scipy would get; "95% CI" when there is one such mean."""
+    level = f"{(1 - agg.alpha) * 100:.4g}% CI"
+    return level if (agg.comparison["n"] >= 2).sum() < 2 else f"{level}, Bonferroni"
 
 
 def _mean_ci(row: pd.Series) -> str:
@@ -442,7 +445,7 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
     leader = c[c["leader"]].iloc[0] if c["leader"].any() else None
     # Both adjusted over every pair: the intervals by Bonferroni, the verdicts by Holm, which
     # finds every difference an interval shows, and may find one whose interval holds 0.
-    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}, Bonferroni]"
+    mean, vs = f"mean {agg.outcome} [{ci_name(agg)}]", f"vs leader [{ci_name(agg)}]"
     varying = varying_cols(agg)
     columns = [*varying, "n", mean, vs, "p_adj", "verdict", "seeds needed"]
     rows = []
