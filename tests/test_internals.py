@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import sqlalchemy
 from conftest import TmpStore, copy_schema, run_script
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
@@ -57,6 +59,43 @@ SEQUENCES = {
         (ODD, PARAMS[:1], [RunTag("diverged", "true")]),
         ([Metric("loss", 5.0, NOW - 1, 100)], [Param("seed", "3")], TAGS),
         ([Metric("acc", 0.0, NOW + 1, 0)], [], []),
+    ],
+    # Equal (step, timestamp, value) within a key, a NaN (stored as 0) among them: the
+    # latest-value row is the first of them, as MLflow keeps it; keys that come back.
+    "ties": [
+        (
+            [
+                Metric("t", 0.0, NOW, 5),
+                Metric("t", float("nan"), NOW, 5),
+                Metric("u", float("nan"), NOW, 2),
+                Metric("u", 0.0, NOW, 2),
+                Metric("t", 0.0, NOW + 1, 4),
+                Metric("u", 1.0, NOW, 2),
+            ],
+            [],
+            [],
+        ),
+        ([Metric("u", float("nan"), NOW, 9), Metric("u", 0.0, NOW, 9)], [], []),
+    ],
+    # numpy's float32 0.1 equals both 0.1 and the next float, which differ: the latest value
+    # is the one MLflow's comparisons in order keep (helper-74).
+    "a float32 among floats": [
+        (
+            [
+                Metric("a", 0.1, NOW, 1),
+                Metric("b", 0.5, NOW, 1),
+                Metric("a", np.float32(0.1), NOW, 1),
+                Metric("a", math.nextafter(0.1, 1), NOW, 1),
+            ],
+            [],
+            [],
+        ),
+        ([Metric("a", 0.3, NOW, 2)], [], []),
+        (
+            [Metric("a", np.float32(0.3), NOW, 2), Metric("a", math.nextafter(0.3, 1), NOW, 2)],
+            [],
+            [],
+        ),
     ],
     # The second batch repeats a stored row: MLflow's path takes over and skips it.
     "stored row again": [(SERIES, [], []), (SERIES[:2] + [Metric("loss", 4.0, NOW, 9)], [], [])],
@@ -166,6 +205,56 @@ def test_same_rows_as_mlflows_log_batch(uri_for, sequence, ahead, monkeypatch):
     assert ours["metrics"] or ours["params"]  # the comparison compared something
     renamed = any(t.key == "mlflow.runName" for _, _, tags in batches for t in tags)
     assert ours["runs"] == [("renamed" if renamed else "r", "RUNNING", "active")]
+
+
+# Mostly good metrics, so that a bad value often follows good ones of its key.
+KEYS = st.one_of(
+    st.sampled_from(["loss", "grad_norm/w1"]),
+    st.sampled_from(["", "../up", "a b", "k" * 251, None, 5]),
+)
+VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(0, 1),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([True, None, "0.5", np.float32(0.5), Decimal("0.1"), 1j]),
+)
+STAMPS = st.one_of(
+    st.integers(0, 2**63),
+    st.integers(-5, 5),
+    st.sampled_from([0.5, -0.5, None, "1", np.int64(7), True, float("nan")]),
+)
+GOOD = ("loss", 0.5, NOW, 3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(KEYS, VALUES, STAMPS, STAMPS), max_size=12),
+    st.lists(st.tuples(KEYS, st.sampled_from(["1", "x" * 6001, 3])), max_size=3),
+)
+@example([GOOD, ("loss", None, NOW, 4)], [])
+@example([GOOD, ("loss", True, NOW, 4)], [])
+@example([GOOD, ("loss", 0.5, -1, 4)], [])
+@example([GOOD, ("loss", 0.5, NOW, "4")], [])
+@example([GOOD, ("loss", 0.5, "1", 4)], [])
+def test_a_batch_is_checked_as_mlflow_checks_it(metrics, params):
+    """Whatever a batch holds, fnnlab's check of it passes exactly when MLflow's does, and
+    fails with MLflow's error (its message names the first bad value and where it is)."""
+    from mlflow.utils.validation import _validate_batch_log_data
+
+    batch = (
+        [Metric(*m) for m in metrics],
+        [Param(k, v) for k, v in params],
+        [RunTag("diverged", "x" * 9000)],
+    )
+
+    def outcome(check):
+        try:
+            _, ps, ts = check(*batch)
+        except Exception as exc:  # MLflow's own errors are not all MlflowException
+            return type(exc), str(exc)
+        return [(p.key, p.value) for p in ps], [(t.key, t.value) for t in ts]
+
+    assert outcome(internals._validate_batch) == outcome(_validate_batch_log_data)
 
 
 def test_batches_are_checked_before_the_store_is_locked(tmp_path):

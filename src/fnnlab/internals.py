@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import operator
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -517,7 +516,7 @@ METRIC_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
 AHEAD_BATCHES = 100
 
 
-DriverInsert = tuple[str, Callable[[list[dict[str, Any]]], list[tuple]]]
+DriverInsert = tuple[str, Callable[[dict[str, list[Any]]], list[tuple]]]
 
 
 def _driver_insert(dialect: Any) -> DriverInsert | None:
@@ -540,11 +539,10 @@ def _driver_insert(dialect: Any) -> DriverInsert | None:
         for name in compiled.positiontup
     ]
 
-    def parameters(rows: list[dict[str, Any]]) -> list[tuple]:
-        values = []
-        for name, convert in columns:
-            column = map(operator.itemgetter(name), rows)
-            values.append(list(map(convert, column) if convert else column))
+    def parameters(rows: dict[str, list[Any]]) -> list[tuple]:
+        values = [
+            list(map(convert, rows[name])) if convert else rows[name] for name, convert in columns
+        ]
         return list(zip(*values, strict=True))
 
     return str(compiled), parameters
@@ -562,59 +560,102 @@ def _checked_batches(
     driver insert): (rows, params, tags). A batch whose values cannot be made into rows
     (log_batch's error within its transaction) comes with the exception for rows, and is
     the last."""
-    from mlflow.utils.validation import (
-        _validate_batch_log_data,
-        _validate_batch_log_limits,
-        _validate_param_keys_unique,
-    )
+    from mlflow.utils.validation import _validate_batch_log_limits, _validate_param_keys_unique
 
     for metrics, params, tags in batches:
-        metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
+        metrics, params, tags = _validate_batch(metrics, params, tags)
         _validate_batch_log_limits(metrics, params, tags)
         _validate_param_keys_unique(params)
         if any(m.model_id is not None for m in metrics):
             raise ValueError("log_batches takes run metrics only, not a model's")
         try:
-            rows = _metric_rows(store, run_id, metrics, latest)
-            rows = driver[1](rows) if driver else rows
+            columns = _metric_columns(store, run_id, metrics, latest)
+            rows = driver[1](columns) if driver else _dict_rows(columns)
         except Exception as exc:
             yield exc, params, tags
             return
         yield rows, params, tags
 
 
-def _metric_rows(
+def _validate_batch(
+    metrics: list[Metric], params: list[Param], tags: list[RunTag]
+) -> tuple[list[Metric], list[Param], list[RunTag]]:
+    """MLflow's _validate_batch_log_data: the same checks, the same first error. MLflow checks
+    every metric's key, value, timestamp and step; for a metric whose value is a float,
+    timestamp a nonnegative int and step an int, only its key's checks can fail, and they
+    depend on the key alone. So such a metric whose key passed them earlier in the batch is
+    not checked again (a run's 1,000 values a batch have a few keys); every other metric is
+    checked by MLflow's own code, in order, which raises its own error at its own path."""
+    from mlflow.utils.validation import _validate_batch_log_data, _validate_metric
+
+    passed: set[str] = set()
+    for index, m in enumerate(metrics):
+        if (
+            type(m.key) is str
+            and m.key in passed
+            and type(m.value) is float
+            and type(m.timestamp) is int
+            and m.timestamp >= 0
+            and type(m.step) is int
+        ):
+            continue
+        _validate_metric(m.key, m.value, m.timestamp, m.step, path=f"metrics[{index}]")
+        if type(m.key) is str:
+            passed.add(m.key)
+    _, params, tags = _validate_batch_log_data([], params, tags)
+    return metrics, params, tags
+
+
+def _metric_columns(
     store: Any, run_id: str, metrics: list[Metric], latest: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The metrics table's rows; latest keeps, per key, the row with the largest (step,
-    timestamp, value) so far.
+) -> dict[str, list[Any]]:
+    """The metrics table's rows, as its columns (METRIC_COLUMNS); latest keeps, per key, the
+    row with the largest (step, timestamp, value) so far, the first of equal ones.
 
     MLflow's latest-value update keeps, per key, the value with the largest (step,
     timestamp, value); given only each key's largest, it ends with the same row. A value
     repeated within the call is not dropped here: its second row fails the insert, and
     MLflow's own path, which skips it, takes over.
     """
-    rows = []
-    sanitize = store.sanitize_metric_value
-    for metric in metrics:
-        is_nan, value = sanitize(metric.value)
-        row = {
+    n = len(metrics)
+    keys = [m.key for m in metrics]
+    timestamps = [m.timestamp for m in metrics]
+    steps = [m.step for m in metrics]
+    sanitized = list(map(store.sanitize_metric_value, [m.value for m in metrics]))
+    is_nan = [s[0] for s in sanitized]
+    values = [s[1] for s in sanitized]
+    columns = {
+        "run_uuid": [run_id] * n,
+        "key": keys,
+        "value": values,
+        "timestamp": timestamps,
+        "step": steps,
+        "is_nan": is_nan,
+    }
+    # In order, as MLflow's latest-value update compares them: a value that is not a Python
+    # float (numpy's float32) can compare equal to two floats that differ (helper-74), so
+    # no other order of comparisons is sure to keep the same row.
+    best = {key: (row["step"], row["timestamp"], row["value"]) for key, row in latest.items()}
+    newer: dict[str, int] = {}
+    rows = zip(steps, timestamps, values, strict=True)
+    for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
+        top = best.get(key)
+        if top is None or row > top:
+            best[key], newer[key] = row, i
+    for key, i in newer.items():
+        latest[key] = {
             "run_uuid": run_id,
-            "key": metric.key,
-            "value": value,
-            "timestamp": metric.timestamp,
-            "step": metric.step,
-            "is_nan": is_nan,
+            "key": key,
+            "value": values[i],
+            "timestamp": timestamps[i],
+            "step": steps[i],
+            "is_nan": is_nan[i],
         }
-        rows.append(row)
-        best = latest.get(metric.key)
-        if best is None or (row["step"], row["timestamp"], value) > (
-            best["step"],
-            best["timestamp"],
-            best["value"],
-        ):
-            latest[metric.key] = row
-    return rows
+    return columns
+
+
+def _dict_rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def _new_params(stored: dict[str, str], run_id: str, params: list[Param]) -> list[dict[str, str]]:
