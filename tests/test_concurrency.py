@@ -12,11 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import compose_train, run_command, run_script
+from conftest import TmpStore, compose_train, run_command, run_script
 from mlflow.entities import ViewType
 
 from fnnlab import cli, provenance
@@ -283,7 +285,25 @@ def test_a_runs_lease_is_renewed_while_its_values_and_files_are_written(store, m
     assert run.info.status == "FINISHED"
 
 
-def test_a_run_marked_killed_while_its_job_stood_still_stays_killed(store, monkeypatch):
+@dataclass
+class ServerStore(TmpStore):
+    """A TmpStore's face on the tracking server: its runs in an experiment of their own."""
+
+    def overrides(self) -> list[str]:
+        return ["tracking=server", *super().overrides()]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.server)])
+def any_store(request, store):
+    """The embedded store, or the PostgreSQL-backed tracking server (its REST API): the
+    lease is checked through either."""
+    if request.param == "sqlite":
+        return store
+    server = request.getfixturevalue("tracking_server")
+    return ServerStore(root=store.root, uri=server.url, experiment=f"lease-{uuid.uuid4().hex}")
+
+
+def test_a_run_marked_killed_while_its_job_stood_still_stays_killed(any_store, monkeypatch):
     """A job whose process stood still past its lease (suspended, or cut off from the store)
     is taken for dead by another host, which marks its run KILLED and trains the
     configuration again. When the job went on, it ended its run FINISHED: two finished runs
@@ -297,24 +317,24 @@ def test_a_run_marked_killed_while_its_job_stood_still_stays_killed(store, monke
 
     def stand_still(history, cfg, art, *args):
         time.sleep(1.6)  # after training, before the final write: no renewal
-        other = open_store(store.uri, store.experiment)  # the other host's
-        claims.mark_dead(other, store.runs()[0], "its lease on another-machine ran out")
+        other = open_store(any_store.uri, any_store.experiment)  # the other host's
+        claims.mark_dead(other, any_store.runs()[0], "its lease on another-machine ran out")
         return write_files(history, cfg, art, *args)
 
     monkeypatch.setattr(job, "write_files", stand_still)
-    out = run_command(cli.train, "train.epochs=3", *store.overrides())
+    out = run_command(cli.train, "train.epochs=3", *any_store.overrides())
     assert out.returncode == 1
     line = out.stderr.splitlines()[-1]  # after Hydra's "Error executing job with ..."
     assert line.startswith("fnnlab-train: error: run h")
     assert "was ended KILLED by another invocation while this one stood still" in line
-    (run,) = store.runs()
+    (run,) = any_store.runs()
     assert run.info.status == "KILLED"
     assert run.data.tags[Tag.ERROR].startswith(claims.DEAD)
-    assert len(store.client.get_metric_history(run.info.run_id, "loss")) == 3
+    assert len(any_store.client.get_metric_history(run.info.run_id, "loss")) == 3
 
 
 @pytest.mark.parametrize("where", ["claiming", "ending"])
-def test_a_run_marked_killed_before_or_while_it_ends_stays_killed(store, monkeypatch, where):
+def test_a_run_marked_killed_before_or_while_it_ends_stays_killed(any_store, monkeypatch, where):
     """The other host marks the run KILLED while its job stands still in its claim, before
     the job's own lease renewals began (it was looked up only a third of a lease after
     those: a short job never), or while the job's FINISHED is on its way to the store (it
@@ -346,13 +366,13 @@ def test_a_run_marked_killed_before_or_while_it_ends_stays_killed(store, monkeyp
             end_run(s, run_id, status)
 
         monkeypatch.setattr(job, "end_run", late_finish)
-    cfg = compose_train([*store.overrides(), "train.epochs=3"])
+    cfg = compose_train([*any_store.overrides(), "train.epochs=3"])
     with pytest.raises(claims.RunTaken, match="was ended KILLED by another invocation"):
-        job.run(cfg, store.root / "out", claim="code")
-    (run,) = store.runs()
+        job.run(cfg, any_store.root / "out", claim="code")
+    (run,) = any_store.runs()
     assert run.info.status == "KILLED"
     assert run.data.tags[Tag.ERROR].startswith(claims.DEAD)
-    assert len(store.client.get_metric_history(run.info.run_id, "loss")) == 3
+    assert len(any_store.client.get_metric_history(run.info.run_id, "loss")) == 3
 
 
 def test_a_write_that_begins_when_the_lease_is_due_renews_it_at_once(store):
