@@ -463,8 +463,11 @@ def test_a_job_failed_in_a_worker_under_the_basic_sweeper_ends_the_parent_failed
 def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
     """SIGTERM mid-sweep (in-process launcher): the finished runs stay complete, the run in
     flight and the parent end KILLED, the command exits 130."""
-    # Three widths: jobs of one shape would train together before tracking (fnnlab.population).
-    slow = ["model.hidden_dim=2000,2001,2002", "train.epochs=300", "tracking.plots=false"]
+    # Two shapes (jobs of one shape would train together before tracking, fnnlab.population):
+    # the second trains for far longer than the test waits, so the signal finds it training
+    # however fast the machine (three jobs of 300 epochs each could all end between two
+    # looks at the store).
+    slow = ["model.hidden_dim=2000", "train.epochs=300,5000000", "tracking.plots=false"]
     proc = subprocess.Popen(
         [str(BIN / "fnnlab-train"), "-m", *slow, *store.overrides()],
         stdout=subprocess.PIPE,
