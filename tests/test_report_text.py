@@ -4,6 +4,7 @@ outcomes made up for each case."""
 
 from __future__ import annotations
 
+import html
 import math
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from scipy import stats
 from test_compare import regimes_per_mode
 
 from fnnlab import report
-from fnnlab.aggregate import Aggregate, comparisons, summarize
+from fnnlab.aggregate import Aggregate, Selection, comparisons, summarize
 from fnnlab.compare import compare, stability_boundary
 from fnnlab.outcome import HIGHER_IS_BETTER
 from fnnlab.tracking import MAX_TAG_VALUE
@@ -142,7 +143,10 @@ def test_every_line_says_which_seeds_diverged() -> None:
     assert tied.startswith("tied with the leader: lr=0.3 (") and tied.endswith(
         "; 2 more seeds diverged)"
     ), tied
-    assert "worse than the leader beyond seed noise: lr=1 (+0.46; 1 more seed diverged)" in lines
+    worse = (
+        "worse than the leader beyond seed noise: lr=1 (+0.46, p_adj 0.016; 1 more seed diverged)"
+    )
+    assert worse in lines
     assert "every seed diverged: lr=3 (4 diverged)" in lines
     assert "no claim (fewer than 2 seeds with an outcome): lr=10 (1 seed, 3 diverged)" in lines
 
@@ -614,3 +618,142 @@ def test_a_tied_configuration_printed_as_the_leader_is_still_tagged_tied() -> No
     )
     tags = report.parent_values(agg)[1]
     assert (tags["aggregate.leader"], tags["aggregate.tied"]) == ("lr=0.001", "lr=0.001")
+
+
+def test_a_difference_holm_finds_and_its_interval_holds_0_is_marked_and_said_why(tmp_path):
+    """lr=2's p is the largest of the 3 pairs', which Holm's adjustment takes at alpha (its
+    p_adj is its p, 0.045), while every interval is at alpha/3 (Bonferroni): its difference
+    is beyond seed noise and its interval holds 0. Its verdict says so ("worse (Holm)"), and
+    a line under each table says why; lr=1's, whose interval leaves 0 out, is plainly worse.
+    The answer's lines give each p_adj."""
+    agg = answer_with_failed_runs(
+        {
+            0.1: [0.31, 0.32, 0.31, 0.27, 0.32],
+            1.0: [0.61, 0.59, 0.61, 0.61, 0.61],
+            2.0: [0.34, 0.36, 0.32, 0.34, 0.33],
+        }
+    )
+    row = agg.comparison.set_index("lr").loc[2.0]
+    assert row["diff_ci_low"] < 0 < row["diff_ci_high"] and row["p_adj"] < agg.alpha
+    assert verdicts(agg) == {0.1: "leader", 1.0: "worse", 2.0: "worse (Holm)"}
+    note = (
+        "(Holm): beyond seed noise by Holm's adjustment (p_adj < 0.05), while the difference's "
+        "interval, at the stricter level of Bonferroni's adjustment over every pair, holds 0"
+    )
+    assert report.table_notes(agg) == [note]
+    assert report.terminal_table(agg).splitlines()[-1] == note
+    agg.selection = Selection(None, "sqlite://", "e", "1", "p", "s", [])  # report.md names it
+    assert note in report.markdown_report(agg, []).split("\n\n")
+    assert f"<p>{html.escape(note)}</p>" in report.html_report(agg, tmp_path, [])
+    assert note in report.description(agg, []).split("\n\n")
+    text = report.leader_text(agg)
+    assert "lr=2 (+0.032, p_adj 0.045)" in text and "lr=1 (+0.3, p_adj 3.7e-05)" in text
+
+
+def test_a_tie_only_by_the_margin_is_marked_and_said_why(tmp_path):
+    """lr=1 is 0.006 above the leader, beyond seed noise (its interval leaves 0 out), and
+    tied by the margin of 1% of the leader's mean: "tied (margin)", and a line says why
+    (helper-75: it read "tied" beside an interval that left 0 out)."""
+    agg = answer_with_failed_runs(
+        {
+            0.1: [1.0000, 1.0010, 0.9990, 1.0005, 0.9995],
+            1.0: [1.0060, 1.0068, 1.0052, 1.0063, 1.0057],
+            2.0: [1.5, 1.6, 1.4, 1.55, 1.45],
+        }
+    )
+    row = agg.comparison.set_index("lr").loc[1.0]
+    assert 0 < row["diff_ci_low"] and row["p_adj"] < agg.alpha and row["tied"]
+    assert verdicts(agg) == {0.1: "leader", 1.0: "tied (margin)", 2.0: "worse"}
+    note = (
+        "(margin): beyond seed noise (p_adj < 0.05), but the difference is below the margin "
+        "aggregate.min_effect (1% of the leader's mean, the default), too small to count"
+    )
+    assert report.table_notes(agg) == [note]
+    assert report.terminal_table(agg).splitlines()[-1] == note
+    agg.selection = Selection(None, "sqlite://", "e", "1", "p", "s", [])
+    assert note in report.markdown_report(agg, []).split("\n\n")
+    assert f"<p>{html.escape(note)}</p>" in report.html_report(agg, tmp_path, [])
+
+
+def test_no_line_under_the_table_when_no_verdict_is_marked() -> None:
+    """Three configurations (Holm and Bonferroni can differ), every claimed difference's
+    interval leaving 0 out, and a tie with a p above alpha."""
+    agg = answer_with_failed_runs(
+        {
+            0.1: [0.31, 0.32, 0.31, 0.27, 0.32],
+            1.0: [0.61, 0.59, 0.61, 0.61, 0.61],
+            2.0: [0.30, 0.36, 0.32, 0.29, 0.33],
+        }
+    )
+    assert verdicts(agg) == {0.1: "leader", 1.0: "worse", 2.0: "tied"}
+    assert report.table_notes(agg) == []
+    assert "(Holm)" not in report.terminal_table(agg)
+    assert "(margin)" not in report.terminal_table(agg)
+
+
+@pytest.mark.parametrize(
+    ("p", "alpha", "text"),
+    [
+        (0.0497, 0.05, "0.0497"),
+        (0.0503, 0.05, "0.0503"),
+        (0.046, 0.05, "0.046"),
+        (0.05, 0.05, "0.05"),
+        (0.0996, 0.1, "0.0996"),
+        (3.7e-05, 0.05, "3.7e-05"),
+        (1.0, 0.05, "1"),
+        (0.049999999, 0.05, "0.049999999"),
+        (0.050000001, 0.05, "0.050000001"),
+        (0.0, 0.05, "0"),
+    ],
+)
+def test_an_adjusted_p_is_never_shown_rounded_to_alpha_or_across_it(p, alpha, text):
+    """helper-75: 0.0497 read "p_adj 0.05" under "p_adj < 0.05", and so did a tie at 0.0503."""
+    assert report.p_text(p, alpha) == text
+
+
+def test_the_width_by_rate_grid_marks_a_tie_by_the_margin_and_says_why() -> None:
+    """The parent run's description shows width x learning rate as a grid, which names ties
+    (not "worse"): a tie by the margin alone reads "tied (margin)" there too, with its line
+    (helper-76: a plain "tied", no line)."""
+    outcomes = {
+        (8, 0.1): [1.0000, 1.0010, 0.9990, 1.0005, 0.9995],
+        (8, 1.0): [1.0060, 1.0068, 1.0052, 1.0063, 1.0057],
+        (16, 0.1): [1.5, 1.6, 1.4, 1.55, 1.45],
+        (16, 1.0): [1.5, 1.6, 1.4, 1.55, 1.46],
+    }
+    runs = pd.DataFrame(
+        [
+            {
+                "run_id": f"{h}-{lr}-{seed}",
+                "hidden_dim": h,
+                "lr": lr,
+                "seed": seed,
+                "status": "FINISHED",
+                "diverged": False,
+                "regime": "stable",
+                "used": True,
+                "final_loss": v,
+                "final_accuracy": math.nan,
+                "tail_loss": v,
+                "epochs_run": 101,
+                "error": "",
+            }
+            for (h, lr), values in outcomes.items()
+            for seed, v in enumerate(values)
+        ]
+    )
+    cols = ["hidden_dim", "lr"]
+    agg = Aggregate(
+        selection=finished_selection(filter=None, parent_run_id=None),
+        runs=runs,
+        summary=summarize(runs, cols),
+        curves=pd.DataFrame(),
+        config_cols=cols,
+        outcome="tail_loss",
+        comparison=comparisons(runs, cols, "tail_loss"),
+    )
+    grid = report.comparison_grid(agg).set_index("hidden_dim")
+    assert grid.loc[8, "lr=1"] == "1.006 [1.005, 1.007], n=5, tied (margin)"
+    description = report.description(agg, []).split("\n\n")
+    (note,) = report.table_notes(agg)
+    assert note.startswith("(margin): ") and note in description

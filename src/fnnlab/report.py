@@ -106,7 +106,7 @@ def terminal_table(agg: Aggregate) -> str:
             table[col] = table[col].astype("Int64")
     fixed = constant_text(agg)
     text = table.to_string(index=False, na_rep="")
-    return f"{fixed}\n{text}" if fixed else text
+    return "\n".join(part for part in (fixed, text, *table_notes(agg)) if part)
 
 
 def _labeller(agg: Aggregate) -> Callable[[pd.Series], str]:
@@ -285,7 +285,7 @@ def _leader_lines(
         parts = []
         for _, r in tied.iterrows():
             # The p-value always: "below the margin" alone read as "shown to be equal".
-            why = f"p_adj {r['p_adj']:.2g}"
+            why = f"p_adj {p_text(r['p_adj'], agg.alpha)}"
             why += ", below the margin" if "margin" in str(r["note"]) else ""
             need = (
                 f", ~{int(r['seeds_needed'])} seeds to separate it if real"
@@ -308,7 +308,9 @@ def _leader_lines(
             lines.append(
                 f"{head}{level}: "
                 + "; ".join(
-                    f"{label(r)} ({r['diff_vs_leader']:+.3g}{_lost(r)})" for _, r in rows.iterrows()
+                    f"{label(r)} ({r['diff_vs_leader']:+.3g}, "
+                    f"p_adj {p_text(r['p_adj'], agg.alpha)}{_lost(r)})"
+                    for _, r in rows.iterrows()
                 )
             )
     return lines
@@ -428,7 +430,75 @@ def verdict(row: pd.Series, agg: Aggregate, leader: pd.Series | None) -> str:
         return "only one"
     if pd.isna(row["tied"]):
         return "all diverged" if 0 < row["diverged"] == row["runs"] else "no claim"
-    return "tied" if row["tied"] else ("better" if _better(row, agg) else "worse")
+    if row["tied"]:
+        return "tied" + MARGIN_MARK if margin_only(row, agg) else "tied"
+    word = "better" if _better(row, agg) else "worse"
+    return word + HOLM_MARK if holm_only(row) else word
+
+
+# Verdicts whose interval seems to say otherwise: a difference found while its interval
+# holds 0 (holm_only), a tie beyond seed noise (margin_only); table_notes says why.
+HOLM_MARK, MARGIN_MARK = " (Holm)", " (margin)"
+
+
+def p_text(p: float, alpha: float) -> str:
+    """An adjusted p in 2 significant digits, more where 2 would round it to alpha or across
+    it (0.0497 is not "0.05" beside "p_adj < 0.05")."""
+    for digits in range(2, 18):  # 17 digits give a float back exactly
+        text = f"{p:.{digits}g}"
+        shown = float(text)
+        if (shown < alpha, shown == alpha) == (p < alpha, p == alpha):
+            break
+    return text
+
+
+def margin_only(row: pd.Series, agg: Aggregate) -> bool:
+    """A tie only by the margin (aggregate.min_effect): the test finds the difference (its
+    interval may leave 0 out), which is too small to count."""
+    return bool(
+        pd.notna(row["tied"])
+        and row["tied"]
+        and not row["leader"]
+        and "margin" in str(row["note"])
+        and row["p_adj"] < agg.alpha
+    )
+
+
+def holm_only(row: pd.Series) -> bool:
+    """A difference beyond seed noise by Holm's adjustment whose interval still holds 0:
+    Holm's step-down test takes the i-th smallest of m p-values at alpha / (m - i + 1), the
+    interval is at alpha / m (Bonferroni) for every pair, so the two can disagree this way
+    (never the other)."""
+    return bool(
+        pd.notna(row["tied"])
+        and not row["tied"]
+        and not row["leader"]
+        and cell(row["diff_ci_low"])
+        and row["diff_ci_low"] <= 0 <= row["diff_ci_high"]
+    )
+
+
+def table_notes(agg: Aggregate, grid: bool = False) -> list[str]:
+    """The lines under a table of verdicts that explain its marked ones (HOLM_MARK,
+    MARGIN_MARK), those it has; under the width x learning-rate grid (comparison_grid),
+    which names ties but no "worse" or "better", the margin's only."""
+    if no_run_finished(agg):
+        return []
+    rows = [r for _, r in agg.comparison.iterrows()]
+    notes = []
+    if not grid and any(holm_only(r) for r in rows):
+        notes.append(
+            f"{HOLM_MARK.strip()}: beyond seed noise by Holm's adjustment (p_adj < "
+            f"{agg.alpha:g}), while the difference's interval, at the stricter level of "
+            "Bonferroni's adjustment over every pair, holds 0"
+        )
+    if any(margin_only(r, agg) for r in rows):
+        notes.append(
+            f"{MARGIN_MARK.strip()}: beyond seed noise (p_adj < {agg.alpha:g}), but the "
+            f"difference is below the margin aggregate.min_effect ({margin_text(agg)}), "
+            "too small to count"
+        )
+    return notes
 
 
 def _better(row: pd.Series, agg: Aggregate) -> bool:
@@ -461,7 +531,7 @@ def comparison_table(agg: Aggregate) -> pd.DataFrame:
                 "n": int(r["n"]),
                 mean: _mean_ci(r) if int(r["n"]) else "",
                 vs: diff,
-                "p_adj": r["p_adj"],
+                "p_adj": p_text(r["p_adj"], agg.alpha) if cell(r["p_adj"]) else "",
                 "verdict": verdict(r, agg, leader),
                 "seeds needed": int(r["seeds_needed"]) if cell(r["seeds_needed"]) else "",
                 "stable/osc./div.": "/".join(
@@ -648,7 +718,7 @@ def comparison_grid(
         elif leader is not None and shares_lead(r, leader):
             parts.append("shares lead")
         elif pd.notna(r["tied"]) and r["tied"]:
-            parts.append("tied")
+            parts.append("tied" + MARGIN_MARK if margin_only(r, agg) else "tied")
         for key, short in (("oscillating", "osc."), ("diverged", "div.")):
             if r[key]:
                 parts.append(f"{int(r[key])} {short}")
@@ -725,6 +795,8 @@ def description(
             "",
             markdown_table(table),
         ]
+        for note in table_notes(agg, grid is not None):
+            tables += ["", note]
     stab = stability_text(agg)
     if stab is not None:
         tables += [
@@ -822,6 +894,7 @@ def html_report(agg: Aggregate, out: Path, plot_files: list[str]) -> str:
         if no_run_finished(agg)
         else table(comparison_table(agg))
     )
+    parts += [f"<p>{html.escape(note)}</p>" for note in table_notes(agg)]
     stab = stability_text(agg)
     if stab is not None:
         parts += [f"<h2>Stability boundary per {stability_per(agg)}</h2>", table(stab)]
@@ -923,6 +996,8 @@ def markdown_report(agg: Aggregate, plot_files: list[str]) -> str:
         "",
         NO_RUN_FINISHED_SENTENCE if no_run_finished(agg) else markdown_table(comparison_table(agg)),
     ]
+    for note in table_notes(agg):
+        lines += ["", note]
     stab = stability_text(agg)
     if stab is not None:
         lines += [
