@@ -811,12 +811,15 @@ def test_fingerprint_covers_training_not_tracking():
 
 
 def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
-    """Second-resolution folder names plus a per-invocation token never collide."""
+    """A per-invocation token keeps two sweeps' folders apart when the rest of their names
+    is the same (second-resolution names of sweeps started in the same second). The rest is
+    the same here whenever the two start (helper-77: with ${now:...}, two processes that
+    started in different seconds passed without the token)."""
     args = [
         f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
         "train.epochs=2",
         "tracking.plots=false",
-        f"hydra.sweep.dir={tmp_path}/multirun/${{now:%H-%M-%S}}-${{fnnlab.token:}}",
+        f"hydra.sweep.dir={tmp_path}/multirun/same-${{fnnlab.token:}}",
     ]
     # Create the schema first so the two processes do not race on the first migration.
     subprocess.run(

@@ -467,7 +467,9 @@ def test_sigterm_ends_the_run_in_flight_and_the_parent_killed(store):
     # the second trains for far longer than the test waits, so the signal finds it training
     # however fast the machine (three jobs of 300 epochs each could all end between two
     # looks at the store).
+    # No memory limit: a run's estimate counts every epoch, not those run before the signal.
     slow = ["model.hidden_dim=2000", "train.epochs=300,5000000", "tracking.plots=false"]
+    slow += ["limits.memory_gb=inf"]
     proc = subprocess.Popen(
         [str(BIN / "fnnlab-train"), "-m", *slow, *store.overrides()],
         stdout=subprocess.PIPE,
@@ -738,9 +740,12 @@ def test_a_submitit_job_past_its_time_limit_is_said_in_one_line(capsys):
 def test_a_job_past_hydras_joblib_timeout_stops_the_sweep_in_one_line(store):
     """joblib ends every worker once a job runs past hydra.launcher.timeout: one line that
     names the setting, exit status 1, the runs in flight KILLED and the parent FAILED (a job
-    failed: it timed out, as a job submitit times out fails). The jobs' million epochs take
-    minutes; the timeout, 30 seconds, leaves the workers time to start and make their runs."""
-    args = ["-m", "seed=0,1", "train.epochs=1000000", "tracking.log_every=1000000"]
+    failed: it timed out, as a job submitit times out fails). The jobs' hundred million
+    epochs take hours on any machine (a million took minutes here, helper-77: a machine a few
+    times faster ended them inside the timeout); the timeout, 30 seconds, leaves the workers
+    time to start and make their runs. No memory limit: a run's estimate counts every epoch."""
+    args = ["-m", "seed=0,1", "train.epochs=100000000", "tracking.log_every=100000000"]
+    args += ["limits.memory_gb=inf"]
     args += ["tracking.plots=false", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     out = run_script("fnnlab-train", *args, "hydra.launcher.timeout=30", *store.overrides())
     assert out.returncode == 1, out.stderr[-3000:]
