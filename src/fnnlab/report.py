@@ -454,13 +454,11 @@ def p_text(p: float, alpha: float) -> str:
 
 def margin_only(row: pd.Series, agg: Aggregate) -> bool:
     """A tie only by the margin (aggregate.min_effect): the test finds the difference (its
-    interval may leave 0 out), which is too small to count."""
+    interval may leave 0 out), which is too small to count. A tie is p_adj at or above
+    alpha or a difference below the margin (fnnlab.compare), so with p_adj below alpha it is
+    the margin's."""
     return bool(
-        pd.notna(row["tied"])
-        and row["tied"]
-        and not row["leader"]
-        and "margin" in str(row["note"])
-        and row["p_adj"] < agg.alpha
+        pd.notna(row["tied"]) and row["tied"] and not row["leader"] and row["p_adj"] < agg.alpha
     )
 
 
